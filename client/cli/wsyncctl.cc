@@ -1,0 +1,246 @@
+#include "client/cli/wsyncctl.h"
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/cpp/connection.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "wsync/v1/wsync.grpc.pb.h"
+
+namespace wsync::cli {
+namespace {
+
+constexpr char kDescription[] =
+    "wsyncctl: inspect and drive a wsync daemon (wsyncd).\n\n"
+    "Talks to the local daemon's Unix socket (--socket) or to a daemon over TCP\n"
+    "(--address host:port, with --tls-ca or --insecure).\n"
+    "Exit codes: 0 ok, 1 the daemon reported an error or is not serving,\n"
+    "2 bad command line, 3 no daemon answered.";
+
+struct Global {
+  client::ConnectOptions connect;
+  bool json = false;
+  int64_t timeout_ms = 5000;
+};
+
+std::string HumanBytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(b, " B") : absl::StrFormat("%.1f %s", v, units[u]);
+}
+
+std::string HumanDuration(double s) {
+  int64_t t = static_cast<int64_t>(s);
+  if (t < 60) return absl::StrFormat("%.1fs", s);
+  if (t < 3600) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  if (t < 86400) return absl::StrFormat("%dh%02dm", t / 3600, (t % 3600) / 60);
+  return absl::StrFormat("%dd%02dh", t / 86400, (t % 86400) / 3600);
+}
+
+// Left-aligned columns, two spaces apart.
+void PrintTable(std::ostream& out, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width;
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (width.size() <= i) width.push_back(0);
+      width[i] = std::max(width[i], r[i].size());
+    }
+  }
+  for (const auto& r : rows) {
+    std::string line = "  ";
+    for (size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out << line << "\n";
+  }
+}
+
+std::chrono::system_clock::time_point Deadline(const Global& g) {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(g.timeout_ms);
+}
+
+int ReportRpcError(const grpc::Status& s, const Global& g, const char* rpc, std::ostream& err) {
+  err << "wsyncctl: " << rpc << " on " << client::TargetOf(g.connect) << " failed: "
+      << s.error_message() << " (" << static_cast<int>(s.error_code()) << ")\n";
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ? kUnreachable : kFailed;
+}
+
+void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
+  out << "wsyncd " << st.daemon_id() << "  version " << st.version() << "  pid " << st.pid()
+      << "  up " << HumanDuration(st.uptime_s()) << "  "
+      << (st.serving() ? "SERVING" : "NOT_SERVING (draining)") << "\n";
+  out << "build   " << st.build() << "\n";
+  out << "\nENDPOINTS\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : st.endpoints()) {
+    rows.push_back({e.kind(), e.address(), e.kind() == "tcp" ? (e.tls() ? "tls" : "plaintext") : ""});
+  }
+  PrintTable(out, rows);
+  out << "\nGPUS\n";
+  rows.clear();
+  for (const auto& g : st.gpus()) rows.push_back({g});
+  PrintTable(out, rows);
+
+  out << "\nMODELS\n";
+  if (st.models().empty()) {
+    out << "  (none registered)\n";
+  } else {
+    rows = {{"MODEL", "TENSORS", "SIZE", "RANKS", "REPLICAS", "LAST SYNC"}};
+    for (const auto& m : st.models()) {
+      std::string replicas;
+      for (const auto& r : m.replicas()) {
+        absl::StrAppend(&replicas, replicas.empty() ? "" : ", ", r.replica_id(), "@v", r.version(),
+                        r.poisoned() ? " POISONED" : "");
+      }
+      std::string last = m.has_last_sync()
+                             ? absl::StrFormat("v%d in %.1f ms", m.last_sync().version(),
+                                               m.last_sync().timings().total_ms())
+                             : "-";
+      rows.push_back({m.model_id(), absl::StrCat(m.num_tensors()), HumanBytes(m.total_bytes()),
+                      absl::StrCat(m.ranks_size()), replicas.empty() ? "-" : replicas, last});
+    }
+    PrintTable(out, rows);
+  }
+
+  out << "\nJOBS\n";
+  if (st.jobs().empty()) {
+    out << "  (none running)\n";
+  } else {
+    rows = {{"JOB", "MODEL", "VERSION", "PHASE", "PROGRESS", "ELAPSED"}};
+    for (const auto& j : st.jobs()) {
+      const auto& p = j.progress();
+      rows.push_back({j.job_id(), j.model_id(), absl::StrCat(j.version()),
+                      v1::SyncPhase_Name(p.phase()),
+                      absl::StrCat(HumanBytes(p.bytes_done()), " / ", HumanBytes(p.bytes_total())),
+                      absl::StrFormat("%.0f ms", j.elapsed_ms())});
+    }
+    PrintTable(out, rows);
+  }
+
+  out << "\nSESSIONS\n";
+  if (st.sessions().empty()) {
+    out << "  (none attached)\n";
+  } else {
+    rows = {{"SESSION", "CLIENT", "PID"}};
+    for (const auto& s : st.sessions()) {
+      rows.push_back({s.session_id(), s.client_name(), absl::StrCat(s.pid())});
+    }
+    PrintTable(out, rows);
+  }
+}
+
+int RunStatus(const Global& g, std::ostream& out, std::ostream& err) {
+  auto channel = client::Connect(g.connect);
+  if (!channel.ok()) {
+    err << "wsyncctl: " << channel.status().message() << "\n";
+    return channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
+  }
+  auto stub = v1::Wsync::NewStub(*channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(g));
+  v1::GetStatusResponse response;
+  grpc::Status s = stub->GetStatus(&ctx, v1::GetStatusRequest(), &response);
+  if (!s.ok()) return ReportRpcError(s, g, "GetStatus", err);
+  if (g.json) {
+    std::string json;
+    google::protobuf::util::JsonPrintOptions opts;
+    opts.add_whitespace = true;
+    opts.always_print_primitive_fields = true;
+    opts.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(response, &json, opts);
+    out << json;
+  } else {
+    PrintStatus(response, out);
+  }
+  return kOk;
+}
+
+int RunHealth(const Global& g, const std::string& service, std::ostream& out, std::ostream& err) {
+  auto channel = client::Connect(g.connect);
+  if (!channel.ok()) {
+    err << "wsyncctl: " << channel.status().message() << "\n";
+    return channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
+  }
+  auto stub = grpc::health::v1::Health::NewStub(*channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(g));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status s = stub->Check(&ctx, request, &response);
+  if (!s.ok()) return ReportRpcError(s, g, "health check", err);
+  std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  if (g.json) {
+    out << "{\"target\": \"" << client::TargetOf(g.connect) << "\", \"service\": \"" << service
+        << "\", \"status\": \"" << name << "\"}\n";
+  } else {
+    out << name << "\n";
+  }
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kFailed;
+}
+
+}  // namespace
+
+int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostream& err) {
+  Global g;
+  std::string service;
+  CLI::App app(kDescription, "wsyncctl");
+  app.require_subcommand(1);
+  app.add_option("--socket", g.connect.socket, "Unix socket of the local daemon")
+      ->capture_default_str();
+  app.add_option("--address", g.connect.address, "TCP host:port of a daemon (overrides --socket)");
+  app.add_flag("--insecure", g.connect.insecure, "plaintext TCP with --address");
+  app.add_option("--tls-ca", g.connect.tls_ca, "PEM CA bundle to verify the daemon (TCP)");
+  app.add_option("--tls-cert", g.connect.tls_cert, "PEM client certificate (mTLS)");
+  app.add_option("--tls-key", g.connect.tls_key, "PEM client key (mTLS)");
+  app.add_option("--timeout-ms", g.timeout_ms, "deadline for connecting and for each call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", g.json, "print JSON instead of human-readable text");
+
+  CLI::App* status = app.add_subcommand(
+      "status", "daemon identity, endpoints, GPUs, models, ranks, versions, jobs and sessions");
+  CLI::App* health = app.add_subcommand(
+      "health", "grpc.health.v1 check; prints SERVING or NOT_SERVING, exit 0 only if SERVING");
+  health->add_option("--service", service,
+                     "service to check: \"\" (the whole daemon), wsync.v1.Wsync or wsync.v1.WsyncPeer");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return kOk;
+  } catch (const CLI::ParseError& e) {
+    std::string help = e.get_exit_code() == 0 ? app.help() : "";
+    if (e.get_exit_code() == 0) {
+      out << help;
+      return kOk;
+    }
+    err << "wsyncctl: " << e.what() << "\nRun 'wsyncctl --help' for usage.\n";
+    return kUsage;
+  } catch (const std::exception& e) {
+    err << "wsyncctl: " << e.what() << "\n";
+    return kUsage;
+  }
+  g.connect.connect_timeout_ms = g.timeout_ms;
+  if (*status) return RunStatus(g, out, err);
+  if (*health) return RunHealth(g, service, out, err);
+  err << "wsyncctl: no command\n";
+  return kUsage;
+}
+
+}  // namespace wsync::cli

@@ -1,0 +1,153 @@
+#include "daemon/server/options.h"
+
+#include <sys/un.h>
+
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "daemon/common/build_info.h"
+
+namespace wsync::server {
+namespace {
+
+constexpr char kDescription[] =
+    "wsyncd: the wsync weight-sync daemon. One runs per GPU node. Trainer and generator\n"
+    "processes register their weight buffers with it and call it over gRPC (Unix socket,\n"
+    "or TCP with --listen); wsyncctl inspects and drives it.\n\n"
+    "Every flag can also be set in a TOML file given by --config, with the same key\n"
+    "(e.g. `log-level = \"debug\"`); flags override the file. Unknown flags or keys are\n"
+    "errors. Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP re-reads the log settings\n"
+    "(log-level, log-levels, log-format) from the --config file.";
+
+void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
+  app.set_config("--config", "", "TOML file with the same keys as these flags");
+  app.add_option("--socket", o.socket,
+                 "Unix socket for local clients (directory made 0750, socket 0660); "
+                 "empty to disable")
+      ->capture_default_str();
+  app.add_option("--socket-group", o.socket_group,
+                 "group owning the socket (name or gid); default: the daemon's group");
+  app.add_option("--listen", o.listen,
+                 "TCP endpoint host:port (port 0 picks one); needs TLS or --insecure");
+  app.add_flag("--insecure", o.insecure, "allow plaintext TCP on --listen");
+  app.add_option("--tls-cert", o.tls_cert, "PEM server certificate for --listen");
+  app.add_option("--tls-key", o.tls_key, "PEM private key for --tls-cert");
+  app.add_option("--tls-client-ca", o.tls_client_ca,
+                 "PEM CA bundle; when set, TCP clients must present a certificate it signed");
+  app.add_option("--daemon-id", o.daemon_id, "identity in status and to peers (default: hostname)");
+  app.add_option("--grace-period-ms", o.grace_period_ms,
+                 "on SIGTERM, how long in-flight calls may take to finish")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-message-bytes", o.max_message_bytes, "largest gRPC message accepted")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--log-level", o.log.level,
+                 "trace, debug, info, warn, error, critical or off")
+      ->capture_default_str();
+  app.add_option("--log-levels", o.log.levels,
+                 "per-component overrides, e.g. core=debug,service=warn");
+  app.add_option("--log-format", log_format, "text or json (one JSON object per line)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"text", "json"}));
+}
+
+}  // namespace
+
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const argv[]) {
+  CommandLine result;
+  std::string log_format = "text";
+  CLI::App app(kDescription, "wsyncd");
+  app.set_version_flag("--version", absl::StrCat("wsyncd ", Version(), " (", BuildDescription(), ")"));
+  app.allow_config_extras(CLI::config_extras_mode::error);
+  AddFlags(app, result.options, log_format);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    result.exit_early = true;
+    result.output = app.help();
+    return result;
+  } catch (const CLI::CallForVersion&) {
+    result.exit_early = true;
+    result.output = app.version() + "\n";
+    return result;
+  } catch (const CLI::ConfigError& e) {
+    std::string file;
+    if (auto* config = app.get_config_ptr(); config != nullptr && config->count() > 0) {
+      file = absl::StrCat(" ", config->as<std::string>());
+    }
+    absl::string_view what = e.what();
+    if (absl::ConsumePrefix(&what, "INI was not able to parse ")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config file", file, ": unknown key '", what,
+                       "' (keys are the long flag names without '--'; see --help)"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("config file", file, ": ", e.what()));
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(e.what());
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  if (auto* config = app.get_config_ptr(); config != nullptr && config->count() > 0) {
+    result.options.config = config->as<std::string>();
+  }
+  result.options.log.format = log_format == "json" ? LogFormat::kJson : LogFormat::kText;
+  if (absl::Status s = ValidateOptions(result.options); !s.ok()) return s;
+  return result;
+}
+
+absl::Status ValidateOptions(const Options& o) {
+  if (o.socket.empty() && o.listen.empty()) {
+    return absl::InvalidArgumentError(
+        "nothing to listen on: --socket is empty and --listen is not set");
+  }
+  if (!o.socket.empty()) {
+    if (o.socket[0] != '/') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--socket must be an absolute path, got '", o.socket, "'"));
+    }
+    if (o.socket.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat("--socket path is ", o.socket.size(),
+                                                     " bytes; a Unix socket path must be under ",
+                                                     sizeof(sockaddr_un{}.sun_path), ": ", o.socket));
+    }
+  } else if (!o.socket_group.empty()) {
+    return absl::InvalidArgumentError("--socket-group needs a --socket");
+  }
+  const bool any_tls = !o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_client_ca.empty();
+  if (o.listen.empty()) {
+    if (any_tls) return absl::InvalidArgumentError("--tls-* flags apply only to --listen, which is not set");
+    if (o.insecure) return absl::InvalidArgumentError("--insecure applies only to --listen, which is not set");
+  } else {
+    if (o.listen.find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--listen must be host:port, got '", o.listen, "'"));
+    }
+    if (o.tls_cert.empty() != o.tls_key.empty()) {
+      return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+    }
+    if (!o.tls_client_ca.empty() && o.tls_cert.empty()) {
+      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+    }
+    if (o.tls_cert.empty() && !o.insecure) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--listen ", o.listen,
+          " would accept plaintext TCP: give --tls-cert and --tls-key, or pass --insecure"));
+    }
+    if (!o.tls_cert.empty() && o.insecure) {
+      return absl::InvalidArgumentError("--insecure contradicts --tls-cert; choose one");
+    }
+  }
+  if (o.grace_period_ms < 0) {
+    return absl::InvalidArgumentError("--grace-period-ms must be >= 0");
+  }
+  if (o.max_message_bytes <= 0 || o.max_message_bytes > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError("--max-message-bytes must be in [1, 2^31-1]");
+  }
+  return ValidateLogOptions(o.log);
+}
+
+}  // namespace wsync::server

@@ -1,0 +1,61 @@
+#ifndef WSYNC_DAEMON_SERVER_OPTIONS_H_
+#define WSYNC_DAEMON_SERVER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "daemon/common/logging.h"
+
+namespace wsync::server {
+
+// Everything wsyncd can be told. Every field is a command-line flag and the
+// same key in the TOML file given by --config (flags win over the file).
+struct Options {
+  // TOML file with the same keys as the flags; "" = none.
+  std::string config;
+  // Unix socket for local clients. Its directory is created 0750, the
+  // socket is made 0660. "" = no Unix socket (then --listen is required).
+  std::string socket = "/run/wsync/wsyncd.sock";
+  // Group that owns the socket (name or numeric gid); "" = the daemon's.
+  std::string socket_group;
+  // TCP endpoint "host:port" (port 0 picks a free port); "" = none.
+  std::string listen;
+  // Allow plaintext TCP. Required for --listen without TLS.
+  bool insecure = false;
+  // PEM files for TLS on --listen. With tls_client_ca, clients must present
+  // a certificate signed by it (mTLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Identity shown in status and to peers; "" = the host name.
+  std::string daemon_id;
+  // On SIGTERM/SIGINT, how long in-flight calls may take to finish.
+  int64_t grace_period_ms = 10000;
+  // Largest gRPC message accepted or sent.
+  int64_t max_message_bytes = 64 << 20;
+  LogOptions log;
+};
+
+// The outcome of parsing a command line.
+struct CommandLine {
+  Options options;
+  // --help or --version was given: print `output` and exit 0.
+  bool exit_early = false;
+  std::string output;
+};
+
+// Parses flags and the --config file. Unknown flags or config keys, bad
+// values and bad combinations (ValidateOptions) are INVALID_ARGUMENT naming
+// the flag or key. Never exits the process.
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const argv[]);
+
+// Rejects options that cannot work together: TCP without TLS or
+// --insecure, half-configured TLS, TLS flags without --listen, no endpoint
+// at all, a socket path too long for sun_path, non-positive limits.
+absl::Status ValidateOptions(const Options& options);
+
+}  // namespace wsync::server
+
+#endif  // WSYNC_DAEMON_SERVER_OPTIONS_H_

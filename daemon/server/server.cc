@@ -1,0 +1,228 @@
+#include "daemon/server/server.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/build_info.h"
+#include "daemon/common/logging.h"
+#include "daemon/server/unix_socket.h"
+#include "daemon/service/peer_service.h"
+#include "daemon/service/public_service.h"
+
+#ifdef WSYNC_WITH_CUDA
+#include "kernels/device_info.h"
+#endif
+
+namespace wsync::server {
+namespace {
+
+constexpr char kPublicServiceName[] = "wsync.v1.Wsync";
+constexpr char kPeerServiceName[] = "wsync.v1.WsyncPeer";
+
+std::vector<std::string> ProbeGpus() {
+#ifdef WSYNC_WITH_CUDA
+  auto gpus = kernels::ListGpus();
+  if (!gpus.ok()) return {absl::StrCat("none: ", gpus.status().ToString())};
+  if (gpus->empty()) return {"none: no CUDA device visible"};
+  std::vector<std::string> out;
+  for (const auto& g : *gpus) out.push_back(kernels::Describe(g));
+  return out;
+#else
+  return {"none: this build has no CUDA support"};
+#endif
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "wsyncd";
+  return buf;
+}
+
+class ServerImpl final : public Server {
+ public:
+  ServerImpl(Options options, std::unique_ptr<core::Core> core)
+      : options_(std::move(options)), core_(std::move(core)), log_(Logger("server")) {}
+
+  ~ServerImpl() override { Shutdown(); }
+
+  absl::Status Init() {
+    grpc::EnableDefaultHealthCheckService(true);
+    public_service_ = service::NewPublicService(core_.get());
+    peer_service_ = service::NewPeerService(core_.get());
+
+    grpc::ServerBuilder builder;
+    builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+    builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.RegisterService(public_service_.get());
+    builder.RegisterService(peer_service_.get());
+
+    if (!options_.socket.empty()) {
+      auto claim = SocketClaim::Acquire(options_.socket);
+      if (!claim.ok()) return claim.status();
+      socket_ = std::move(*claim);
+      builder.AddListeningPort("unix:" + options_.socket, grpc::InsecureServerCredentials());
+    }
+    int tcp_port = -1;
+    bool tls = false;
+    if (!options_.listen.empty()) {
+      std::shared_ptr<grpc::ServerCredentials> creds;
+      if (options_.tls_cert.empty()) {
+        creds = grpc::InsecureServerCredentials();
+        log_->warn("--listen {} is plaintext (--insecure): anyone who can reach it can drive "
+                   "this daemon", options_.listen);
+      } else {
+        auto cert = ReadFile(options_.tls_cert, "--tls-cert");
+        if (!cert.ok()) return cert.status();
+        auto key = ReadFile(options_.tls_key, "--tls-key");
+        if (!key.ok()) return key.status();
+        grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+        if (!options_.tls_client_ca.empty()) {
+          auto ca = ReadFile(options_.tls_client_ca, "--tls-client-ca");
+          if (!ca.ok()) return ca.status();
+          ssl.pem_root_certs = *ca;
+          ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+        }
+        ssl.pem_key_cert_pairs.push_back({*key, *cert});
+        creds = grpc::SslServerCredentials(ssl);
+        tls = true;
+      }
+      builder.AddListeningPort(options_.listen, creds, &tcp_port);
+    }
+
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr) {
+      if (socket_) socket_->Release();
+      return absl::UnavailableError(absl::StrCat(
+          "could not bind ",
+          options_.socket.empty() ? "" : absl::StrCat("unix:", options_.socket),
+          options_.socket.empty() || options_.listen.empty() ? "" : " and ",
+          options_.listen.empty() ? "" : absl::StrCat("tcp ", options_.listen),
+          " (address in use or not permitted; see the log above)"));
+    }
+    if (socket_) {
+      if (absl::Status s = socket_->SecureSocket(options_.socket_group); !s.ok()) {
+        server_->Shutdown();
+        socket_->Release();
+        return s;
+      }
+      core_->AddEndpoint({"unix", options_.socket, false});
+    }
+    if (!options_.listen.empty()) {
+      if (tcp_port <= 0) {
+        server_->Shutdown();
+        if (socket_) socket_->Release();
+        return absl::UnavailableError(absl::StrCat("could not bind --listen ", options_.listen));
+      }
+      std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+      core_->AddEndpoint({"tcp", absl::StrCat(host, ":", tcp_port), tls});
+    }
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    health->SetServingStatus(true);
+    health->SetServingStatus(kPublicServiceName, true);
+    health->SetServingStatus(kPeerServiceName, true);
+
+    for (const core::EndpointInfo& e : core_->GetStatus().endpoints) {
+      log_->info("listening on {} {}{}", e.kind, e.address, e.kind == "tcp" ? (e.tls ? " (TLS)" : " (plaintext)") : "");
+    }
+    return absl::OkStatus();
+  }
+
+  void Shutdown() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutdown_started_) {
+        mu_.Await(absl::Condition(&shutdown_done_));
+        return;
+      }
+      shutdown_started_ = true;
+    }
+    if (server_ != nullptr) {
+      log_->info("shutting down: health NOT_SERVING, draining for up to {} ms",
+                 options_.grace_period_ms);
+      server_->GetHealthCheckService()->Shutdown();
+      core_->BeginShutdown();
+      auto deadline = std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(options_.grace_period_ms);
+      server_->Shutdown(deadline);
+      server_->Wait();
+      log_->info("all calls finished");
+    }
+    if (socket_) socket_->Release();
+    if (server_ != nullptr) log_->info("wsyncd stopped");
+    absl::MutexLock lock(&mu_);
+    shutdown_done_ = true;
+  }
+
+  void Wait() override {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&shutdown_done_));
+  }
+
+  std::vector<core::EndpointInfo> endpoints() const override {
+    return core_->GetStatus().endpoints;
+  }
+
+  absl::Status ReloadLogging(const LogOptions& log) override {
+    if (absl::Status s = ConfigureLogging(log); !s.ok()) return s;
+    log_->info("log settings reloaded: level={} levels='{}'", log.level, log.levels);
+    return absl::OkStatus();
+  }
+
+ private:
+  const Options options_;
+  std::unique_ptr<core::Core> core_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<v1::Wsync::Service> public_service_;
+  std::unique_ptr<v1::WsyncPeer::Service> peer_service_;
+  std::unique_ptr<SocketClaim> socket_;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutdown_done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
+  if (absl::Status s = ValidateOptions(input); !s.ok()) return s;
+  if (absl::Status s = ConfigureLogging(input.log); !s.ok()) return s;
+  Options options = input;
+  if (options.daemon_id.empty()) options.daemon_id = HostName();
+
+  core::CoreOptions core_options;
+  core_options.daemon_id = options.daemon_id;
+  core_options.gpus = ProbeGpus();
+  auto log = Logger("server");
+  log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
+            options.daemon_id, getpid());
+  for (const std::string& g : core_options.gpus) log->info("gpu {}", g);
+
+  auto server = std::make_unique<ServerImpl>(options, core::Core::Create(core_options));
+  if (absl::Status s = server->Init(); !s.ok()) {
+    log->error("start failed: {}", s.ToString());
+    return s;
+  }
+  return std::unique_ptr<Server>(std::move(server));
+}
+
+}  // namespace wsync::server
