@@ -10,7 +10,7 @@ PACKAGES=(
   bazel-bootstrap bazel-platforms
   g++ pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libgloo-dev
+  libabsl-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libgloo-dev nlohmann-json3-dev
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest
 )
 

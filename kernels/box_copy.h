@@ -1,0 +1,47 @@
+#ifndef WSYNC_KERNELS_BOX_COPY_H_
+#define WSYNC_KERNELS_BOX_COPY_H_
+
+// Batched N-d box copy with dtype cast: the data mover of every sync.
+//
+// One op copies an N-d box (N <= kMaxBoxDims) of elements from `src` to
+// `dst`, each addressed with its own element strides, converting from
+// src_dtype to dst_dtype with the rounding of kernels/dtype.h. An op with a
+// null `src` writes zeros (padding). Equal dtypes copy raw bits.
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/dtype.h"
+
+namespace wsync::kernels {
+
+inline constexpr int kMaxBoxDims = 4;
+
+struct BoxCopyOp {
+  const void* src = nullptr;  // element (0,..,0) of the box; null = fill zeros
+  void* dst = nullptr;        // element (0,..,0) of the box
+  DType src_dtype = DType::kF32;
+  DType dst_dtype = DType::kF32;
+  int32_t ndim = 1;                     // 1..kMaxBoxDims
+  int64_t extent[kMaxBoxDims] = {};     // elements per dimension, each >= 1
+  int64_t src_stride[kMaxBoxDims] = {};  // element strides; the last is usually 1
+  int64_t dst_stride[kMaxBoxDims] = {};
+};
+
+// Input checks, kept apart from the copy: ndim in range, extents >= 1,
+// dtypes that the kernels convert (fp32, bf16, fp16; fp8 only between equal
+// dtypes), non-null dst. Returns "" when valid, else a message naming the op.
+std::string CheckBoxCopyOps(const BoxCopyOp* ops, size_t n);
+
+// Total bytes written by `ops` (what a memcpy of the same data would move).
+uint64_t BoxCopyBytes(const BoxCopyOp* ops, size_t n);
+
+// CPU reference, and the host data path: runs every op, splitting large
+// batches into row ranges over up to `threads` threads. Ops must pass
+// CheckBoxCopyOps, and no two ops may write the same element.
+void BoxCopyCpu(const BoxCopyOp* ops, size_t n, int threads);
+
+}  // namespace wsync::kernels
+
+#endif  // WSYNC_KERNELS_BOX_COPY_H_

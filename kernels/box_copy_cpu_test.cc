@@ -1,0 +1,201 @@
+#include <catch2/catch.hpp>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/box_copy.h"
+
+namespace wsync::kernels {
+namespace {
+
+TEST_CASE("a 2-d box of a row-major matrix, worked by hand") {
+  // src 3x4 = [[0 1 2 3] [4 5 6 7] [8 9 10 11]]; copy rows 1..2, cols 1..2
+  // into the top-left of a 2x3 dst: [[5 6 -] [9 10 -]].
+  std::vector<float> src(12);
+  for (int i = 0; i < 12; ++i) src[i] = static_cast<float>(i);
+  std::vector<float> dst(6, -1.0f);
+  BoxCopyOp op;
+  op.src = src.data() + 1 * 4 + 1;
+  op.dst = dst.data();
+  op.ndim = 2;
+  op.extent[0] = 2;
+  op.extent[1] = 2;
+  op.src_stride[0] = 4;
+  op.src_stride[1] = 1;
+  op.dst_stride[0] = 3;
+  op.dst_stride[1] = 1;
+  REQUIRE(CheckBoxCopyOps(&op, 1).empty());
+  BoxCopyCpu(&op, 1, 1);
+  CHECK(dst == std::vector<float>{5, 6, -1, 9, 10, -1});
+  CHECK(BoxCopyBytes(&op, 1) == 16);
+}
+
+TEST_CASE("a transposing copy and a zero fill") {
+  std::vector<uint16_t> src = {1, 2, 3, 4, 5, 6};  // 2x3 bf16 bits
+  std::vector<uint16_t> dst(6, 0xffff);             // 3x2
+  BoxCopyOp t;
+  t.src = src.data();
+  t.dst = dst.data();
+  t.src_dtype = t.dst_dtype = DType::kBF16;
+  t.ndim = 2;
+  t.extent[0] = 2;
+  t.extent[1] = 3;
+  t.src_stride[0] = 3;
+  t.src_stride[1] = 1;
+  t.dst_stride[0] = 1;  // dst[c][r]
+  t.dst_stride[1] = 2;
+  BoxCopyCpu(&t, 1, 1);
+  CHECK(dst == std::vector<uint16_t>{1, 4, 2, 5, 3, 6});
+
+  BoxCopyOp fill;
+  fill.src = nullptr;
+  fill.dst = dst.data() + 2;
+  fill.dst_dtype = DType::kBF16;
+  fill.ndim = 1;
+  fill.extent[0] = 3;
+  fill.dst_stride[0] = 1;
+  BoxCopyCpu(&fill, 1, 1);
+  CHECK(dst == std::vector<uint16_t>{1, 4, 0, 0, 0, 6});
+}
+
+// Element-by-element reference written independently of the row kernel.
+void NaiveCopy(const BoxCopyOp& op) {
+  int64_t idx[kMaxBoxDims] = {0, 0, 0, 0};
+  int64_t total = 1;
+  for (int d = 0; d < op.ndim; ++d) total *= op.extent[d];
+  for (int64_t e = 0; e < total; ++e) {
+    int64_t rem = e, so = 0, dof = 0;
+    for (int d = op.ndim - 1; d >= 0; --d) {
+      idx[d] = rem % op.extent[d];
+      rem /= op.extent[d];
+      so += idx[d] * op.src_stride[d];
+      dof += idx[d] * op.dst_stride[d];
+    }
+    if (op.src == nullptr) {
+      std::memset(static_cast<char*>(op.dst) + dof * DTypeSize(op.dst_dtype), 0,
+                  DTypeSize(op.dst_dtype));
+    } else if (op.src_dtype == op.dst_dtype) {
+      std::memcpy(static_cast<char*>(op.dst) + dof * DTypeSize(op.dst_dtype),
+                  static_cast<const char*>(op.src) + so * DTypeSize(op.src_dtype),
+                  DTypeSize(op.dst_dtype));
+    } else {
+      StoreFromF32(op.dst, op.dst_dtype, dof, LoadAsF32(op.src, op.src_dtype, so));
+    }
+  }
+}
+
+TEST_CASE("random batches match the element-by-element reference, every dtype pair, 1-4 threads") {
+  std::mt19937 rng(1234);
+  const DType types[] = {DType::kF32, DType::kBF16, DType::kF16};
+  for (DType st : types) {
+    for (DType dt : types) {
+      // Source: 4-d [5, 7, 9, 33] filled with random bit patterns.
+      const int64_t sshape[4] = {5, 7, 9, 33};
+      const int64_t sn = 5 * 7 * 9 * 33;
+      std::vector<uint8_t> src(sn * DTypeSize(st));
+      for (auto& b : src) b = static_cast<uint8_t>(rng());
+      std::vector<BoxCopyOp> ops;
+      const int64_t dn = 1 << 16;
+      std::vector<uint8_t> want(dn * DTypeSize(dt), 0xab), got(dn * DTypeSize(dt), 0xab);
+      int64_t cursor = 0;
+      for (int i = 0; i < 40; ++i) {
+        BoxCopyOp op;
+        op.ndim = 1 + static_cast<int>(rng() % 4);
+        op.src_dtype = st;
+        op.dst_dtype = dt;
+        int64_t soff = 0, sstride = 1, elems = 1;
+        // Box inside the last `ndim` dims of the source, random offsets.
+        for (int d = op.ndim - 1; d >= 0; --d) {
+          int sd = 4 - op.ndim + d;
+          op.extent[d] = 1 + static_cast<int64_t>(rng() % sshape[sd]);
+          int64_t o = static_cast<int64_t>(rng() % (sshape[sd] - op.extent[d] + 1));
+          op.src_stride[d] = sstride;
+          soff += o * sstride;
+          sstride *= sshape[sd];
+          elems *= op.extent[d];
+        }
+        // Destination: dense, but dims in reverse order half the time.
+        bool transpose = rng() % 2;
+        int64_t dstride = 1;
+        if (transpose) {
+          for (int d = 0; d < op.ndim; ++d) {
+            op.dst_stride[d] = dstride;
+            dstride *= op.extent[d];
+          }
+        } else {
+          for (int d = op.ndim - 1; d >= 0; --d) {
+            op.dst_stride[d] = dstride;
+            dstride *= op.extent[d];
+          }
+        }
+        if (cursor + elems > dn) break;
+        op.src = rng() % 8 == 0 ? nullptr : src.data() + soff * DTypeSize(st);
+        op.dst = nullptr;
+        BoxCopyOp ref = op;
+        ref.dst = want.data() + cursor * DTypeSize(dt);
+        op.dst = got.data() + cursor * DTypeSize(dt);
+        NaiveCopy(ref);
+        ops.push_back(op);
+        cursor += elems;
+      }
+      REQUIRE(CheckBoxCopyOps(ops.data(), ops.size()).empty());
+      for (int threads : {1, 2, 4}) {
+        std::fill(got.begin(), got.end(), 0xab);
+        BoxCopyCpu(ops.data(), ops.size(), threads);
+        INFO(DTypeName(st) << " -> " << DTypeName(dt) << ", threads " << threads);
+        REQUIRE(got == want);
+      }
+    }
+  }
+}
+
+TEST_CASE("large batches split across threads give identical bytes") {
+  const int64_t rows = 2048, cols = 1024;
+  std::vector<float> src(rows * cols);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i) * 0.37f;
+  std::vector<uint16_t> one(rows * cols), two(rows * cols);
+  BoxCopyOp op;
+  op.src = src.data();
+  op.src_dtype = DType::kF32;
+  op.dst_dtype = DType::kBF16;
+  op.ndim = 2;
+  op.extent[0] = rows;
+  op.extent[1] = cols;
+  op.src_stride[0] = op.dst_stride[0] = cols;
+  op.src_stride[1] = op.dst_stride[1] = 1;
+  op.dst = one.data();
+  BoxCopyCpu(&op, 1, 1);
+  op.dst = two.data();
+  BoxCopyCpu(&op, 1, 2);
+  CHECK(one == two);
+  CHECK(one[12345] == F32ToBf16(12345 * 0.37f));
+}
+
+TEST_CASE("bad ops are rejected with a message naming the op") {
+  BoxCopyOp ok;
+  float x = 0, y = 0;
+  ok.src = &x;
+  ok.dst = &y;
+  ok.extent[0] = 1;
+  ok.src_stride[0] = ok.dst_stride[0] = 1;
+  BoxCopyOp ops[2] = {ok, ok};
+  ops[1].ndim = 5;
+  CHECK(CheckBoxCopyOps(ops, 2) == "box copy op 1: ndim 5 outside [1, 4]");
+  ops[1] = ok;
+  ops[1].extent[0] = 0;
+  CHECK(CheckBoxCopyOps(ops, 2) == "box copy op 1: extent[0] = 0 (must be >= 1)");
+  ops[1] = ok;
+  ops[1].dst = nullptr;
+  CHECK(CheckBoxCopyOps(ops, 2) == "box copy op 1: null destination");
+  ops[1] = ok;
+  ops[1].dst_dtype = DType::kF8E4M3;
+  CHECK(CheckBoxCopyOps(ops, 2) ==
+        "box copy op 1: conversion fp32 -> fp8_e4m3 is not supported (fp8_e4m3 is reserved: "
+        "copies only)");
+  ops[1].src_dtype = DType::kF8E4M3;
+  CHECK(CheckBoxCopyOps(ops, 2).empty());
+}
+
+}  // namespace
+}  // namespace wsync::kernels

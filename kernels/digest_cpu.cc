@@ -1,0 +1,59 @@
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "kernels/digest.h"
+#include "kernels/parallel.h"
+
+namespace wsync::kernels {
+
+std::string Digest128::Hex() const {
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(hi),
+                static_cast<unsigned long long>(lo));
+  return buf;
+}
+
+DigestSums DigestPartial(const void* data, size_t nbytes, uint64_t first_word) {
+  DigestSums s;
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  const size_t full = nbytes / 8;
+  for (size_t i = 0; i < full; ++i) {
+    uint64_t w;
+    std::memcpy(&w, p + 8 * i, 8);  // little-endian hosts only (x86-64, aarch64)
+    DigestTerm(w, first_word + i, &s);
+  }
+  if (size_t tail = nbytes % 8; tail != 0) {
+    uint64_t w = 0;
+    std::memcpy(&w, p + 8 * full, tail);
+    DigestTerm(w, first_word + full, &s);
+  }
+  return s;
+}
+
+Digest128 DigestFinish(DigestSums s, uint64_t n) {
+  Digest128 d;
+  d.lo = DigestFmix(s.s1 ^ n);
+  d.hi = DigestFmix(s.s2 + n * kDigestK3);
+  return d;
+}
+
+Digest128 DigestBytes(const void* data, size_t nbytes, int threads) {
+  constexpr size_t kChunk = 4 << 20;  // multiple of 8
+  const size_t chunks = (nbytes + kChunk - 1) / kChunk;
+  if (threads <= 1 || chunks <= 1) return DigestFinish(DigestPartial(data, nbytes, 0), nbytes);
+  std::vector<DigestSums> partial(chunks);
+  ParallelFor(chunks, threads, [&](size_t c) {
+    size_t begin = c * kChunk;
+    size_t len = std::min(kChunk, nbytes - begin);
+    partial[c] = DigestPartial(static_cast<const char*>(data) + begin, len, begin / 8);
+  });
+  DigestSums total;
+  for (const DigestSums& p : partial) {
+    total.s1 += p.s1;
+    total.s2 += p.s2;
+  }
+  return DigestFinish(total, nbytes);
+}
+
+}  // namespace wsync::kernels
