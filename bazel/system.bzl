@@ -30,6 +30,7 @@ _LIBS = {
 _HEADER_ONLY = {
     "cli11": ("/usr/include/CLI/CLI.hpp", "libcli11-dev"),
     "catch2": ("/usr/include/catch2/catch.hpp", "catch2"),
+    "nlohmann_json": ("/usr/include/nlohmann/json.hpp", "nlohmann-json3-dev"),
 }
 
 _TOOLS = {

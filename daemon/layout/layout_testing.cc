@@ -1,0 +1,99 @@
+#include "daemon/layout/layout_testing.h"
+
+#include "daemon/layout/lowering.h"
+#include "kernels/box_copy.h"
+
+namespace wsync::layout::testing {
+namespace {
+
+// Row-major linear position -> coordinates of box `b`, as an element offset
+// into a dense row-major array of shape `shape`.
+int64_t DenseOffset(const Box& b, const Shape& shape, int64_t k) {
+  int64_t coord[kMaxDims];
+  for (int d = b.ndim - 1; d >= 0; --d) {
+    coord[d] = b.off[d] + k % b.size[d];
+    k /= b.size[d];
+  }
+  int64_t off = 0;
+  for (int d = 0; d < shape.ndim; ++d) off = off * shape.d[d] + coord[d];
+  return off;
+}
+
+}  // namespace
+
+CanonicalData RandomCanonical(const ModelSpec& model, std::mt19937& rng) {
+  std::uniform_int_distribution<int> m(-127, 127);
+  CanonicalData data(model.size());
+  for (int32_t t = 0; t < model.size(); ++t) {
+    data[t].resize(model.tensor(t).shape.NumElements());
+    for (float& v : data[t]) v = static_cast<float>(m(rng)) / 64.0f;
+  }
+  return data;
+}
+
+std::vector<uint8_t> Materialize(const ModelSpec& model, const ShardSpec& shard,
+                                 const CanonicalData& data) {
+  std::vector<uint8_t> out(shard.shape.NumElements() * kernels::DTypeSize(shard.dtype), 0);
+  for (const Piece& p : shard.pieces) {
+    const Shape& cs = model.tensor(p.tensor).shape;
+    const int64_t n = p.canonical.NumElements();
+    for (int64_t k = 0; k < n; ++k) {
+      float v = data[p.tensor][DenseOffset(p.canonical, cs, k)];
+      kernels::StoreFromF32(out.data(), shard.dtype, DenseOffset(p.shard, shard.shape, k), v);
+    }
+  }
+  return out;
+}
+
+Buffers MaterializeAll(const ModelSpec& model, const std::vector<Endpoint>& endpoints,
+                       const CanonicalData& data) {
+  Buffers b(endpoints.size());
+  for (size_t e = 0; e < endpoints.size(); ++e) {
+    for (const ShardSpec& s : endpoints[e].shards) b[e].push_back(Materialize(model, s, data));
+  }
+  return b;
+}
+
+Buffers Garbage(const std::vector<Endpoint>& endpoints, uint8_t fill) {
+  Buffers b(endpoints.size());
+  for (size_t e = 0; e < endpoints.size(); ++e) {
+    for (const ShardSpec& s : endpoints[e].shards) {
+      b[e].emplace_back(s.shape.NumElements() * kernels::DTypeSize(s.dtype), fill);
+    }
+  }
+  return b;
+}
+
+void Execute(const Plan& plan, const std::vector<Endpoint>& sources, Buffers& src,
+             const std::vector<Endpoint>& targets, Buffers& dst, int threads) {
+  std::vector<kernels::BoxCopyOp> ops;
+  for (const FillOp& f : plan.fills) {
+    ShardView v{&targets[f.dst_endpoint].shards[f.dst_shard], nullptr,
+                dst[f.dst_endpoint][f.dst_shard].data()};
+    ops.push_back(LowerFill(f, v));
+  }
+  for (const CopyOp& c : plan.ops) {
+    ShardView s{&sources[c.src_endpoint].shards[c.src_shard], nullptr,
+                src[c.src_endpoint][c.src_shard].data()};
+    ShardView d{&targets[c.dst_endpoint].shards[c.dst_shard], nullptr,
+                dst[c.dst_endpoint][c.dst_shard].data()};
+    ops.push_back(LowerCopy(c, s, d));
+  }
+  kernels::BoxCopyCpu(ops.data(), ops.size(), threads);
+}
+
+CanonicalData ReadBack(const ModelSpec& model, const std::vector<ShardSpec>& shards,
+                       const std::vector<std::vector<uint8_t>>& buffers) {
+  CanonicalData data(model.size());
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const ShardSpec& s = shards[i];
+    int32_t t = s.pieces.at(0).tensor;
+    data[t].resize(s.shape.NumElements());
+    for (int64_t k = 0; k < s.shape.NumElements(); ++k) {
+      data[t][k] = kernels::LoadAsF32(buffers[i].data(), s.dtype, k);
+    }
+  }
+  return data;
+}
+
+}  // namespace wsync::layout::testing

@@ -1,0 +1,47 @@
+#ifndef WSYNC_DAEMON_LAYOUT_LAYOUT_TESTING_H_
+#define WSYNC_DAEMON_LAYOUT_LAYOUT_TESTING_H_
+
+// Test helpers that work independently of the planner: they place canonical
+// data into shards element by element, pairing the row-major enumeration of
+// a piece's canonical box with that of its shard box.
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "daemon/layout/planner.h"
+#include "daemon/layout/types.h"
+
+namespace wsync::layout::testing {
+
+// fp32 values of every canonical tensor, indexed like the model.
+using CanonicalData = std::vector<std::vector<float>>;
+
+// Random values m/64 with |m| <= 127: exact in fp32, bf16 and fp16, so any
+// chain of casts is lossless and results can be compared bit for bit.
+CanonicalData RandomCanonical(const ModelSpec& model, std::mt19937& rng);
+
+// The bytes of `shard` (its dtype), filled from canonical data; padding is 0.
+std::vector<uint8_t> Materialize(const ModelSpec& model, const ShardSpec& shard,
+                                 const CanonicalData& data);
+
+// Buffers of every shard of every endpoint.
+using Buffers = std::vector<std::vector<std::vector<uint8_t>>>;
+
+Buffers MaterializeAll(const ModelSpec& model, const std::vector<Endpoint>& endpoints,
+                       const CanonicalData& data);
+
+// Buffers of the right sizes, every byte set to `fill`.
+Buffers Garbage(const std::vector<Endpoint>& endpoints, uint8_t fill);
+
+// Runs `plan` on host buffers with the CPU kernels (fills, then copies).
+void Execute(const Plan& plan, const std::vector<Endpoint>& sources, Buffers& src,
+             const std::vector<Endpoint>& targets, Buffers& dst, int threads = 1);
+
+// Canonical data read back from whole-tensor shards (the hf recipe).
+CanonicalData ReadBack(const ModelSpec& model, const std::vector<ShardSpec>& shards,
+                       const std::vector<std::vector<uint8_t>>& buffers);
+
+}  // namespace wsync::layout::testing
+
+#endif  // WSYNC_DAEMON_LAYOUT_LAYOUT_TESTING_H_

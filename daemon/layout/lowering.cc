@@ -1,0 +1,105 @@
+#include "daemon/layout/lowering.h"
+
+namespace wsync::layout {
+namespace {
+
+void Strides(const ShardView& v, int64_t* out) {
+  const Shape& s = v.spec->shape;
+  if (v.strides != nullptr) {
+    for (int i = 0; i < s.ndim; ++i) out[i] = v.strides[i];
+    return;
+  }
+  int64_t acc = 1;
+  for (int i = s.ndim - 1; i >= 0; --i) {
+    out[i] = acc;
+    acc *= s.d[i];
+  }
+}
+
+int64_t Offset(const Box& b, const int64_t* strides) {
+  int64_t off = 0;
+  for (int i = 0; i < b.ndim; ++i) off += b.off[i] * strides[i];
+  return off;
+}
+
+// Merges dimension k into k+1 wherever both sides are contiguous across it.
+void Merge(kernels::BoxCopyOp* op, bool has_src) {
+  int n = 0;
+  for (int k = 0; k < op->ndim; ++k) {
+    if (n > 0) {
+      int p = n - 1;
+      bool dst_ok = op->dst_stride[p] == op->extent[k] * op->dst_stride[k];
+      bool src_ok = !has_src || op->src_stride[p] == op->extent[k] * op->src_stride[k];
+      if (dst_ok && src_ok) {
+        op->extent[p] *= op->extent[k];
+        op->dst_stride[p] = op->dst_stride[k];
+        op->src_stride[p] = op->src_stride[k];
+        continue;
+      }
+    }
+    op->extent[n] = op->extent[k];
+    op->src_stride[n] = op->src_stride[k];
+    op->dst_stride[n] = op->dst_stride[k];
+    ++n;
+  }
+  op->ndim = n;
+}
+
+}  // namespace
+
+kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardView& dst) {
+  int64_t ss[kMaxDims], ds[kMaxDims];
+  Strides(src, ss);
+  Strides(dst, ds);
+  kernels::BoxCopyOp op;
+  op.src_dtype = src.spec->dtype;
+  op.dst_dtype = dst.spec->dtype;
+  op.src = static_cast<const char*>(src.base) +
+           Offset(c.src_box, ss) * kernels::DTypeSize(op.src_dtype);
+  op.dst = static_cast<char*>(dst.base) + Offset(c.dst_box, ds) * kernels::DTypeSize(op.dst_dtype);
+  // Pair the non-unit dimensions of both boxes in order.
+  int n = 0, si = 0;
+  for (int d = 0; d < c.dst_box.ndim; ++d) {
+    if (c.dst_box.size[d] == 1) continue;
+    while (c.src_box.size[si] == 1) ++si;
+    op.extent[n] = c.dst_box.size[d];
+    op.dst_stride[n] = ds[d];
+    op.src_stride[n] = ss[si];
+    ++si;
+    ++n;
+  }
+  if (n == 0) {
+    op.extent[0] = 1;
+    op.src_stride[0] = op.dst_stride[0] = 1;
+    n = 1;
+  }
+  op.ndim = n;
+  Merge(&op, true);
+  return op;
+}
+
+kernels::BoxCopyOp LowerFill(const FillOp& f, const ShardView& dst) {
+  int64_t ds[kMaxDims];
+  Strides(dst, ds);
+  kernels::BoxCopyOp op;
+  op.src = nullptr;
+  op.dst_dtype = op.src_dtype = dst.spec->dtype;
+  op.dst = static_cast<char*>(dst.base) + Offset(f.dst_box, ds) * kernels::DTypeSize(op.dst_dtype);
+  int n = 0;
+  for (int d = 0; d < f.dst_box.ndim; ++d) {
+    if (f.dst_box.size[d] == 1) continue;
+    op.extent[n] = f.dst_box.size[d];
+    op.dst_stride[n] = ds[d];
+    ++n;
+  }
+  if (n == 0) {
+    op.extent[0] = 1;
+    op.dst_stride[0] = 1;
+    n = 1;
+  }
+  op.ndim = n;
+  Merge(&op, false);
+  return op;
+}
+
+}  // namespace wsync::layout

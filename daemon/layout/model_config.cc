@@ -1,0 +1,226 @@
+#include "daemon/layout/model_config.h"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace wsync::layout {
+namespace {
+
+const char* const kFamilies[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
+                                 "qwen3_moe"};
+
+absl::Status Need(int64_t v, const char* field, const std::string& family) {
+  if (v > 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("model config (", family, "): '", field, "' must be set and > 0, got ", v));
+}
+
+}  // namespace
+
+bool ModelConfig::IsMoeLayer(int64_t l) const {
+  if (num_experts <= 0) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), l) != mlp_only_layers.end()) {
+    return false;
+  }
+  int64_t step = decoder_sparse_step > 0 ? decoder_sparse_step : 1;
+  return (l + 1) % step == 0;
+}
+
+int64_t ModelConfig::ExpertSize() const {
+  return moe_intermediate_size > 0 ? moe_intermediate_size : intermediate_size;
+}
+
+absl::Status NormalizeConfig(ModelConfig* c) {
+  if (std::find(std::begin(kFamilies), std::end(kFamilies), c->family) == std::end(kFamilies)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown model family '", c->family,
+        "' (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe; for other "
+        "architectures send explicit pieces)"));
+  }
+  const std::string& f = c->family;
+  for (auto [v, name] : {std::pair{c->hidden_size, "hidden_size"},
+                         {c->num_attention_heads, "num_attention_heads"},
+                         {c->vocab_size, "vocab_size"},
+                         {c->num_hidden_layers, "num_hidden_layers"}}) {
+    if (absl::Status s = Need(v, name, f); !s.ok()) return s;
+  }
+  if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
+  if (c->head_dim == 0) {
+    if (c->hidden_size % c->num_attention_heads != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model config: hidden_size ", c->hidden_size, " is not divisible by num_attention_heads ",
+          c->num_attention_heads, "; set head_dim"));
+    }
+    c->head_dim = c->hidden_size / c->num_attention_heads;
+  }
+  if (c->num_attention_heads % c->num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model config: num_attention_heads ", c->num_attention_heads,
+        " is not divisible by num_key_value_heads ", c->num_key_value_heads));
+  }
+  if (f == "qwen2" || f == "qwen2_moe") c->attention_bias = true;
+  if (f == "qwen3" || f == "qwen3_moe") c->qk_norm = true;
+  const bool moe_family = f == "mixtral" || f == "qwen2_moe" || f == "qwen3_moe";
+  if (moe_family) {
+    if (absl::Status s = Need(c->num_experts, "num_experts", f); !s.ok()) return s;
+    if (absl::Status s = Need(c->ExpertSize(), "moe_intermediate_size", f); !s.ok()) return s;
+  } else if (c->num_experts > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model config: family '", f, "' is dense but num_experts = ", c->num_experts));
+  }
+  if (f == "mixtral") {
+    c->decoder_sparse_step = 1;
+    c->mlp_only_layers.clear();
+    c->moe_intermediate_size = c->intermediate_size;
+  }
+  bool any_dense = false;
+  for (int64_t l = 0; l < c->num_hidden_layers; ++l) any_dense |= !c->IsMoeLayer(l);
+  if (any_dense) {
+    if (absl::Status s = Need(c->intermediate_size, "intermediate_size", f); !s.ok()) return s;
+  }
+  if (f != "qwen2_moe") c->shared_expert_intermediate_size = 0;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("config.json is not a JSON object");
+  }
+  ModelConfig c;
+  auto get_int = [&](const char* key, int64_t* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return absl::OkStatus();
+    if (!it->is_number_integer()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", key, "' must be an integer"));
+    }
+    *out = it->get<int64_t>();
+    return absl::OkStatus();
+  };
+  auto get_bool = [&](const char* key, bool* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return absl::OkStatus();
+    if (!it->is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.json: '", key, "' must be a boolean"));
+    }
+    *out = it->get<bool>();
+    return absl::OkStatus();
+  };
+  auto mt = j.find("model_type");
+  if (mt == j.end() || !mt->is_string()) {
+    return absl::InvalidArgumentError("config.json: 'model_type' is missing");
+  }
+  c.family = mt->get<std::string>();
+  for (auto [key, out] : {std::pair{"hidden_size", &c.hidden_size},
+                          {"num_attention_heads", &c.num_attention_heads},
+                          {"num_key_value_heads", &c.num_key_value_heads},
+                          {"head_dim", &c.head_dim},
+                          {"intermediate_size", &c.intermediate_size},
+                          {"vocab_size", &c.vocab_size},
+                          {"num_hidden_layers", &c.num_hidden_layers},
+                          {"moe_intermediate_size", &c.moe_intermediate_size},
+                          {"shared_expert_intermediate_size", &c.shared_expert_intermediate_size},
+                          {"decoder_sparse_step", &c.decoder_sparse_step}}) {
+    if (absl::Status s = get_int(key, out); !s.ok()) return s;
+  }
+  // Mixtral calls it num_local_experts; Qwen MoE models num_experts.
+  if (absl::Status s = get_int("num_local_experts", &c.num_experts); !s.ok()) return s;
+  if (absl::Status s = get_int("num_experts", &c.num_experts); !s.ok()) return s;
+  if (absl::Status s = get_bool("tie_word_embeddings", &c.tie_word_embeddings); !s.ok()) return s;
+  if (absl::Status s = get_bool("attention_bias", &c.attention_bias); !s.ok()) return s;
+  if (auto it = j.find("mlp_only_layers"); it != j.end() && it->is_array()) {
+    for (const auto& v : *it) {
+      if (!v.is_number_integer()) {
+        return absl::InvalidArgumentError("config.json: 'mlp_only_layers' must hold integers");
+      }
+      c.mlp_only_layers.push_back(v.get<int64_t>());
+    }
+  }
+  if (auto it = j.find("mlp_bias"); it != j.end() && it->is_boolean() && it->get<bool>()) {
+    return absl::InvalidArgumentError("config.json: mlp_bias = true is not supported by the recipes");
+  }
+  if (absl::Status s = NormalizeConfig(&c); !s.ok()) return s;
+  return c;
+}
+
+MoeNames MoeNamesFor(const ModelConfig& c, int64_t l) {
+  MoeNames n;
+  const std::string layer = absl::StrCat("model.layers.", l, ".");
+  if (c.family == "mixtral") {
+    n.router = layer + "block_sparse_moe.gate.weight";
+    n.expert_prefix = layer + "block_sparse_moe.experts.";
+    n.gate = "w1";
+    n.up = "w3";
+    n.down = "w2";
+  } else {
+    n.router = layer + "mlp.gate.weight";
+    n.expert_prefix = layer + "mlp.experts.";
+    n.gate = "gate_proj";
+    n.up = "up_proj";
+    n.down = "down_proj";
+  }
+  if (c.shared_expert_intermediate_size > 0) {
+    n.shared_prefix = layer + "mlp.shared_expert.";
+    n.shared_gate = layer + "mlp.shared_expert_gate.weight";
+  }
+  return n;
+}
+
+absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& input, DType dtype) {
+  ModelConfig c = input;
+  if (absl::Status s = NormalizeConfig(&c); !s.ok()) return s;
+  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
+                ng = c.num_key_value_heads;
+  std::vector<TensorSpec> t;
+  auto add = [&](std::string name, Shape shape) { t.push_back({std::move(name), shape, dtype}); };
+  add("model.embed_tokens.weight", Shape::Of({c.vocab_size, H}));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    add(p + "input_layernorm.weight", Shape::Of({H}));
+    add(p + "self_attn.q_proj.weight", Shape::Of({nh * hd, H}));
+    add(p + "self_attn.k_proj.weight", Shape::Of({ng * hd, H}));
+    add(p + "self_attn.v_proj.weight", Shape::Of({ng * hd, H}));
+    if (c.attention_bias) {
+      add(p + "self_attn.q_proj.bias", Shape::Of({nh * hd}));
+      add(p + "self_attn.k_proj.bias", Shape::Of({ng * hd}));
+      add(p + "self_attn.v_proj.bias", Shape::Of({ng * hd}));
+    }
+    if (c.qk_norm) {
+      add(p + "self_attn.q_norm.weight", Shape::Of({hd}));
+      add(p + "self_attn.k_norm.weight", Shape::Of({hd}));
+    }
+    add(p + "self_attn.o_proj.weight", Shape::Of({H, nh * hd}));
+    add(p + "post_attention_layernorm.weight", Shape::Of({H}));
+    if (!c.IsMoeLayer(l)) {
+      const int64_t I = c.intermediate_size;
+      add(p + "mlp.gate_proj.weight", Shape::Of({I, H}));
+      add(p + "mlp.up_proj.weight", Shape::Of({I, H}));
+      add(p + "mlp.down_proj.weight", Shape::Of({H, I}));
+      continue;
+    }
+    const MoeNames n = MoeNamesFor(c, l);
+    const int64_t Ie = c.ExpertSize();
+    add(n.router, Shape::Of({c.num_experts, H}));
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string ep = absl::StrCat(n.expert_prefix, e, ".");
+      add(ep + n.gate + ".weight", Shape::Of({Ie, H}));
+      add(ep + n.up + ".weight", Shape::Of({Ie, H}));
+      add(ep + n.down + ".weight", Shape::Of({H, Ie}));
+    }
+    if (!n.shared_prefix.empty()) {
+      const int64_t Is = c.shared_expert_intermediate_size;
+      add(n.shared_prefix + "gate_proj.weight", Shape::Of({Is, H}));
+      add(n.shared_prefix + "up_proj.weight", Shape::Of({Is, H}));
+      add(n.shared_prefix + "down_proj.weight", Shape::Of({H, Is}));
+      add(n.shared_gate, Shape::Of({1, H}));
+    }
+  }
+  add("model.norm.weight", Shape::Of({H}));
+  if (!c.tie_word_embeddings) add("lm_head.weight", Shape::Of({c.vocab_size, H}));
+  return t;
+}
+
+}  // namespace wsync::layout

@@ -1,0 +1,168 @@
+// The Megatron-LM core (mcore) GPT layout. See docs/layouts.md.
+#include "absl/strings/str_cat.h"
+#include "daemon/layout/recipe_internal.h"
+
+namespace wsync::layout::internal {
+namespace {
+
+// A GLU fc1 of one rank: [gate rows of the rank; up rows of the rank].
+void GluFc1(Builder& b, size_t shard, const std::string& gate, const std::string& up, int64_t width,
+            int rank, int size, int64_t hidden) {
+  const int64_t local = width / size;
+  b.Map(shard, gate, Rows(rank * local, local, hidden), Rows(0, local, hidden));
+  b.Map(shard, up, Rows(rank * local, local, hidden), Rows(local, local, hidden));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const ModelConfig& c,
+                                                const RecipeOptions& options, const RankCoords& r,
+                                                DType dtype) {
+  if (absl::Status s = CheckOptions("megatron", options, {"make_vocab_size_divisible_by", "moe_layout"});
+      !s.ok()) {
+    return s;
+  }
+  std::string moe_layout = "grouped";
+  if (auto it = options.find("moe_layout"); it != options.end()) moe_layout = it->second;
+  if (moe_layout != "grouped" && moe_layout != "sequential") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "megatron recipe option moe_layout='", moe_layout, "' must be grouped or sequential"));
+  }
+  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
+                ng = c.num_key_value_heads, L = c.num_hidden_layers;
+  const int tp = r.tp, T = r.tp_size;
+  for (absl::Status s : {Divides(nh, T, "num_attention_heads", "megatron tp_size"),
+                         Divides(ng, T, "num_key_value_heads (query groups)", "megatron tp_size"),
+                         Divides(L, r.pp_size, "num_hidden_layers", "megatron pp_size")}) {
+    if (!s.ok()) return s;
+  }
+  auto padded = PaddedVocab("megatron", options, c.vocab_size, T);
+  if (!padded.ok()) return padded.status();
+  const int64_t Vp = *padded;
+
+  Builder b(model, dtype);
+  const bool first = r.pp == 0, last = r.pp == r.pp_size - 1;
+  if (first) {
+    b.Add("embedding.word_embeddings.weight", Shape::Of({Vp / T, H}));
+    VocabRows(b, b.Last(), "model.embed_tokens.weight", c.vocab_size, Vp, tp, T, H);
+  }
+  const int64_t per_stage = L / r.pp_size;
+  const int64_t q_per_group = nh / ng;
+  const int64_t groups = ng / T;
+  const int64_t block = (q_per_group + 2) * hd;  // rows of one query group in linear_qkv
+  for (int64_t j = 0; j < per_stage; ++j) {
+    const int64_t l = r.pp * per_stage + j;
+    const std::string hf = absl::StrCat("model.layers.", l, ".");
+    const std::string mc = absl::StrCat("decoder.layers.", j, ".");
+
+    b.Add(mc + "self_attention.linear_qkv.layer_norm_weight", Shape::Of({H}));
+    b.Map(b.Last(), hf + "input_layernorm.weight", Range(0, H), Range(0, H));
+
+    b.Add(mc + "self_attention.linear_qkv.weight", Shape::Of({groups * block, H}));
+    size_t qkv = b.Last();
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t G = tp * groups + g;  // global query group
+      const int64_t at = g * block;
+      b.Map(qkv, hf + "self_attn.q_proj.weight", Rows(G * q_per_group * hd, q_per_group * hd, H),
+            Rows(at, q_per_group * hd, H));
+      b.Map(qkv, hf + "self_attn.k_proj.weight", Rows(G * hd, hd, H),
+            Rows(at + q_per_group * hd, hd, H));
+      b.Map(qkv, hf + "self_attn.v_proj.weight", Rows(G * hd, hd, H),
+            Rows(at + (q_per_group + 1) * hd, hd, H));
+    }
+    if (c.attention_bias) {
+      b.Add(mc + "self_attention.linear_qkv.bias", Shape::Of({groups * block}));
+      size_t bias = b.Last();
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t G = tp * groups + g;
+        const int64_t at = g * block;
+        b.Map(bias, hf + "self_attn.q_proj.bias", Range(G * q_per_group * hd, q_per_group * hd),
+              Range(at, q_per_group * hd));
+        b.Map(bias, hf + "self_attn.k_proj.bias", Range(G * hd, hd), Range(at + q_per_group * hd, hd));
+        b.Map(bias, hf + "self_attn.v_proj.bias", Range(G * hd, hd),
+              Range(at + (q_per_group + 1) * hd, hd));
+      }
+    }
+    if (c.qk_norm) {
+      b.Add(mc + "self_attention.q_layernorm.weight", Shape::Of({hd}));
+      b.Map(b.Last(), hf + "self_attn.q_norm.weight", Range(0, hd), Range(0, hd));
+      b.Add(mc + "self_attention.k_layernorm.weight", Shape::Of({hd}));
+      b.Map(b.Last(), hf + "self_attn.k_norm.weight", Range(0, hd), Range(0, hd));
+    }
+    const int64_t attn_cols = nh * hd / T;
+    b.Add(mc + "self_attention.linear_proj.weight", Shape::Of({H, attn_cols}));
+    b.Map(b.Last(), hf + "self_attn.o_proj.weight", Cols(H, tp * attn_cols, attn_cols),
+          Cols(H, 0, attn_cols));
+
+    if (!c.IsMoeLayer(l)) {
+      const int64_t I = c.intermediate_size;
+      if (absl::Status s = Divides(I, T, "intermediate_size", "megatron tp_size"); !s.ok()) return s;
+      b.Add(mc + "mlp.linear_fc1.layer_norm_weight", Shape::Of({H}));
+      b.Map(b.Last(), hf + "post_attention_layernorm.weight", Range(0, H), Range(0, H));
+      b.Add(mc + "mlp.linear_fc1.weight", Shape::Of({2 * I / T, H}));
+      GluFc1(b, b.Last(), hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight", I, tp, T, H);
+      b.Add(mc + "mlp.linear_fc2.weight", Shape::Of({H, I / T}));
+      b.Map(b.Last(), hf + "mlp.down_proj.weight", Cols(H, tp * (I / T), I / T), Cols(H, 0, I / T));
+      continue;
+    }
+
+    // MoE layer.
+    const MoeNames n = MoeNamesFor(c, l);
+    const int64_t E = c.num_experts, Ie = c.ExpertSize();
+    for (absl::Status s : {Divides(E, r.ep_size, "num_experts", "megatron ep_size"),
+                           Divides(Ie, r.etp_size, "moe_intermediate_size", "megatron etp_size")}) {
+      if (!s.ok()) return s;
+    }
+    b.Add(mc + "pre_mlp_layernorm.weight", Shape::Of({H}));
+    b.Map(b.Last(), hf + "post_attention_layernorm.weight", Range(0, H), Range(0, H));
+    b.Add(mc + "mlp.router.weight", Shape::Of({E, H}));
+    b.Map(b.Last(), n.router, Rows(0, E, H), Rows(0, E, H));
+    const int64_t local_experts = E / r.ep_size;
+    const int64_t Il = Ie / r.etp_size;
+    for (int64_t i = 0; i < local_experts; ++i) {
+      const int64_t e = r.ep * local_experts + i;
+      const std::string ep = absl::StrCat(n.expert_prefix, e, ".");
+      std::string fc1, fc2;
+      if (moe_layout == "grouped") {
+        fc1 = absl::StrCat(mc, "mlp.experts.linear_fc1.weight", i);
+        fc2 = absl::StrCat(mc, "mlp.experts.linear_fc2.weight", i);
+      } else {
+        fc1 = absl::StrCat(mc, "mlp.experts.local_experts.", i, ".linear_fc1.weight");
+        fc2 = absl::StrCat(mc, "mlp.experts.local_experts.", i, ".linear_fc2.weight");
+      }
+      b.Add(fc1, Shape::Of({2 * Il, H}));
+      GluFc1(b, b.Last(), ep + n.gate + ".weight", ep + n.up + ".weight", Ie, r.etp, r.etp_size, H);
+      b.Add(fc2, Shape::Of({H, Il}));
+      b.Map(b.Last(), ep + n.down + ".weight", Cols(H, r.etp * Il, Il), Cols(H, 0, Il));
+    }
+    if (!n.shared_prefix.empty()) {
+      const int64_t Is = c.shared_expert_intermediate_size;
+      if (absl::Status s = Divides(Is, T, "shared_expert_intermediate_size", "megatron tp_size");
+          !s.ok()) {
+        return s;
+      }
+      b.Add(mc + "mlp.shared_experts.linear_fc1.weight", Shape::Of({2 * Is / T, H}));
+      GluFc1(b, b.Last(), n.shared_prefix + "gate_proj.weight", n.shared_prefix + "up_proj.weight",
+             Is, tp, T, H);
+      b.Add(mc + "mlp.shared_experts.linear_fc2.weight", Shape::Of({H, Is / T}));
+      b.Map(b.Last(), n.shared_prefix + "down_proj.weight", Cols(H, tp * (Is / T), Is / T),
+            Cols(H, 0, Is / T));
+      b.Add(mc + "mlp.shared_experts.gate_weight", Shape::Of({1, H}));
+      b.Map(b.Last(), n.shared_gate, Rows(0, 1, H), Rows(0, 1, H));
+    }
+  }
+  if (last) {
+    b.Add("decoder.final_layernorm.weight", Shape::Of({H}));
+    b.Map(b.Last(), "model.norm.weight", Range(0, H), Range(0, H));
+    // Tied embeddings: with one stage the embedding is reused; with several,
+    // the last stage keeps its own copy as output_layer.
+    if (!c.tie_word_embeddings || r.pp_size > 1) {
+      b.Add("output_layer.weight", Shape::Of({Vp / T, H}));
+      VocabRows(b, b.Last(), c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                c.vocab_size, Vp, tp, T, H);
+    }
+  }
+  return b.Finish();
+}
+
+}  // namespace wsync::layout::internal
