@@ -79,13 +79,11 @@ WSYNC_HD float BitsF32(uint32_t u) {
 
 // fp32 -> bf16 bits, round to nearest even.
 WSYNC_HD uint16_t F32ToBf16(float f) {
+  // Branch-free so that compilers vectorize loops over it.
   uint32_t u = F32Bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN
-    return static_cast<uint16_t>(((u >> 16) & 0x8000u) | 0x7fc0u);
-  }
-  uint32_t lsb = (u >> 16) & 1u;
-  u += 0x7fffu + lsb;
-  return static_cast<uint16_t>(u >> 16);
+  uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 // bf16 bits -> fp32 (exact).
