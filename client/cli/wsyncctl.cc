@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/convert/convert.h"
 #include "client/cpp/connection.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "wsync/v1/wsync.grpc.pb.h"
@@ -194,6 +195,32 @@ int RunHealth(const Global& g, const std::string& service, std::ostream& out, st
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kOk : kFailed;
 }
 
+int RunConvert(const convert::ConvertOptions& o, bool json, std::ostream& out, std::ostream& err) {
+  auto report = convert::Convert(o);
+  if (!report.ok()) {
+    err << "wsyncctl convert: " << report.status().message() << "\n";
+    return kFailed;
+  }
+  const double mib = report->bytes_written / double(1 << 20);
+  if (json) {
+    out << absl::StrFormat(
+        "{\"tensors\": %d, \"files\": %d, \"bytes_read\": %d, \"bytes_written\": %d, "
+        "\"seconds\": %.3f, \"peak_rss_kib\": %d, \"lora_merged\": %d}\n",
+        report->tensors_written, report->files_written, report->bytes_read, report->bytes_written,
+        report->seconds, report->peak_rss_kib, report->lora_merged);
+  } else {
+    out << absl::StrFormat(
+        "converted %s -> %s: %d tensors in %d files, %.1f MiB written in %.2f s (%.0f MiB/s), "
+        "peak RSS %.1f MiB%s\n",
+        o.from.ToString(), o.to.ToString(), report->tensors_written, report->files_written, mib,
+        report->seconds, mib / std::max(report->seconds, 1e-9), report->peak_rss_kib / 1024.0,
+        report->lora_merged ? absl::StrCat(", LoRA ", o.lora_mode, " on ", report->lora_merged,
+                                           " tensors")
+                            : "");
+  }
+  return kOk;
+}
+
 }  // namespace
 
 int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostream& err) {
@@ -219,6 +246,37 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
       "health", "grpc.health.v1 check; prints SERVING or NOT_SERVING, exit 0 only if SERVING");
   health->add_option("--service", service,
                      "service to check: \"\" (the whole daemon), wsync.v1.Wsync or wsync.v1.WsyncPeer");
+  convert::ConvertOptions conv;
+  std::string from_text, to_text;
+  uint64_t bucket_mib = 64;
+  double max_shard_gib = 5;
+  CLI::App* conv_cmd = app.add_subcommand(
+      "convert",
+      "reshard a safetensors checkpoint between layouts, offline (no daemon): e.g.\n"
+      "  wsyncctl convert --model-config config.json --from megatron:tp=2,pp=2 --to hf --in A --out B");
+  conv_cmd->add_option("--model-config", conv.model_config, "the model's Hugging Face config.json")
+      ->required();
+  conv_cmd->add_option("--from", from_text,
+                       "input layout: hf, megatron:tp=N,pp=N,ep=N,etp=N, vllm:tp=N,ep=N, fsdp:dp=N")
+      ->required();
+  conv_cmd->add_option("--to", to_text, "output layout, same syntax as --from")->required();
+  conv_cmd->add_option("--in", conv.in_dir, "input directory")->required();
+  conv_cmd->add_option("--out", conv.out_dir, "output directory (created if missing)")->required();
+  conv_cmd->add_option("--dtype", conv.dtype, "output dtype: fp32, bf16 or fp16 (default: the input's)");
+  conv_cmd->add_option("--lora", conv.lora_dir,
+                       "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)");
+  conv_cmd->add_option("--lora-mode", conv.lora_mode, "merge (W + s*B@A) or unmerge (W - s*B@A)")
+      ->capture_default_str();
+  conv_cmd->add_option("--bucket-mib", bucket_mib, "output is produced in pieces of this size")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  conv_cmd->add_option("--threads", conv.threads, "CPU threads for copying")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  conv_cmd->add_option("--max-shard-gib", max_shard_gib, "hf output: largest file before splitting")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  conv_cmd->add_flag("--quiet", conv.quiet, "do not list files as they are written");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -239,6 +297,19 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
   g.connect.connect_timeout_ms = g.timeout_ms;
   if (*status) return RunStatus(g, out, err);
   if (*health) return RunHealth(g, service, out, err);
+  if (*conv_cmd) {
+    auto from = convert::ParseLayoutSpec(from_text);
+    auto to = convert::ParseLayoutSpec(to_text);
+    if (!from.ok() || !to.ok()) {
+      err << "wsyncctl convert: " << (from.ok() ? to.status() : from.status()).message() << "\n";
+      return kUsage;
+    }
+    conv.from = *from;
+    conv.to = *to;
+    conv.bucket_bytes = bucket_mib << 20;
+    conv.max_shard_bytes = static_cast<uint64_t>(max_shard_gib * (1ull << 30));
+    return RunConvert(conv, g.json, out, err);
+  }
   err << "wsyncctl: no command\n";
   return kUsage;
 }

@@ -20,6 +20,14 @@ int Locality(const Location& a, const Location& b) {
   return 1;
 }
 
+// The k-th dimension of `b` with size > 1, or -1.
+int NthNonUnit(const Box& b, int k) {
+  for (int i = 0; i < b.ndim; ++i) {
+    if (b.size[i] != 1 && k-- == 0) return i;
+  }
+  return -1;
+}
+
 // Splits an op whose bytes exceed `max_bytes` along its outermost non-unit
 // destination dimension (and further in if one slab is still too big).
 void SplitOp(const CopyOp& op, uint64_t elem_bytes, uint64_t max_bytes, std::vector<CopyOp>* out) {
@@ -28,29 +36,16 @@ void SplitOp(const CopyOp& op, uint64_t elem_bytes, uint64_t max_bytes, std::vec
     out->push_back(op);
     return;
   }
-  // Outermost destination dimension with size > 1, and the paired source dim.
-  int dd = 0;
-  while (dd < op.dst_box.ndim && op.dst_box.size[dd] == 1) ++dd;
-  int rank_in_nonunit = 0;
-  for (int i = 0; i < dd; ++i) rank_in_nonunit += op.dst_box.size[i] != 1;
-  int sd = -1, seen = 0;
-  for (int i = 0; i < op.src_box.ndim; ++i) {
-    if (op.src_box.size[i] == 1) continue;
-    if (seen++ == rank_in_nonunit) {
-      sd = i;
-      break;
-    }
-  }
+  const int dd = NthNonUnit(op.dst_box, 0);
   const int64_t n = op.dst_box.size[dd];
   const uint64_t slab = bytes / n;
-  int64_t per = std::max<int64_t>(1, static_cast<int64_t>(max_bytes / std::max<uint64_t>(slab, 1)));
+  const int64_t per = std::max<int64_t>(1, static_cast<int64_t>(max_bytes / std::max<uint64_t>(slab, 1)));
   for (int64_t start = 0; start < n; start += per) {
-    CopyOp part = op;
-    int64_t len = std::min(per, n - start);
-    part.dst_box.off[dd] += start;
-    part.dst_box.size[dd] = len;
-    part.src_box.off[sd] += start;
-    part.src_box.size[sd] = len;
+    Box window = op.dst_box;
+    window.off[dd] += start;
+    window.size[dd] = std::min(per, n - start);
+    CopyOp part;
+    ClipCopy(op, window, &part);
     SplitOp(part, elem_bytes, max_bytes, out);
   }
 }
@@ -74,6 +69,26 @@ void HashString(kernels::DigestSums* s, uint64_t* w, const std::string& str) {
 }
 
 }  // namespace
+
+bool ClipCopy(const CopyOp& op, const Box& window, CopyOp* out) {
+  Box in = op.dst_box.Intersect(window);
+  if (in.ndim == 0) return false;
+  *out = op;
+  out->dst_box = in;
+  // Non-unit dimensions pair up in order across the three boxes.
+  for (int k = 0;; ++k) {
+    const int d = NthNonUnit(op.dst_box, k);
+    if (d < 0) break;
+    const int s = NthNonUnit(op.src_box, k);
+    const int c = NthNonUnit(op.canonical, k);
+    const int64_t shift = in.off[d] - op.dst_box.off[d];
+    out->src_box.off[s] += shift;
+    out->src_box.size[s] = in.size[d];
+    out->canonical.off[c] += shift;
+    out->canonical.size[c] = in.size[d];
+  }
+  return true;
+}
 
 uint64_t BoxBytes(const Box& box, DType dtype) {
   return static_cast<uint64_t>(box.NumElements()) * kernels::DTypeSize(dtype);
@@ -173,6 +188,7 @@ absl::StatusOr<Plan> BuildPlan(const ModelSpec& model, const std::vector<Endpoin
             op.dst_endpoint = te;
             op.dst_shard = ts;
             op.tensor = tp.tensor;
+            op.canonical = in;
             op.src_box = MapToShard(sp, smap, in);
             op.dst_box = MapToShard(tp, tmap, in);
             load[ref->endpoint] += in.NumElements() * elem;

@@ -49,6 +49,7 @@ struct CopyOp {
   uint32_t src_endpoint = 0, src_shard = 0;
   uint32_t dst_endpoint = 0, dst_shard = 0;
   int32_t tensor = -1;
+  Box canonical;  // the same elements in the canonical tensor
   Box src_box;
   Box dst_box;
 };
@@ -82,6 +83,11 @@ struct Plan {
 absl::StatusOr<Plan> BuildPlan(const ModelSpec& model, const std::vector<Endpoint>& sources,
                                const std::vector<Endpoint>& targets,
                                const PlanOptions& options = {});
+
+// Restricts `op` to the part whose destination lies in `window` (a box in
+// the destination shard's coordinates), adjusting the source and canonical
+// boxes to match. Returns false when they do not intersect.
+bool ClipCopy(const CopyOp& op, const Box& window, CopyOp* out);
 
 // Bytes of one element-box at `dtype`.
 uint64_t BoxBytes(const Box& box, DType dtype);

@@ -1,0 +1,672 @@
+#include "client/convert/convert.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/convert/safetensors.h"
+#include "daemon/layout/lowering.h"
+#include "daemon/layout/model_config.h"
+#include "daemon/layout/planner.h"
+#include "kernels/box_copy.h"
+#include "kernels/lora.h"
+
+namespace wsync::convert {
+namespace {
+
+using layout::Box;
+using layout::DType;
+using layout::Endpoint;
+using layout::ModelSpec;
+using layout::RankCoords;
+using layout::ShardSpec;
+
+constexpr char kManifest[] = "wsync_layout.json";
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MakeDirs(const std::string& dir) {
+  std::string at;
+  for (absl::string_view part : absl::StrSplit(dir, '/')) {
+    at += std::string(part) + "/";
+    if (part.empty()) continue;
+    if (mkdir(at.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::PermissionDeniedError(absl::StrCat("cannot create directory ", at));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string Join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// Where each shard of an input endpoint lives on disk.
+struct InputRank {
+  Endpoint endpoint;
+  std::vector<const SafetensorsFile*> file;  // per shard
+  std::vector<const TensorInfo*> info;       // per shard
+};
+
+struct Inputs {
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::vector<InputRank> ranks;
+};
+
+struct Adapter {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo* a = nullptr;  // [r, in]
+  const TensorInfo* b = nullptr;  // [out, r]
+  float scale = 1.0f;
+};
+
+std::string RankLabel(const LayoutSpec& l, const RankCoords& r) {
+  return absl::StrCat(l.recipe, " rank ", r.ToString());
+}
+
+absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
+                          const layout::ModelConfig& config, Inputs* in) {
+  std::vector<std::string> names;
+  const std::string index = Join(o.in_dir, "model.safetensors.index.json");
+  if (Exists(index)) {
+    auto text = ReadText(index);
+    if (!text.ok()) return text.status();
+    nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(index, ": no weight_map object"));
+    }
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string()) return absl::InvalidArgumentError(absl::StrCat(index, ": bad weight_map entry ", it.key()));
+      std::string f = it->get<std::string>();
+      if (std::find(names.begin(), names.end(), f) == names.end()) names.push_back(f);
+    }
+    std::sort(names.begin(), names.end());
+  } else if (Exists(Join(o.in_dir, "model.safetensors"))) {
+    names.push_back("model.safetensors");
+  } else {
+    return absl::NotFoundError(absl::StrCat("no model.safetensors or model.safetensors.index.json in ",
+                                            o.in_dir));
+  }
+  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> where;
+  for (const std::string& n : names) {
+    auto f = SafetensorsFile::Open(Join(o.in_dir, n));
+    if (!f.ok()) return f.status();
+    for (const TensorInfo& t : (*f)->tensors()) {
+      if (model.Find(t.name) < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            (*f)->path(), ": extra tensor '", t.name, "' is not part of the ", config.family,
+            " model described by ", o.model_config));
+      }
+      auto [it, fresh] = where.emplace(t.name, std::make_pair(f->get(), &t));
+      if (!fresh) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' appears in both ",
+                                                       it->second.first->path(), " and ",
+                                                       (*f)->path()));
+      }
+    }
+    in->files.push_back(std::move(*f));
+  }
+  InputRank rank;
+  rank.endpoint.id = "hf";
+  for (int32_t i = 0; i < model.size(); ++i) {
+    const layout::TensorSpec& t = model.tensor(i);
+    auto it = where.find(t.name);
+    if (it == where.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("missing tensor '", t.name, "': not in any of the ",
+                                                     names.size(), " safetensors file(s) in ", o.in_dir));
+    }
+    const TensorInfo* info = it->second.second;
+    if (info->shape != t.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          it->second.first->path(), ": tensor '", t.name, "' has shape ", info->shape.ToString(),
+          " but ", o.model_config, " gives ", t.shape.ToString()));
+    }
+    ShardSpec s{t.name, t.shape, info->dtype, {}};
+    s.pieces.push_back({i, Box::Whole(t.shape), Box::Whole(t.shape)});
+    rank.endpoint.shards.push_back(std::move(s));
+    rank.file.push_back(it->second.first);
+    rank.info.push_back(info);
+  }
+  in->ranks.push_back(std::move(rank));
+  return absl::OkStatus();
+}
+
+absl::Status CheckManifest(const ConvertOptions& o) {
+  const std::string path = Join(o.in_dir, kManifest);
+  if (!Exists(path)) return absl::OkStatus();
+  auto text = ReadText(path);
+  if (!text.ok()) return text.status();
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  }
+  const RankCoords& s = o.from.sizes;
+  bool same = j.value("recipe", "") == o.from.recipe;
+  const std::pair<const char*, int> sizes[] = {{"tp", s.tp_size}, {"pp", s.pp_size},
+                                               {"ep", s.ep_size}, {"etp", s.etp_size},
+                                               {"dp", s.dp_size}};
+  for (auto [k, v] : sizes) same = same && j["sizes"].value(k, 1) == std::max(1, v);
+  if (!same) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", j.value("recipe", "?"), " ",
+                                                   j["sizes"].dump(), ", but --from says ",
+                                                   o.from.ToString()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadShardedInputs(const ConvertOptions& o, const ModelSpec& model,
+                               const layout::ModelConfig& config, Inputs* in) {
+  if (absl::Status s = CheckManifest(o); !s.ok()) return s;
+  for (const RankCoords& r : layout::AllRanks(o.from.sizes)) {
+    const std::string path = Join(o.in_dir, RankFileName(r));
+    if (!Exists(path)) {
+      return absl::NotFoundError(absl::StrCat("rank file missing from the sharded set: ", path, " (",
+                                              RankLabel(o.from, r), ")"));
+    }
+    auto f = SafetensorsFile::Open(path);
+    if (!f.ok()) return f.status();
+    auto shards = layout::BuildShards(model, config, o.from.recipe, o.from.options, r, DType::kF32);
+    if (!shards.ok()) return shards.status();
+    InputRank rank;
+    rank.endpoint.id = absl::StrCat("in/", r.ToString());
+    for (ShardSpec& s : *shards) {
+      const TensorInfo* info = (*f)->Find(s.name);
+      if (info == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": missing tensor '", s.name,
+                                                       "' (expected by ", RankLabel(o.from, r), ")"));
+      }
+      if (info->shape != s.shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor '", s.name, "' has shape ", info->shape.ToString(), " but ",
+            RankLabel(o.from, r), " of the model in ", o.model_config, " expects ",
+            s.shape.ToString()));
+      }
+      s.dtype = info->dtype;
+      rank.file.push_back(f->get());
+      rank.info.push_back(info);
+    }
+    if ((*f)->tensors().size() != shards->size()) {
+      for (const TensorInfo& t : (*f)->tensors()) {
+        bool known = false;
+        for (const ShardSpec& s : *shards) known |= s.name == t.name;
+        if (!known) {
+          return absl::InvalidArgumentError(absl::StrCat(path, ": extra tensor '", t.name,
+                                                         "' is not part of ", RankLabel(o.from, r)));
+        }
+      }
+    }
+    rank.endpoint.shards = std::move(*shards);
+    in->ranks.push_back(std::move(rank));
+    in->files.push_back(std::move(*f));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadAdapters(const ConvertOptions& o, const ModelSpec& model, Inputs* in,
+                          std::map<int32_t, Adapter>* out) {
+  const std::string cfg_path = Join(o.lora_dir, "adapter_config.json");
+  auto text = ReadText(cfg_path);
+  if (!text.ok()) return text.status();
+  nlohmann::json cfg = nlohmann::json::parse(*text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not a JSON object"));
+  }
+  if (!cfg.contains("r") || !cfg["r"].is_number_integer() || cfg["r"].get<int64_t>() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": 'r' must be a positive integer"));
+  }
+  if (!cfg.contains("lora_alpha") || !cfg["lora_alpha"].is_number()) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": 'lora_alpha' must be a number"));
+  }
+  if (cfg.value("fan_in_fan_out", false)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cfg_path, ": fan_in_fan_out adapters (Conv1D models) are not supported"));
+  }
+  const int64_t r = cfg["r"].get<int64_t>();
+  const double alpha = cfg["lora_alpha"].get<double>();
+  const bool rslora = cfg.value("use_rslora", false);
+  const float scale = static_cast<float>(rslora ? alpha / std::sqrt(double(r)) : alpha / double(r));
+
+  auto f = SafetensorsFile::Open(Join(o.lora_dir, "adapter_model.safetensors"));
+  if (!f.ok()) return f.status();
+  std::map<std::string, std::pair<const TensorInfo*, const TensorInfo*>> pairs;
+  for (const TensorInfo& t : (*f)->tensors()) {
+    std::string base = t.name;
+    const std::string prefix = "base_model.model.";
+    if (absl::StartsWith(base, prefix)) base = base.substr(prefix.size());
+    bool is_a = absl::EndsWith(base, ".lora_A.weight");
+    bool is_b = absl::EndsWith(base, ".lora_B.weight");
+    if (!is_a && !is_b) {
+      return absl::InvalidArgumentError(absl::StrCat((*f)->path(), ": tensor '", t.name,
+                                                     "' is neither lora_A nor lora_B"));
+    }
+    base = base.substr(0, base.size() - std::string(".lora_A.weight").size()) + ".weight";
+    (is_a ? pairs[base].first : pairs[base].second) = &t;
+  }
+  for (const auto& [base, ab] : pairs) {
+    const int32_t id = model.Find(base);
+    if (id < 0) {
+      return absl::InvalidArgumentError(absl::StrCat((*f)->path(), ": adapter for '", base,
+                                                     "', which the model does not have"));
+    }
+    if (ab.first == nullptr || ab.second == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat((*f)->path(), ": adapter for '", base,
+                                                     "' lacks its lora_", ab.first ? "B" : "A"));
+    }
+    const layout::Shape& w = model.tensor(id).shape;
+    const layout::Shape want_a = layout::Shape::Of({r, w.d[1]}), want_b = layout::Shape::Of({w.d[0], r});
+    if (w.ndim != 2 || ab.first->shape != want_a || ab.second->shape != want_b) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          (*f)->path(), ": adapter for '", base, "' (", w.ToString(), ") has lora_A ",
+          ab.first->shape.ToString(), " and lora_B ", ab.second->shape.ToString(), "; expected ",
+          want_a.ToString(), " and ", want_b.ToString()));
+    }
+    (*out)[id] = Adapter{f->get(), ab.first, ab.second, o.lora_mode == "unmerge" ? -scale : scale};
+  }
+  in->files.push_back(std::move(*f));
+  return absl::OkStatus();
+}
+
+int64_t DenseOffset(const Box& b, const layout::Shape& shape) {
+  int64_t off = 0, stride = 1;
+  for (int d = shape.ndim - 1; d >= 0; --d) {
+    off += b.off[d] * stride;
+    stride *= shape.d[d];
+  }
+  return off;
+}
+
+int64_t DenseStride(const layout::Shape& shape, int dim) {
+  int64_t s = 1;
+  for (int d = shape.ndim - 1; d > dim; --d) s *= shape.d[d];
+  return s;
+}
+
+int NthNonUnit(const Box& b, int k) {
+  for (int i = 0; i < b.ndim; ++i) {
+    if (b.size[i] != 1 && k-- == 0) return i;
+  }
+  return -1;
+}
+
+// Stride (elements) in a shard of the dimension holding canonical dim `c`.
+int64_t StrideFor(const layout::CopyOp& op, const Box& side, const layout::Shape& shape, int c) {
+  if (op.canonical.size[c] == 1) return 0;
+  int k = 0;
+  for (int i = 0; i < c; ++i) k += op.canonical.size[i] != 1;
+  return DenseStride(shape, NthNonUnit(side, k));
+}
+
+int64_t PeakRssKib() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+}  // namespace
+
+std::string LayoutSpec::ToString() const {
+  std::string s = recipe;
+  std::vector<std::string> parts;
+  const std::pair<const char*, int> sz[] = {{"tp", sizes.tp_size}, {"pp", sizes.pp_size},
+                                            {"ep", sizes.ep_size}, {"etp", sizes.etp_size},
+                                            {"dp", sizes.dp_size}};
+  for (auto [k, v] : sz) {
+    if (v > 1) parts.push_back(absl::StrCat(k, "=", v));
+  }
+  for (const auto& [k, v] : options) parts.push_back(absl::StrCat(k, "=", v));
+  for (size_t i = 0; i < parts.size(); ++i) absl::StrAppend(&s, i ? "," : ":", parts[i]);
+  return s;
+}
+
+absl::StatusOr<LayoutSpec> ParseLayoutSpec(const std::string& text) {
+  LayoutSpec l;
+  std::vector<std::string> head = absl::StrSplit(text, absl::MaxSplits(':', 1));
+  l.recipe = head[0];
+  const auto& names = layout::RecipeNames();
+  if (std::find(names.begin(), names.end(), l.recipe) == names.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("layout '", text, "': unknown recipe '", l.recipe,
+                                                   "' (megatron, vllm, hf, fsdp)"));
+  }
+  if (head.size() == 1 || head[1].empty()) return l;
+  for (absl::string_view item : absl::StrSplit(head[1], ',')) {
+    std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (kv.size() != 2 || kv[0].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layout '", text, "': expected key=value, got '", item, "'"));
+    }
+    int* size = kv[0] == "tp"    ? &l.sizes.tp_size
+                : kv[0] == "pp"  ? &l.sizes.pp_size
+                : kv[0] == "ep"  ? &l.sizes.ep_size
+                : kv[0] == "etp" ? &l.sizes.etp_size
+                : kv[0] == "dp"  ? &l.sizes.dp_size
+                                 : nullptr;
+    if (size == nullptr) {
+      l.options[kv[0]] = kv[1];
+      continue;
+    }
+    if (!absl::SimpleAtoi(kv[1], size) || *size < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layout '", text, "': ", kv[0], " must be a positive integer"));
+    }
+  }
+  return l;
+}
+
+std::string RankFileName(const RankCoords& r) {
+  return absl::StrCat("rank-tp", r.tp, "-pp", r.pp, "-ep", r.ep, "-etp", r.etp, "-dp", r.dp,
+                      ".safetensors");
+}
+
+absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  if (o.in_dir == o.out_dir) {
+    return absl::InvalidArgumentError("--out must differ from --in");
+  }
+  if (o.lora_mode != "merge" && o.lora_mode != "unmerge") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--lora-mode '", o.lora_mode, "' must be merge or unmerge"));
+  }
+  if (o.bucket_bytes < 4096) return absl::InvalidArgumentError("the bucket size must be >= 4 KiB");
+  auto config_text = ReadText(o.model_config);
+  if (!config_text.ok()) return config_text.status();
+  auto config = layout::ParseHfConfig(*config_text);
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(o.model_config, ": ", config.status().message()));
+  }
+  auto tensors = layout::CanonicalTensors(*config, DType::kF32);
+  if (!tensors.ok()) return tensors.status();
+  auto model = ModelSpec::Create(*tensors);
+  if (!model.ok()) return model.status();
+
+  Inputs in;
+  absl::Status loaded = o.from.recipe == "hf" ? LoadHfInputs(o, *model, *config, &in)
+                                              : LoadShardedInputs(o, *model, *config, &in);
+  if (!loaded.ok()) return loaded;
+
+  // Output dtype.
+  DType out_dtype;
+  if (!o.dtype.empty()) {
+    auto d = layout::ParseDType(o.dtype);
+    if (!d.ok()) return d.status();
+    out_dtype = *d;
+  } else {
+    const InputRank& first = in.ranks.front();
+    out_dtype = first.endpoint.shards.front().dtype;
+    for (const InputRank& r : in.ranks) {
+      for (size_t s = 0; s < r.endpoint.shards.size(); ++s) {
+        if (r.endpoint.shards[s].dtype != out_dtype) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "the input mixes dtypes (", kernels::DTypeName(out_dtype), " in ",
+              first.file.front()->path(), ", ", kernels::DTypeName(r.endpoint.shards[s].dtype),
+              " for '", r.endpoint.shards[s].name, "' in ", r.file[s]->path(),
+              "); choose the output dtype with --dtype"));
+        }
+      }
+    }
+  }
+  for (const InputRank& r : in.ranks) {
+    for (size_t s = 0; s < r.endpoint.shards.size(); ++s) {
+      DType dt = r.endpoint.shards[s].dtype;
+      if ((dt == DType::kF8E4M3) != (out_dtype == DType::kF8E4M3)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            r.file[s]->path(), ": tensor '", r.endpoint.shards[s].name, "' is ",
+            kernels::DTypeName(dt), ", which cannot be converted to ",
+            kernels::DTypeName(out_dtype), " (fp8_e4m3 is copied, not converted)"));
+      }
+    }
+  }
+
+  std::map<int32_t, Adapter> adapters;
+  if (!o.lora_dir.empty()) {
+    if (absl::Status s = LoadAdapters(o, *model, &in, &adapters); !s.ok()) return s;
+  }
+
+  // Targets.
+  std::vector<Endpoint> targets;
+  std::vector<RankCoords> target_ranks = layout::AllRanks(o.to.sizes);
+  for (const RankCoords& r : target_ranks) {
+    auto shards = layout::BuildShards(*model, *config, o.to.recipe, o.to.options, r, out_dtype);
+    if (!shards.ok()) return shards.status();
+    targets.push_back({absl::StrCat("out/", r.ToString()), {}, std::move(*shards)});
+  }
+  std::vector<Endpoint> sources;
+  for (const InputRank& r : in.ranks) sources.push_back(r.endpoint);
+  layout::PlanOptions popts;
+  popts.max_bucket_bytes = o.bucket_bytes;
+  auto plan = layout::BuildPlan(*model, sources, targets, popts);
+  if (!plan.ok()) return plan.status();
+
+  // Ops and fills per target shard.
+  std::vector<std::vector<std::vector<uint32_t>>> ops_of(targets.size()), fills_of(targets.size());
+  for (size_t e = 0; e < targets.size(); ++e) {
+    ops_of[e].resize(targets[e].shards.size());
+    fills_of[e].resize(targets[e].shards.size());
+  }
+  for (uint32_t i = 0; i < plan->ops.size(); ++i) {
+    ops_of[plan->ops[i].dst_endpoint][plan->ops[i].dst_shard].push_back(i);
+  }
+  for (uint32_t i = 0; i < plan->fills.size(); ++i) {
+    fills_of[plan->fills[i].dst_endpoint][plan->fills[i].dst_shard].push_back(i);
+  }
+
+  // Output files: (endpoint, shard) -> (file, tensor index).
+  if (absl::Status s = MakeDirs(o.out_dir); !s.ok()) return s;
+  struct OutFile {
+    std::string name;
+    std::vector<std::pair<uint32_t, uint32_t>> shards;  // (endpoint, shard)
+  };
+  std::vector<OutFile> files;
+  if (o.to.recipe == "hf") {
+    uint64_t acc = 0;
+    for (uint32_t s = 0; s < targets[0].shards.size(); ++s) {
+      const ShardSpec& sh = targets[0].shards[s];
+      uint64_t bytes = sh.shape.NumElements() * kernels::DTypeSize(sh.dtype);
+      if (files.empty() || (acc > 0 && acc + bytes > o.max_shard_bytes)) {
+        files.push_back({});
+        acc = 0;
+      }
+      files.back().shards.push_back({0, s});
+      acc += bytes;
+    }
+    for (size_t f = 0; f < files.size(); ++f) {
+      files[f].name = files.size() == 1 ? "model.safetensors"
+                                        : absl::StrFormat("model-%05d-of-%05d.safetensors", f + 1,
+                                                          files.size());
+    }
+  } else {
+    for (uint32_t e = 0; e < targets.size(); ++e) {
+      OutFile f{RankFileName(target_ranks[e]), {}};
+      for (uint32_t s = 0; s < targets[e].shards.size(); ++s) f.shards.push_back({e, s});
+      files.push_back(std::move(f));
+    }
+  }
+
+  ConvertReport report;
+  const uint64_t bucket = o.bucket_bytes;
+  std::vector<uint8_t> staging;
+  std::map<std::string, std::string> metadata = {{"format", "pt"},
+                                                 {"wsync_layout", o.to.ToString()}};
+  for (const OutFile& of : files) {
+    std::vector<TensorInfo> layout_info;
+    for (auto [e, s] : of.shards) {
+      const ShardSpec& sh = targets[e].shards[s];
+      layout_info.push_back({sh.name, sh.dtype, sh.shape, 0, 0});
+    }
+    const std::string path = Join(o.out_dir, of.name);
+    auto writer = SafetensorsWriter::Create(path, layout_info, metadata);
+    if (!writer.ok()) return writer.status();
+    for (size_t k = 0; k < of.shards.size(); ++k) {
+      auto [e, s] = of.shards[k];
+      const ShardSpec& sh = targets[e].shards[s];
+      const int64_t rows = sh.shape.d[0];
+      const uint64_t row_bytes =
+          static_cast<uint64_t>(sh.shape.NumElements() / rows) * kernels::DTypeSize(sh.dtype);
+      const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(bucket / row_bytes));
+      for (int64_t a = 0; a < rows; a += slab_rows) {
+        const int64_t n = std::min(slab_rows, rows - a);
+        staging.resize(n * row_bytes);
+        ShardSpec slab = sh;
+        slab.pieces.clear();
+        slab.shape.d[0] = n;
+        Box window = Box::Whole(sh.shape);
+        window.off[0] = a;
+        window.size[0] = n;
+        std::vector<kernels::BoxCopyOp> copies;
+        std::vector<kernels::LoraMergeOp> merges;
+        for (uint32_t fi : fills_of[e][s]) {
+          Box b = plan->fills[fi].dst_box.Intersect(window);
+          if (b.ndim == 0) continue;
+          b.off[0] -= a;
+          layout::FillOp f{0, 0, b};
+          copies.push_back(layout::LowerFill(f, {&slab, nullptr, staging.data()}));
+        }
+        for (uint32_t oi : ops_of[e][s]) {
+          layout::CopyOp c;
+          if (!layout::ClipCopy(plan->ops[oi], window, &c)) continue;
+          c.dst_box.off[0] -= a;
+          const InputRank& src = in.ranks[c.src_endpoint];
+          const ShardSpec& src_spec = src.endpoint.shards[c.src_shard];
+          const void* src_data = src.file[c.src_shard]->Data(*src.info[c.src_shard]);
+          report.bytes_read += layout::BoxBytes(c.src_box, src_spec.dtype);
+          auto ad = adapters.find(c.tensor);
+          if (ad == adapters.end()) {
+            copies.push_back(layout::LowerCopy(c, {&src_spec, nullptr, const_cast<void*>(src_data)},
+                                               {&slab, nullptr, staging.data()}));
+            continue;
+          }
+          const Adapter& A = ad->second;
+          kernels::LoraMergeOp m;
+          m.w = static_cast<const char*>(src_data) +
+                DenseOffset(c.src_box, src_spec.shape) * kernels::DTypeSize(src_spec.dtype);
+          m.w_dtype = src_spec.dtype;
+          m.w_row_stride = StrideFor(c, c.src_box, src_spec.shape, 0);
+          m.w_col_stride = StrideFor(c, c.src_box, src_spec.shape, 1);
+          m.dst = staging.data() + DenseOffset(c.dst_box, slab.shape) * kernels::DTypeSize(slab.dtype);
+          m.dst_dtype = slab.dtype;
+          m.dst_row_stride = StrideFor(c, c.dst_box, slab.shape, 0);
+          m.dst_col_stride = StrideFor(c, c.dst_box, slab.shape, 1);
+          const int64_t rank = A.a->shape.d[0], in_features = A.a->shape.d[1];
+          m.a = static_cast<const char*>(A.file->Data(*A.a)) +
+                c.canonical.off[1] * kernels::DTypeSize(A.a->dtype);
+          m.a_dtype = A.a->dtype;
+          m.a_k_stride = in_features;
+          m.a_col_stride = 1;
+          m.b = static_cast<const char*>(A.file->Data(*A.b)) +
+                c.canonical.off[0] * rank * kernels::DTypeSize(A.b->dtype);
+          m.b_dtype = A.b->dtype;
+          m.b_row_stride = rank;
+          m.b_k_stride = 1;
+          m.rows = c.canonical.size[0];
+          m.cols = c.canonical.size[1];
+          m.rank = rank;
+          m.scale = A.scale;
+          merges.push_back(m);
+        }
+        if (std::string err = kernels::CheckBoxCopyOps(copies.data(), copies.size()); !err.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat("tensor '", sh.name, "': ", err));
+        }
+        if (std::string err = kernels::CheckLoraOps(merges.data(), merges.size()); !err.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat("tensor '", sh.name, "': ", err));
+        }
+        kernels::BoxCopyCpu(copies.data(), copies.size(), o.threads);
+        kernels::LoraMergeCpu(merges.data(), merges.size(), o.threads);
+        if (absl::Status st = (*writer)->Write(k, a * row_bytes, staging.data(), staging.size());
+            !st.ok()) {
+          return st;
+        }
+        for (const auto& f : in.files) f->ReleasePages();
+      }
+      report.bytes_written += rows * row_bytes;
+      report.tensors_written++;
+    }
+    if (absl::Status st = (*writer)->Commit(); !st.ok()) return st;
+    report.files_written++;
+    if (!o.quiet) std::fprintf(stderr, "wrote %s (%zu tensors)\n", path.c_str(), of.shards.size());
+  }
+  for (const auto& [id, a] : adapters) report.lora_merged++;
+
+  // Index, manifest, config.
+  if (o.to.recipe == "hf") {
+    if (files.size() > 1) {
+      nlohmann::ordered_json idx;
+      idx["metadata"]["total_size"] = report.bytes_written;
+      for (const OutFile& of : files) {
+        for (auto [e, s] : of.shards) idx["weight_map"][targets[e].shards[s].name] = of.name;
+      }
+      if (absl::Status st = WriteTextAtomically(Join(o.out_dir, "model.safetensors.index.json"),
+                                                idx.dump(2) + "\n");
+          !st.ok()) {
+        return st;
+      }
+    }
+    if (absl::Status st = WriteTextAtomically(Join(o.out_dir, "config.json"), *config_text); !st.ok()) {
+      return st;
+    }
+  } else {
+    nlohmann::ordered_json m;
+    m["format"] = "wsync.sharded-safetensors";
+    m["version"] = 1;
+    m["recipe"] = o.to.recipe;
+    m["options"] = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : o.to.options) m["options"][k] = v;
+    m["sizes"] = {{"tp", o.to.sizes.tp_size}, {"pp", o.to.sizes.pp_size},
+                  {"ep", o.to.sizes.ep_size}, {"etp", o.to.sizes.etp_size},
+                  {"dp", o.to.sizes.dp_size}};
+    m["dtype"] = kernels::DTypeName(out_dtype);
+    m["ranks"] = nlohmann::ordered_json::array();
+    for (size_t i = 0; i < target_ranks.size(); ++i) {
+      const RankCoords& r = target_ranks[i];
+      m["ranks"].push_back({{"file", files[i].name}, {"tp", r.tp}, {"pp", r.pp}, {"ep", r.ep},
+                            {"etp", r.etp}, {"dp", r.dp}});
+    }
+    m["model_config"] = nlohmann::ordered_json::parse(*config_text, nullptr, false);
+    if (absl::Status st = WriteTextAtomically(Join(o.out_dir, kManifest), m.dump(2) + "\n"); !st.ok()) {
+      return st;
+    }
+  }
+  report.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.peak_rss_kib = PeakRssKib();
+  return report;
+}
+
+}  // namespace wsync::convert
