@@ -1,0 +1,375 @@
+// End-to-end tests of wsyncctl convert's engine on real files.
+#include "client/convert/convert.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "client/convert/safetensors.h"
+#include "daemon/layout/model_config.h"
+#include "kernels/dtype.h"
+#include "kernels/lora.h"
+#include "tests/testing/process.h"
+
+namespace wsync::convert {
+namespace {
+
+using layout::DType;
+
+constexpr char kDense[] = R"({"model_type": "qwen2", "hidden_size": 16, "intermediate_size": 24,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 4,
+  "vocab_size": 100, "tie_word_embeddings": false})";
+
+constexpr char kMoe[] = R"({"model_type": "qwen2_moe", "hidden_size": 8, "intermediate_size": 16,
+  "moe_intermediate_size": 8, "shared_expert_intermediate_size": 8, "num_experts": 4,
+  "num_attention_heads": 2, "num_key_value_heads": 2, "num_hidden_layers": 2,
+  "vocab_size": 50, "tie_word_embeddings": true})";
+
+struct Checkpoint {
+  std::string dir, config;
+  std::vector<layout::TensorSpec> tensors;
+  std::vector<std::vector<float>> values;  // canonical, fp32
+};
+
+// Writes an HF checkpoint of random fp32 values. `exact` limits values to
+// m/64 (exact in every dtype); otherwise normal(0, 1).
+Checkpoint MakeHf(const char* config_json, bool exact, uint32_t seed) {
+  Checkpoint c;
+  c.dir = testing::MakeTempDir();
+  c.config = c.dir + "/config.json";
+  std::ofstream(c.config) << config_json;
+  auto config = layout::ParseHfConfig(config_json);
+  REQUIRE(config.ok());
+  auto t = layout::CanonicalTensors(*config, DType::kF32);
+  REQUIRE(t.ok());
+  c.tensors = *t;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> m(-127, 127);
+  std::vector<TensorInfo> infos;
+  for (const auto& ts : c.tensors) {
+    std::vector<float> v(ts.shape.NumElements());
+    for (float& x : v) x = exact ? m(rng) / 64.0f : normal(rng);
+    c.values.push_back(std::move(v));
+    infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
+  }
+  mkdir((c.dir + "/hf").c_str(), 0755);
+  auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
+  REQUIRE(w.ok());
+  for (size_t i = 0; i < c.values.size(); ++i) {
+    REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
+  }
+  REQUIRE((*w)->Commit().ok());
+  return c;
+}
+
+ConvertOptions Opts(const Checkpoint& c, const std::string& from, const std::string& to,
+                    const std::string& in, const std::string& out) {
+  ConvertOptions o;
+  o.model_config = c.config;
+  o.from = *ParseLayoutSpec(from);
+  o.to = *ParseLayoutSpec(to);
+  o.in_dir = c.dir + "/" + in;
+  o.out_dir = c.dir + "/" + out;
+  o.quiet = true;
+  o.bucket_bytes = 4096;  // many buckets even for a tiny model
+  return o;
+}
+
+void Run(const ConvertOptions& o) {
+  auto r = Convert(o);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->peak_rss_kib > 0);
+}
+
+std::string Error(const ConvertOptions& o) {
+  auto r = Convert(o);
+  REQUIRE_FALSE(r.ok());
+  return std::string(r.status().message());
+}
+
+// All tensors of an HF output directory, by name.
+std::map<std::string, std::pair<DType, std::vector<uint8_t>>> ReadHf(const std::string& dir) {
+  std::map<std::string, std::pair<DType, std::vector<uint8_t>>> out;
+  DIR* d = opendir(dir.c_str());
+  REQUIRE(d != nullptr);
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") names.push_back(n);
+  }
+  closedir(d);
+  for (const std::string& name : names) {
+    auto f = SafetensorsFile::Open(dir + "/" + name);
+    REQUIRE(f.ok());
+    for (const TensorInfo& t : (*f)->tensors()) {
+      const uint8_t* p = static_cast<const uint8_t*>((*f)->Data(t));
+      out[t.name] = {t.dtype, std::vector<uint8_t>(p, p + (t.end - t.begin))};
+    }
+  }
+  return out;
+}
+
+void CheckRoundTrip(const Checkpoint& c, const std::string& back) {
+  auto got = ReadHf(c.dir + "/" + back);
+  REQUIRE(got.size() == c.tensors.size());
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const auto& [dt, bytes] = got.at(c.tensors[i].name);
+    REQUIRE(dt == DType::kF32);
+    INFO(c.tensors[i].name);
+    REQUIRE(std::memcmp(bytes.data(), c.values[i].data(), bytes.size()) == 0);
+  }
+}
+
+TEST_CASE("HF -> megatron(tp=2,pp=2) -> vllm(tp=4) -> HF is bit-identical in fp32") {
+  Checkpoint c = MakeHf(kDense, /*exact=*/false, 1);
+  Run(Opts(c, "hf", "megatron:tp=2,pp=2", "hf", "meg"));
+  Run(Opts(c, "megatron:tp=2,pp=2", "vllm:tp=4", "meg", "vllm"));
+  ConvertOptions last = Opts(c, "vllm:tp=4", "hf", "vllm", "back");
+  last.max_shard_bytes = 20000;  // forces model-0000K-of-0000N + index
+  Run(last);
+  CHECK(access((c.dir + "/back/model.safetensors.index.json").c_str(), F_OK) == 0);
+  CHECK(access((c.dir + "/back/config.json").c_str(), F_OK) == 0);
+  CHECK(access((c.dir + "/meg/wsync_layout.json").c_str(), F_OK) == 0);
+  CheckRoundTrip(c, "back");
+}
+
+TEST_CASE("MoE: HF -> megatron(tp=2,ep=2,etp=2) -> vllm(ep=2) -> fsdp(dp=3) -> HF") {
+  Checkpoint c = MakeHf(kMoe, false, 2);
+  Run(Opts(c, "hf", "megatron:tp=2,ep=2,etp=2", "hf", "meg"));
+  Run(Opts(c, "megatron:tp=2,ep=2,etp=2", "vllm:tp=2,ep=2", "meg", "vllm"));
+  Run(Opts(c, "vllm:tp=2,ep=2", "fsdp:dp=3", "vllm", "fsdp"));
+  Run(Opts(c, "fsdp:dp=3", "hf", "fsdp", "back"));
+  CheckRoundTrip(c, "back");
+}
+
+TEST_CASE("a dtype change rounds exactly once") {
+  Checkpoint c = MakeHf(kDense, false, 3);
+  ConvertOptions first = Opts(c, "hf", "megatron:tp=2", "hf", "meg");
+  first.dtype = "bf16";
+  Run(first);
+  Run(Opts(c, "megatron:tp=2", "vllm:tp=4", "meg", "vllm"));
+  Run(Opts(c, "vllm:tp=4", "hf", "vllm", "back"));
+  auto got = ReadHf(c.dir + "/back");
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const auto& [dt, bytes] = got.at(c.tensors[i].name);
+    REQUIRE(dt == DType::kBF16);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes.data());
+    for (size_t k = 0; k < c.values[i].size(); ++k) {
+      REQUIRE(h[k] == kernels::F32ToBf16(c.values[i][k]));
+    }
+  }
+}
+
+// Rewrites `path` keeping its tensors except `drop`, plus `extra` if set.
+void Rewrite(const std::string& path, const std::string& drop, bool extra, bool reshape = false) {
+  auto f = SafetensorsFile::Open(path);
+  REQUIRE(f.ok());
+  std::vector<TensorInfo> keep;
+  std::vector<std::vector<uint8_t>> data;
+  for (const TensorInfo& t : (*f)->tensors()) {
+    if (t.name == drop) continue;
+    TensorInfo k = t;
+    const uint8_t* p = static_cast<const uint8_t*>((*f)->Data(t));
+    std::vector<uint8_t> bytes(p, p + (t.end - t.begin));
+    if (reshape && t.name == "decoder.final_layernorm.weight") {
+      k.shape = layout::Shape::Of({k.shape.d[0] / 2});
+      bytes.resize(bytes.size() / 2);
+    }
+    keep.push_back(k);
+    data.push_back(std::move(bytes));
+  }
+  if (extra) {
+    keep.push_back({"decoder.layers.0.self_attention.extra_bias", DType::kF32, layout::Shape::Of({4}), 0, 0});
+    data.emplace_back(16, 0);
+  }
+  f->reset();
+  auto w = SafetensorsWriter::Create(path, keep, {});
+  REQUIRE(w.ok());
+  for (size_t i = 0; i < keep.size(); ++i) REQUIRE((*w)->Write(i, 0, data[i].data(), data[i].size()).ok());
+  REQUIRE((*w)->Commit().ok());
+}
+
+TEST_CASE("bad inputs are errors naming the file and tensor") {
+  Checkpoint c = MakeHf(kDense, true, 4);
+  Run(Opts(c, "hf", "megatron:tp=2,pp=2", "hf", "meg"));
+  const std::string rank1 = c.dir + "/meg/rank-tp1-pp1-ep0-etp0-dp0.safetensors";
+  ConvertOptions o = Opts(c, "megatron:tp=2,pp=2", "hf", "meg", "out");
+
+  SECTION("missing tensor") {
+    Rewrite(rank1, "decoder.layers.1.mlp.linear_fc2.weight", false);
+    CHECK(Error(o) == rank1 + ": missing tensor 'decoder.layers.1.mlp.linear_fc2.weight' (expected "
+                              "by megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1)");
+  }
+  SECTION("extra tensor") {
+    Rewrite(rank1, "", true);
+    CHECK(Error(o) == rank1 + ": extra tensor 'decoder.layers.0.self_attention.extra_bias' is not "
+                              "part of megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1");
+  }
+  SECTION("shape mismatch with the config") {
+    Rewrite(rank1, "", false, /*reshape=*/true);
+    CHECK(Error(o) == rank1 + ": tensor 'decoder.final_layernorm.weight' has shape [8] but megatron "
+                              "rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1 of the model in " + c.config +
+                              " expects [16]");
+  }
+  SECTION("rank file missing from the sharded set") {
+    unlink(rank1.c_str());
+    CHECK(Error(o) == "rank file missing from the sharded set: " + rank1 +
+                          " (megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1)");
+  }
+  SECTION("truncated header") {
+    REQUIRE(truncate(rank1.c_str(), 20) == 0);
+    CHECK_THAT(Error(o), Catch::StartsWith(rank1 + ": truncated: header length"));
+  }
+  SECTION("layout that disagrees with the manifest") {
+    ConvertOptions wrong = Opts(c, "megatron:tp=2,pp=1", "hf", "meg", "out");
+    CHECK_THAT(Error(wrong), Catch::Contains("wsync_layout.json describes megatron") &&
+                                 Catch::Contains("but --from says megatron:tp=2"));
+  }
+  SECTION("HF: missing tensor") {
+    ConvertOptions h = Opts(c, "hf", "vllm:tp=2", "hf", "v");
+    Rewrite(c.dir + "/hf/model.safetensors", "model.norm.weight", false);
+    CHECK(Error(h) == "missing tensor 'model.norm.weight': not in any of the 1 safetensors file(s) in " +
+                          c.dir + "/hf");
+  }
+  // No partial output is ever left under a final name.
+  CHECK(access((c.dir + "/out/model.safetensors").c_str(), F_OK) != 0);
+}
+
+TEST_CASE("HF shape mismatch and extra tensors") {
+  Checkpoint c = MakeHf(kDense, true, 5);
+  ConvertOptions h = Opts(c, "hf", "vllm:tp=2", "hf", "v");
+  std::ofstream(c.config, std::ios::trunc) << R"({"model_type": "qwen2", "hidden_size": 16,
+    "intermediate_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_hidden_layers": 4, "vocab_size": 100, "tie_word_embeddings": false})";
+  CHECK(Error(h) == c.dir + "/hf/model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight' "
+                            "has shape [24, 16] but " + c.config + " gives [32, 16]");
+  std::ofstream(c.config, std::ios::trunc) << R"({"model_type": "qwen2", "hidden_size": 16,
+    "intermediate_size": 24, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_hidden_layers": 2, "vocab_size": 100, "tie_word_embeddings": false})";
+  CHECK(Error(h) == c.dir + "/hf/model.safetensors: extra tensor "
+                            "'model.layers.2.input_layernorm.weight' is not part of the qwen2 "
+                            "model described by " + c.config);
+}
+
+TEST_CASE("a LoRA merge during conversion matches the kernels' merge reference") {
+  Checkpoint c = MakeHf(kDense, false, 6);
+  // PEFT adapter on q_proj and v_proj of every layer: r = 4, alpha = 8.
+  const int64_t r = 4;
+  const std::string ad = c.dir + "/adapter";
+  mkdir(ad.c_str(), 0755);
+  std::ofstream(ad + "/adapter_config.json")
+      << R"({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "peft_type": "LORA"})";
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  std::vector<TensorInfo> infos;
+  std::vector<std::vector<float>> ab;
+  std::map<std::string, std::pair<size_t, size_t>> by_base;  // base -> (A idx, B idx)
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const auto& t = c.tensors[i];
+    if (t.name.find("q_proj.weight") == std::string::npos &&
+        t.name.find("v_proj.weight") == std::string::npos) {
+      continue;
+    }
+    const std::string stem = "base_model.model." + t.name.substr(0, t.name.size() - 7);
+    infos.push_back({stem + ".lora_A.weight", DType::kF32, layout::Shape::Of({r, t.shape.d[1]}), 0, 0});
+    infos.push_back({stem + ".lora_B.weight", DType::kF32, layout::Shape::Of({t.shape.d[0], r}), 0, 0});
+    std::vector<float> A(r * t.shape.d[1]), B(t.shape.d[0] * r);
+    for (float& x : A) x = nd(rng);
+    for (float& x : B) x = nd(rng);
+    by_base[t.name] = {ab.size(), ab.size() + 1};
+    ab.push_back(A);
+    ab.push_back(B);
+  }
+  auto w = SafetensorsWriter::Create(ad + "/adapter_model.safetensors", infos, {});
+  REQUIRE(w.ok());
+  for (size_t i = 0; i < ab.size(); ++i) REQUIRE((*w)->Write(i, 0, ab[i].data(), ab[i].size() * 4).ok());
+  REQUIRE((*w)->Commit().ok());
+
+  // Reference: merge whole canonical tensors with the kernel, write an HF
+  // bf16 checkpoint of the result.
+  std::vector<TensorInfo> ref_infos;
+  std::vector<std::vector<uint16_t>> ref;
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const auto& t = c.tensors[i];
+    std::vector<uint16_t> out(c.values[i].size());
+    auto it = by_base.find(t.name);
+    if (it == by_base.end()) {
+      for (size_t k = 0; k < out.size(); ++k) out[k] = kernels::F32ToBf16(c.values[i][k]);
+    } else {
+      kernels::LoraMergeOp op;
+      op.w = c.values[i].data();
+      op.w_row_stride = t.shape.d[1];
+      op.a = ab[it->second.first].data();
+      op.a_k_stride = t.shape.d[1];
+      op.b = ab[it->second.second].data();
+      op.b_row_stride = r;
+      op.dst = out.data();
+      op.dst_dtype = DType::kBF16;
+      op.dst_row_stride = t.shape.d[1];
+      op.rows = t.shape.d[0];
+      op.cols = t.shape.d[1];
+      op.rank = r;
+      op.scale = 8.0f / 4.0f;
+      kernels::LoraMergeCpu(&op, 1, 1);
+    }
+    ref_infos.push_back({t.name, DType::kBF16, t.shape, 0, 0});
+    ref.push_back(std::move(out));
+  }
+  mkdir((c.dir + "/ref_hf").c_str(), 0755);
+  auto rw = SafetensorsWriter::Create(c.dir + "/ref_hf/model.safetensors", ref_infos, {});
+  REQUIRE(rw.ok());
+  for (size_t i = 0; i < ref.size(); ++i) REQUIRE((*rw)->Write(i, 0, ref[i].data(), ref[i].size() * 2).ok());
+  REQUIRE((*rw)->Commit().ok());
+
+  ConvertOptions merged = Opts(c, "hf", "vllm:tp=2", "hf", "merged");
+  merged.dtype = "bf16";
+  merged.lora_dir = ad;
+  auto report = Convert(merged);
+  REQUIRE(report.ok());
+  CHECK(report->lora_merged == 8);
+  Run(Opts(c, "hf", "vllm:tp=2", "ref_hf", "want"));
+  for (const char* rank : {"rank-tp0-pp0-ep0-etp0-dp0.safetensors", "rank-tp1-pp0-ep0-etp0-dp0.safetensors"}) {
+    auto got = SafetensorsFile::Open(c.dir + "/merged/" + rank);
+    auto want = SafetensorsFile::Open(c.dir + "/want/" + rank);
+    REQUIRE(got.ok());
+    REQUIRE(want.ok());
+    REQUIRE((*got)->tensors().size() == (*want)->tensors().size());
+    for (const TensorInfo& t : (*want)->tensors()) {
+      const TensorInfo* g = (*got)->Find(t.name);
+      REQUIRE(g != nullptr);
+      INFO(rank << " " << t.name);
+      REQUIRE(std::memcmp((*got)->Data(*g), (*want)->Data(t), t.end - t.begin) == 0);
+    }
+  }
+
+  SECTION("adapters that do not fit the model are named") {
+    std::ofstream(ad + "/adapter_config.json", std::ios::trunc)
+        << R"({"r": 4, "lora_alpha": 8, "fan_in_fan_out": true})";
+    CHECK(Error(merged) == ad + "/adapter_config.json: fan_in_fan_out adapters (Conv1D models) are "
+                                "not supported");
+  }
+}
+
+TEST_CASE("layout specs parse, and bad ones are named") {
+  auto l = ParseLayoutSpec("megatron:tp=2,pp=4,make_vocab_size_divisible_by=64");
+  REQUIRE(l.ok());
+  CHECK(l->sizes.tp_size == 2);
+  CHECK(l->sizes.pp_size == 4);
+  CHECK(l->options.at("make_vocab_size_divisible_by") == "64");
+  CHECK(l->ToString() == "megatron:tp=2,pp=4,make_vocab_size_divisible_by=64");
+  CHECK(ParseLayoutSpec("deepspeed:tp=2").status().message() ==
+        "layout 'deepspeed:tp=2': unknown recipe 'deepspeed' (megatron, vllm, hf, fsdp)");
+  CHECK(ParseLayoutSpec("vllm:tp=0").status().message() == "layout 'vllm:tp=0': tp must be a positive integer");
+  CHECK(ParseLayoutSpec("vllm:tp").status().message() == "layout 'vllm:tp': expected key=value, got 'tp'");
+}
+
+}  // namespace
+}  // namespace wsync::convert
