@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/digest.h"
 #include "kernels/dtype.h"
 
 namespace wsync::kernels {
@@ -41,6 +42,26 @@ uint64_t BoxCopyBytes(const BoxCopyOp* ops, size_t n);
 // batches into row ranges over up to `threads` threads. Ops must pass
 // CheckBoxCopyOps, and no two ops may write the same element.
 void BoxCopyCpu(const BoxCopyOp* ops, size_t n, int threads);
+
+// Digests of box data (kernels/digest.h). A batch's payload is the
+// destination bytes of its ops in order, each op row-major, every innermost
+// row zero-padded to a multiple of 8 bytes; op i's first row starts at
+// 64-bit word `word_base[i]` of the payload (see BoxPayloadWords).
+//
+// Words of one row of op i (its innermost extent at the destination dtype).
+uint64_t BoxRowWords(const BoxCopyOp& op);
+// Payload words of each op, and their running offsets from `first_word`.
+// Returns the total.
+uint64_t BoxPayloadWords(const BoxCopyOp* ops, size_t n, uint64_t first_word,
+                         uint64_t* word_base);
+
+// BoxCopyCpu that also digests every row it writes (the "sent" digest).
+DigestSums BoxCopyDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word_base,
+                            int threads);
+
+// Digest of the destination boxes as they are in memory now (the
+// "received" digest); `src` is ignored.
+DigestSums BoxDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word_base, int threads);
 
 }  // namespace wsync::kernels
 

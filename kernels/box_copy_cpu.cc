@@ -192,7 +192,96 @@ struct Task {
   int64_t row_begin, row_end;
 };
 
+// Row-range tasks of about total / (4 * threads) bytes each.
+std::vector<Task> MakeTasks(const BoxCopyOp* ops, size_t n, uint64_t total, int threads) {
+  const uint64_t chunk = std::max<uint64_t>(total / (4 * std::max(threads, 1)), 64 << 10);
+  std::vector<Task> tasks;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t rows = Rows(ops[i]);
+    const uint64_t row_bytes =
+        static_cast<uint64_t>(ops[i].extent[ops[i].ndim - 1]) * DTypeSize(ops[i].dst_dtype);
+    const int64_t per_task =
+        std::max<int64_t>(1, static_cast<int64_t>(chunk / std::max<uint64_t>(row_bytes, 1)));
+    for (int64_t r = 0; r < rows; r += per_task) {
+      tasks.push_back({static_cast<uint32_t>(i), r, std::min(rows, r + per_task)});
+    }
+  }
+  return tasks;
+}
+
+// Digests the destination row at element offset `dst_off` as payload words
+// starting at `word`; strided rows are gathered first.
+void DigestRow(const BoxCopyOp& op, int64_t dst_off, uint64_t word, std::vector<uint8_t>* tmp,
+               DigestSums* sums) {
+  const int last = op.ndim - 1;
+  const int64_t n = op.extent[last];
+  const int64_t ds = op.dst_stride[last];
+  const int dsz = DTypeSize(op.dst_dtype);
+  const char* row = static_cast<const char*>(op.dst) + dst_off * dsz;
+  if (ds != 1) {
+    tmp->resize(n * dsz);
+    for (int64_t i = 0; i < n; ++i) std::memcpy(tmp->data() + i * dsz, row + i * ds * dsz, dsz);
+    row = reinterpret_cast<const char*>(tmp->data());
+  }
+  DigestSums part = DigestPartial(row, n * dsz, word);
+  sums->s1 += part.s1;
+  sums->s2 += part.s2;
+}
+
+DigestSums RunDigest(const BoxCopyOp* ops, size_t n, const uint64_t* word_base, int threads,
+                     bool copy) {
+  const uint64_t total = BoxCopyBytes(ops, n);
+  if (total < (2u << 20)) threads = 1;
+  std::vector<Task> tasks = MakeTasks(ops, n, total, threads);
+  std::vector<DigestSums> per_task(tasks.size());
+  ParallelFor(tasks.size(), threads, [&](size_t t) {
+    const Task& task = tasks[t];
+    const BoxCopyOp& op = ops[task.op];
+    const uint64_t row_words = BoxRowWords(op);
+    std::vector<uint8_t> tmp;
+    DigestSums sums;
+    for (int64_t r = task.row_begin; r < task.row_end; ++r) {
+      int64_t so, dof;
+      RowOffsets(op, r, &so, &dof);
+      if (copy) CopyRow(op, so, dof, /*stream=*/false);
+      DigestRow(op, dof, word_base[task.op] + r * row_words, &tmp, &sums);
+    }
+    per_task[t] = sums;
+  });
+  DigestSums out;
+  for (const DigestSums& s : per_task) {
+    out.s1 += s.s1;
+    out.s2 += s.s2;
+  }
+  return out;
+}
+
 }  // namespace
+
+uint64_t BoxRowWords(const BoxCopyOp& op) {
+  const uint64_t bytes =
+      static_cast<uint64_t>(op.extent[op.ndim - 1]) * DTypeSize(op.dst_dtype);
+  return (bytes + 7) / 8;
+}
+
+uint64_t BoxPayloadWords(const BoxCopyOp* ops, size_t n, uint64_t first_word,
+                         uint64_t* word_base) {
+  uint64_t at = first_word;
+  for (size_t i = 0; i < n; ++i) {
+    word_base[i] = at;
+    at += static_cast<uint64_t>(Rows(ops[i])) * BoxRowWords(ops[i]);
+  }
+  return at - first_word;
+}
+
+DigestSums BoxCopyDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word_base,
+                            int threads) {
+  return RunDigest(ops, n, word_base, threads, /*copy=*/true);
+}
+
+DigestSums BoxDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word_base, int threads) {
+  return RunDigest(ops, n, word_base, threads, /*copy=*/false);
+}
 
 std::string CheckBoxCopyOps(const BoxCopyOp* ops, size_t n) {
   for (size_t i = 0; i < n; ++i) {
@@ -255,18 +344,7 @@ void BoxCopyCpu(const BoxCopyOp* ops, size_t n, int threads) {
     if (stream) StreamFence();
     return;
   }
-  // Tasks of about total / (4 * threads) bytes each, in row units.
-  const uint64_t chunk = std::max<uint64_t>(total / (4 * threads), 64 << 10);
-  std::vector<Task> tasks;
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t rows = Rows(ops[i]);
-    const uint64_t row_bytes =
-        static_cast<uint64_t>(ops[i].extent[ops[i].ndim - 1]) * DTypeSize(ops[i].dst_dtype);
-    const int64_t per_task = std::max<int64_t>(1, static_cast<int64_t>(chunk / std::max<uint64_t>(row_bytes, 1)));
-    for (int64_t r = 0; r < rows; r += per_task) {
-      tasks.push_back({static_cast<uint32_t>(i), r, std::min(rows, r + per_task)});
-    }
-  }
+  std::vector<Task> tasks = MakeTasks(ops, n, total, threads);
   ParallelFor(tasks.size(), threads, [&](size_t t) {
     const Task& task = tasks[t];
     const BoxCopyOp& op = ops[task.op];

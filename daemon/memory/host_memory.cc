@@ -1,0 +1,136 @@
+#include "daemon/memory/host_memory.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/common/logging.h"
+
+namespace wsync::memory {
+namespace {
+
+struct Mapping {
+  void* addr = nullptr;
+  uint64_t size = 0;
+};
+
+class HostLeaseImpl final : public HostLease {
+ public:
+  HostLeaseImpl(int64_t uid, std::string client) : uid_(uid), client_(std::move(client)) {}
+
+  ~HostLeaseImpl() override {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, m] : maps_) munmap(m.addr, m.size);
+    if (!maps_.empty()) {
+      Logger("memory")->info("unmapped {} shm object(s) of {}", maps_.size(), client_);
+    }
+  }
+
+  absl::StatusOr<void*> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
+                                const std::string& what) override {
+    if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos ||
+        name.size() > 255) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": shm name '", name, "' must be '/' followed by a name without '/'"));
+    }
+    absl::MutexLock lock(&mu_);
+    auto it = maps_.find(name);
+    if (it == maps_.end()) {
+      auto m = Map(name, what);
+      if (!m.ok()) return m.status();
+      it = maps_.emplace(name, *m).first;
+    }
+    const Mapping& m = it->second;
+    if (offset > m.size || nbytes > m.size - offset) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": bytes [", offset, ", ", offset + nbytes,
+                                                     ") are outside shm object ", name, " (",
+                                                     m.size, " bytes)"));
+    }
+    return static_cast<char*>(m.addr) + offset;
+  }
+
+  size_t num_mappings() const override {
+    absl::MutexLock lock(&mu_);
+    return maps_.size();
+  }
+
+  uint64_t mapped_bytes() const override {
+    absl::MutexLock lock(&mu_);
+    uint64_t total = 0;
+    for (const auto& [n, m] : maps_) total += m.size;
+    return total;
+  }
+
+ private:
+  absl::StatusOr<Mapping> Map(const std::string& name, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (uid_ < 0) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          what, ": shm object ", name, " cannot be registered by ", client_,
+          ": its uid is unknown (host memory is registered over the daemon's Unix socket only)"));
+    }
+    int fd = shm_open(name.c_str(), O_RDWR, 0);
+    if (fd < 0) {
+      int err = errno;
+      if (err == ENOENT) {
+        return absl::NotFoundError(absl::StrCat(what, ": shm object ", name, " does not exist"));
+      }
+      return absl::PermissionDeniedError(
+          absl::StrCat(what, ": cannot open shm object ", name, ": ", std::strerror(err)));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+      close(fd);
+      return absl::InternalError(absl::StrCat("fstat ", name, ": ", std::strerror(errno)));
+    }
+    if (static_cast<int64_t>(st.st_uid) != uid_) {
+      close(fd);
+      return absl::PermissionDeniedError(absl::StrCat(
+          what, ": shm object ", name, " is owned by uid ", st.st_uid, ", not by ", client_,
+          " (uid ", uid_, ")"));
+    }
+    if (st.st_size == 0) {
+      close(fd);
+      return absl::InvalidArgumentError(absl::StrCat(what, ": shm object ", name, " is empty"));
+    }
+    void* addr = mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);  // the mapping stays; no descriptor is kept
+    if (addr == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("mmap ", name, " (", st.st_size, " bytes): ", std::strerror(errno)));
+    }
+    Logger("memory")->debug("mapped {} ({} bytes) for {}", name, st.st_size, client_);
+    return Mapping{addr, static_cast<uint64_t>(st.st_size)};
+  }
+
+  const int64_t uid_;
+  const std::string client_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, Mapping> maps_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+std::unique_ptr<HostLease> HostLease::Create(int64_t uid, std::string client) {
+  return std::make_unique<HostLeaseImpl>(uid, std::move(client));
+}
+
+absl::StatusOr<std::unique_ptr<HostBuffer>> HostBuffer::Allocate(uint64_t bytes,
+                                                                  const std::string& what) {
+  if (bytes == 0) bytes = 1;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory for ", what));
+  }
+  return std::unique_ptr<HostBuffer>(new HostBuffer(p, bytes));
+}
+
+HostBuffer::~HostBuffer() { munmap(data_, size_); }
+
+}  // namespace wsync::memory

@@ -1,0 +1,59 @@
+#ifndef WSYNC_DAEMON_MEMORY_HOST_MEMORY_H_
+#define WSYNC_DAEMON_MEMORY_HOST_MEMORY_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace wsync::memory {
+
+// The host memory one client session registered: POSIX shared-memory
+// objects, each mapped once for the lease's life and unmapped when the lease
+// ends. Thread-safe.
+class HostLease {
+ public:
+  // `uid` is the client's uid (from SO_PEERCRED); -1 when unknown (TCP),
+  // in which case every object is refused. `client` names it in errors.
+  static std::unique_ptr<HostLease> Create(int64_t uid, std::string client);
+
+  // Unmaps every object.
+  virtual ~HostLease() = default;
+
+  // Returns the address of bytes [offset, offset + nbytes) of shm object
+  // `name` ("/wsync-123-0"), mapping it on first use. Errors name `what`
+  // (the buffer) and the object: INVALID_ARGUMENT for a malformed name or a
+  // range outside the object, NOT_FOUND when it does not exist,
+  // PERMISSION_DENIED when the calling client's uid does not own it.
+  virtual absl::StatusOr<void*> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
+                                        const std::string& what) = 0;
+
+  // Objects currently mapped, and their total size.
+  virtual size_t num_mappings() const = 0;
+  virtual uint64_t mapped_bytes() const = 0;
+};
+
+// Daemon-owned host memory (staging, pristine LoRA bases): anonymous,
+// page-aligned, zero-initialized, released on destruction. Not thread-safe.
+class HostBuffer {
+ public:
+  static absl::StatusOr<std::unique_ptr<HostBuffer>> Allocate(uint64_t bytes, const std::string& what);
+  ~HostBuffer();
+  void* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  HostBuffer(void* data, uint64_t size) : data_(data), size_(size) {}
+  void* data_;
+  uint64_t size_;
+};
+
+}  // namespace wsync::memory
+
+#endif  // WSYNC_DAEMON_MEMORY_HOST_MEMORY_H_
