@@ -305,36 +305,6 @@ absl::Status LoadAdapters(const ConvertOptions& o, const ModelSpec& model, Input
   return absl::OkStatus();
 }
 
-int64_t DenseOffset(const Box& b, const layout::Shape& shape) {
-  int64_t off = 0, stride = 1;
-  for (int d = shape.ndim - 1; d >= 0; --d) {
-    off += b.off[d] * stride;
-    stride *= shape.d[d];
-  }
-  return off;
-}
-
-int64_t DenseStride(const layout::Shape& shape, int dim) {
-  int64_t s = 1;
-  for (int d = shape.ndim - 1; d > dim; --d) s *= shape.d[d];
-  return s;
-}
-
-int NthNonUnit(const Box& b, int k) {
-  for (int i = 0; i < b.ndim; ++i) {
-    if (b.size[i] != 1 && k-- == 0) return i;
-  }
-  return -1;
-}
-
-// Stride (elements) in a shard of the dimension holding canonical dim `c`.
-int64_t StrideFor(const layout::CopyOp& op, const Box& side, const layout::Shape& shape, int c) {
-  if (op.canonical.size[c] == 1) return 0;
-  int k = 0;
-  for (int i = 0; i < c; ++i) k += op.canonical.size[i] != 1;
-  return DenseStride(shape, NthNonUnit(side, k));
-}
-
 int64_t PeakRssKib() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -575,15 +545,17 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
           }
           const Adapter& A = ad->second;
           kernels::LoraMergeOp m;
-          m.w = static_cast<const char*>(src_data) +
-                DenseOffset(c.src_box, src_spec.shape) * kernels::DTypeSize(src_spec.dtype);
+          const layout::MatrixView wv =
+              layout::LowerMatrix(c, c.src_box, {&src_spec, nullptr, const_cast<void*>(src_data)});
+          const layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, {&slab, nullptr, staging.data()});
+          m.w = wv.ptr;
           m.w_dtype = src_spec.dtype;
-          m.w_row_stride = StrideFor(c, c.src_box, src_spec.shape, 0);
-          m.w_col_stride = StrideFor(c, c.src_box, src_spec.shape, 1);
-          m.dst = staging.data() + DenseOffset(c.dst_box, slab.shape) * kernels::DTypeSize(slab.dtype);
+          m.w_row_stride = wv.row_stride;
+          m.w_col_stride = wv.col_stride;
+          m.dst = dv.ptr;
           m.dst_dtype = slab.dtype;
-          m.dst_row_stride = StrideFor(c, c.dst_box, slab.shape, 0);
-          m.dst_col_stride = StrideFor(c, c.dst_box, slab.shape, 1);
+          m.dst_row_stride = dv.row_stride;
+          m.dst_col_stride = dv.col_stride;
           const int64_t rank = A.a->shape.d[0], in_features = A.a->shape.d[1];
           m.a = static_cast<const char*>(A.file->Data(*A.a)) +
                 c.canonical.off[1] * kernels::DTypeSize(A.a->dtype);

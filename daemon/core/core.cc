@@ -2,58 +2,604 @@
 
 #include <unistd.h>
 
-#include "absl/synchronization/mutex.h"
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/common/build_info.h"
 #include "daemon/common/logging.h"
+#include "daemon/core/core_impl.h"
 
 namespace wsync::core {
+
+const char* RoleName(Role r) { return r == Role::kSource ? "source" : "target"; }
+const char* UpdateModeName(UpdateMode m) { return m == UpdateMode::kStaged ? "staged" : "in_place"; }
+const char* LoraModeName(LoraMode m) {
+  switch (m) {
+    case LoraMode::kNone: return "none";
+    case LoraMode::kMerge: return "merge";
+    case LoraMode::kAdapterOnly: return "adapter_only";
+    case LoraMode::kUnmerge: return "unmerge";
+  }
+  return "?";
+}
+
+std::unique_ptr<Core> Core::Create(const CoreOptions& options) {
+  return std::make_unique<internal::CoreImpl>(options);
+}
+
+namespace internal {
 namespace {
 
-class CoreImpl final : public Core {
- public:
-  explicit CoreImpl(const CoreOptions& options)
-      : options_(options), started_(absl::Now()), log_(Logger("core")) {}
-
-  void AddEndpoint(const EndpointInfo& endpoint) override {
-    absl::MutexLock lock(&mu_);
-    endpoints_.push_back(endpoint);
+bool ValidId(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
   }
+  return true;
+}
 
-  DaemonStatus GetStatus() const override {
-    DaemonStatus status;
-    status.daemon_id = options_.daemon_id;
-    status.version = Version();
-    status.build = BuildDescription();
-    status.uptime_s = absl::ToDoubleSeconds(absl::Now() - started_);
-    status.pid = getpid();
-    status.gpus = options_.gpus;
-    absl::MutexLock lock(&mu_);
-    status.serving = serving_;
-    status.endpoints = endpoints_;
-    return status;
+absl::Status CheckCoords(const layout::RankCoords& r) {
+  const std::tuple<int, int, const char*> dims[] = {{r.tp, r.tp_size, "tp"}, {r.pp, r.pp_size, "pp"},
+                                                    {r.ep, r.ep_size, "ep"}, {r.etp, r.etp_size, "etp"},
+                                                    {r.dp, r.dp_size, "dp"}};
+  for (auto [i, n, name] : dims) {
+    if (n < 1 || i < 0 || i >= n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rank coordinate ", name, " = ", i, " is outside [0, ", n, ")"));
+    }
   }
+  return absl::OkStatus();
+}
 
-  void BeginShutdown() override {
-    absl::MutexLock lock(&mu_);
-    if (!serving_) return;
-    serving_ = false;
-    log_->info("core: no longer accepting new work");
-  }
+layout::RankCoords Normalized(layout::RankCoords r) {
+  for (int* s : {&r.tp_size, &r.pp_size, &r.ep_size, &r.etp_size, &r.dp_size}) *s = std::max(*s, 1);
+  return r;
+}
 
- private:
-  const CoreOptions options_;
-  const absl::Time started_;
-  std::shared_ptr<spdlog::logger> log_;
-  mutable absl::Mutex mu_;
-  bool serving_ ABSL_GUARDED_BY(mu_) = true;
-  std::vector<EndpointInfo> endpoints_ ABSL_GUARDED_BY(mu_);
-};
+layout::RankCoords SizesOf(const layout::RankCoords& r) {
+  layout::RankCoords s = r;
+  s.tp = s.pp = s.ep = s.etp = s.dp = 0;
+  return s;
+}
+
+bool SameSizes(const layout::RankCoords& a, const layout::RankCoords& b) {
+  return a.tp_size == b.tp_size && a.pp_size == b.pp_size && a.ep_size == b.ep_size &&
+         a.etp_size == b.etp_size && a.dp_size == b.dp_size;
+}
+
+// Elements a buffer with `shape` and `strides` spans (max offset + 1).
+int64_t SpanElements(const layout::Shape& shape, const std::vector<int64_t>& strides) {
+  if (strides.empty()) return shape.NumElements();
+  int64_t span = 1;
+  for (int i = 0; i < shape.ndim; ++i) span += (shape.d[i] - 1) * strides[i];
+  return span;
+}
 
 }  // namespace
 
-std::unique_ptr<Core> Core::Create(const CoreOptions& options) {
-  return std::make_unique<CoreImpl>(options);
+std::string CoordsKey(const layout::RankCoords& r) {
+  return absl::StrCat(r.tp, ".", r.pp, ".", r.ep, ".", r.etp, ".", r.dp);
 }
 
+std::string SizesString(const layout::RankCoords& r) {
+  return absl::StrCat("tp=", r.tp_size, ",pp=", r.pp_size, ",ep=", r.ep_size, ",etp=", r.etp_size,
+                      ",dp=", r.dp_size);
+}
+
+std::string Session::Label() const {
+  return absl::StrCat("client '", client.name, "' (session ", id, ", pid ", client.pid, ")");
+}
+
+std::string RankReg::Label() const {
+  if (role == Role::kSource) return absl::StrCat("source rank ", coords.ToString());
+  return absl::StrCat("replica '", replica_id, "' rank ", coords.ToString());
+}
+
+CoreImpl::CoreImpl(const CoreOptions& options)
+    : options_(options), started_(absl::Now()), log_(Logger("core")) {}
+
+CoreImpl::~CoreImpl() = default;
+
+void CoreImpl::AddEndpoint(const EndpointInfo& endpoint) {
+  absl::MutexLock lock(&mu_);
+  endpoints_.push_back(endpoint);
+}
+
+absl::StatusOr<std::string> CoreImpl::OpenSession(const ClientInfo& client, EventSink* sink) {
+  absl::MutexLock lock(&mu_);
+  if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+  auto s = std::make_unique<Session>();
+  s->id = absl::StrCat("s-", next_id_++);
+  s->client = client;
+  s->sink = sink;
+  s->lease = memory::HostLease::Create(client.uid, absl::StrCat("client '", client.name, "'"));
+  s->attached = absl::Now();
+  log_->info("{} attached (uid {})", s->Label(), client.uid);
+  std::string id = s->id;
+  sessions_[id] = std::move(s);
+  return id;
+}
+
+void CoreImpl::DropSessionRanks(const std::string& session_id) {
+  for (auto mit = models_.begin(); mit != models_.end();) {
+    Model& m = *mit->second;
+    size_t before = m.sources.size();
+    for (auto it = m.sources.begin(); it != m.sources.end();) {
+      it = it->second->session_id == session_id ? m.sources.erase(it) : std::next(it);
+    }
+    bool changed = before != m.sources.size();
+    for (auto rit = m.replicas.begin(); rit != m.replicas.end();) {
+      Replica& rep = rit->second;
+      for (auto it = rep.ranks.begin(); it != rep.ranks.end();) {
+        if (it->second->session_id == session_id) {
+          it = rep.ranks.erase(it);
+          changed = true;
+        } else {
+          ++it;
+        }
+      }
+      rit = rep.ranks.empty() ? m.replicas.erase(rit) : std::next(rit);
+    }
+    if (changed) m.generation++;
+    if (m.sources.empty() && m.replicas.empty() && m.owner_session == session_id) {
+      log_->info("model '{}' released (its last registrations ended with session {})", m.id,
+                 session_id);
+      mit = models_.erase(mit);
+    } else {
+      ++mit;
+    }
+  }
+}
+
+void CoreImpl::CloseSession(const std::string& session_id, const std::string& reason) {
+  std::unique_ptr<Session> gone;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(session_id);
+    if (it == sessions_.end()) return;
+    Session* s = it->second.get();
+    s->closing = true;
+    const std::string why = absl::StrCat(s->Label(), " ", reason);
+    for (auto& [id, job] : jobs_) {
+      if (job->sessions.count(session_id) && job->abort_reason.empty()) {
+        job->abort_reason = why;
+        job->abort_code = absl::StatusCode::kAborted;
+      }
+    }
+    // Memory stays mapped until every job that reads or writes it has stopped.
+    auto no_job_touches = [this, &session_id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      for (const auto& [id, job] : jobs_) {
+        if (job->sessions.count(session_id)) return false;
+      }
+      return true;
+    };
+    mu_.Await(absl::Condition(&no_job_touches));
+    DropSessionRanks(session_id);
+    log_->info("{} detached ({}); {} shm mapping(s) released", s->Label(), reason,
+               s->lease->num_mappings());
+    gone = std::move(it->second);
+    sessions_.erase(it);
+  }
+  // `gone` unmaps here, without the lock.
+}
+
+absl::Status CoreImpl::AckPause(const std::string& session_id, const std::string& model_id,
+                                const std::string& replica_id, uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  auto m = models_.find(model_id);
+  if (m == models_.end() || m->second->running == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is waiting for a pause"));
+  }
+  Job* job = m->second->running;
+  if (job->pause_version != version || !job->pause_sessions.count(session_id)) {
+    return absl::FailedPreconditionError(absl::StrCat("pause ack for model '", model_id, "' replica '",
+                                                      replica_id, "' version ", version,
+                                                      " does not match the pause in progress"));
+  }
+  job->acks.insert(session_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs& a) {
+  if (!ValidId(a.model_id)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model id '", a.model_id, "' must match [A-Za-z0-9._-]{1,128}"));
+  }
+  std::vector<layout::TensorSpec> tensors = a.tensors;
+  layout::ModelConfig config = a.config;
+  if (a.has_config) {
+    if (absl::Status s = layout::NormalizeConfig(&config); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
+    }
+    if (tensors.empty()) {
+      auto t = layout::CanonicalTensors(config, layout::DType::kBF16);
+      if (!t.ok()) return t.status();
+      tensors = *t;
+    }
+  } else if (tensors.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", a.model_id, "': give its canonical tensors or a config"));
+  }
+  // Adapters: A and B are canonical tensors too; add them when not listed.
+  auto find = [&](const std::string& n) -> const layout::TensorSpec* {
+    for (const auto& t : tensors) {
+      if (t.name == n) return &t;
+    }
+    return nullptr;
+  };
+  for (const LoraAdapterArg& ad : a.adapters) {
+    const layout::TensorSpec* base = find(ad.base_tensor);
+    if (base == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",
+                                                     ad.base_tensor, "', which is not a tensor of the model"));
+    }
+    if (base->shape.ndim != 2 || ad.rank < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",
+                                                     ad.base_tensor, "' needs a 2-d base and rank >= 1"));
+    }
+    const int64_t out = base->shape.d[0], in = base->shape.d[1];
+    const bool peft = ad.convention == LoraConvention::kPeft;
+    layout::Shape want_a = peft ? layout::Shape::Of({ad.rank, in}) : layout::Shape::Of({in, ad.rank});
+    layout::Shape want_b = peft ? layout::Shape::Of({out, ad.rank}) : layout::Shape::Of({ad.rank, out});
+    for (auto [name, want] : {std::pair{ad.a_tensor, want_a}, {ad.b_tensor, want_b}}) {
+      const layout::TensorSpec* t = find(name);
+      if (t == nullptr) {
+        tensors.push_back({name, want, base->dtype});
+      } else if (t->shape != want) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model '", a.model_id, "': LoRA tensor '", name, "' has shape ", t->shape.ToString(),
+            "; rank ", ad.rank, " on '", ad.base_tensor, "' ", base->shape.ToString(), " needs ",
+            want.ToString()));
+      }
+    }
+  }
+  auto spec = layout::ModelSpec::Create(tensors);
+  if (!spec.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", spec.status().message()));
+  }
+  auto m = std::make_unique<Model>();
+  m->id = a.model_id;
+  m->owner_session = a.session_id;
+  m->spec = *spec;
+  m->has_config = a.has_config;
+  m->config = config;
+  for (const LoraAdapterArg& ad : a.adapters) {
+    m->adapters[m->spec.Find(ad.base_tensor)] =
+        Adapter{m->spec.Find(ad.a_tensor), m->spec.Find(ad.b_tensor), ad.rank, ad.scaling, ad.convention};
+  }
+  ModelRegistered out{a.model_id, m->spec.size(), m->spec.TotalBytes()};
+
+  absl::MutexLock lock(&mu_);
+  if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+  if (!a.session_id.empty() && !sessions_.count(a.session_id)) {
+    return absl::NotFoundError(absl::StrCat("session '", a.session_id, "' is not attached"));
+  }
+  auto it = models_.find(a.model_id);
+  if (it != models_.end()) {
+    const Model& old = *it->second;
+    bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
+    for (int32_t i = 0; same && i < old.spec.size(); ++i) {
+      same = old.spec.tensor(i).name == m->spec.tensor(i).name &&
+             old.spec.tensor(i).shape == m->spec.tensor(i).shape;
+    }
+    if (!same) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "model '", a.model_id, "' is already registered with different tensors (",
+          old.spec.size(), " vs ", m->spec.size(), "); unregister it first"));
+    }
+    return out;
+  }
+  log_->info("model '{}' registered: {} tensors, {:.1f} MiB, {} LoRA adapter(s)", a.model_id,
+             out.num_tensors, out.total_bytes / 1048576.0, m->adapters.size());
+  models_[a.model_id] = std::move(m);
+  return out;
+}
+
+absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsArgs& a) {
+  layout::RankCoords coords = Normalized(a.rank);
+  if (absl::Status s = CheckCoords(coords); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
+  }
+  if (a.role == Role::kTarget && !ValidId(a.replica_id)) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': target replica id '",
+                                                   a.replica_id, "' must match [A-Za-z0-9._-]{1,128}"));
+  }
+  if (a.buffers.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': no buffers to register"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+  auto sit = sessions_.find(a.session_id);
+  if (sit == sessions_.end() || sit->second->closing) {
+    return absl::NotFoundError(absl::StrCat("session '", a.session_id,
+                                            "' is not attached (call Attach first and pass its session id)"));
+  }
+  Session* session = sit->second.get();
+  auto mit = models_.find(a.model_id);
+  if (mit == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' is not registered"));
+  }
+  Model& model = *mit->second;
+  if (model.running != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("model '", a.model_id, "' has a sync running (version ",
+                                                      model.running->version, "); register after it ends"));
+  }
+  auto rank = std::make_unique<RankReg>();
+  rank->session_id = a.session_id;
+  rank->role = a.role;
+  rank->replica_id = a.role == Role::kTarget ? a.replica_id : "";
+  rank->coords = coords;
+  rank->recipe = a.recipe;
+  const std::string who = absl::StrCat("model '", a.model_id, "' ", rank->Label());
+
+  // Pieces: from the recipe for buffers that list none.
+  std::map<std::string, layout::ShardSpec> from_recipe;
+  if (!a.recipe.empty()) {
+    if (!model.has_config) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          who, ": the recipe '", a.recipe, "' needs the model's config; register the model with a "
+          "config or send explicit pieces"));
+    }
+    auto shards = layout::BuildShards(model.spec, model.config, a.recipe, a.recipe_options, coords,
+                                      layout::DType::kBF16);
+    if (!shards.ok()) {
+      return absl::Status(shards.status().code(), absl::StrCat(who, ": ", shards.status().message()));
+    }
+    for (auto& s : *shards) from_recipe[s.name] = std::move(s);
+  }
+  std::set<std::string> seen;
+  for (const BufferArg& b : a.buffers) {
+    const std::string bw = absl::StrCat(who, " buffer '", b.name, "'");
+    if (!seen.insert(b.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": buffer '", b.name, "' is listed twice"));
+    }
+    layout::ShardSpec shard;
+    shard.name = b.name;
+    shard.shape = b.shape;
+    shard.dtype = b.dtype;
+    if (b.pieces.empty()) {
+      auto r = from_recipe.find(b.name);
+      if (r == from_recipe.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            bw, ": lists no pieces and is not a buffer of the ",
+            a.recipe.empty() ? std::string("(no) recipe") : a.recipe + " recipe for this rank"));
+      }
+      if (absl::Status s = layout::CheckDeclaredBuffer(r->second, b.shape, b.dtype);
+          !s.ok() && s.message().find("shape") != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": ", s.message()));
+      }
+      shard.pieces = r->second.pieces;
+    } else {
+      for (const PieceArg& p : b.pieces) {
+        int32_t id = model.spec.Find(p.tensor);
+        if (id < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(bw, ": piece refers to unknown tensor '", p.tensor, "'"));
+        }
+        shard.pieces.push_back({id, p.canonical, p.shard});
+      }
+    }
+    if (absl::Status s = layout::ValidateShard(model.spec, shard); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": ", s.message()));
+    }
+    if (b.dtype == layout::DType::kF8E4M3 && !shard.pieces.empty()) {
+      // fp8 buffers only copy to fp8 buffers; checked again per sync.
+    }
+    if (!b.strides.empty()) {
+      if (static_cast<int>(b.strides.size()) != b.shape.ndim) {
+        return absl::InvalidArgumentError(absl::StrCat(bw, ": ", b.strides.size(),
+                                                       " strides for a ", b.shape.ndim, "-d shape"));
+      }
+      for (int64_t st : b.strides) {
+        if (st < 1) return absl::InvalidArgumentError(absl::StrCat(bw, ": strides must be >= 1"));
+      }
+    }
+    const uint64_t need = SpanElements(b.shape, b.strides) * kernels::DTypeSize(b.dtype);
+    if (b.nbytes < need) {
+      return absl::InvalidArgumentError(absl::StrCat(bw, ": ", b.nbytes, " bytes registered but shape ",
+                                                     b.shape.ToString(), " of ", kernels::DTypeName(b.dtype),
+                                                     " needs ", need));
+    }
+    auto ptr = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw);
+    if (!ptr.ok()) return ptr.status();
+    rank->shards.push_back(std::move(shard));
+    rank->live.push_back(*ptr);
+    rank->strides.push_back(b.strides);
+    rank->bytes += need;
+  }
+  for (const auto& [name, s] : from_recipe) {
+    if (!seen.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": buffer '", name, "' of the ", a.recipe,
+                                                     " layout was not registered (", from_recipe.size(),
+                                                     " expected)"));
+    }
+  }
+  rank->staging.resize(rank->shards.size());
+  rank->base.resize(rank->shards.size());
+
+  // Layout consistency, duplicates, and storage.
+  const std::string key = CoordsKey(coords);
+  ShardsRegistered out;
+  out.num_buffers = static_cast<int64_t>(rank->shards.size());
+  for (const auto& s : rank->shards) out.num_pieces += static_cast<int64_t>(s.pieces.size());
+  out.bytes = rank->bytes;
+  if (a.role == Role::kSource) {
+    if (!model.sources.empty() && (model.source_recipe != a.recipe ||
+                                   !SameSizes(model.source_sizes, coords))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": sources of this model are registered as ", model.source_recipe, " ",
+          SizesString(model.source_sizes), ", not ", a.recipe, " ", SizesString(coords)));
+    }
+    auto old = model.sources.find(key);
+    if (old != model.sources.end() && old->second->session_id != a.session_id) {
+      return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
+                                                   old->second->session_id));
+    }
+    model.source_recipe = a.recipe;
+    model.source_sizes = SizesOf(coords);
+    model.sources[key] = std::move(rank);
+  } else {
+    auto [rit, fresh] = model.replicas.try_emplace(a.replica_id);
+    Replica& rep = rit->second;
+    if (fresh) {
+      rep.id = a.replica_id;
+      rep.mode = a.mode;
+      model.replica_sizes[a.replica_id] = SizesOf(coords);
+      model.replica_recipe[a.replica_id] = a.recipe;
+    } else {
+      if (rep.mode != a.mode) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": replica '", a.replica_id, "' is ",
+                                                       UpdateModeName(rep.mode), ", not ",
+                                                       UpdateModeName(a.mode)));
+      }
+      if (model.replica_recipe[a.replica_id] != a.recipe ||
+          !SameSizes(model.replica_sizes[a.replica_id], coords)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            who, ": replica '", a.replica_id, "' is registered as ", model.replica_recipe[a.replica_id],
+            " ", SizesString(model.replica_sizes[a.replica_id]), ", not ", a.recipe, " ",
+            SizesString(coords)));
+      }
+      auto old = rep.ranks.find(key);
+      if (old != rep.ranks.end() && old->second->session_id != a.session_id) {
+        return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
+                                                     old->second->session_id));
+      }
+    }
+    rep.ranks[key] = std::move(rank);
+    // New target memory holds unknown bytes: the replica needs a full sync.
+    rep.version = 0;
+    rep.digest.clear();
+    rep.base_valid = false;
+  }
+  model.generation++;
+  log_->info("{} registered by {}: {} buffers, {} pieces, {:.1f} MiB", who, session->Label(),
+             out.num_buffers, out.num_pieces, out.bytes / 1048576.0);
+  return out;
+}
+
+absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
+                                             const std::string& replica_id, const Role* role,
+                                             const layout::RankCoords* rank) {
+  absl::MutexLock lock(&mu_);
+  auto mit = models_.find(model_id);
+  if (mit == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
+  }
+  Model& m = *mit->second;
+  if (m.running != nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));
+  }
+  int64_t released = 0;
+  if (rank != nullptr && role != nullptr) {
+    const std::string key = CoordsKey(Normalized(*rank));
+    if (*role == Role::kSource) {
+      released = static_cast<int64_t>(m.sources.erase(key));
+    } else {
+      auto rit = m.replicas.find(replica_id);
+      if (rit != m.replicas.end()) {
+        released = static_cast<int64_t>(rit->second.ranks.erase(key));
+        if (rit->second.ranks.empty()) m.replicas.erase(rit);
+      }
+    }
+    if (released == 0) {
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "': no ", RoleName(*role), " rank ",
+                                              Normalized(*rank).ToString(), " is registered"));
+    }
+  } else if (!replica_id.empty()) {
+    auto rit = m.replicas.find(replica_id);
+    if (rit == m.replicas.end()) {
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica '", replica_id, "'"));
+    }
+    released = static_cast<int64_t>(rit->second.ranks.size());
+    m.replicas.erase(rit);
+  } else {
+    released = static_cast<int64_t>(m.sources.size());
+    for (const auto& [id, r] : m.replicas) released += static_cast<int64_t>(r.ranks.size());
+    models_.erase(mit);
+    log_->info("model '{}' unregistered ({} ranks)", model_id, released);
+    return released;
+  }
+  m.generation++;
+  return released;
+}
+
+DaemonStatus CoreImpl::GetStatus() const {
+  DaemonStatus st;
+  st.daemon_id = options_.daemon_id;
+  st.version = Version();
+  st.build = BuildDescription();
+  st.uptime_s = absl::ToDoubleSeconds(absl::Now() - started_);
+  st.pid = getpid();
+  st.gpus = options_.gpus;
+  absl::MutexLock lock(&mu_);
+  st.serving = serving_;
+  st.endpoints = endpoints_;
+  auto client_of = [this](const std::string& sid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = sessions_.find(sid);
+    return it == sessions_.end() ? std::string() : it->second->client.name;
+  };
+  for (const auto& [id, m] : models_) {
+    ModelInfo mi;
+    mi.model_id = id;
+    mi.num_tensors = m->spec.size();
+    mi.total_bytes = m->spec.TotalBytes();
+    mi.num_adapters = static_cast<int64_t>(m->adapters.size());
+    auto add_rank = [&](const RankReg& r, UpdateMode mode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      RankInfo ri;
+      ri.role = r.role;
+      ri.replica_id = r.replica_id;
+      ri.rank = r.coords;
+      ri.session_id = r.session_id;
+      ri.client_name = client_of(r.session_id);
+      ri.num_buffers = static_cast<int64_t>(r.shards.size());
+      ri.bytes = r.bytes;
+      ri.mode = mode;
+      mi.ranks.push_back(ri);
+    };
+    for (const auto& [k, r] : m->sources) add_rank(*r, UpdateMode::kStaged);
+    for (const auto& [rid, rep] : m->replicas) {
+      for (const auto& [k, r] : rep.ranks) add_rank(*r, rep.mode);
+      mi.replicas.push_back({rid, rep.version, rep.digest, rep.poisoned});
+    }
+    mi.has_last_sync = m->has_last;
+    mi.last_sync = m->last;
+    mi.last_error = m->last_error;
+    st.models.push_back(std::move(mi));
+  }
+  for (const auto& [id, j] : jobs_) {
+    st.jobs.push_back({j->id, j->model_id, j->version, j->progress,
+                       absl::ToDoubleMilliseconds(absl::Now() - j->start)});
+  }
+  for (const auto& [id, s] : sessions_) {
+    st.sessions.push_back({id, s->client.name, s->client.pid, s->client.uid,
+                           absl::ToDoubleMilliseconds(absl::Now() - s->attached)});
+  }
+  return st;
+}
+
+void CoreImpl::BeginShutdown() {
+  absl::MutexLock lock(&mu_);
+  if (!serving_) return;
+  serving_ = false;
+  for (auto& [id, job] : jobs_) {
+    if (job->abort_reason.empty()) {
+      job->abort_reason = "wsyncd is shutting down";
+      job->abort_code = absl::StatusCode::kUnavailable;
+    }
+  }
+  log_->info("no longer accepting new work; {} sync(s) asked to stop", jobs_.size());
+}
+
+void CoreImpl::Notify(const std::set<std::string>& sessions, const Event& e) {
+  absl::MutexLock lock(&mu_);
+  for (const std::string& sid : sessions) {
+    auto it = sessions_.find(sid);
+    if (it != sessions_.end() && it->second->sink != nullptr) it->second->sink->Push(e);
+  }
+}
+
+}  // namespace internal
 }  // namespace wsync::core

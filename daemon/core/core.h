@@ -1,15 +1,33 @@
 #ifndef WSYNC_DAEMON_CORE_CORE_H_
 #define WSYNC_DAEMON_CORE_CORE_H_
 
+// The daemon's state and operations, independent of gRPC: sessions (leases),
+// the registry of models and ranks, sync jobs with two-phase commit, and
+// versions. Every RPC of the service layer is one method here.
+
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/time/time.h"
+#include "absl/status/statusor.h"
+#include "daemon/layout/model_config.h"
+#include "daemon/layout/recipe.h"
+#include "daemon/layout/types.h"
 
 namespace wsync::core {
+
+enum class Role { kSource, kTarget };
+enum class UpdateMode { kStaged, kInPlace };
+enum class LoraMode { kNone, kMerge, kAdapterOnly, kUnmerge };
+enum class LoraConvention { kPeft, kDeepSpeed };
+
+const char* RoleName(Role r);
+const char* UpdateModeName(UpdateMode m);
+const char* LoraModeName(LoraMode m);
 
 // An address the daemon accepts clients on.
 struct EndpointInfo {
@@ -18,30 +36,171 @@ struct EndpointInfo {
   bool tls = false;
 };
 
-// A registered model, as status reports it.
-struct ModelInfo {
+// Who is calling: from SO_PEERCRED on the Unix socket (uid -1 over TCP).
+struct ClientInfo {
+  std::string name;  // from Hello; shown in status and errors
+  int64_t pid = 0;
+  int64_t uid = -1;
+};
+
+// Something the daemon tells an attached client.
+struct Event {
+  enum class Kind { kPause, kResume, kCommitted, kFailed };
+  Kind kind = Kind::kPause;
+  std::string model_id, replica_id;
+  uint64_t version = 0;
+  uint64_t timeout_ms = 0;  // kPause: ack within this
+  bool poisoned = false;    // kResume
+  std::string digest;       // kCommitted
+  int code = 0;             // kFailed: absl::StatusCode
+  std::string message;      // kFailed
+};
+
+// Receives a session's events. Push is called with the core's lock held: it
+// must only queue the event (never block, never call into Core).
+// Thread-safe.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  virtual void Push(const Event& e) = 0;
+};
+
+struct LoraAdapterArg {
+  std::string base_tensor, a_tensor, b_tensor;
+  int64_t rank = 0;
+  double scaling = 1.0;
+  LoraConvention convention = LoraConvention::kPeft;
+};
+
+struct RegisterModelArgs {
+  std::string session_id;
+  std::string model_id;
+  std::vector<layout::TensorSpec> tensors;  // empty = generate from config
+  bool has_config = false;
+  layout::ModelConfig config;
+  std::vector<LoraAdapterArg> adapters;
+};
+
+struct ModelRegistered {
   std::string model_id;
   int64_t num_tensors = 0;
   uint64_t total_bytes = 0;
 };
 
-// A running or queued sync job, as status reports it.
+struct PieceArg {
+  std::string tensor;
+  layout::Box canonical, shard;
+};
+
+struct BufferArg {
+  std::string name;
+  std::string shm_name;
+  uint64_t offset = 0, nbytes = 0;
+  layout::Shape shape;
+  std::vector<int64_t> strides;  // empty = dense row-major
+  layout::DType dtype = layout::DType::kBF16;
+  std::vector<PieceArg> pieces;  // empty = from the recipe
+};
+
+struct RegisterShardsArgs {
+  std::string session_id;
+  std::string model_id;
+  Role role = Role::kSource;
+  std::string replica_id;  // targets
+  layout::RankCoords rank;
+  std::string recipe;  // "" = every buffer lists its pieces
+  layout::RecipeOptions recipe_options;
+  std::vector<BufferArg> buffers;
+  UpdateMode mode = UpdateMode::kStaged;
+};
+
+struct ShardsRegistered {
+  int64_t num_buffers = 0, num_pieces = 0;
+  uint64_t bytes = 0;
+};
+
+struct SyncArgs {
+  std::string model_id;
+  uint64_t version = 0;
+  LoraMode lora = LoraMode::kNone;
+  std::vector<std::string> lora_bases;  // empty = every adapter
+  std::vector<std::string> replicas;    // empty = every replica
+  uint64_t deadline_ms = 0;             // 0 = the daemon's default
+  uint64_t max_bucket_bytes = 0;        // 0 = the daemon's default
+};
+
+struct Progress {
+  std::string phase;  // QUEUED PLANNING TRANSFERRING VERIFYING COMMITTING DONE FAILED CANCELLED
+  uint64_t bytes_done = 0, bytes_total = 0;
+  uint64_t buckets_done = 0, buckets_total = 0;
+  double rate_bytes_per_s = 0;
+};
+
+struct PhaseTimes {
+  double plan_ms = 0, transfer_ms = 0, verify_ms = 0, commit_ms = 0, total_ms = 0;
+};
+
+struct SyncOutcome {
+  std::string model_id;
+  uint64_t version = 0;
+  std::string digest;  // over every replica's buckets
+  uint64_t bytes = 0, buckets = 0;
+  std::string plan_hash;
+  PhaseTimes times;
+  std::vector<std::string> replicas;
+  bool already_committed = false;  // an identical retry: nothing moved
+};
+
+struct VersionInfo {
+  uint64_t version = 0;
+  std::string digest;
+};
+
+// Status snapshots.
+struct RankInfo {
+  Role role = Role::kSource;
+  std::string replica_id;
+  layout::RankCoords rank;
+  std::string session_id, client_name;
+  int64_t num_buffers = 0;
+  uint64_t bytes = 0;
+  UpdateMode mode = UpdateMode::kStaged;
+};
+
+struct ReplicaInfo {
+  std::string replica_id;
+  uint64_t version = 0;
+  std::string digest;
+  bool poisoned = false;
+};
+
+struct ModelInfo {
+  std::string model_id;
+  int64_t num_tensors = 0;
+  uint64_t total_bytes = 0;
+  int64_t num_adapters = 0;
+  std::vector<RankInfo> ranks;
+  std::vector<ReplicaInfo> replicas;
+  bool has_last_sync = false;
+  SyncOutcome last_sync;
+  std::string last_error;
+};
+
 struct JobInfo {
   std::string job_id;
   std::string model_id;
   uint64_t version = 0;
-  std::string phase;
+  Progress progress;
   double elapsed_ms = 0;
 };
 
-// An attached client session.
 struct SessionInfo {
   std::string session_id;
   std::string client_name;
-  int64_t pid = 0;
+  int64_t pid = 0, uid = -1;
+  double attached_ms = 0;
 };
 
-// A point-in-time view of the daemon.
 struct DaemonStatus {
   std::string daemon_id;
   std::string version;
@@ -58,28 +217,70 @@ struct DaemonStatus {
 
 struct CoreOptions {
   std::string daemon_id;
-  // GPU descriptions (or the reason there are none), probed at start.
-  std::vector<std::string> gpus;
+  std::vector<std::string> gpus;  // descriptions, or why there are none
+  uint64_t default_deadline_ms = 600000;
+  uint64_t pause_timeout_ms = 10000;
+  uint64_t default_bucket_bytes = 64ull << 20;
+  int copy_threads = 2;
 };
 
-// The daemon's state and operations, independent of gRPC: everything the
-// service layer exposes is a method here that returns absl::Status.
-// Thread-safe: every method may be called from any thread.
+// Thread-safe: every method may be called from any thread. Methods that wait
+// (Sync, WaitVersion, CloseSession) hold no lock while waiting.
 class Core {
  public:
-  // Creates a core that serves requests (serving() is true).
   static std::unique_ptr<Core> Create(const CoreOptions& options);
-
   virtual ~Core() = default;
 
   // Records an endpoint the server bound, for status reporting.
   virtual void AddEndpoint(const EndpointInfo& endpoint) = 0;
 
+  // Opens a session (lease) for a client; events go to `sink`, which must
+  // stay valid until CloseSession returns. UNAVAILABLE while shutting down.
+  virtual absl::StatusOr<std::string> OpenSession(const ClientInfo& client, EventSink* sink) = 0;
+
+  // Ends a lease: aborts running syncs that touch the session (ABORTED,
+  // naming the client and `reason`), waits for them to stop, releases its
+  // registrations and unmaps its memory. Idempotent.
+  virtual void CloseSession(const std::string& session_id, const std::string& reason) = 0;
+
+  // A client acknowledges a pause request.
+  virtual absl::Status AckPause(const std::string& session_id, const std::string& model_id,
+                                const std::string& replica_id, uint64_t version) = 0;
+
+  // Declares a model. Idempotent for identical requests.
+  virtual absl::StatusOr<ModelRegistered> RegisterModel(const RegisterModelArgs& args) = 0;
+
+  // Registers one rank's buffers; all or nothing.
+  virtual absl::StatusOr<ShardsRegistered> RegisterShards(const RegisterShardsArgs& args) = 0;
+
+  // Runs a sync to completion. `progress` is called from the calling thread
+  // as buckets complete; `client_gone` is polled, and a true result cancels.
+  virtual absl::StatusOr<SyncOutcome> Sync(const SyncArgs& args,
+                                           const std::function<void(const Progress&)>& progress,
+                                           const std::function<bool()>& client_gone) = 0;
+
+  // Waits until the replica has committed a version >= min_version.
+  virtual absl::StatusOr<VersionInfo> WaitVersion(const std::string& model_id,
+                                                  const std::string& replica_id,
+                                                  uint64_t min_version, uint64_t timeout_ms,
+                                                  const std::function<bool()>& client_gone) = 0;
+
+  // Releases a model, a replica (replica_id set) or one rank (rank set).
+  // Returns the number of ranks released.
+  virtual absl::StatusOr<int64_t> Unregister(const std::string& model_id,
+                                             const std::string& replica_id, const Role* role,
+                                             const layout::RankCoords* rank) = 0;
+
+  // Cancels the running sync of a model (version 0 = whichever). Returns
+  // its job id.
+  virtual absl::StatusOr<std::string> CancelSync(const std::string& model_id,
+                                                 uint64_t version) = 0;
+
   // A consistent snapshot of identity, endpoints, models, jobs and sessions.
   virtual DaemonStatus GetStatus() const = 0;
 
-  // Stops accepting new work: later mutating calls fail UNAVAILABLE, and
-  // GetStatus reports serving = false. Idempotent.
+  // Stops accepting new work (UNAVAILABLE), cancels running syncs and wakes
+  // waiters. Idempotent.
   virtual void BeginShutdown() = 0;
 };
 

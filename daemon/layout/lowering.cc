@@ -78,6 +78,28 @@ kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardV
   return op;
 }
 
+MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view) {
+  int64_t st[kMaxDims];
+  Strides(view, st);
+  MatrixView m;
+  m.ptr = static_cast<char*>(view.base) + Offset(box, st) * kernels::DTypeSize(view.spec->dtype);
+  // Non-unit canonical dimensions pair in order with non-unit box dimensions.
+  int k = 0;
+  for (int c = 0; c < op.canonical.ndim && c < 2; ++c) {
+    if (op.canonical.size[c] == 1) continue;
+    int seen = 0, d = -1;
+    for (int i = 0; i < box.ndim; ++i) {
+      if (box.size[i] != 1 && seen++ == k) {
+        d = i;
+        break;
+      }
+    }
+    (c == 0 ? m.row_stride : m.col_stride) = d >= 0 ? st[d] : 0;
+    ++k;
+  }
+  return m;
+}
+
 kernels::BoxCopyOp LowerFill(const FillOp& f, const ShardView& dst) {
   int64_t ds[kMaxDims];
   Strides(dst, ds);

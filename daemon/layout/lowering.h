@@ -26,6 +26,16 @@ kernels::BoxCopyOp LowerCopy(const CopyOp& op, const ShardView& src, const Shard
 // The kernel op zero-filling `fill`.
 kernels::BoxCopyOp LowerFill(const FillOp& fill, const ShardView& dst);
 
+// A 2-d view of the elements of `box` (a box of `view`'s shard holding
+// `op.canonical`, a 2-d canonical box): the address of canonical element
+// (0, 0) of op.canonical and the element strides of canonical rows and
+// columns in the shard (0 for a dimension of size 1). Used for LoRA ops.
+struct MatrixView {
+  void* ptr = nullptr;
+  int64_t row_stride = 0, col_stride = 0;
+};
+MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view);
+
 }  // namespace wsync::layout
 
 #endif  // WSYNC_DAEMON_LAYOUT_LOWERING_H_

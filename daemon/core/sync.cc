@@ -1,0 +1,711 @@
+// Sync jobs on host memory: plan, transfer (regroup, cast, LoRA) through the
+// CPU kernels, verify per-bucket digests, two-phase commit, versions.
+#include <algorithm>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "daemon/core/core_impl.h"
+#include "daemon/layout/lowering.h"
+#include "daemon/layout/planner.h"
+#include "kernels/box_copy.h"
+#include "kernels/digest.h"
+#include "kernels/lora.h"
+
+namespace wsync::core::internal {
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+// What the job reads and writes for one target rank.
+struct TargetSide {
+  RankReg* rank = nullptr;
+  Replica* replica = nullptr;
+};
+
+// Which elements a copy op's destination covers, lowered for digests and
+// the staged commit.
+struct Written {
+  uint32_t endpoint, shard;
+  layout::Box box;
+};
+
+std::string MissingRanks(const std::map<std::string, std::unique_ptr<RankReg>>& have,
+                         const layout::RankCoords& sizes) {
+  std::vector<std::string> missing;
+  for (const layout::RankCoords& r : layout::AllRanks(sizes)) {
+    if (!have.count(CoordsKey(r))) missing.push_back(r.ToString());
+  }
+  if (missing.size() > 8) {
+    size_t more = missing.size() - 8;
+    missing.resize(8);
+    missing.push_back(absl::StrCat("... and ", more, " more"));
+  }
+  return absl::StrJoin(missing, "; ");
+}
+
+}  // namespace
+
+void CoreImpl::SetProgress(Job* job, const Progress& p) {
+  absl::MutexLock lock(&mu_);
+  job->progress = p;
+}
+
+absl::Status CoreImpl::CheckJob(Job* job, absl::Time deadline, const char* phase,
+                                const std::function<bool()>& client_gone) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!job->abort_reason.empty()) {
+      return absl::Status(job->abort_code, absl::StrCat("sync of model '", job->model_id, "' version ",
+                                                        job->version, " aborted during ", phase, ": ",
+                                                        job->abort_reason));
+    }
+  }
+  if (job->cancel.load()) {
+    return absl::CancelledError(absl::StrCat("sync of model '", job->model_id, "' version ",
+                                             job->version, " cancelled during ", phase));
+  }
+  if (client_gone && client_gone()) {
+    return absl::CancelledError(absl::StrCat("sync of model '", job->model_id, "' version ", job->version,
+                                             " cancelled during ", phase, ": the caller went away"));
+  }
+  if (absl::Now() > deadline) {
+    return absl::DeadlineExceededError(absl::StrCat("sync of model '", job->model_id, "' version ",
+                                                    job->version, " exceeded its deadline during ",
+                                                    phase));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CoreImpl::PauseTargets(Job* job, const std::set<std::string>& sessions,
+                                    const std::string& model_id,
+                                    const std::vector<std::string>& replicas, uint64_t version,
+                                    absl::Time deadline) {
+  if (sessions.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  job->pause_sessions = sessions;
+  job->pause_version = version;
+  job->acks.clear();
+  for (const std::string& sid : sessions) {
+    auto it = sessions_.find(sid);
+    if (it == sessions_.end() || it->second->sink == nullptr) continue;
+    for (const std::string& rep : replicas) {
+      Event e;
+      e.kind = Event::Kind::kPause;
+      e.model_id = model_id;
+      e.replica_id = rep;
+      e.version = version;
+      e.timeout_ms = options_.pause_timeout_ms;
+      it->second->sink->Push(e);
+    }
+  }
+  const absl::Time until = std::min(deadline, absl::Now() + absl::Milliseconds(options_.pause_timeout_ms));
+  auto done = [job]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!job->abort_reason.empty() || job->cancel.load()) return true;
+    for (const std::string& s : job->pause_sessions) {
+      if (!job->acks.count(s)) return false;
+    }
+    return true;
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&done), until);
+  if (!job->abort_reason.empty() || job->cancel.load()) return absl::OkStatus();  // CheckJob reports it
+  std::vector<std::string> late;
+  for (const std::string& s : job->pause_sessions) {
+    if (!job->acks.count(s)) {
+      auto it = sessions_.find(s);
+      late.push_back(it == sessions_.end() ? s : it->second->Label());
+    }
+  }
+  if (!late.empty()) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "model '", model_id, "' version ", version, ": ", absl::StrJoin(late, ", "),
+        " did not acknowledge the pause within ", options_.pause_timeout_ms, " ms"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
+                                           const std::function<void(const Progress&)>& progress,
+                                           const std::function<bool()>& client_gone) {
+  const absl::Time t0 = absl::Now();
+  const uint64_t v = args.version;
+  if (v == 0) return absl::InvalidArgumentError("sync version must be >= 1");
+  const absl::Time deadline =
+      t0 + absl::Milliseconds(args.deadline_ms ? args.deadline_ms : options_.default_deadline_ms);
+  const uint64_t bucket_bytes = args.max_bucket_bytes ? args.max_bucket_bytes : options_.default_bucket_bytes;
+
+  // ---- Snapshot the registry and claim the model.
+  Model* model = nullptr;
+  Job* job = nullptr;
+  std::vector<layout::Endpoint> src_eps, dst_eps;
+  std::vector<RankReg*> src_ranks;
+  std::vector<TargetSide> dst_side;
+  std::vector<std::string> replica_ids;
+  std::set<std::string> inplace_sessions, staged_sessions, target_sessions;
+  std::set<int32_t> active;  // adapted base tensors for this sync
+  std::map<int32_t, Adapter> adapters;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+    auto mit = models_.find(args.model_id);
+    if (mit == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
+    }
+    model = mit->second.get();
+    if (model->running != nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a sync of model '", args.model_id, "' (version ", model->running->version,
+          ", job ", model->running->id, ") is already running; syncs of one model are not queued: "
+          "retry when it ends, or cancel it"));
+    }
+    if (model->sources.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model '", args.model_id, "' has no source ranks registered"));
+    }
+    if (!model->source_recipe.empty()) {
+      std::string missing = MissingRanks(model->sources, model->source_sizes);
+      if (!missing.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "': source ranks not registered yet (", model->source_recipe, " ",
+            SizesString(model->source_sizes), "): ", missing));
+      }
+    }
+    std::vector<Replica*> selected;
+    if (args.replicas.empty()) {
+      for (auto& [id, r] : model->replicas) selected.push_back(&r);
+    } else {
+      for (const std::string& id : args.replicas) {
+        auto it = model->replicas.find(id);
+        if (it == model->replicas.end()) {
+          return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' has no replica '", id, "'"));
+        }
+        selected.push_back(&it->second);
+      }
+    }
+    if (selected.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model '", args.model_id, "' has no target replicas registered"));
+    }
+    std::vector<Replica*> todo;
+    for (Replica* r : selected) {
+      if (r->version > v) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "' replica '", r->id, "' is at version ", r->version,
+            "; version ", v, " is older (versions are monotonic)"));
+      }
+      if (r->version == v && !r->poisoned) continue;  // retry of a committed version
+      const std::string& recipe = model->replica_recipe[r->id];
+      if (!recipe.empty()) {
+        std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id]);
+        if (!missing.empty()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (", recipe,
+              " ", SizesString(model->replica_sizes[r->id]), "): ", missing));
+        }
+      }
+      todo.push_back(r);
+    }
+    if (todo.empty()) {
+      SyncOutcome out;
+      out.model_id = args.model_id;
+      out.version = v;
+      out.already_committed = true;
+      for (Replica* r : selected) out.replicas.push_back(r->id);
+      out.digest = model->has_last && model->last.version == v ? model->last.digest : selected[0]->digest;
+      return out;
+    }
+    // LoRA.
+    adapters = model->adapters;
+    if (args.lora != LoraMode::kNone) {
+      if (adapters.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "' has no LoRA adapters; LoRA mode ",
+                                                          LoraModeName(args.lora), " needs some"));
+      }
+      for (const std::string& b : args.lora_bases) {
+        int32_t id = model->spec.Find(b);
+        if (id < 0 || !adapters.count(id)) {
+          return absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "' has no LoRA adapter on '", b, "'"));
+        }
+        active.insert(id);
+      }
+      if (active.empty()) {
+        for (const auto& [id, a] : adapters) active.insert(id);
+      }
+    }
+    const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
+    for (Replica* r : todo) {
+      if (!full && r->poisoned) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "' replica '", r->id, "' is poisoned by a failed in-place sync; "
+            "only a full sync (LoRA mode none or merge) can repair it"));
+      }
+      if (args.lora == LoraMode::kAdapterOnly && !r->base_valid) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "' replica '", r->id, "' holds no pristine base: adapter_only needs "
+            "a full sync (LoRA mode none or merge) since the replica registered"));
+      }
+    }
+    // Endpoints.
+    for (auto& [key, r] : model->sources) {
+      src_eps.push_back({absl::StrCat("source/", key), {}, r->shards});
+      src_ranks.push_back(r.get());
+    }
+    for (Replica* rep : todo) {
+      replica_ids.push_back(rep->id);
+      for (auto& [key, r] : rep->ranks) {
+        dst_eps.push_back({absl::StrCat(rep->id, "/", key), {}, r->shards});
+        dst_side.push_back({r.get(), rep});
+        target_sessions.insert(r->session_id);
+        (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions).insert(r->session_id);
+      }
+    }
+    auto j = std::make_unique<Job>();
+    j->id = absl::StrCat("j-", next_id_++);
+    j->model_id = args.model_id;
+    j->version = v;
+    j->start = t0;
+    for (RankReg* r : src_ranks) j->sessions.insert(r->session_id);
+    for (const auto& s : target_sessions) j->sessions.insert(s);
+    j->progress.phase = "PLANNING";
+    job = j.get();
+    model->running = job;
+    jobs_[job->id] = std::move(j);
+  }
+  log_->info("sync {} of model '{}' version {} started: {} source ranks -> {} target ranks ({}), LoRA {}",
+             job->id, args.model_id, v, src_eps.size(), dst_eps.size(), absl::StrJoin(replica_ids, ", "),
+             LoraModeName(args.lora));
+
+  std::set<std::string> paused;
+  std::map<std::string, bool> poison;  // replica -> live memory partly written
+  absl::Status status;
+  SyncOutcome out;
+  auto finish = absl::MakeCleanup([&] {
+    {
+      absl::MutexLock lock(&mu_);
+      for (const std::string& rid : replica_ids) {
+        auto it = model->replicas.find(rid);
+        if (it != model->replicas.end() && !status.ok() && poison[rid]) it->second.poisoned = true;
+      }
+      if (!status.ok()) model->last_error = std::string(status.message());
+      model->running = nullptr;
+      jobs_.erase(job->id);
+    }
+    if (!paused.empty()) {
+      Event e;
+      e.kind = Event::Kind::kResume;
+      e.model_id = args.model_id;
+      e.version = v;
+      for (const std::string& rid : replica_ids) {
+        e.replica_id = rid;
+        e.poisoned = !status.ok() && poison[rid];
+        Notify(paused, e);
+      }
+    }
+    if (!status.ok()) {
+      Event e;
+      e.kind = Event::Kind::kFailed;
+      e.model_id = args.model_id;
+      e.version = v;
+      e.code = static_cast<int>(status.code());
+      e.message = std::string(status.message());
+      Notify(target_sessions, e);
+      log_->warn("sync of model '{}' version {} failed: {}", args.model_id, v, status.ToString());
+    }
+  });
+
+  // ---- Plan.
+  auto plan = layout::BuildPlan(model->spec, src_eps, dst_eps, {bucket_bytes});
+  if (!plan.ok()) {
+    status = absl::Status(plan.status().code(),
+                          absl::StrCat("model '", args.model_id, "': ", plan.status().message()));
+    return status;
+  }
+  const absl::Time t_plan = absl::Now();
+  const int threads = options_.copy_threads;
+
+  // ---- LoRA operands: gather every active A and B whole, in fp32.
+  std::map<int32_t, std::unique_ptr<memory::HostBuffer>> lora_mem;  // tensor id -> fp32
+  if (!active.empty()) {
+    layout::Endpoint gather{"lora", {}, {}};
+    std::vector<int32_t> ids;
+    for (int32_t base : active) {
+      for (int32_t t : {adapters[base].a, adapters[base].b}) {
+        const layout::Shape& sh = model->spec.tensor(t).shape;
+        layout::ShardSpec s{model->spec.tensor(t).name, sh, layout::DType::kF32, {}};
+        s.pieces.push_back({t, layout::Box::Whole(sh), layout::Box::Whole(sh)});
+        gather.shards.push_back(s);
+        ids.push_back(t);
+      }
+    }
+    auto gplan = layout::BuildPlan(model->spec, src_eps, {gather}, {bucket_bytes});
+    if (!gplan.ok()) {
+      status = absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "': LoRA tensors: ",
+                                                          gplan.status().message()));
+      return status;
+    }
+    std::vector<kernels::BoxCopyOp> ops;
+    std::vector<void*> ptrs;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto buf = memory::HostBuffer::Allocate(gather.shards[i].shape.NumElements() * 4, "LoRA operands");
+      if (!buf.ok()) return status = buf.status();
+      ptrs.push_back((*buf)->data());
+      lora_mem[ids[i]] = std::move(*buf);
+    }
+    for (const layout::CopyOp& c : gplan->ops) {
+      RankReg* sr = src_ranks[c.src_endpoint];
+      ops.push_back(layout::LowerCopy(
+          c, {&sr->shards[c.src_shard], sr->strides[c.src_shard].empty() ? nullptr : sr->strides[c.src_shard].data(),
+              sr->live[c.src_shard]},
+          {&gather.shards[c.dst_shard], nullptr, ptrs[c.dst_shard]}));
+    }
+    kernels::BoxCopyCpu(ops.data(), ops.size(), threads);
+  }
+
+  // ---- Memory the job writes.
+  const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
+  auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
+    return r->strides[s].empty() ? nullptr : r->strides[s].data();
+  };
+  for (size_t e = 0; e < dst_side.size(); ++e) {
+    RankReg* r = dst_side[e].rank;
+    for (size_t s = 0; s < r->shards.size(); ++s) {
+      const layout::ShardSpec& sh = r->shards[s];
+      if (dst_side[e].replica->mode == UpdateMode::kStaged && !r->staging[s]) {
+        auto b = memory::HostBuffer::Allocate(sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
+                                              absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return status = b.status();
+        r->staging[s] = std::move(*b);
+      }
+      bool tracked = false;
+      for (const layout::Piece& p : sh.pieces) tracked |= adapters.count(p.tensor) > 0;
+      if (tracked && full && !r->base[s]) {
+        auto b = memory::HostBuffer::Allocate(sh.shape.NumElements() * 4,
+                                              absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return status = b.status();
+        r->base[s] = std::move(*b);
+      }
+    }
+  }
+  auto write_view = [&](uint32_t e, uint32_t s) -> layout::ShardView {
+    RankReg* r = dst_side[e].rank;
+    if (dst_side[e].replica->mode == UpdateMode::kStaged) return {&r->shards[s], nullptr, r->staging[s]->data()};
+    return {&r->shards[s], strides_of(r, s), r->live[s]};
+  };
+  // fp32 twins of target shards holding the pristine LoRA base, per (e, s).
+  std::map<std::pair<uint32_t, uint32_t>, layout::ShardSpec> base_spec;
+  auto base_view = [&](uint32_t e, uint32_t s) -> layout::ShardView {
+    auto key = std::make_pair(e, s);
+    auto it = base_spec.find(key);
+    if (it == base_spec.end()) {
+      layout::ShardSpec sp = dst_side[e].rank->shards[s];
+      sp.dtype = layout::DType::kF32;
+      sp.pieces.clear();
+      it = base_spec.emplace(key, sp).first;
+    }
+    return {&it->second, nullptr, dst_side[e].rank->base[s]->data()};
+  };
+
+  // ---- Pause in-place targets before their live memory is written.
+  if (absl::Status s = CheckJob(job, deadline, "planning", client_gone); !s.ok()) return status = s;
+  if (!inplace_sessions.empty()) {
+    SetProgress(job, {"PAUSING", 0, 0, 0, 0, 0});
+    status = PauseTargets(job, inplace_sessions, args.model_id, replica_ids, v, deadline);
+    paused.insert(inplace_sessions.begin(), inplace_sessions.end());
+    if (!status.ok()) return status;
+  }
+
+  // ---- Transfer, bucket by bucket.
+  Progress prog{"TRANSFERRING", 0, 0, 0, 0, 0};
+  std::vector<bool> bucket_used(plan->buckets.size(), false);
+  for (size_t b = 0; b < plan->buckets.size(); ++b) {
+    for (uint32_t i = plan->buckets[b].first_op; i < plan->buckets[b].first_op + plan->buckets[b].num_ops; ++i) {
+      const layout::CopyOp& c = plan->ops[i];
+      if (full || active.count(c.tensor)) {
+        bucket_used[b] = true;
+        prog.bytes_total += layout::BoxBytes(c.dst_box, dst_eps[c.dst_endpoint].shards[c.dst_shard].dtype);
+      }
+    }
+    prog.buckets_total += bucket_used[b];
+  }
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+
+  std::vector<kernels::BoxCopyOp> descs;  // destination side of every op, for verify and commit
+  std::vector<uint64_t> desc_words;
+  std::vector<Written> written;
+  std::vector<std::pair<size_t, size_t>> bucket_desc;  // [begin, end) into descs
+  std::vector<kernels::DigestSums> sent(plan->buckets.size());
+  std::vector<uint64_t> bucket_words(plan->buckets.size(), 0);
+  uint64_t word = 0;
+  const absl::Time t_xfer0 = absl::Now();
+  // Padding of full syncs first (zero fills, not digested).
+  if (full) {
+    std::vector<kernels::BoxCopyOp> fills;
+    for (const layout::FillOp& f : plan->fills) {
+      fills.push_back(layout::LowerFill(f, write_view(f.dst_endpoint, f.dst_shard)));
+      written.push_back({f.dst_endpoint, f.dst_shard, f.dst_box});
+      if (dst_side[f.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[f.dst_endpoint].replica->id] = true;
+    }
+    kernels::BoxCopyCpu(fills.data(), fills.size(), threads);
+  }
+  for (size_t b = 0; b < plan->buckets.size(); ++b) {
+    bucket_desc.push_back({descs.size(), descs.size()});
+    if (!bucket_used[b]) continue;
+    if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) return status = s;
+    const layout::Bucket& bk = plan->buckets[b];
+    std::vector<kernels::BoxCopyOp> copies, base_copies, lora_descs;
+    std::vector<uint64_t> copy_words, lora_words;
+    std::vector<kernels::LoraMergeOp> loras;
+    uint64_t bytes = 0;
+    const uint64_t first_word = word;
+    for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
+      const layout::CopyOp& c = plan->ops[i];
+      const bool adapted = active.count(c.tensor) > 0;
+      if (!full && !adapted) continue;
+      RankReg* sr = src_ranks[c.src_endpoint];
+      RankReg* tr = dst_side[c.dst_endpoint].rank;
+      layout::ShardView src{&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]};
+      layout::ShardView dst = write_view(c.dst_endpoint, c.dst_shard);
+      kernels::BoxCopyOp desc = layout::LowerCopy(c, src, dst);
+      uint64_t w0;
+      const uint64_t words = kernels::BoxPayloadWords(&desc, 1, word, &w0);
+      word += words;
+      if (full && adapters.count(c.tensor) && tr->base[c.dst_shard]) {
+        base_copies.push_back(layout::LowerCopy(c, src, base_view(c.dst_endpoint, c.dst_shard)));
+      }
+      if (!adapted) {
+        copies.push_back(desc);
+        copy_words.push_back(w0);
+      } else {
+        const Adapter& ad = adapters[c.tensor];
+        layout::MatrixView wv;
+        layout::DType w_dtype;
+        if (args.lora == LoraMode::kMerge) {
+          wv = layout::LowerMatrix(c, c.src_box, src);
+          w_dtype = src.spec->dtype;
+        } else if (args.lora == LoraMode::kAdapterOnly) {
+          layout::ShardView bv = base_view(c.dst_endpoint, c.dst_shard);
+          wv = layout::LowerMatrix(c, c.dst_box, bv);
+          w_dtype = layout::DType::kF32;
+        } else {  // unmerge: from the live target itself
+          layout::ShardView lv{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
+          wv = layout::LowerMatrix(c, c.dst_box, lv);
+          w_dtype = tr->shards[c.dst_shard].dtype;
+        }
+        layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, dst);
+        const layout::Shape& as = model->spec.tensor(ad.a).shape;
+        const layout::Shape& bs = model->spec.tensor(ad.b).shape;
+        const float* A = static_cast<const float*>(lora_mem[ad.a]->data());
+        const float* B = static_cast<const float*>(lora_mem[ad.b]->data());
+        kernels::LoraMergeOp m;
+        m.w = wv.ptr;
+        m.w_dtype = w_dtype;
+        m.w_row_stride = wv.row_stride;
+        m.w_col_stride = wv.col_stride;
+        m.dst = dv.ptr;
+        m.dst_dtype = dst.spec->dtype;
+        m.dst_row_stride = dv.row_stride;
+        m.dst_col_stride = dv.col_stride;
+        m.a_dtype = m.b_dtype = layout::DType::kF32;
+        const int64_t r0 = c.canonical.off[0], c0 = c.canonical.off[1];
+        if (ad.convention == LoraConvention::kPeft) {  // A [r, in], B [out, r]
+          m.a = A + c0;
+          m.a_k_stride = as.d[1];
+          m.a_col_stride = 1;
+          m.b = B + r0 * bs.d[1];
+          m.b_row_stride = bs.d[1];
+          m.b_k_stride = 1;
+        } else {  // left [in, r] = A^T, right [r, out] = B^T
+          m.a = A + c0 * as.d[1];
+          m.a_k_stride = 1;
+          m.a_col_stride = as.d[1];
+          m.b = B + r0;
+          m.b_row_stride = 1;
+          m.b_k_stride = bs.d[1];
+        }
+        m.rows = c.canonical.size[0];
+        m.cols = c.canonical.size[1];
+        m.rank = ad.rank;
+        m.scale = static_cast<float>(args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling);
+        loras.push_back(m);
+        lora_descs.push_back(desc);
+        lora_words.push_back(w0);
+      }
+      descs.push_back(desc);
+      desc_words.push_back(w0);
+      written.push_back({c.dst_endpoint, c.dst_shard, c.dst_box});
+      bytes += layout::BoxBytes(c.dst_box, dst.spec->dtype);
+      if (dst_side[c.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[c.dst_endpoint].replica->id] = true;
+    }
+    bucket_desc.back().second = descs.size();
+    bucket_words[b] = word - first_word;
+    if (std::string err = kernels::CheckBoxCopyOps(copies.data(), copies.size()); !err.empty()) {
+      return status = absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "': ", err));
+    }
+    kernels::BoxCopyCpu(base_copies.data(), base_copies.size(), threads);
+    kernels::DigestSums d = kernels::BoxCopyDigestCpu(copies.data(), copies.size(), copy_words.data(), threads);
+    kernels::LoraMergeCpu(loras.data(), loras.size(), threads);
+    kernels::DigestSums dl = kernels::BoxDigestCpu(lora_descs.data(), lora_descs.size(), lora_words.data(), threads);
+    sent[b] = {d.s1 + dl.s1, d.s2 + dl.s2};
+    prog.bytes_done += bytes;
+    prog.buckets_done++;
+    prog.rate_bytes_per_s = prog.bytes_done / std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - t_xfer0));
+    SetProgress(job, prog);
+    if (progress) progress(prog);
+  }
+  const absl::Time t_xfer = absl::Now();
+
+  // ---- Verify: re-read every bucket's destination and compare digests.
+  prog.phase = "VERIFYING";
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+  std::map<std::string, kernels::DigestSums> rep_sums;
+  std::map<std::string, uint64_t> rep_words;
+  kernels::DigestSums all;
+  for (size_t b = 0; b < plan->buckets.size(); ++b) {
+    if (!bucket_used[b]) continue;
+    auto [lo, hi] = bucket_desc[b];
+    kernels::DigestSums got = kernels::BoxDigestCpu(descs.data() + lo, hi - lo, desc_words.data() + lo, threads);
+    if (got.s1 != sent[b].s1 || got.s2 != sent[b].s2) {
+      const layout::Bucket& bk = plan->buckets[b];
+      status = absl::DataLossError(absl::StrCat(
+          "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_eps[bk.src_endpoint].id, " -> ",
+          dst_eps[bk.dst_endpoint].id, ", ", bk.bytes, " bytes) digest mismatch: sent ",
+          kernels::DigestFinish(sent[b], bucket_words[b] * 8).Hex(), ", received ",
+          kernels::DigestFinish(got, bucket_words[b] * 8).Hex(),
+          " (target memory changed during the sync?)"));
+      return status;
+    }
+    const std::string& rid = dst_side[plan->buckets[b].dst_endpoint].replica->id;
+    rep_sums[rid].s1 += got.s1;
+    rep_sums[rid].s2 += got.s2;
+    rep_words[rid] += bucket_words[b];
+    all.s1 += got.s1;
+    all.s2 += got.s2;
+  }
+  if (absl::Status s = CheckJob(job, deadline, "verify", client_gone); !s.ok()) return status = s;
+  const absl::Time t_verify = absl::Now();
+
+  // ---- Commit.
+  prog.phase = "COMMITTING";
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+  if (!staged_sessions.empty()) {
+    status = PauseTargets(job, staged_sessions, args.model_id, replica_ids, v, deadline);
+    paused.insert(staged_sessions.begin(), staged_sessions.end());
+    if (!status.ok()) return status;
+    if (absl::Status s = CheckJob(job, deadline, "commit", client_gone); !s.ok()) return status = s;
+    std::vector<kernels::BoxCopyOp> ops;
+    for (const Written& w : written) {
+      TargetSide& t = dst_side[w.endpoint];
+      if (t.replica->mode != UpdateMode::kStaged) continue;
+      layout::CopyOp c;
+      c.src_box = c.dst_box = c.canonical = w.box;
+      ops.push_back(layout::LowerCopy(c, {&t.rank->shards[w.shard], nullptr, t.rank->staging[w.shard]->data()},
+                                      {&t.rank->shards[w.shard], strides_of(t.rank, w.shard), t.rank->live[w.shard]}));
+      poison[t.replica->id] = true;  // a failure from here on leaves live memory mixed
+    }
+    kernels::BoxCopyCpu(ops.data(), ops.size(), threads);
+  }
+  const absl::Time t_commit = absl::Now();
+
+  uint64_t total_words = 0;
+  for (const auto& [rid, w] : rep_words) total_words += w;
+  out.model_id = args.model_id;
+  out.version = v;
+  out.digest = kernels::DigestFinish(all, total_words * 8).Hex();
+  out.bytes = prog.bytes_done;
+  out.buckets = prog.buckets_done;
+  out.plan_hash = plan->HashHex();
+  out.replicas = replica_ids;
+  out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),
+               Ms(absl::Now() - t0)};
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& rid : replica_ids) {
+      Replica& rep = model->replicas[rid];
+      rep.version = v;
+      rep.digest = kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex();
+      rep.poisoned = false;
+      if (full && !adapters.empty()) rep.base_valid = true;
+      poison[rid] = false;
+    }
+    model->has_last = true;
+    model->last = out;
+    model->last_error.clear();
+  }
+  for (const std::string& rid : replica_ids) {
+    Event e;
+    e.kind = Event::Kind::kCommitted;
+    e.model_id = args.model_id;
+    e.replica_id = rid;
+    e.version = v;
+    {
+      absl::MutexLock lock(&mu_);
+      e.digest = model->replicas[rid].digest;
+    }
+    Notify(target_sessions, e);
+  }
+  log_->info("sync {} of model '{}' committed version {}: {:.1f} MiB in {} buckets, {:.1f} ms "
+             "(plan {:.1f}, transfer {:.1f}, verify {:.1f}, commit {:.1f}), digest {}",
+             job->id, args.model_id, v, out.bytes / 1048576.0, out.buckets, out.times.total_ms,
+             out.times.plan_ms, out.times.transfer_ms, out.times.verify_ms, out.times.commit_ms, out.digest);
+  return out;
+}
+
+absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
+                                                  const std::string& replica_id, uint64_t min_version,
+                                                  uint64_t timeout_ms,
+                                                  const std::function<bool()>& client_gone) {
+  const absl::Time until = absl::Now() + absl::Milliseconds(timeout_ms);
+  absl::MutexLock lock(&mu_);
+  auto replica = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> const Replica* {
+    auto mit = models_.find(model_id);
+    if (mit == models_.end()) return nullptr;
+    auto rit = mit->second->replicas.find(replica_id);
+    return rit == mit->second->replicas.end() ? nullptr : &rit->second;
+  };
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const Replica* r = replica();
+    return r == nullptr || !serving_ || (r->version >= min_version && !r->poisoned);
+  };
+  while (true) {
+    if (!models_.count(model_id)) {
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
+    }
+    const Replica* r = replica();
+    if (r == nullptr) {
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica '", replica_id, "'"));
+    }
+    if (r->version >= min_version && !r->poisoned) return VersionInfo{r->version, r->digest};
+    if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+    if (client_gone && client_gone()) return absl::CancelledError("the caller went away");
+    if (absl::Now() >= until) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "model '", model_id, "' replica '", replica_id, "' did not reach version ", min_version,
+          " within ", timeout_ms, " ms (it is at version ", r->version, r->poisoned ? ", poisoned" : "", ")"));
+    }
+    // Conditions are re-evaluated on every unlock; wake at least every 100 ms
+    // to notice a departed caller.
+    mu_.AwaitWithDeadline(absl::Condition(&ready), std::min(until, absl::Now() + absl::Milliseconds(100)));
+  }
+}
+
+absl::StatusOr<std::string> CoreImpl::CancelSync(const std::string& model_id, uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  auto mit = models_.find(model_id);
+  if (mit == models_.end() || mit->second->running == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is running"));
+  }
+  Job* job = mit->second->running;
+  if (version != 0 && job->version != version) {
+    return absl::NotFoundError(absl::StrCat("the running sync of model '", model_id, "' is version ",
+                                            job->version, ", not ", version));
+  }
+  job->cancel.store(true);
+  log_->info("sync {} of model '{}' version {}: cancel requested", job->id, model_id, job->version);
+  return job->id;
+}
+
+}  // namespace wsync::core::internal
