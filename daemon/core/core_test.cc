@@ -379,7 +379,7 @@ TEST_CASE("LoRA: merge matches the reference, adapter_only is bit-identical to m
     if (w.src_eps[0].shards[i].name != b_name) continue;
     float* b = static_cast<float*>(w.src_mem[0][i]);
     for (size_t k = 0; k < w.data[bt].size(); ++k) {
-      w.data[bt][k] = static_cast<float>((k % 7) - 3) / 16.0f;
+      w.data[bt][k] = static_cast<float>(static_cast<int>(k % 7) - 3) / 16.0f;
       b[k] = w.data[bt][k];
     }
   }
@@ -417,6 +417,7 @@ TEST_CASE("LoRA: merge matches the reference, adapter_only is bit-identical to m
         if (g[i] != x[i]) {
           ++differ;
           float d = std::fabs(kernels::Bf16ToF32(g[i]) - kernels::Bf16ToF32(x[i]));
+          INFO(eps[e].shards[s].name << " element " << i);
           REQUIRE(d <= 0.02f * std::max(1.0f, std::fabs(kernels::Bf16ToF32(x[i]))));
         }
       }
