@@ -45,6 +45,20 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--max-message-bytes", o.max_message_bytes, "largest gRPC message accepted")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--sync-deadline-ms", o.sync_deadline_ms,
+                 "deadline of a sync whose request sets none")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--pause-timeout-ms", o.pause_timeout_ms,
+                 "how long target clients get to acknowledge a pause before the sync fails")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--bucket-mib", o.bucket_mib, "default sync bucket size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--copy-threads", o.copy_threads, "CPU threads for host-memory copies")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   app.add_option("--log-level", o.log.level,
                  "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

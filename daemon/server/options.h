@@ -35,6 +35,12 @@ struct Options {
   int64_t grace_period_ms = 10000;
   // Largest gRPC message accepted or sent.
   int64_t max_message_bytes = 64 << 20;
+  // Sync defaults: deadline when a request sets none, how long targets get
+  // to acknowledge a pause, bucket size, and CPU threads for host copies.
+  int64_t sync_deadline_ms = 600000;
+  int64_t pause_timeout_ms = 10000;
+  int64_t bucket_mib = 64;
+  int copy_threads = 2;
   LogOptions log;
 };
 

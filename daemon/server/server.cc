@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/build_info.h"
 #include "daemon/common/logging.h"
+#include "daemon/server/uds_listener.h"
 #include "daemon/server/unix_socket.h"
 #include "daemon/service/peer_service.h"
 #include "daemon/service/public_service.h"
@@ -63,7 +64,10 @@ class ServerImpl final : public Server {
 
   absl::Status Init() {
     grpc::EnableDefaultHealthCheckService(true);
-    public_service_ = service::NewPublicService(core_.get());
+    public_service_ = service::NewPublicService(core_.get(), [this](const std::string& peer) {
+      PeerCred c = uds_ ? uds_->Lookup(peer) : PeerCred{};
+      return std::make_pair(c.pid, c.uid);
+    });
     peer_service_ = service::NewPeerService(core_.get());
 
     grpc::ServerBuilder builder;
@@ -80,7 +84,14 @@ class ServerImpl final : public Server {
       auto claim = SocketClaim::Acquire(options_.socket);
       if (!claim.ok()) return claim.status();
       socket_ = std::move(*claim);
-      builder.AddListeningPort("unix:" + options_.socket, grpc::InsecureServerCredentials());
+      // Connections are accepted by UdsListener (for SO_PEERCRED) and handed
+      // to gRPC one by one.
+      auto uds = UdsListener::Listen(options_.socket);
+      if (!uds.ok()) {
+        socket_->Release();
+        return uds.status();
+      }
+      uds_ = std::move(*uds);
     }
     int tcp_port = -1;
     bool tls = false;
@@ -125,6 +136,7 @@ class ServerImpl final : public Server {
         socket_->Release();
         return s;
       }
+      uds_->Serve(server_.get());
       core_->AddEndpoint({"unix", options_.socket, false});
     }
     if (!options_.listen.empty()) {
@@ -160,6 +172,7 @@ class ServerImpl final : public Server {
       log_->info("shutting down: health NOT_SERVING, draining for up to {} ms",
                  options_.grace_period_ms);
       server_->GetHealthCheckService()->Shutdown();
+      if (uds_) uds_->Stop();  // no new local connections
       core_->BeginShutdown();
       auto deadline = std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options_.grace_period_ms);
@@ -195,6 +208,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<v1::Wsync::Service> public_service_;
   std::unique_ptr<v1::WsyncPeer::Service> peer_service_;
   std::unique_ptr<SocketClaim> socket_;
+  std::unique_ptr<UdsListener> uds_;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
   bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
@@ -212,6 +226,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   core::CoreOptions core_options;
   core_options.daemon_id = options.daemon_id;
   core_options.gpus = ProbeGpus();
+  core_options.default_deadline_ms = static_cast<uint64_t>(options.sync_deadline_ms);
+  core_options.pause_timeout_ms = static_cast<uint64_t>(options.pause_timeout_ms);
+  core_options.default_bucket_bytes = static_cast<uint64_t>(options.bucket_mib) << 20;
+  core_options.copy_threads = options.copy_threads;
   auto log = Logger("server");
   log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
             options.daemon_id, getpid());

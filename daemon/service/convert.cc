@@ -1,6 +1,258 @@
 #include "daemon/service/convert.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace wsync::service {
+namespace {
+
+absl::StatusOr<layout::DType> DTypeOf(v1::DType d, const std::string& field) {
+  switch (d) {
+    case v1::FLOAT32: return layout::DType::kF32;
+    case v1::BFLOAT16: return layout::DType::kBF16;
+    case v1::FLOAT16: return layout::DType::kF16;
+    case v1::FLOAT8_E4M3: return layout::DType::kF8E4M3;
+    default: return absl::InvalidArgumentError(absl::StrCat(field, ": dtype must be set"));
+  }
+}
+
+template <typename R>
+absl::StatusOr<layout::Shape> ShapeOf(const R& dims, const std::string& field) {
+  layout::Shape s;
+  if (dims.size() < 1 || dims.size() > layout::kMaxDims) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": shape must have 1 to ", layout::kMaxDims, " dimensions, got ", dims.size()));
+  }
+  for (int64_t d : dims) {
+    if (d < 1) return absl::InvalidArgumentError(absl::StrCat(field, ": shape dimensions must be >= 1"));
+    s.d[s.ndim++] = d;
+  }
+  return s;
+}
+
+absl::StatusOr<layout::Box> BoxOf(const v1::Box& b, const std::string& field) {
+  if (b.offsets_size() != b.sizes_size() || b.sizes_size() < 1 || b.sizes_size() > layout::kMaxDims) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": a box needs 1 to ", layout::kMaxDims, " offsets and as many sizes"));
+  }
+  layout::Box out;
+  for (int i = 0; i < b.sizes_size(); ++i) {
+    out.off[i] = b.offsets(i);
+    out.size[i] = b.sizes(i);
+  }
+  out.ndim = b.sizes_size();
+  return out;
+}
+
+void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out) {
+  out->set_tp(r.tp);
+  out->set_tp_size(r.tp_size);
+  out->set_pp(r.pp);
+  out->set_pp_size(r.pp_size);
+  out->set_ep(r.ep);
+  out->set_ep_size(r.ep_size);
+  out->set_etp(r.etp);
+  out->set_etp_size(r.etp_size);
+  out->set_dp(r.dp);
+  out->set_dp_size(r.dp_size);
+}
+
+v1::SyncPhase PhaseOf(const std::string& p) {
+  v1::SyncPhase out;
+  return v1::SyncPhase_Parse(p, &out) ? out : v1::TRANSFERRING;
+}
+
+}  // namespace
+
+layout::RankCoords FromProto(const v1::RankCoordinates& in) {
+  layout::RankCoords r;
+  r.tp = in.tp();
+  r.tp_size = std::max(1, in.tp_size());
+  r.pp = in.pp();
+  r.pp_size = std::max(1, in.pp_size());
+  r.ep = in.ep();
+  r.ep_size = std::max(1, in.ep_size());
+  r.etp = in.etp();
+  r.etp_size = std::max(1, in.etp_size());
+  r.dp = in.dp();
+  r.dp_size = std::max(1, in.dp_size());
+  return r;
+}
+
+absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest& in) {
+  core::RegisterModelArgs a;
+  a.session_id = in.session_id();
+  a.model_id = in.model_id();
+  for (const auto& t : in.tensors()) {
+    const std::string field = absl::StrCat("model '", in.model_id(), "' tensor '", t.name(), "'");
+    auto shape = ShapeOf(t.shape(), field);
+    if (!shape.ok()) return shape.status();
+    auto dt = DTypeOf(t.dtype(), field);
+    if (!dt.ok()) return dt.status();
+    a.tensors.push_back({t.name(), *shape, *dt});
+  }
+  if (in.has_config()) {
+    const v1::ModelConfig& c = in.config();
+    a.has_config = true;
+    a.config.family = c.family();
+    a.config.hidden_size = c.hidden_size();
+    a.config.num_attention_heads = c.num_attention_heads();
+    a.config.num_key_value_heads = c.num_key_value_heads();
+    a.config.head_dim = c.head_dim();
+    a.config.intermediate_size = c.intermediate_size();
+    a.config.vocab_size = c.vocab_size();
+    a.config.num_hidden_layers = c.num_hidden_layers();
+    a.config.tie_word_embeddings = c.tie_word_embeddings();
+    a.config.attention_bias = c.attention_bias();
+    a.config.qk_norm = c.qk_norm();
+    a.config.num_experts = c.num_experts();
+    a.config.moe_intermediate_size = c.moe_intermediate_size();
+    a.config.shared_expert_intermediate_size = c.shared_expert_intermediate_size();
+    a.config.decoder_sparse_step = c.decoder_sparse_step() > 0 ? c.decoder_sparse_step() : 1;
+  }
+  for (const auto& l : in.lora_adapters()) {
+    core::LoraAdapterArg ad;
+    ad.base_tensor = l.base_tensor();
+    ad.a_tensor = l.a_tensor();
+    ad.b_tensor = l.b_tensor();
+    ad.rank = l.rank();
+    ad.scaling = l.scaling();
+    ad.convention = l.convention() == v1::DEEPSPEED ? core::LoraConvention::kDeepSpeed
+                                                    : core::LoraConvention::kPeft;
+    a.adapters.push_back(ad);
+  }
+  return a;
+}
+
+absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsRequest& in) {
+  core::RegisterShardsArgs a;
+  a.session_id = in.session_id();
+  a.model_id = in.model_id();
+  if (in.role() == v1::ROLE_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", in.model_id(), "': role must be SOURCE or TARGET"));
+  }
+  a.role = in.role() == v1::SOURCE ? core::Role::kSource : core::Role::kTarget;
+  a.replica_id = in.replica_id();
+  a.rank = FromProto(in.rank());
+  a.recipe = in.recipe().name();
+  for (const auto& [k, v] : in.recipe().options()) a.recipe_options[k] = v;
+  a.mode = in.update_mode() == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
+  if (!in.coordinator().empty()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "model '", in.model_id(), "': a remote coordinator (", in.coordinator(),
+        ") needs the multi-node data plane, which this wsyncd build does not have yet"));
+  }
+  for (const auto& b : in.buffers()) {
+    const std::string field = absl::StrCat("model '", in.model_id(), "' buffer '", b.name(), "'");
+    core::BufferArg buf;
+    buf.name = b.name();
+    if (!b.memory().has_host_shm()) {
+      return absl::UnimplementedError(absl::StrCat(
+          field, ": only host shared memory can be registered by this wsyncd build (CUDA IPC comes "
+          "with the GPU path)"));
+    }
+    buf.shm_name = b.memory().host_shm().name();
+    buf.offset = b.memory().offset();
+    buf.nbytes = b.memory().nbytes();
+    auto shape = ShapeOf(b.shape(), field);
+    if (!shape.ok()) return shape.status();
+    buf.shape = *shape;
+    buf.strides.assign(b.strides().begin(), b.strides().end());
+    auto dt = DTypeOf(b.dtype(), field);
+    if (!dt.ok()) return dt.status();
+    buf.dtype = *dt;
+    for (const auto& p : b.pieces()) {
+      auto c = BoxOf(p.canonical(), field + " piece of '" + p.tensor() + "' canonical");
+      if (!c.ok()) return c.status();
+      auto s = BoxOf(p.shard(), field + " piece of '" + p.tensor() + "' shard");
+      if (!s.ok()) return s.status();
+      buf.pieces.push_back({p.tensor(), *c, *s});
+    }
+    a.buffers.push_back(std::move(buf));
+  }
+  return a;
+}
+
+absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in) {
+  core::SyncArgs a;
+  a.model_id = in.model_id();
+  a.version = in.version();
+  switch (in.lora().mode()) {
+    case v1::MERGE: a.lora = core::LoraMode::kMerge; break;
+    case v1::ADAPTER_ONLY: a.lora = core::LoraMode::kAdapterOnly; break;
+    case v1::UNMERGE: a.lora = core::LoraMode::kUnmerge; break;
+    default: a.lora = core::LoraMode::kNone; break;
+  }
+  a.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
+  a.replicas.assign(in.target_replicas().begin(), in.target_replicas().end());
+  a.deadline_ms = in.deadline_ms();
+  a.max_bucket_bytes = in.max_bucket_bytes();
+  if (a.max_bucket_bytes != 0 && a.max_bucket_bytes < 4096) {
+    return absl::InvalidArgumentError("max_bucket_bytes must be 0 (default) or >= 4096");
+  }
+  return a;
+}
+
+void ToProto(const core::Progress& in, v1::ProgressUpdate* out) {
+  out->set_phase(PhaseOf(in.phase));
+  out->set_bytes_done(in.bytes_done);
+  out->set_bytes_total(in.bytes_total);
+  out->set_buckets_done(in.buckets_done);
+  out->set_buckets_total(in.buckets_total);
+  out->set_rate_bytes_per_s(in.rate_bytes_per_s);
+}
+
+void ToProto(const core::SyncOutcome& in, v1::SyncResult* out) {
+  out->set_model_id(in.model_id);
+  out->set_version(in.version);
+  out->set_digest(in.digest);
+  out->set_bytes(in.bytes);
+  out->set_buckets(in.buckets);
+  out->set_plan_hash(in.plan_hash);
+  auto* t = out->mutable_timings();
+  t->set_plan_ms(in.times.plan_ms);
+  t->set_transfer_ms(in.times.transfer_ms);
+  t->set_verify_ms(in.times.verify_ms);
+  t->set_commit_ms(in.times.commit_ms);
+  t->set_total_ms(in.times.total_ms);
+  for (const auto& r : in.replicas) out->add_replicas(r);
+}
+
+void ToProto(const core::Event& in, v1::AttachEvent* out) {
+  switch (in.kind) {
+    case core::Event::Kind::kPause: {
+      auto* p = out->mutable_pause_requested();
+      p->set_model_id(in.model_id);
+      p->set_replica_id(in.replica_id);
+      p->set_version(in.version);
+      p->set_timeout_ms(in.timeout_ms);
+      break;
+    }
+    case core::Event::Kind::kResume: {
+      auto* p = out->mutable_resume();
+      p->set_model_id(in.model_id);
+      p->set_replica_id(in.replica_id);
+      p->set_version(in.version);
+      p->set_poisoned(in.poisoned);
+      break;
+    }
+    case core::Event::Kind::kCommitted: {
+      auto* p = out->mutable_version_committed();
+      p->set_model_id(in.model_id);
+      p->set_replica_id(in.replica_id);
+      p->set_version(in.version);
+      p->set_digest(in.digest);
+      break;
+    }
+    case core::Event::Kind::kFailed: {
+      auto* p = out->mutable_sync_failed();
+      p->set_model_id(in.model_id);
+      p->set_version(in.version);
+      p->set_code(in.code);
+      p->set_message(in.message);
+      break;
+    }
+  }
+}
 
 void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
   out->Clear();
@@ -22,12 +274,33 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
     p->set_model_id(m.model_id);
     p->set_num_tensors(m.num_tensors);
     p->set_total_bytes(m.total_bytes);
+    for (const core::RankInfo& r : m.ranks) {
+      v1::RankStatus* rs = p->add_ranks();
+      rs->set_role(r.role == core::Role::kSource ? v1::SOURCE : v1::TARGET);
+      rs->set_replica_id(r.replica_id);
+      ToProto(r.rank, rs->mutable_rank());
+      rs->set_session_id(r.session_id);
+      rs->set_client_name(r.client_name);
+      rs->set_num_buffers(r.num_buffers);
+      rs->set_bytes(r.bytes);
+      rs->set_update_mode(r.mode == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED);
+    }
+    for (const core::ReplicaInfo& r : m.replicas) {
+      v1::ReplicaStatus* rs = p->add_replicas();
+      rs->set_replica_id(r.replica_id);
+      rs->set_version(r.version);
+      rs->set_digest(r.digest);
+      rs->set_poisoned(r.poisoned);
+    }
+    if (m.has_last_sync) ToProto(m.last_sync, p->mutable_last_sync());
+    p->set_last_error(m.last_error);
   }
   for (const core::JobInfo& j : in.jobs) {
     v1::JobStatus* p = out->add_jobs();
     p->set_job_id(j.job_id);
     p->set_model_id(j.model_id);
     p->set_version(j.version);
+    ToProto(j.progress, p->mutable_progress());
     p->set_elapsed_ms(j.elapsed_ms);
   }
   for (const core::SessionInfo& s : in.sessions) {
@@ -35,6 +308,8 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
     p->set_session_id(s.session_id);
     p->set_client_name(s.client_name);
     p->set_pid(s.pid);
+    p->set_uid(s.uid);
+    p->set_attached_ms(s.attached_ms);
   }
 }
 
@@ -45,6 +320,16 @@ void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out
     p->set_model_id(m.model_id);
     p->set_num_tensors(m.num_tensors);
     p->set_total_bytes(m.total_bytes);
+    int64_t sources = 0;
+    for (const auto& r : m.ranks) sources += r.role == core::Role::kSource;
+    p->set_num_source_ranks(sources);
+    for (const core::ReplicaInfo& r : m.replicas) {
+      v1::ReplicaStatus* rs = p->add_replicas();
+      rs->set_replica_id(r.replica_id);
+      rs->set_version(r.version);
+      rs->set_digest(r.digest);
+      rs->set_poisoned(r.poisoned);
+    }
   }
 }
 

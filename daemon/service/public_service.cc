@@ -1,50 +1,144 @@
 #include "daemon/service/public_service.h"
 
+#include <chrono>
+#include <deque>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/logging.h"
 #include "daemon/service/convert.h"
 #include "daemon/service/status_mapping.h"
 
 namespace wsync::service {
 namespace {
 
-// What an RPC that a later component provides answers until then.
-grpc::Status NotYet(const char* rpc, const char* missing) {
-  return ToGrpcStatus(absl::UnimplementedError(
-      absl::StrCat("wsync.v1.Wsync/", rpc, " is not implemented in this wsyncd build: ", missing)));
-}
+// Queues a session's events for the Attach stream's writer thread.
+class QueueSink final : public core::EventSink {
+ public:
+  void Push(const core::Event& e) override {
+    absl::MutexLock lock(&mu_);
+    if (!closed_) q_.push_back(e);
+  }
+  // Blocks for the next event; false once closed and drained.
+  bool Pop(core::Event* e) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !q_.empty(); };
+    mu_.Await(absl::Condition(&ready));
+    if (q_.empty()) return false;
+    *e = q_.front();
+    q_.pop_front();
+    return true;
+  }
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
 
-constexpr char kRegistry[] =
-    "it needs the session/registry layer (daemon/core registry and daemon/memory), which is not "
-    "built yet";
-constexpr char kSyncJobs[] = "it needs sync jobs (daemon/core jobs and the planner), which are not built yet";
+ private:
+  absl::Mutex mu_;
+  std::deque<core::Event> q_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 class PublicService final : public v1::Wsync::Service {
  public:
-  explicit PublicService(core::Core* core) : core_(core) {}
+  PublicService(core::Core* core, PeerLookup peers) : core_(core), peers_(std::move(peers)) {}
 
-  grpc::Status Attach(grpc::ServerContext*,
-                      grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>*) override {
-    return NotYet("Attach", kRegistry);
+  grpc::Status Attach(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream) override {
+    v1::AttachRequest first;
+    if (!stream->Read(&first)) return grpc::Status::OK;
+    if (!first.has_hello()) {
+      return ToGrpcStatus(absl::InvalidArgumentError("the first Attach message must be hello"));
+    }
+    core::ClientInfo client;
+    client.name = first.hello().client_name().empty() ? "unnamed" : first.hello().client_name();
+    auto [pid, uid] = peers_(ctx->peer());
+    client.pid = pid > 0 ? pid : first.hello().pid();
+    client.uid = uid;
+    QueueSink sink;
+    auto session = core_->OpenSession(client, &sink);
+    if (!session.ok()) return ToGrpcStatus(session.status());
+    v1::AttachEvent hello;
+    hello.mutable_attached()->set_session_id(*session);
+    hello.mutable_attached()->set_daemon_id(core_->GetStatus().daemon_id);
+    stream->Write(hello);
+    std::thread writer([&] {
+      core::Event e;
+      while (sink.Pop(&e)) {
+        v1::AttachEvent out;
+        ToProto(e, &out);
+        if (!stream->Write(out)) break;
+      }
+    });
+    v1::AttachRequest req;
+    while (stream->Read(&req)) {
+      if (req.has_pause_ack()) {
+        const auto& a = req.pause_ack();
+        absl::Status s = core_->AckPause(*session, a.model_id(), a.replica_id(), a.version());
+        if (!s.ok()) Logger("service")->debug("pause ack from {}: {}", *session, s.ToString());
+      }
+    }
+    core_->CloseSession(*session, ctx->IsCancelled() ? "went away (stream cancelled)" : "closed its stream");
+    sink.Close();
+    writer.join();
+    return grpc::Status::OK;
   }
 
-  grpc::Status RegisterModel(grpc::ServerContext*, const v1::RegisterModelRequest*,
-                             v1::RegisterModelResponse*) override {
-    return NotYet("RegisterModel", kRegistry);
+  grpc::Status RegisterModel(grpc::ServerContext*, const v1::RegisterModelRequest* req,
+                             v1::RegisterModelResponse* resp) override {
+    auto args = FromProto(*req);
+    if (!args.ok()) return ToGrpcStatus(args.status());
+    auto r = core_->RegisterModel(*args);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resp->set_model_id(r->model_id);
+    resp->set_num_tensors(r->num_tensors);
+    resp->set_total_bytes(r->total_bytes);
+    return grpc::Status::OK;
   }
 
-  grpc::Status RegisterShards(grpc::ServerContext*, const v1::RegisterShardsRequest*,
-                              v1::RegisterShardsResponse*) override {
-    return NotYet("RegisterShards", kRegistry);
+  grpc::Status RegisterShards(grpc::ServerContext*, const v1::RegisterShardsRequest* req,
+                              v1::RegisterShardsResponse* resp) override {
+    auto args = FromProto(*req);
+    if (!args.ok()) return ToGrpcStatus(args.status());
+    auto r = core_->RegisterShards(*args);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resp->set_num_buffers(r->num_buffers);
+    resp->set_num_pieces(r->num_pieces);
+    resp->set_registered_bytes(r->bytes);
+    return grpc::Status::OK;
   }
 
-  grpc::Status Sync(grpc::ServerContext*, const v1::SyncRequest*,
-                    grpc::ServerWriter<v1::SyncProgress>*) override {
-    return NotYet("Sync", kSyncJobs);
+  grpc::Status Sync(grpc::ServerContext* ctx, const v1::SyncRequest* req,
+                    grpc::ServerWriter<v1::SyncProgress>* writer) override {
+    auto args = FromProto(*req);
+    if (!args.ok()) return ToGrpcStatus(args.status());
+    auto last = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    auto progress = [&](const core::Progress& p) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last < std::chrono::milliseconds(50) && p.buckets_done != p.buckets_total) return;
+      last = now;
+      v1::SyncProgress m;
+      ToProto(p, m.mutable_progress());
+      writer->Write(m);
+    };
+    auto r = core_->Sync(*args, progress, [ctx] { return ctx->IsCancelled(); });
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    v1::SyncProgress m;
+    ToProto(*r, m.mutable_result());
+    writer->Write(m);
+    return grpc::Status::OK;
   }
 
-  grpc::Status WaitVersion(grpc::ServerContext*, const v1::WaitVersionRequest*,
-                           v1::WaitVersionResponse*) override {
-    return NotYet("WaitVersion", kSyncJobs);
+  grpc::Status WaitVersion(grpc::ServerContext* ctx, const v1::WaitVersionRequest* req,
+                           v1::WaitVersionResponse* resp) override {
+    auto r = core_->WaitVersion(req->model_id(), req->replica_id(), req->min_version(),
+                                req->timeout_ms(), [ctx] { return ctx->IsCancelled(); });
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resp->set_version(r->version);
+    resp->set_digest(r->digest);
+    return grpc::Status::OK;
   }
 
   grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
@@ -59,24 +153,35 @@ class PublicService final : public v1::Wsync::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Unregister(grpc::ServerContext*, const v1::UnregisterRequest*,
-                          v1::UnregisterResponse*) override {
-    return NotYet("Unregister", kRegistry);
+  grpc::Status Unregister(grpc::ServerContext*, const v1::UnregisterRequest* req,
+                          v1::UnregisterResponse* resp) override {
+    core::Role role = req->role() == v1::TARGET ? core::Role::kTarget : core::Role::kSource;
+    layout::RankCoords rank = FromProto(req->rank());
+    const bool one_rank = req->role() != v1::ROLE_UNSPECIFIED && req->has_rank();
+    auto r = core_->Unregister(req->model_id(), req->replica_id(), one_rank ? &role : nullptr,
+                               one_rank ? &rank : nullptr);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resp->set_released_ranks(*r);
+    return grpc::Status::OK;
   }
 
-  grpc::Status CancelSync(grpc::ServerContext*, const v1::CancelSyncRequest*,
-                          v1::CancelSyncResponse*) override {
-    return NotYet("CancelSync", kSyncJobs);
+  grpc::Status CancelSync(grpc::ServerContext*, const v1::CancelSyncRequest* req,
+                          v1::CancelSyncResponse* resp) override {
+    auto r = core_->CancelSync(req->model_id(), req->version());
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resp->set_job_id(*r);
+    return grpc::Status::OK;
   }
 
  private:
   core::Core* const core_;
+  const PeerLookup peers_;
 };
 
 }  // namespace
 
-std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core) {
-  return std::make_unique<PublicService>(core);
+std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core, PeerLookup peers) {
+  return std::make_unique<PublicService>(core, std::move(peers));
 }
 
 }  // namespace wsync::service
