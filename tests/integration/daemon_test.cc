@@ -151,13 +151,24 @@ TEST_CASE("the C++ stubs see status, health and precise UNIMPLEMENTED errors") {
     CHECK(r.out == "SERVING\n");
   }
 
-  SECTION("RPCs of later components answer UNIMPLEMENTED and say what is missing") {
+  SECTION("bad requests get precise errors; RPCs of later components answer UNIMPLEMENTED") {
     auto stub = v1::Wsync::NewStub(channel);
     grpc::ClientContext ctx;
     v1::RegisterModelResponse resp;
     grpc::Status s = stub->RegisterModel(&ctx, v1::RegisterModelRequest(), &resp);
-    CHECK(s.error_code() == grpc::StatusCode::UNIMPLEMENTED);
-    CHECK_THAT(s.error_message(), Catch::Contains("RegisterModel") && Catch::Contains("registry"));
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(s.error_message() == "model id '' must match [A-Za-z0-9._-]{1,128}");
+    grpc::ClientContext sctx;
+    v1::SyncRequest sreq;
+    sreq.set_model_id("nope");
+    sreq.set_version(1);
+    auto reader = stub->Sync(&sctx, sreq);
+    v1::SyncProgress p;
+    while (reader->Read(&p)) {
+    }
+    s = reader->Finish();
+    CHECK(s.error_code() == grpc::StatusCode::NOT_FOUND);
+    CHECK(s.error_message() == "model 'nope' is not registered");
 
     auto peer = v1::WsyncPeer::NewStub(channel);
     grpc::ClientContext pctx;
