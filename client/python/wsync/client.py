@@ -1,0 +1,300 @@
+"""A session with a local wsyncd: shared-memory buffers, registration, syncs, versions."""
+import json
+import mmap
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from wsync.v1 import types_pb2, wsync_pb2, wsync_pb2_grpc
+
+# dtype name -> (wire enum, numpy storage dtype). bf16 is stored as uint16 bits.
+DTYPES = {
+    "fp32": (types_pb2.FLOAT32, np.float32),
+    "bf16": (types_pb2.BFLOAT16, np.uint16),
+    "fp16": (types_pb2.FLOAT16, np.float16),
+}
+_ALIGN = 256
+_ARENA = 256 << 20
+
+
+class WsyncError(RuntimeError):
+    """A wsyncd call failed. `code` is the grpc.StatusCode, `message` the daemon's words."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as e:
+        raise WsyncError(e.code(), e.details()) from None
+
+
+class _Arena:
+    """A POSIX shared-memory object carved into aligned arrays."""
+
+    def __init__(self, size):
+        self.name = f"/wsync-{os.getpid()}-{secrets.token_hex(6)}"
+        path = "/dev/shm" + self.name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.size = size
+        self.used = 0
+        self.linked = True
+
+    def take(self, nbytes):
+        start = (self.used + _ALIGN - 1) // _ALIGN * _ALIGN
+        if start + nbytes > self.size:
+            return None
+        self.used = start + nbytes
+        return start
+
+    def unlink(self):
+        if self.linked:
+            try:
+                os.unlink("/dev/shm" + self.name)
+            except FileNotFoundError:
+                pass
+            self.linked = False
+
+
+class Client:
+    """One attached session. Registrations live as long as the client: close()
+    (or leaving a `with` block, or the process dying) releases them.
+
+    Pause requests from the daemon (in-place targets, and staged commits) are
+    acknowledged automatically after calling `on_pause(model, replica,
+    version)` if given; use it to stop reading weights until `on_resume`.
+    """
+
+    def __init__(self, socket="/run/wsync/wsyncd.sock", name=None, on_pause=None, on_resume=None,
+                 on_commit=None, connect_timeout=5.0):
+        self.socket = socket
+        self.name = name or f"{os.path.basename(sys.argv[0]) or 'python'}-{os.getpid()}"
+        self._on_pause, self._on_resume, self._on_commit = on_pause, on_resume, on_commit
+        self._channel = grpc.insecure_channel(
+            "unix:" + socket, options=[("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise WsyncError(grpc.StatusCode.UNAVAILABLE,
+                             f"no wsyncd answered at unix:{socket} within {connect_timeout} s") from None
+        self.stub = wsync_pb2_grpc.WsyncStub(self._channel)
+        self._arenas = []
+        self._arrays = {}  # id(array) -> (arena, offset, nbytes, dtype)
+        self._requests = queue.Queue()
+        self._requests.put(wsync_pb2.AttachRequest(
+            hello=wsync_pb2.Hello(client_name=self.name, pid=os.getpid())))
+        self._events = self.stub.Attach(iter(self._requests.get, None))
+        first = _call(next, self._events)
+        self.session_id = first.attached.session_id
+        self.daemon_id = first.attached.daemon_id
+        self._lock = threading.Condition()
+        self.committed = {}  # (model, replica) -> version
+        self._thread = threading.Thread(target=self._event_loop, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------- events
+    def _event_loop(self):
+        try:
+            for ev in self._events:
+                kind = ev.WhichOneof("event")
+                if kind == "pause_requested":
+                    p = ev.pause_requested
+                    if self._on_pause:
+                        self._on_pause(p.model_id, p.replica_id, p.version)
+                    self._requests.put(wsync_pb2.AttachRequest(pause_ack=wsync_pb2.PauseAck(
+                        model_id=p.model_id, replica_id=p.replica_id, version=p.version)))
+                elif kind == "resume" and self._on_resume:
+                    r = ev.resume
+                    self._on_resume(r.model_id, r.replica_id, r.version, r.poisoned)
+                elif kind == "version_committed":
+                    c = ev.version_committed
+                    with self._lock:
+                        self.committed[(c.model_id, c.replica_id)] = c.version
+                        self._lock.notify_all()
+                    if self._on_commit:
+                        self._on_commit(c.model_id, c.replica_id, c.version, c.digest)
+        except grpc.RpcError:
+            pass
+
+    # ------------------------------------------------------------- memory
+    def empty(self, shape, dtype="bf16"):
+        """A new array in shared memory (contents undefined: zero on first use)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+        np_dtype = DTYPES[dtype][1]
+        nbytes = int(np.prod(shape)) * np.dtype(np_dtype).itemsize
+        for arena in self._arenas:
+            if arena.linked:
+                off = arena.take(nbytes)
+                if off is not None:
+                    break
+        else:
+            arena = _Arena(max(_ARENA, nbytes + _ALIGN))
+            self._arenas.append(arena)
+            off = arena.take(nbytes)
+        arr = np.ndarray(shape, dtype=np_dtype, buffer=arena.map, offset=off)
+        self._arrays[id(arr)] = (arena, off, nbytes, dtype, arr)
+        return arr
+
+    def empty_torch(self, shape, dtype="bf16"):
+        """A CPU torch tensor in shared memory (requires torch)."""
+        import torch  # optional dependency
+        arr = self.empty(shape, dtype)
+        tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        t = torch.frombuffer(memoryview(arr).cast("B"), dtype=tdtype).view(*shape)
+        self._arrays[id(t)] = self._arrays[id(arr)]
+        return t
+
+    def _memory(self, name, arr):
+        entry = self._arrays.get(id(arr))
+        if entry is None:
+            raise ValueError(f"buffer {name!r} was not allocated by this client (use Client.empty)")
+        arena, off, nbytes, dtype, _ = entry
+        if not arena.linked:
+            # Registered arenas are unlinked; the daemon keeps its own mapping.
+            pass
+        shape = list(arr.shape)
+        return types_pb2.BufferSpec(
+            name=name, shape=shape, dtype=DTYPES[dtype][0],
+            memory=types_pb2.MemoryRef(host_shm=types_pb2.HostShm(name=arena.name), offset=off,
+                                       nbytes=nbytes))
+
+    # ------------------------------------------------------- registration
+    def register_model(self, model_id, config=None, tensors=None, lora_adapters=None):
+        """Declares a model from a Hugging Face config (dict) and/or explicit
+        tensors [(name, shape, dtype)]. lora_adapters: [dict(base, a, b, rank,
+        scaling[, convention="peft"])]."""
+        req = wsync_pb2.RegisterModelRequest(session_id=self.session_id, model_id=model_id)
+        if config is not None:
+            c = req.config
+            c.family = config["model_type"]
+            for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                        "intermediate_size", "vocab_size", "num_hidden_layers",
+                        "moe_intermediate_size", "shared_expert_intermediate_size",
+                        "decoder_sparse_step"):
+                if config.get(key) is not None:
+                    setattr(c, key, int(config[key]))
+            c.num_experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+            c.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
+            c.attention_bias = bool(config.get("attention_bias", False))
+        for name, shape, dtype in tensors or []:
+            req.tensors.add(name=name, shape=list(shape), dtype=DTYPES[dtype][0])
+        for a in lora_adapters or []:
+            req.lora_adapters.add(
+                base_tensor=a["base"], a_tensor=a["a"], b_tensor=a["b"], rank=a["rank"],
+                scaling=a["scaling"],
+                convention=types_pb2.DEEPSPEED if a.get("convention") == "deepspeed" else types_pb2.PEFT)
+        return _call(self.stub.RegisterModel, req)
+
+    def register_shards(self, model_id, role, buffers, rank=None, recipe="", recipe_options=None,
+                        replica=None, update_mode="staged", pieces=None):
+        """Registers one rank's buffers ({name: array}). role: "source" or
+        "target"; rank: dict(tp=, tp_size=, pp=, pp_size=, ...); pieces:
+        optional {name: [(tensor, (offsets, sizes), (offsets, sizes))]} for
+        buffers outside the recipe."""
+        req = wsync_pb2.RegisterShardsRequest(
+            session_id=self.session_id, model_id=model_id,
+            role=types_pb2.SOURCE if role == "source" else types_pb2.TARGET,
+            replica_id=replica or "",
+            update_mode=types_pb2.IN_PLACE if update_mode == "in_place" else types_pb2.STAGED)
+        for k, v in (rank or {}).items():
+            setattr(req.rank, k, int(v))
+        req.recipe.name = recipe
+        for k, v in (recipe_options or {}).items():
+            req.recipe.options[k] = str(v)
+        used = set()
+        for name, arr in buffers.items():
+            spec = self._memory(name, arr)
+            for tensor, (co, cs), (so, ss) in (pieces or {}).get(name, []):
+                spec.pieces.add(tensor=tensor, canonical=types_pb2.Box(offsets=co, sizes=cs),
+                                shard=types_pb2.Box(offsets=so, sizes=ss))
+            req.buffers.append(spec)
+            used.add(id(self._arrays[id(arr)][0]))
+        resp = _call(self.stub.RegisterShards, req)
+        for arena in self._arenas:
+            if id(arena) in used:
+                arena.unlink()  # the daemon has mapped it: nothing is left in /dev/shm
+        return resp
+
+    # --------------------------------------------------------------- sync
+    def sync(self, model_id, version, lora=None, replicas=None, deadline_ms=0, bucket_bytes=0,
+             progress=None, lora_bases=None):
+        """Syncs `version`; returns the SyncResult. progress: None (a bar on a
+        terminal), False (silent) or a callable(ProgressUpdate)."""
+        modes = {None: types_pb2.NONE, "none": types_pb2.NONE, "merge": types_pb2.MERGE,
+                 "adapter_only": types_pb2.ADAPTER_ONLY, "unmerge": types_pb2.UNMERGE}
+        if lora not in modes:
+            raise ValueError(f"lora={lora!r}: expected one of none, merge, adapter_only, unmerge")
+        req = wsync_pb2.SyncRequest(model_id=model_id, version=version, deadline_ms=deadline_ms,
+                                    max_bucket_bytes=bucket_bytes, target_replicas=replicas or [])
+        req.lora.mode = modes[lora]
+        req.lora.base_tensors.extend(lora_bases or [])
+        if progress is None:
+            progress = _bar if sys.stderr.isatty() else False
+        result = None
+        try:
+            for msg in self.stub.Sync(req):
+                if msg.HasField("progress") and progress:
+                    progress(msg.progress)
+                if msg.HasField("result"):
+                    result = msg.result
+        except grpc.RpcError as e:
+            if progress is _bar:
+                sys.stderr.write("\n")
+            raise WsyncError(e.code(), e.details()) from None
+        if progress is _bar:
+            sys.stderr.write("\n")
+        return result
+
+    def wait_version(self, model_id, replica, min_version, timeout_ms=0):
+        return _call(self.stub.WaitVersion, wsync_pb2.WaitVersionRequest(
+            model_id=model_id, replica_id=replica, min_version=min_version, timeout_ms=timeout_ms))
+
+    def cancel(self, model_id, version=0):
+        return _call(self.stub.CancelSync, wsync_pb2.CancelSyncRequest(model_id=model_id, version=version))
+
+    def status(self):
+        return _call(self.stub.GetStatus, wsync_pb2.GetStatusRequest())
+
+    def unregister(self, model_id, replica=None):
+        return _call(self.stub.Unregister, wsync_pb2.UnregisterRequest(
+            session_id=self.session_id, model_id=model_id, replica_id=replica or ""))
+
+    # ------------------------------------------------------------ closing
+    def close(self):
+        """Ends the session: the daemon releases its registrations."""
+        self._requests.put(None)
+        self._channel.close()
+        for arena in self._arenas:
+            arena.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _bar(p):
+    total = max(p.bytes_total, 1)
+    frac = p.bytes_done / total
+    width = 30
+    sys.stderr.write("\r[{}{}] {:5.1f}% {:8.1f} MiB/s {} ".format(
+        "#" * int(frac * width), "." * (width - int(frac * width)), 100 * frac,
+        p.rate_bytes_per_s / 2**20, types_pb2.SyncPhase.Name(p.phase)))
+    sys.stderr.flush()
