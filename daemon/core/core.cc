@@ -363,8 +363,9 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
       auto r = from_recipe.find(b.name);
       if (r == from_recipe.end()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            bw, ": lists no pieces and is not a buffer of the ",
-            a.recipe.empty() ? std::string("(no) recipe") : a.recipe + " recipe for this rank"));
+            bw, ": lists no pieces and ",
+            a.recipe.empty() ? std::string("no recipe was given to generate them")
+                             : "is not a buffer of the " + a.recipe + " recipe for this rank"));
       }
       if (absl::Status s = layout::CheckDeclaredBuffer(r->second, b.shape, b.dtype);
           !s.ok() && s.message().find("shape") != std::string::npos) {

@@ -222,6 +222,8 @@ struct CoreOptions {
   uint64_t pause_timeout_ms = 10000;
   uint64_t default_bucket_bytes = 64ull << 20;
   int copy_threads = 2;
+  // Fault injection for tests: sleep this long after every bucket.
+  uint64_t fault_bucket_delay_ms = 0;
 };
 
 // Thread-safe: every method may be called from any thread. Methods that wait

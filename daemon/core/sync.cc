@@ -548,6 +548,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     kernels::LoraMergeCpu(loras.data(), loras.size(), threads);
     kernels::DigestSums dl = kernels::BoxDigestCpu(lora_descs.data(), lora_descs.size(), lora_words.data(), threads);
     sent[b] = {d.s1 + dl.s1, d.s2 + dl.s2};
+    if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
     prog.bytes_done += bytes;
     prog.buckets_done++;
     prog.rate_bytes_per_s = prog.bytes_done / std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - t_xfer0));

@@ -59,6 +59,9 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--copy-threads", o.copy_threads, "CPU threads for host-memory copies")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_option("--fault-bucket-delay-ms", o.fault_bucket_delay_ms,
+                 "fault injection for tests: sleep after every sync bucket (0 = off)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", o.log.level,
                  "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

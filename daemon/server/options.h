@@ -41,6 +41,8 @@ struct Options {
   int64_t pause_timeout_ms = 10000;
   int64_t bucket_mib = 64;
   int copy_threads = 2;
+  // Fault injection (tests only): delay after every sync bucket.
+  int64_t fault_bucket_delay_ms = 0;
   LogOptions log;
 };
 

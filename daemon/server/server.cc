@@ -230,6 +230,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   core_options.pause_timeout_ms = static_cast<uint64_t>(options.pause_timeout_ms);
   core_options.default_bucket_bytes = static_cast<uint64_t>(options.bucket_mib) << 20;
   core_options.copy_threads = options.copy_threads;
+  core_options.fault_bucket_delay_ms = static_cast<uint64_t>(options.fault_bucket_delay_ms);
   auto log = Logger("server");
   log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
             options.daemon_id, getpid());
