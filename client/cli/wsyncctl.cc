@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <exception>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "client/convert/convert.h"
 #include "client/cpp/connection.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -118,6 +120,25 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
     PrintTable(out, rows);
   }
 
+  out << "\nRANKS\n";
+  rows = {{"MODEL", "ROLE", "REPLICA", "RANK", "CLIENT", "BUFFERS", "SIZE", "MODE"}};
+  for (const auto& m : st.models()) {
+    for (const auto& r : m.ranks()) {
+      const auto& c = r.rank();
+      rows.push_back({m.model_id(), r.role() == v1::SOURCE ? "source" : "target",
+                      r.replica_id().empty() ? "-" : r.replica_id(),
+                      absl::StrFormat("tp%d/%d pp%d/%d ep%d/%d", c.tp(), c.tp_size(), c.pp(),
+                                      c.pp_size(), c.ep(), c.ep_size()),
+                      r.client_name(), absl::StrCat(r.num_buffers()), HumanBytes(r.bytes()),
+                      r.role() == v1::SOURCE ? "-" : (r.update_mode() == v1::IN_PLACE ? "in_place" : "staged")});
+    }
+  }
+  if (rows.size() == 1) {
+    out << "  (none registered)\n";
+  } else {
+    PrintTable(out, rows);
+  }
+
   out << "\nJOBS\n";
   if (st.jobs().empty()) {
     out << "  (none running)\n";
@@ -221,6 +242,158 @@ int RunConvert(const convert::ConvertOptions& o, bool json, std::ostream& out, s
   return kOk;
 }
 
+std::shared_ptr<grpc::Channel> ConnectOrReport(const Global& g, std::ostream& err, int* rc) {
+  auto channel = client::Connect(g.connect);
+  if (!channel.ok()) {
+    err << "wsyncctl: " << channel.status().message() << "\n";
+    *rc = channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
+    return nullptr;
+  }
+  return *channel;
+}
+
+std::string JsonOf(const google::protobuf::Message& m) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
+  return json;
+}
+
+struct SyncCmd {
+  std::string model, lora = "none";
+  uint64_t version = 0, deadline_ms = 0, bucket_mib = 0;
+  std::vector<std::string> replicas;
+  bool no_progress = false;
+};
+
+int RunSync(const Global& g, const SyncCmd& c, std::ostream& out, std::ostream& err) {
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = v1::Wsync::NewStub(channel);
+  v1::SyncRequest req;
+  req.set_model_id(c.model);
+  req.set_version(c.version);
+  req.set_deadline_ms(c.deadline_ms);
+  req.set_max_bucket_bytes(c.bucket_mib << 20);
+  for (const auto& r : c.replicas) req.add_target_replicas(r);
+  const std::map<std::string, v1::LoraMode> modes = {
+      {"none", v1::NONE}, {"merge", v1::MERGE}, {"adapter_only", v1::ADAPTER_ONLY}, {"unmerge", v1::UNMERGE}};
+  req.mutable_lora()->set_mode(modes.at(c.lora));
+  grpc::ClientContext ctx;
+  auto reader = stub->Sync(&ctx, req);
+  v1::SyncProgress msg;
+  v1::SyncResult result;
+  bool bar = false;
+  while (reader->Read(&msg)) {
+    if (msg.has_progress() && !c.no_progress && !g.json) {
+      const auto& p = msg.progress();
+      const double frac = p.bytes_total() ? double(p.bytes_done()) / p.bytes_total() : 1.0;
+      const int width = 30, done = static_cast<int>(frac * width);
+      err << "\r[" << std::string(done, '#') << std::string(width - done, '.') << "] "
+          << absl::StrFormat("%5.1f%% %s/%s %8.1f MiB/s %-12s", 100 * frac, HumanBytes(p.bytes_done()),
+                             HumanBytes(p.bytes_total()), p.rate_bytes_per_s() / (1 << 20),
+                             v1::SyncPhase_Name(p.phase()))
+          << std::flush;
+      bar = true;
+    }
+    if (msg.has_result()) result = msg.result();
+  }
+  if (bar) err << "\n";
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return ReportRpcError(s, g, "Sync", err);
+  if (g.json) {
+    out << JsonOf(result);
+    return kOk;
+  }
+  const auto& t = result.timings();
+  out << absl::StrFormat(
+      "model %s version %d committed on %s\n  %s in %d buckets, digest %s, plan %s\n"
+      "  total %.1f ms: plan %.1f, transfer %.1f, verify %.1f, commit %.1f\n",
+      result.model_id(), result.version(), absl::StrJoin(result.replicas(), ", "),
+      HumanBytes(result.bytes()), result.buckets(), result.digest(), result.plan_hash(), t.total_ms(),
+      t.plan_ms(), t.transfer_ms(), t.verify_ms(), t.commit_ms());
+  return kOk;
+}
+
+int RunWait(const Global& g, const std::string& model, const std::string& replica, uint64_t version,
+            uint64_t timeout_ms, std::ostream& out, std::ostream& err) {
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = v1::Wsync::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms + g.timeout_ms));
+  v1::WaitVersionRequest req;
+  req.set_model_id(model);
+  req.set_replica_id(replica);
+  req.set_min_version(version);
+  req.set_timeout_ms(timeout_ms);
+  v1::WaitVersionResponse resp;
+  grpc::Status s = stub->WaitVersion(&ctx, req, &resp);
+  if (!s.ok()) return ReportRpcError(s, g, "WaitVersion", err);
+  if (g.json) {
+    out << JsonOf(resp);
+  } else {
+    out << "model " << model << " replica " << replica << " at version " << resp.version() << " (digest "
+        << resp.digest() << ")\n";
+  }
+  return kOk;
+}
+
+int RunCancel(const Global& g, const std::string& model, uint64_t version, std::ostream& out,
+              std::ostream& err) {
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = v1::Wsync::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(g));
+  v1::CancelSyncRequest req;
+  req.set_model_id(model);
+  req.set_version(version);
+  v1::CancelSyncResponse resp;
+  grpc::Status s = stub->CancelSync(&ctx, req, &resp);
+  if (!s.ok()) return ReportRpcError(s, g, "CancelSync", err);
+  out << "cancel requested for job " << resp.job_id() << "\n";
+  return kOk;
+}
+
+int RunModels(const Global& g, std::ostream& out, std::ostream& err) {
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = v1::Wsync::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(g));
+  v1::ListModelsResponse resp;
+  grpc::Status s = stub->ListModels(&ctx, v1::ListModelsRequest(), &resp);
+  if (!s.ok()) return ReportRpcError(s, g, "ListModels", err);
+  if (g.json) {
+    out << JsonOf(resp);
+    return kOk;
+  }
+  if (resp.models().empty()) {
+    out << "(no models registered)\n";
+    return kOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"MODEL", "TENSORS", "SIZE", "SOURCE RANKS", "REPLICAS"}};
+  for (const auto& m : resp.models()) {
+    std::string reps;
+    for (const auto& r : m.replicas()) {
+      absl::StrAppend(&reps, reps.empty() ? "" : ", ", r.replica_id(), "@v", r.version(),
+                      r.poisoned() ? " POISONED" : "");
+    }
+    rows.push_back({m.model_id(), absl::StrCat(m.num_tensors()), HumanBytes(m.total_bytes()),
+                    absl::StrCat(m.num_source_ranks()), reps.empty() ? "-" : reps});
+  }
+  PrintTable(out, rows);
+  return kOk;
+}
+
 }  // namespace
 
 int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostream& err) {
@@ -246,6 +419,31 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
       "health", "grpc.health.v1 check; prints SERVING or NOT_SERVING, exit 0 only if SERVING");
   health->add_option("--service", service,
                      "service to check: \"\" (the whole daemon), wsync.v1.Wsync or wsync.v1.WsyncPeer");
+  SyncCmd sync;
+  CLI::App* sync_cmd = app.add_subcommand("sync", "sync a model version to its replicas, with a progress bar");
+  sync_cmd->add_option("model", sync.model, "model id")->required();
+  sync_cmd->add_option("version", sync.version, "version (monotonic; equal to the committed one = retry)")
+      ->required();
+  sync_cmd->add_option("--lora", sync.lora, "none, merge, adapter_only or unmerge")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "merge", "adapter_only", "unmerge"}));
+  sync_cmd->add_option("--replica", sync.replicas, "target replica (repeatable; default: all)");
+  sync_cmd->add_option("--deadline-ms", sync.deadline_ms, "sync deadline (0 = the daemon's default)");
+  sync_cmd->add_option("--bucket-mib", sync.bucket_mib, "bucket size (0 = the daemon's default)");
+  sync_cmd->add_flag("--no-progress", sync.no_progress, "no progress bar");
+  std::string wait_model, wait_replica;
+  uint64_t wait_version = 0, wait_timeout = 60000;
+  CLI::App* wait_cmd = app.add_subcommand("wait", "wait until a replica has committed a version");
+  wait_cmd->add_option("model", wait_model, "model id")->required();
+  wait_cmd->add_option("replica", wait_replica, "replica id")->required();
+  wait_cmd->add_option("version", wait_version, "minimum version")->required();
+  wait_cmd->add_option("--wait-ms", wait_timeout, "how long to wait")->capture_default_str();
+  std::string cancel_model;
+  uint64_t cancel_version = 0;
+  CLI::App* cancel_cmd = app.add_subcommand("cancel", "cancel the running sync of a model");
+  cancel_cmd->add_option("model", cancel_model, "model id")->required();
+  cancel_cmd->add_option("--version", cancel_version, "only if this version is the one running");
+  CLI::App* models_cmd = app.add_subcommand("models", "registered models, their sources and replica versions");
   convert::ConvertOptions conv;
   std::string from_text, to_text;
   uint64_t bucket_mib = 64;
@@ -297,6 +495,10 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
   g.connect.connect_timeout_ms = g.timeout_ms;
   if (*status) return RunStatus(g, out, err);
   if (*health) return RunHealth(g, service, out, err);
+  if (*sync_cmd) return RunSync(g, sync, out, err);
+  if (*wait_cmd) return RunWait(g, wait_model, wait_replica, wait_version, wait_timeout, out, err);
+  if (*cancel_cmd) return RunCancel(g, cancel_model, cancel_version, out, err);
+  if (*models_cmd) return RunModels(g, out, err);
   if (*conv_cmd) {
     auto from = convert::ParseLayoutSpec(from_text);
     auto to = convert::ParseLayoutSpec(to_text);

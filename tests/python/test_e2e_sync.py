@@ -317,3 +317,30 @@ def test_wait_version_times_out(daemon, cluster_factory):
         with pytest.raises(wsync.WsyncError) as e:
             d.wait_version("policy", "nope", 1, timeout_ms=10)
         assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_wsyncctl_sync_wait_models_status_cancel(daemon, cluster_factory, run):
+    c = cluster_factory()
+    c.add_gen("g", 2, "staged")
+    c.load(3, 1)
+    s = ["--socket", daemon["socket"]]
+    r = run(*s, "sync", "policy", "1", "--lora", "merge", "--no-progress")
+    assert "model policy version 1 committed on g" in r.stdout
+    assert "digest" in r.stdout and "transfer" in r.stdout
+    c.check(1, 3, 1)
+    r = run(*s, "wait", "policy", "g", "1", "--wait-ms", "1000")
+    assert "replica g at version 1" in r.stdout
+    r = run(*s, "models")
+    assert "policy" in r.stdout and "g@v1" in r.stdout
+    r = run(*s, "status")
+    assert "RANKS" in r.stdout and "trainer-tp1-pp1" in r.stdout and "staged" in r.stdout
+    assert "g@v1" in r.stdout
+    r = run(*s, "--json", "status")
+    st = json.loads(r.stdout)
+    assert st["models"][0]["replicas"][0]["version"] == "1"
+    r = run(*s, "cancel", "policy", check=False)
+    assert r.returncode == 1
+    assert "no sync of model 'policy' is running" in r.stderr
+    r = run(*s, "wait", "policy", "g", "2", "--wait-ms", "100", check=False)
+    assert r.returncode == 1
+    assert "did not reach version 2 within 100 ms" in r.stderr
