@@ -256,6 +256,17 @@ TEST_CASE("bad flags and config keys stop the daemon before it binds anything") 
   CHECK_FALSE(Exists(dir + "/y.sock"));
 }
 
+TEST_CASE("the C++ client example syncs through a real daemon") {
+  Daemon d;
+  auto r = Run({Runfile("client/cpp/wsync_example"), "--socket", d.socket});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.out, Catch::Contains("version 1 committed") && Catch::Contains("all bytes match"));
+  // The example's session ended: its registrations and model are gone.
+  auto status = d.Ctl({"models"});
+  CHECK_THAT(status.out, Catch::Contains("(no models registered)"));
+}
+
 TEST_CASE("JSON logs and SIGHUP reload of the log level") {
   std::string dir = testing::MakeTempDir();
   std::string config = dir + "/wsyncd.toml";
