@@ -14,15 +14,47 @@ std::string Digest128::Hex() const {
   return buf;
 }
 
+namespace {
+
+// The word loop, compiled twice: for any x86-64, and vectorized for CPUs with
+// AVX-512 (64-bit lane multiplies). Both give the same sums.
+#define WSYNC_DIGEST_WORDS                                                     \
+  uint64_t s1 = 0, s2 = 0;                                                     \
+  for (size_t i = 0; i < n; ++i) {                                             \
+    uint64_t w;                                                                \
+    std::memcpy(&w, p + 8 * i, 8); /* little-endian hosts (x86-64, aarch64) */ \
+    const uint64_t idx = first + i;                                            \
+    s1 += DigestFmix(w ^ (idx * kDigestK1));                                   \
+    s2 += DigestFmix(w + (idx + 1) * kDigestK2);                               \
+  }                                                                            \
+  out->s1 += s1;                                                               \
+  out->s2 += s2;
+
+void Words(const unsigned char* p, size_t n, uint64_t first, DigestSums* out) { WSYNC_DIGEST_WORDS }
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512dq"), optimize("O3"))) void WordsAvx512(
+    const unsigned char* p, size_t n, uint64_t first, DigestSums* out) {
+  WSYNC_DIGEST_WORDS
+}
+const bool kHasAvx512dq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#endif
+
+}  // namespace
+
 DigestSums DigestPartial(const void* data, size_t nbytes, uint64_t first_word) {
   DigestSums s;
   const unsigned char* p = static_cast<const unsigned char*>(data);
   const size_t full = nbytes / 8;
-  for (size_t i = 0; i < full; ++i) {
-    uint64_t w;
-    std::memcpy(&w, p + 8 * i, 8);  // little-endian hosts only (x86-64, aarch64)
-    DigestTerm(w, first_word + i, &s);
+#if defined(__x86_64__)
+  if (kHasAvx512dq && full >= 64) {
+    WordsAvx512(p, full, first_word, &s);
+  } else {
+    Words(p, full, first_word, &s);
   }
+#else
+  Words(p, full, first_word, &s);
+#endif
   if (size_t tail = nbytes % 8; tail != 0) {
     uint64_t w = 0;
     std::memcpy(&w, p + 8 * full, tail);
