@@ -24,8 +24,8 @@ namespace {
     uint64_t w;                                                                \
     std::memcpy(&w, p + 8 * i, 8); /* little-endian hosts (x86-64, aarch64) */ \
     const uint64_t idx = first + i;                                            \
-    s1 += DigestFmix(w ^ (idx * kDigestK1));                                   \
-    s2 += DigestFmix(w + (idx + 1) * kDigestK2);                               \
+    s1 += DigestG1(w ^ (idx * kDigestK1));                                     \
+    s2 += DigestG2(w + (idx + 1) * kDigestK2);                                 \
   }                                                                            \
   out->s1 += s1;                                                               \
   out->s2 += s2;

@@ -166,26 +166,38 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
   }
 }
 
-int RunStatus(const Global& g, std::ostream& out, std::ostream& err) {
+std::shared_ptr<grpc::Channel> ConnectOrReport(const Global& g, std::ostream& err, int* rc) {
   auto channel = client::Connect(g.connect);
   if (!channel.ok()) {
     err << "wsyncctl: " << channel.status().message() << "\n";
-    return channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
+    *rc = channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
+    return nullptr;
   }
-  auto stub = v1::Wsync::NewStub(*channel);
+  return *channel;
+}
+
+std::string JsonOf(const google::protobuf::Message& m) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.always_print_primitive_fields = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
+  return json;
+}
+
+int RunStatus(const Global& g, std::ostream& out, std::ostream& err) {
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = v1::Wsync::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(g));
   v1::GetStatusResponse response;
   grpc::Status s = stub->GetStatus(&ctx, v1::GetStatusRequest(), &response);
   if (!s.ok()) return ReportRpcError(s, g, "GetStatus", err);
   if (g.json) {
-    std::string json;
-    google::protobuf::util::JsonPrintOptions opts;
-    opts.add_whitespace = true;
-    opts.always_print_primitive_fields = true;
-    opts.preserve_proto_field_names = true;
-    (void)google::protobuf::util::MessageToJsonString(response, &json, opts);
-    out << json;
+    out << JsonOf(response);
   } else {
     PrintStatus(response, out);
   }
@@ -193,12 +205,10 @@ int RunStatus(const Global& g, std::ostream& out, std::ostream& err) {
 }
 
 int RunHealth(const Global& g, const std::string& service, std::ostream& out, std::ostream& err) {
-  auto channel = client::Connect(g.connect);
-  if (!channel.ok()) {
-    err << "wsyncctl: " << channel.status().message() << "\n";
-    return channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
-  }
-  auto stub = grpc::health::v1::Health::NewStub(*channel);
+  int rc = kOk;
+  auto channel = ConnectOrReport(g, err, &rc);
+  if (!channel) return rc;
+  auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(g));
   grpc::health::v1::HealthCheckRequest request;
@@ -240,26 +250,6 @@ int RunConvert(const convert::ConvertOptions& o, bool json, std::ostream& out, s
                             : "");
   }
   return kOk;
-}
-
-std::shared_ptr<grpc::Channel> ConnectOrReport(const Global& g, std::ostream& err, int* rc) {
-  auto channel = client::Connect(g.connect);
-  if (!channel.ok()) {
-    err << "wsyncctl: " << channel.status().message() << "\n";
-    *rc = channel.status().code() == absl::StatusCode::kUnavailable ? kUnreachable : kUsage;
-    return nullptr;
-  }
-  return *channel;
-}
-
-std::string JsonOf(const google::protobuf::Message& m) {
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.always_print_primitive_fields = true;
-  opts.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
-  return json;
 }
 
 struct SyncCmd {

@@ -56,6 +56,13 @@ void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out) {
   out->set_dp_size(r.dp_size);
 }
 
+void ToProto(const core::ReplicaInfo& r, v1::ReplicaStatus* rs) {
+  rs->set_replica_id(r.replica_id);
+  rs->set_version(r.version);
+  rs->set_digest(r.digest);
+  rs->set_poisoned(r.poisoned);
+}
+
 v1::SyncPhase PhaseOf(const std::string& p) {
   v1::SyncPhase out;
   return v1::SyncPhase_Parse(p, &out) ? out : v1::TRANSFERRING;
@@ -285,13 +292,7 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
       rs->set_bytes(r.bytes);
       rs->set_update_mode(r.mode == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED);
     }
-    for (const core::ReplicaInfo& r : m.replicas) {
-      v1::ReplicaStatus* rs = p->add_replicas();
-      rs->set_replica_id(r.replica_id);
-      rs->set_version(r.version);
-      rs->set_digest(r.digest);
-      rs->set_poisoned(r.poisoned);
-    }
+    for (const core::ReplicaInfo& r : m.replicas) ToProto(r, p->add_replicas());
     if (m.has_last_sync) ToProto(m.last_sync, p->mutable_last_sync());
     p->set_last_error(m.last_error);
   }
@@ -323,13 +324,7 @@ void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out
     int64_t sources = 0;
     for (const auto& r : m.ranks) sources += r.role == core::Role::kSource;
     p->set_num_source_ranks(sources);
-    for (const core::ReplicaInfo& r : m.replicas) {
-      v1::ReplicaStatus* rs = p->add_replicas();
-      rs->set_replica_id(r.replica_id);
-      rs->set_version(r.version);
-      rs->set_digest(r.digest);
-      rs->set_poisoned(r.poisoned);
-    }
+    for (const core::ReplicaInfo& r : m.replicas) ToProto(r, p->add_replicas());
   }
 }
 
