@@ -1,0 +1,132 @@
+#ifndef WSYNC_KERNELS_BOX_COPY_CUH_
+#define WSYNC_KERNELS_BOX_COPY_CUH_
+
+// Device code of the batched box copy, box digest and LoRA merge. The
+// element conversions are those of dtype.h, shared with the CPU references.
+
+#include <cstdint>
+
+#include "kernels/box_copy_cuda.h"
+#include "kernels/digest.h"
+#include "kernels/dtype.h"
+
+namespace wsync::kernels::device {
+
+__device__ __forceinline__ void RowOffsets(const BoxCopyOp& op, int64_t row, int64_t* so, int64_t* dof) {
+  int64_t s = 0, t = 0;
+  for (int d = op.ndim - 2; d >= 0; --d) {
+    const int64_t idx = row % op.extent[d];
+    row /= op.extent[d];
+    s += idx * op.src_stride[d];
+    t += idx * op.dst_stride[d];
+  }
+  *so = s;
+  *dof = t;
+}
+
+__device__ __forceinline__ void CopyElement(const BoxCopyOp& op, int64_t si, int64_t di) {
+  if (op.src == nullptr) {
+    switch (DTypeSize(op.dst_dtype)) {
+      case 4: static_cast<uint32_t*>(op.dst)[di] = 0; break;
+      case 2: static_cast<uint16_t*>(op.dst)[di] = 0; break;
+      default: static_cast<uint8_t*>(op.dst)[di] = 0; break;
+    }
+    return;
+  }
+  if (op.src_dtype == op.dst_dtype) {
+    switch (DTypeSize(op.dst_dtype)) {
+      case 4: static_cast<uint32_t*>(op.dst)[di] = static_cast<const uint32_t*>(op.src)[si]; break;
+      case 2: static_cast<uint16_t*>(op.dst)[di] = static_cast<const uint16_t*>(op.src)[si]; break;
+      default: static_cast<uint8_t*>(op.dst)[di] = static_cast<const uint8_t*>(op.src)[si]; break;
+    }
+    return;
+  }
+  StoreFromF32(op.dst, op.dst_dtype, di, LoadAsF32(op.src, op.src_dtype, si));
+}
+
+// One block per tile; the block's threads stride over each row.
+__global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* __restrict__ tiles) {
+  const BoxTile tile = tiles[blockIdx.x];
+  const BoxCopyOp op = ops[tile.op];
+  const int last = op.ndim - 1;
+  const int64_t n = op.extent[last];
+  const int esz = DTypeSize(op.dst_dtype);
+  for (int64_t r = tile.row_begin; r < tile.row_end; ++r) {
+    int64_t so, dof;
+    RowOffsets(op, r, &so, &dof);
+    const bool contiguous = op.src_stride[last] == 1 && op.dst_stride[last] == 1;
+    if (contiguous && op.src != nullptr && op.src_dtype == op.dst_dtype) {
+      const char* s = static_cast<const char*>(op.src) + so * esz;
+      char* d = static_cast<char*>(op.dst) + dof * esz;
+      const int64_t bytes = n * esz;
+      if ((reinterpret_cast<uintptr_t>(s) & 15) == 0 && (reinterpret_cast<uintptr_t>(d) & 15) == 0) {
+        const int64_t vec = bytes / 16;
+        for (int64_t i = threadIdx.x; i < vec; i += blockDim.x) {
+          reinterpret_cast<uint4*>(d)[i] = reinterpret_cast<const uint4*>(s)[i];
+        }
+        for (int64_t i = vec * 16 + threadIdx.x; i < bytes; i += blockDim.x) d[i] = s[i];
+        continue;
+      }
+    }
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      CopyElement(op, so + i * op.src_stride[last], dof + i * op.dst_stride[last]);
+    }
+  }
+}
+
+// Digest of the destination rows: each thread handles whole 8-byte words
+// of a row (the row zero-padded to a word multiple), block sums are added
+// atomically (the sums are modular, so the order does not matter).
+__global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_t* __restrict__ word_base,
+                                const BoxTile* __restrict__ tiles, DigestSums* sums) {
+  const BoxTile tile = tiles[blockIdx.x];
+  const BoxCopyOp op = ops[tile.op];
+  const int last = op.ndim - 1;
+  const int64_t n = op.extent[last];
+  const int esz = DTypeSize(op.dst_dtype);
+  const int64_t row_bytes = n * esz;
+  const int64_t row_words = (row_bytes + 7) / 8;
+  uint64_t s1 = 0, s2 = 0;
+  for (int64_t r = tile.row_begin; r < tile.row_end; ++r) {
+    int64_t so, dof;
+    RowOffsets(op, r, &so, &dof);
+    const unsigned char* row = static_cast<const unsigned char*>(op.dst);
+    for (int64_t w = threadIdx.x; w < row_words; w += blockDim.x) {
+      uint64_t word = 0;
+      for (int b = 0; b < 8; ++b) {
+        const int64_t byte = w * 8 + b;
+        if (byte >= row_bytes) break;
+        const int64_t elem = byte / esz, within = byte % esz;
+        const unsigned char v = row[(dof + elem * op.dst_stride[last]) * esz + within];
+        word |= static_cast<uint64_t>(v) << (8 * b);
+      }
+      const uint64_t idx = word_base[tile.op] + r * row_words + w;
+      s1 += DigestG1(word ^ (idx * kDigestK1));
+      s2 += DigestG2(word + (idx + 1) * kDigestK2);
+    }
+  }
+  atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s1), static_cast<unsigned long long>(s1));
+  atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s2), static_cast<unsigned long long>(s2));
+}
+
+// One thread per output element; the k loop runs in the CPU reference's
+// order with separately rounded multiplies and adds.
+__global__ void LoraMergeKernel(const LoraMergeOp* __restrict__ ops) {
+  const LoraMergeOp op = ops[blockIdx.z];
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y;
+  if (r >= op.rows || c >= op.cols) return;
+  float acc = 0.0f;
+  for (int64_t k = 0; k < op.rank; ++k) {
+    const float b = LoadAsF32(op.b, op.b_dtype, r * op.b_row_stride + k * op.b_k_stride);
+    const float a = LoadAsF32(op.a, op.a_dtype, k * op.a_k_stride + c * op.a_col_stride);
+    acc = __fadd_rn(acc, __fmul_rn(b, a));
+  }
+  const float w = LoadAsF32(op.w, op.w_dtype, r * op.w_row_stride + c * op.w_col_stride);
+  StoreFromF32(op.dst, op.dst_dtype, r * op.dst_row_stride + c * op.dst_col_stride,
+               __fadd_rn(w, __fmul_rn(op.scale, acc)));
+}
+
+}  // namespace wsync::kernels::device
+
+#endif  // WSYNC_KERNELS_BOX_COPY_CUH_
