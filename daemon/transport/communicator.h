@@ -1,0 +1,76 @@
+#ifndef WSYNC_DAEMON_TRANSPORT_COMMUNICATOR_H_
+#define WSYNC_DAEMON_TRANSPORT_COMMUNICATOR_H_
+
+// Moving bytes between daemons: point-to-point and broadcast over a group of
+// ranks, on host memory (Gloo, TCP) or device memory (NCCL). A communicator
+// that failed is never reused: after any error every call fails, and the
+// caller builds a new one for the next sync.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace wsync::transport {
+
+// The rendezvous key-value store (hosted by the coordinator). Thread-safe.
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  // Stores `value` under `key`, replacing any previous value.
+  virtual absl::Status Set(const std::string& key, const std::string& value) = 0;
+  // The value of `key`, waiting up to `timeout` for it to appear
+  // (DEADLINE_EXCEEDED naming the key).
+  virtual absl::StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) = 0;
+  // An in-process store, for tests and single-daemon groups.
+  static std::unique_ptr<KvStore> InMemory();
+};
+
+// One posted transfer of a grouped call.
+struct P2P {
+  enum class Kind { kSend, kRecv } kind = Kind::kSend;
+  void* data = nullptr;  // const for sends
+  size_t bytes = 0;
+  int peer = 0;
+  uint32_t tag = 0;      // pairs a send with the peer's recv of the same tag
+};
+
+// A group of `size` ranks. Not thread-safe: one caller at a time.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Posts every transfer, then waits for all of them, up to the timeout.
+  // DEADLINE_EXCEEDED names the peers still outstanding; UNAVAILABLE a
+  // broken connection. Either error poisons the communicator.
+  virtual absl::Status Exchange(const std::vector<P2P>& ops) = 0;
+
+  // Sends `bytes` from `root` to every other rank into the same address.
+  virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+
+  // Whether an error has poisoned this communicator, and which.
+  virtual absl::Status error() const = 0;
+};
+
+struct GlooOptions {
+  std::string hostname = "127.0.0.1";  // interface to listen on
+  std::chrono::milliseconds timeout{30000};
+};
+
+// Connects rank `rank` of `size` over TCP, rendezvousing through `store`
+// under `prefix` (one prefix per group and epoch). Every rank must call it.
+absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(KvStore* store,
+                                                                     const std::string& prefix,
+                                                                     int rank, int size,
+                                                                     const GlooOptions& options);
+
+}  // namespace wsync::transport
+
+#endif  // WSYNC_DAEMON_TRANSPORT_COMMUNICATOR_H_

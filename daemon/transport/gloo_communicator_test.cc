@@ -1,0 +1,103 @@
+// Real Gloo groups over loopback TCP, one thread per rank.
+#include <catch2/catch.hpp>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "daemon/transport/communicator.h"
+
+namespace wsync::transport {
+namespace {
+
+template <typename F>
+void OnEveryRank(int size, F f) {
+  std::vector<std::thread> t;
+  for (int r = 0; r < size; ++r) t.emplace_back([&, r] { f(r); });
+  for (auto& x : t) x.join();
+}
+
+TEST_CASE("a ring exchange and a broadcast move the right bytes") {
+  auto store = KvStore::InMemory();
+  const int n = 3;
+  std::vector<std::vector<int>> got(n), bcast(n);
+  std::vector<absl::Status> status(n);
+  OnEveryRank(n, [&](int r) {
+    GlooOptions o;
+    o.timeout = std::chrono::milliseconds(10000);
+    auto c = CreateGlooCommunicator(store.get(), "ring-0", r, n, o);
+    if (!c.ok()) {
+      status[r] = c.status();
+      return;
+    }
+    std::vector<int> mine(1000), in(1000);
+    std::iota(mine.begin(), mine.end(), r * 1000);
+    P2P send{P2P::Kind::kSend, mine.data(), mine.size() * 4, (r + 1) % n, 7};
+    P2P recv{P2P::Kind::kRecv, in.data(), in.size() * 4, (r + n - 1) % n, 7};
+    status[r] = (*c)->Exchange({send, recv});
+    got[r] = in;
+    bcast[r].assign(64, r == 1 ? 42 : 0);
+    if (status[r].ok()) status[r] = (*c)->Broadcast(bcast[r].data(), 64 * 4, /*root=*/1);
+  });
+  for (int r = 0; r < n; ++r) {
+    INFO(status[r].ToString());
+    REQUIRE(status[r].ok());
+    CHECK(got[r][0] == ((r + n - 1) % n) * 1000);
+    CHECK(got[r][999] == ((r + n - 1) % n) * 1000 + 999);
+    CHECK(bcast[r] == std::vector<int>(64, 42));
+  }
+}
+
+TEST_CASE("a peer that never sends: the wait times out naming it, then the communicator is poisoned") {
+  auto store = KvStore::InMemory();
+  std::vector<absl::Status> status(2), again(2);
+  OnEveryRank(2, [&](int r) {
+    GlooOptions o;
+    o.timeout = std::chrono::milliseconds(300);
+    auto c = CreateGlooCommunicator(store.get(), "silent", r, 2, o);
+    REQUIRE(c.ok());
+    std::vector<char> buf(16);
+    if (r == 0) {
+      status[r] = (*c)->Exchange({{P2P::Kind::kRecv, buf.data(), buf.size(), 1, 3}});
+      again[r] = (*c)->Exchange({{P2P::Kind::kRecv, buf.data(), buf.size(), 1, 3}});
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(800));  // alive, silent
+    }
+  });
+  CHECK(status[0].code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(status[0].message() == "rank 0: recv from rank 1 (tag 3, 16 bytes) did not complete within 300 ms");
+  CHECK(again[0].code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(again[0].message()), Catch::Contains("failed earlier and is not reused"));
+}
+
+TEST_CASE("a peer that goes away: the transfer fails naming the ranks involved") {
+  auto store = KvStore::InMemory();
+  absl::Status status;
+  OnEveryRank(2, [&](int r) {
+    GlooOptions o;
+    o.timeout = std::chrono::milliseconds(5000);
+    auto c = CreateGlooCommunicator(store.get(), "gone", r, 2, o);
+    REQUIRE(c.ok());
+    if (r == 0) {
+      std::vector<char> buf(16);
+      status = (*c)->Exchange({{P2P::Kind::kRecv, buf.data(), buf.size(), 1, 3}});
+    }
+    // rank 1 returns at once: its communicator closes its connections
+  });
+  CHECK(status.code() == absl::StatusCode::kUnavailable);
+  CHECK_THAT(std::string(status.message()), Catch::StartsWith("rank 0: transfer with rank(s) 1 failed (peer gone?)"));
+}
+
+TEST_CASE("rendezvous without the other ranks ends with a clear error") {
+  auto store = KvStore::InMemory();
+  GlooOptions o;
+  o.timeout = std::chrono::milliseconds(200);
+  auto c = CreateGlooCommunicator(store.get(), "alone", 0, 2, o);
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == absl::StatusCode::kUnavailable);
+  CHECK_THAT(std::string(c.status().message()), Catch::Contains("could not join gloo group 'alone'"));
+  CHECK(CreateGlooCommunicator(store.get(), "x", 2, 2, o).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace wsync::transport
