@@ -50,12 +50,15 @@ def _local_cuda_impl(ctx):
 
     ctx.symlink(home + "/include", "include")
     ctx.symlink(home + "/bin/nvcc", "nvcc")
+    libdirs = {}
     for lib in ["libcudart_static.a", "libnccl.so", "libcublasLt.so", "libcublas.so"]:
         for d in ["/lib64/", "/lib/", "/targets/x86_64-linux/lib/"]:
             if ctx.path(home + d + lib).exists:
                 ctx.symlink(home + d + lib, "lib/" + lib)
+                libdirs[lib] = str(ctx.path(home + d + lib).realpath.dirname)
                 break
-    libdir = str(ctx.path(home + "/lib64").realpath)
+    nccl_dir = libdirs.get("libnccl.so", home + "/lib64")
+    cublas_dir = libdirs.get("libcublasLt.so", home + "/lib64")
     ctx.file("defs.bzl", "\n".join([
         "CUDA_AVAILABLE = True",
         'CUDA_HOME = "{}"'.format(home),
@@ -80,13 +83,13 @@ def _local_cuda_impl(ctx):
         "cc_library(",
         '    name = "nccl",',
         '    srcs = glob(["lib/libnccl.so"]),',
-        '    linkopts = ["-Wl,-rpath,{}"],'.format(libdir),
+        '    linkopts = ["-Wl,-rpath,{}"],'.format(nccl_dir),
         '    deps = [":cuda_headers"],',
         ")",
         "cc_library(",
         '    name = "cublaslt",',
         '    srcs = glob(["lib/libcublasLt.so"]),',
-        '    linkopts = ["-Wl,-rpath,{}"],'.format(libdir),
+        '    linkopts = ["-Wl,-rpath,{}"],'.format(cublas_dir),
         '    deps = [":cuda_headers"],',
         ")",
         "",
