@@ -594,6 +594,54 @@ void CoreImpl::BeginShutdown() {
   log_->info("no longer accepting new work; {} sync(s) asked to stop", jobs_.size());
 }
 
+std::pair<uint64_t, std::vector<Core::Member>> CoreImpl::Join(const Member& m) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(m.daemon_id);
+  if (it == members_.end() || it->second.incarnation != m.incarnation || it->second.address != m.address) {
+    ++epoch_;
+    log_->info("peer '{}' at {} joined (incarnation {}), epoch {}", m.daemon_id, m.address, m.incarnation, epoch_);
+  }
+  members_[m.daemon_id] = m;
+  std::vector<Member> all;
+  for (const auto& [id, mem] : members_) all.push_back(mem);
+  return {epoch_, all};
+}
+
+bool CoreImpl::Heartbeat(const std::string& daemon_id, uint64_t incarnation) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(daemon_id);
+  return it != members_.end() && it->second.incarnation == incarnation;
+}
+
+absl::Status CoreImpl::KvSet(const std::string& job, const std::string& key, const std::string& value) {
+  constexpr size_t kMaxKeys = 100000;
+  absl::MutexLock lock(&mu_);
+  if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+  if (kv_.size() >= kMaxKeys && !kv_.count(job + '\0' + key)) {
+    return absl::ResourceExhaustedError(absl::StrCat("rendezvous store is full (", kMaxKeys, " keys)"));
+  }
+  kv_[job + '\0' + key] = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> CoreImpl::KvGet(const std::string& job, const std::string& key, uint64_t timeout_ms,
+                                            const std::function<bool()>& client_gone) {
+  const std::string k = job + '\0' + key;
+  const absl::Time until = absl::Now() + absl::Milliseconds(timeout_ms);
+  absl::MutexLock lock(&mu_);
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return kv_.count(k) > 0 || !serving_; };
+  while (!ready()) {
+    if (absl::Now() >= until) {
+      return absl::DeadlineExceededError(absl::StrCat("rendezvous key '", key, "' of job '", job,
+                                                      "' did not appear within ", timeout_ms, " ms"));
+    }
+    if (client_gone && client_gone()) return absl::CancelledError("the caller went away");
+    mu_.AwaitWithDeadline(absl::Condition(&ready), std::min(until, absl::Now() + absl::Milliseconds(100)));
+  }
+  if (!kv_.count(k)) return absl::UnavailableError("wsyncd is shutting down");
+  return kv_[k];
+}
+
 void CoreImpl::Notify(const std::set<std::string>& sessions, const Event& e) {
   absl::MutexLock lock(&mu_);
   for (const std::string& sid : sessions) {

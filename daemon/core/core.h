@@ -284,6 +284,25 @@ class Core {
   // Stops accepting new work (UNAVAILABLE), cancels running syncs and wakes
   // waiters. Idempotent.
   virtual void BeginShutdown() = 0;
+
+  // ---- Peer side (this daemon as a coordinator).
+
+  // Membership: a daemon joins (or rejoins with a new incarnation, which
+  // replaces the old one). Returns the epoch and the members.
+  struct Member {
+    std::string daemon_id, address, version;
+    uint64_t incarnation = 0;
+  };
+  virtual std::pair<uint64_t, std::vector<Member>> Join(const Member& m) = 0;
+  // A member's heartbeat; false when this daemon does not know that
+  // incarnation (the caller must rejoin).
+  virtual bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) = 0;
+
+  // The rendezvous store, scoped by job: Set replaces, Get waits up to
+  // timeout_ms for the key (DEADLINE_EXCEEDED naming it).
+  virtual absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) = 0;
+  virtual absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key,
+                                            uint64_t timeout_ms, const std::function<bool()>& client_gone) = 0;
 };
 
 }  // namespace wsync::core

@@ -126,6 +126,11 @@ class CoreImpl final : public Core {
   absl::StatusOr<std::string> CancelSync(const std::string& model_id, uint64_t version) override;
   DaemonStatus GetStatus() const override;
   void BeginShutdown() override;
+  std::pair<uint64_t, std::vector<Member>> Join(const Member& m) override;
+  bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) override;
+  absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) override;
+  absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key, uint64_t timeout_ms,
+                                    const std::function<bool()>& client_gone) override;
 
  private:
   // Sends `e` to every session in `sessions` (no lock held).
@@ -151,6 +156,9 @@ class CoreImpl final : public Core {
   std::map<std::string, std::unique_ptr<Model>> models_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);  // "job\0key" -> value
 };
 
 }  // namespace wsync::core::internal

@@ -11,11 +11,14 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "client/cpp/connection.h"
+#include "daemon/service/peer_client.h"
+#include "daemon/transport/communicator.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/testing/process.h"
 #include "wsync/v1/peer.grpc.pb.h"
@@ -172,10 +175,10 @@ TEST_CASE("the C++ stubs see status, health and precise UNIMPLEMENTED errors") {
 
     auto peer = v1::WsyncPeer::NewStub(channel);
     grpc::ClientContext pctx;
-    v1::JoinResponse jresp;
-    s = peer->Join(&pctx, v1::JoinRequest(), &jresp);
+    v1::PlanAck ack;
+    s = peer->DistributePlan(&pctx, v1::PlanPart(), &ack);
     CHECK(s.error_code() == grpc::StatusCode::UNIMPLEMENTED);
-    CHECK_THAT(s.error_message(), Catch::Contains("WsyncPeer/Join"));
+    CHECK_THAT(s.error_message(), Catch::Contains("WsyncPeer/DistributePlan"));
   }
 }
 
@@ -254,6 +257,70 @@ TEST_CASE("bad flags and config keys stop the daemon before it binds anything") 
   CHECK(r.exit_code == 2);
   CHECK_THAT(r.err, Catch::Contains("--insecure"));
   CHECK_FALSE(Exists(dir + "/y.sock"));
+}
+
+TEST_CASE("peers join, heartbeat, and rendezvous Gloo groups through the daemon's store") {
+  Daemon d({"--listen", "127.0.0.1:0", "--insecure"});
+  std::string tcp;
+  const v1::GetStatusResponse status = GetStatus(d.Channel());
+  for (const auto& e : status.endpoints()) {
+    if (e.kind() == "tcp") tcp = e.address();
+  }
+  client::ConnectOptions o;
+  o.address = tcp;
+  o.insecure = true;
+  auto ch = client::Connect(o);
+  REQUIRE(ch.ok());
+  auto peer = v1::WsyncPeer::NewStub(*ch);
+  v1::JoinRequest join;
+  join.mutable_self()->set_daemon_id("node-b");
+  join.mutable_self()->set_address("10.0.0.2:7070");
+  join.mutable_self()->set_incarnation(42);
+  v1::JoinResponse jr;
+  grpc::ClientContext c1;
+  REQUIRE(peer->Join(&c1, join, &jr).ok());
+  CHECK(jr.epoch() == 1);
+  REQUIRE(jr.members_size() == 1);
+  CHECK(jr.members(0).daemon_id() == "node-b");
+  v1::HeartbeatRequest hb;
+  hb.set_daemon_id("node-b");
+  hb.set_incarnation(43);  // a restarted daemon it does not know yet
+  v1::HeartbeatResponse hr;
+  grpc::ClientContext c2;
+  REQUIRE(peer->Heartbeat(&c2, hb, &hr).ok());
+  CHECK(hr.rejoin());
+
+  // Two Gloo ranks (threads here, daemons in production) rendezvous through
+  // the daemon's KV store over TCP and exchange bytes.
+  std::vector<absl::Status> st(2);
+  std::vector<std::vector<int>> got(2, std::vector<int>(256));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      auto store = service::NewRemoteKvStore(*ch, "job-1");
+      transport::GlooOptions go;
+      go.timeout = std::chrono::milliseconds(10000);
+      auto comm = transport::CreateGlooCommunicator(store.get(), "sync-1/gloo", r, 2, go);
+      if (!comm.ok()) {
+        st[r] = comm.status();
+        return;
+      }
+      std::vector<int> mine(256, 100 + r);
+      st[r] = (*comm)->Exchange({{transport::P2P::Kind::kSend, mine.data(), 1024, 1 - r, 1},
+                                 {transport::P2P::Kind::kRecv, got[r].data(), 1024, 1 - r, 1}});
+    });
+  }
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < 2; ++r) {
+    INFO(st[r].ToString());
+    CHECK(st[r].ok());
+    CHECK(got[r] == std::vector<int>(256, 100 + (1 - r)));
+  }
+  // A key nobody sets times out with its name.
+  auto store = service::NewRemoteKvStore(*ch, "job-2");
+  auto missing = store->Get("never", std::chrono::milliseconds(100));
+  CHECK(missing.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(missing.status().message() == "rendezvous key 'never' of job 'job-2' did not appear within 100 ms");
 }
 
 TEST_CASE("the C++ client example syncs through a real daemon") {
