@@ -491,6 +491,40 @@ TEST_CASE("a trainer that goes away mid-sync aborts it, naming the client") {
         "tp1/2 pp0/2 ep0/1 etp0/1 dp0/1");
 }
 
+TEST_CASE("a second sync of a running model is refused; other models sync meanwhile") {
+  World w;
+  std::vector<layout::Endpoint> e;
+  auto m = w.Replica("gen", 2, UpdateMode::kStaged, &e);
+  // A second model on the same daemon, one replica, explicit whole-tensor pieces.
+  RegisterModelArgs other;
+  other.session_id = w.clients[0]->session;
+  other.model_id = "other";
+  other.tensors = {{"t", layout::Shape::Of({64, 64}), DType::kF32}};
+  REQUIRE(w.core->RegisterModel(other).ok());
+  auto other_spec = *layout::ModelSpec::Create(other.tensors);
+  layout::ShardSpec whole{"t", layout::Shape::Of({64, 64}), DType::kF32, {}};
+  whole.pieces.push_back({0, layout::Box::Whole(whole.shape), layout::Box::Whole(whole.shape)});
+  w.clients[0]->Register("other", Role::kSource, "", {whole}, "", {}, UpdateMode::kStaged, &other_spec, 0);
+  w.clients.back()->Register("other", Role::kTarget, "r", {whole}, "", {}, UpdateMode::kStaged, &other_spec, 0);
+
+  absl::Status second, concurrent;
+  bool checked = false;
+  auto r = w.core->Sync(Args(1), [&](const Progress& p) {
+    if (checked || p.buckets_done != 1) return;
+    checked = true;
+    second = w.core->Sync(Args(1), nullptr, nullptr).status();
+    SyncArgs o;
+    o.model_id = "other";
+    o.version = 1;
+    concurrent = w.core->Sync(o, nullptr, nullptr).status();
+  }, nullptr);
+  REQUIRE(r.ok());
+  CHECK(second.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(second.message()), Catch::Contains("is already running; syncs of one model are not queued"));
+  CHECK(concurrent.ok());
+  CHECK(Matches(w, e, m));
+}
+
 TEST_CASE("bad registrations get precise errors") {
   World w;
   Client c(w.core.get(), "gen");
