@@ -375,7 +375,10 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--lora-mode '", o.lora_mode, "' must be merge or unmerge"));
   }
-  if (o.bucket_bytes < 4096) return absl::InvalidArgumentError("the bucket size must be >= 4 KiB");
+  if (o.bucket_bytes < 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bucket size (--bucket-mib) must be at least 4096 bytes, got ", o.bucket_bytes));
+  }
   auto config_text = ReadText(o.model_config);
   if (!config_text.ok()) return config_text.status();
   auto config = layout::ParseHfConfig(*config_text);
@@ -493,6 +496,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
   ConvertReport report;
   const uint64_t bucket = o.bucket_bytes;
   std::vector<uint8_t> staging;
+  uint64_t read_since_release = 0;  // input bytes touched since pages were last dropped
   std::map<std::string, std::string> metadata = {{"format", "pt"},
                                                  {"wsync_layout", o.to.ToString()}};
   for (const OutFile& of : files) {
@@ -536,7 +540,9 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
           const InputRank& src = in.ranks[c.src_endpoint];
           const ShardSpec& src_spec = src.endpoint.shards[c.src_shard];
           const void* src_data = src.file[c.src_shard]->Data(*src.info[c.src_shard]);
-          report.bytes_read += layout::BoxBytes(c.src_box, src_spec.dtype);
+          const uint64_t src_bytes = layout::BoxBytes(c.src_box, src_spec.dtype);
+          report.bytes_read += src_bytes;
+          read_since_release += src_bytes;
           auto ad = adapters.find(c.tensor);
           if (ad == adapters.end()) {
             copies.push_back(layout::LowerCopy(c, {&src_spec, nullptr, const_cast<void*>(src_data)},
@@ -585,7 +591,12 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
             !st.ok()) {
           return st;
         }
-        for (const auto& f : in.files) f->ReleasePages();
+        // Drop mapped input pages once a bucket's worth was read (not after
+        // every small tensor: madvise walks the whole mapping).
+        if (read_since_release >= bucket) {
+          for (const auto& f : in.files) f->ReleasePages();
+          read_since_release = 0;
+        }
       }
       report.bytes_written += rows * row_bytes;
       report.tensors_written++;
@@ -594,7 +605,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
     report.files_written++;
     if (!o.quiet) std::fprintf(stderr, "wrote %s (%zu tensors)\n", path.c_str(), of.shards.size());
   }
-  for (const auto& [id, a] : adapters) report.lora_merged++;
+  report.lora_merged = static_cast<int64_t>(adapters.size());
 
   // Index, manifest, config.
   if (o.to.recipe == "hf") {

@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
       std::printf("convert failed: %s\n", json.c_str());
       return 1;
     }
-    std::system(absl::StrCat("rm -rf ", dir, "/out").c_str());
+    if (std::system(absl::StrCat("rm -rf ", dir, "/out").c_str()) != 0) std::printf("cannot remove %s/out\n", dir.c_str());
   }
   std::sort(copies.begin(), copies.end());
   std::sort(converts.begin(), converts.end());
@@ -121,6 +121,6 @@ int main(int argc, char** argv) {
   std::printf("wsyncctl convert hf -> vllm:tp=2: %.2f s, %.0f MB/s = %.0f%% of the copy (target >= 50%%)\n",
               v, total / v / 1e6, 100 * c / v);
   std::printf("converter report: %s", json.c_str());
-  std::system(absl::StrCat("rm -rf ", dir).c_str());
+  if (std::system(absl::StrCat("rm -rf ", dir).c_str()) != 0) std::printf("cannot remove %s\n", dir.c_str());
   return 0;
 }
