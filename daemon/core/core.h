@@ -236,6 +236,9 @@ class Core {
   // Records an endpoint the server bound, for status reporting.
   virtual void AddEndpoint(const EndpointInfo& endpoint) = 0;
 
+  // This daemon's identity (CoreOptions::daemon_id).
+  virtual const std::string& daemon_id() const = 0;
+
   // Opens a session (lease) for a client; events go to `sink`, which must
   // stay valid until CloseSession returns. UNAVAILABLE while shutting down.
   virtual absl::StatusOr<std::string> OpenSession(const ClientInfo& client, EventSink* sink) = 0;

@@ -108,6 +108,7 @@ class CoreImpl final : public Core {
   ~CoreImpl() override;
 
   void AddEndpoint(const EndpointInfo& endpoint) override;
+  const std::string& daemon_id() const override { return options_.daemon_id; }
   absl::StatusOr<std::string> OpenSession(const ClientInfo& client, EventSink* sink) override;
   void CloseSession(const std::string& session_id, const std::string& reason) override;
   absl::Status AckPause(const std::string& session_id, const std::string& model_id,

@@ -525,6 +525,21 @@ TEST_CASE("a second sync of a running model is refused; other models sync meanwh
   CHECK(Matches(w, e, m));
 }
 
+TEST_CASE("an fp32 source to an fp8 target is refused before anything is written") {
+  World w;
+  std::vector<layout::Endpoint> e;
+  auto m = w.Replica("fp8", 1, UpdateMode::kInPlace, &e, DType::kF8E4M3);
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(r.status().message()),
+             Catch::StartsWith("model 'm': tensor 'model.embed_tokens.weight' goes from fp32 buffer "
+                               "'embedding.word_embeddings.weight'") &&
+                 Catch::EndsWith("fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
+  // Nothing was written and the replica is not poisoned.
+  CHECK(static_cast<unsigned char*>(m[0][0])[0] == 0xab);
+  CHECK_FALSE(w.core->GetStatus().models[0].replicas[0].poisoned);
+}
+
 TEST_CASE("bad registrations get precise errors") {
   World w;
   Client c(w.core.get(), "gen");

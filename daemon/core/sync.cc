@@ -130,7 +130,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                            const std::function<bool()>& client_gone) {
   const absl::Time t0 = absl::Now();
   const uint64_t v = args.version;
-  if (v == 0) return absl::InvalidArgumentError("sync version must be >= 1");
+  if (v == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "': sync version must be >= 1"));
+  }
   const absl::Time deadline =
       t0 + absl::Milliseconds(args.deadline_ms ? args.deadline_ms : options_.default_deadline_ms);
   const uint64_t bucket_bytes = args.max_bucket_bytes ? args.max_bucket_bytes : options_.default_bucket_bytes;
@@ -320,6 +322,27 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     status = absl::Status(plan.status().code(),
                           absl::StrCat("model '", args.model_id, "': ", plan.status().message()));
     return status;
+  }
+  // Conversions the kernels cannot do (fp8 is copied, never converted) are
+  // refused before anything is written, naming the tensor and both buffers.
+  for (const layout::CopyOp& c : plan->ops) {
+    const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
+    const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
+    if (s.dtype != d.dtype && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' goes from ",
+          kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_eps[c.src_endpoint].id, ") to ",
+          kernels::DTypeName(d.dtype), " buffer '", d.name, "' (", dst_eps[c.dst_endpoint].id,
+          "); fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
+      return status;
+    }
+    if (active.count(c.tensor) && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "model '", args.model_id, "': LoRA ", LoraModeName(args.lora), " on tensor '",
+          model->spec.tensor(c.tensor).name, "' needs fp32, bf16 or fp16 buffers, but '", s.name, "' is ",
+          kernels::DTypeName(s.dtype), " and '", d.name, "' is ", kernels::DTypeName(d.dtype)));
+      return status;
+    }
   }
   const absl::Time t_plan = absl::Now();
   const int threads = options_.copy_threads;
@@ -541,7 +564,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     bucket_desc.back().second = descs.size();
     bucket_words[b] = word - first_word;
     if (std::string err = kernels::CheckBoxCopyOps(copies.data(), copies.size()); !err.empty()) {
-      return status = absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "': ", err));
+      // Unreachable after the dtype check above; a failure here is a bug.
+      return status = absl::InternalError(absl::StrCat("model '", args.model_id, "' bucket ", b, ": ", err));
     }
     kernels::BoxCopyCpu(base_copies.data(), base_copies.size(), threads);
     kernels::DigestSums d = kernels::BoxCopyDigestCpu(copies.data(), copies.size(), copy_words.data(), threads);

@@ -239,12 +239,17 @@ absl::Status ValidateShard(const ModelSpec& model, const ShardSpec& shard) {
   return absl::OkStatus();
 }
 
-absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, DType dtype) {
+absl::Status CheckDeclaredShape(const ShardSpec& expected, const Shape& shape) {
   if (shape != expected.shape) {
     return absl::InvalidArgumentError(absl::StrCat("buffer '", expected.name, "': shape ",
                                                    shape.ToString(), " does not match the expected ",
                                                    expected.shape.ToString()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, DType dtype) {
+  if (absl::Status s = CheckDeclaredShape(expected, shape); !s.ok()) return s;
   if (dtype != expected.dtype) {
     return absl::InvalidArgumentError(absl::StrCat("buffer '", expected.name, "': dtype ",
                                                    kernels::DTypeName(dtype),

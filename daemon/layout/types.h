@@ -112,8 +112,11 @@ class ModelSpec {
 // message naming the shard, the tensor and both boxes or shapes.
 absl::Status ValidateShard(const ModelSpec& model, const ShardSpec& shard);
 
-// Checks that a buffer a client declared matches what its recipe expects:
-// same shape and dtype. INVALID_ARGUMENT naming the buffer and both.
+// Checks that a buffer a client declared has the shape its recipe expects.
+// INVALID_ARGUMENT naming the buffer and both shapes.
+absl::Status CheckDeclaredShape(const ShardSpec& expected, const Shape& shape);
+
+// CheckDeclaredShape, and the same dtype too.
 absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, DType dtype);
 
 // For piece p: maps canonical dimension i to the shard dimension holding it

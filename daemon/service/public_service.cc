@@ -62,7 +62,7 @@ class PublicService final : public v1::Wsync::Service {
     if (!session.ok()) return ToGrpcStatus(session.status());
     v1::AttachEvent hello;
     hello.mutable_attached()->set_session_id(*session);
-    hello.mutable_attached()->set_daemon_id(core_->GetStatus().daemon_id);
+    hello.mutable_attached()->set_daemon_id(core_->daemon_id());
     stream->Write(hello);
     std::thread writer([&] {
       core::Event e;
