@@ -11,6 +11,7 @@
 #include "kernels/box_copy.h"
 #include "kernels/box_copy_cuda.h"
 #include "kernels/cuda_status.h"
+#include "kernels/device_info.h"
 #include "kernels/lora.h"
 
 namespace wsync::kernels {
@@ -74,6 +75,17 @@ std::vector<BoxCopyOp> RandomOps(std::mt19937& rng, DType st, DType dt, const st
     cursor += elems + static_cast<int64_t>(rng() % 3);
   }
   return ops;
+}
+
+TEST_CASE("a GPU is visible", "[gpu]") {
+  auto gpus = ListGpus();
+  INFO(gpus.status().ToString());
+  REQUIRE(gpus.ok());
+  REQUIRE(!gpus->empty());
+  for (const GpuInfo& g : *gpus) {
+    INFO(Describe(g));
+    CHECK(g.uuid.rfind("GPU-", 0) == 0);
+  }
 }
 
 TEST_CASE("GPU box copy and digest match the CPU references bit for bit", "[gpu]") {

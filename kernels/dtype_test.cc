@@ -54,6 +54,39 @@ TEST_CASE("16-bit to 16-bit conversions round once, through fp32") {
   CHECK(F32ToF16(Bf16ToF32(0x47c3)) == 0x7c00);
 }
 
+// fp32 -> bf16, expected bits worked out by hand from the IEEE-754 patterns.
+TEST_CASE("fp32 -> bf16 rounds to nearest even") {
+  auto cast = [](uint32_t bits) { return F32ToBf16(BitsF32(bits)); };
+  CHECK(cast(0x3f800000u) == 0x3f80);  // 1.0 is exact
+  CHECK(cast(0x3f808000u) == 0x3f80);  // 1 + 2^-8: tie, 0x3f80 is even -> down
+  CHECK(cast(0x3f818000u) == 0x3f82);  // 1 + 3*2^-8: tie, 0x3f81 is odd -> up
+  CHECK(cast(0x3f808001u) == 0x3f81);  // just above the tie -> up
+  CHECK(cast(0x3f807fffu) == 0x3f80);  // just below the tie -> down
+  CHECK(cast(0xbf818000u) == 0xbf82);  // sign does not change the rounding
+  CHECK(cast(0x80000000u) == 0x8000);  // -0.0 keeps its sign
+  CHECK(cast(0x00008000u) == 0x0000);  // subnormal tie -> even
+  CHECK(cast(0x00018000u) == 0x0002);  // subnormal tie -> even (up)
+}
+
+TEST_CASE("fp32 -> bf16 overflow, infinities and NaN") {
+  auto cast = [](uint32_t bits) { return F32ToBf16(BitsF32(bits)); };
+  CHECK(cast(0x7f7fffffu) == 0x7f80);  // FLT_MAX rounds past bf16 max -> +Inf
+  CHECK(cast(0x7f7f7fffu) == 0x7f7f);  // below the halfway point stays finite
+  CHECK(cast(0x7f800000u) == 0x7f80);  // +Inf
+  CHECK(cast(0xff800000u) == 0xff80);  // -Inf
+  CHECK(cast(0x7fa00000u) == 0x7fc0);  // signaling NaN -> quiet NaN
+  CHECK(cast(0x7f800001u) == 0x7fc0);  // NaN whose payload would round to Inf
+  CHECK(cast(0xffc00001u) == 0xffc0);  // negative NaN keeps its sign
+}
+
+TEST_CASE("bf16 -> fp32 is exact and round-trips") {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    float f = Bf16ToF32(static_cast<uint16_t>(h));
+    bool nan = (h & 0x7fffu) > 0x7f80u;
+    if (!nan) REQUIRE(F32ToBf16(f) == h);
+  }
+}
+
 TEST_CASE("dtype sizes and names") {
   CHECK(DTypeSize(DType::kF32) == 4);
   CHECK(DTypeSize(DType::kBF16) == 2);
