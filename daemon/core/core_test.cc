@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/layout/layout_testing.h"
+#include "daemon/core/pause_acker.h"
 #include "daemon/layout/model_config.h"
 #include "kernels/lora.h"
 
@@ -43,56 +44,7 @@ struct Shm {
   }
 };
 
-// Records events and acknowledges pauses from its own thread, as the client
-// libraries do (Push runs under the core's lock and must not call back).
-class Sink : public EventSink {
- public:
-  Sink(Core* core, std::string* session) : core_(core), session_(session), thread_([this] { Run(); }) {}
-  ~Sink() override {
-    {
-      absl::MutexLock lock(&mu_);
-      done_ = true;
-    }
-    thread_.join();
-  }
-  void Push(const Event& e) override {
-    absl::MutexLock lock(&mu_);
-    events.push_back(e);
-    if (e.kind == Event::Kind::kPause && ack_) pending_.push_back(e);
-  }
-  void set_ack(bool ack) {
-    absl::MutexLock lock(&mu_);
-    ack_ = ack;
-  }
-  std::vector<Event> Events() {
-    absl::MutexLock lock(&mu_);
-    return events;
-  }
-
- private:
-  void Run() {
-    while (true) {
-      Event e;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ || !pending_.empty(); };
-        mu_.Await(absl::Condition(&ready));
-        if (done_) return;
-        e = pending_.front();
-        pending_.erase(pending_.begin());
-      }
-      (void)core_->AckPause(*session_, e.model_id, e.replica_id, e.version);
-    }
-  }
-  Core* core_;
-  std::string* session_;
-  absl::Mutex mu_;
-  std::vector<Event> events ABSL_GUARDED_BY(mu_);
-  std::vector<Event> pending_ ABSL_GUARDED_BY(mu_);
-  bool ack_ ABSL_GUARDED_BY(mu_) = true;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
-};
+using Sink = PauseAcker;
 
 // A client process in miniature: a session and the shm it registered.
 struct Client {

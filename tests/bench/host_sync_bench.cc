@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/core.h"
+#include "daemon/core/pause_acker.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 
@@ -45,49 +46,10 @@ struct Arena {
   ~Arena() { munmap(base, size); }
 };
 
-// Acknowledges pauses from its own thread (Push runs under the core lock).
-class AckSink : public core::EventSink {
- public:
-  AckSink(core::Core* c, const std::string* session) : core_(c), session_(session), t_([this] { Run(); }) {}
-  ~AckSink() override {
-    {
-      absl::MutexLock l(&mu_);
-      done_ = true;
-    }
-    t_.join();
-  }
-  void Push(const core::Event& e) override {
-    absl::MutexLock l(&mu_);
-    if (e.kind == core::Event::Kind::kPause) q_.push_back(e);
-  }
-
- private:
-  void Run() {
-    while (true) {
-      core::Event e;
-      {
-        absl::MutexLock l(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ || !q_.empty(); };
-        mu_.Await(absl::Condition(&ready));
-        if (done_) return;
-        e = q_.front();
-        q_.erase(q_.begin());
-      }
-      (void)core_->AckPause(*session_, e.model_id, e.replica_id, e.version);
-    }
-  }
-  core::Core* core_;
-  const std::string* session_;
-  absl::Mutex mu_;
-  std::vector<core::Event> q_ ABSL_GUARDED_BY(mu_);
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread t_;
-};
-
 struct Setup {
   std::unique_ptr<core::Core> core;
   std::string session;
-  std::unique_ptr<AckSink> sink;
+  std::unique_ptr<core::PauseAcker> sink;
   std::vector<std::unique_ptr<Arena>> arenas;
   uint64_t target_bytes = 0;
   int64_t tensors = 0;
@@ -145,7 +107,7 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket) {
   o.copy_threads = threads;
   o.default_bucket_bytes = bucket;
   s.core = core::Core::Create(o);
-  s.sink = std::make_unique<AckSink>(s.core.get(), &s.session);
+  s.sink = std::make_unique<core::PauseAcker>(s.core.get(), &s.session);
   s.session = *s.core->OpenSession({"bench", getpid(), static_cast<int64_t>(getuid())}, s.sink.get());
   core::RegisterModelArgs m;
   m.session_id = s.session;
