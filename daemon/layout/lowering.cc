@@ -58,15 +58,11 @@ kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardV
            Offset(c.src_box, ss) * kernels::DTypeSize(op.src_dtype);
   op.dst = static_cast<char*>(dst.base) + Offset(c.dst_box, ds) * kernels::DTypeSize(op.dst_dtype);
   // Pair the non-unit dimensions of both boxes in order.
-  int n = 0, si = 0;
-  for (int d = 0; d < c.dst_box.ndim; ++d) {
-    if (c.dst_box.size[d] == 1) continue;
-    while (c.src_box.size[si] == 1) ++si;
+  int n = 0;
+  for (int d; (d = NthNonUnitDim(c.dst_box, n)) >= 0; ++n) {
     op.extent[n] = c.dst_box.size[d];
     op.dst_stride[n] = ds[d];
-    op.src_stride[n] = ss[si];
-    ++si;
-    ++n;
+    op.src_stride[n] = ss[NthNonUnitDim(c.src_box, n)];
   }
   if (n == 0) {
     op.extent[0] = 1;
@@ -87,15 +83,8 @@ MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view) 
   int k = 0;
   for (int c = 0; c < op.canonical.ndim && c < 2; ++c) {
     if (op.canonical.size[c] == 1) continue;
-    int seen = 0, d = -1;
-    for (int i = 0; i < box.ndim; ++i) {
-      if (box.size[i] != 1 && seen++ == k) {
-        d = i;
-        break;
-      }
-    }
+    const int d = NthNonUnitDim(box, k++);
     (c == 0 ? m.row_stride : m.col_stride) = d >= 0 ? st[d] : 0;
-    ++k;
   }
   return m;
 }

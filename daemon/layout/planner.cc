@@ -20,14 +20,6 @@ int Locality(const Location& a, const Location& b) {
   return 1;
 }
 
-// The k-th dimension of `b` with size > 1, or -1.
-int NthNonUnit(const Box& b, int k) {
-  for (int i = 0; i < b.ndim; ++i) {
-    if (b.size[i] != 1 && k-- == 0) return i;
-  }
-  return -1;
-}
-
 // Splits an op whose bytes exceed `max_bytes` along its outermost non-unit
 // destination dimension (and further in if one slab is still too big).
 void SplitOp(const CopyOp& op, uint64_t elem_bytes, uint64_t max_bytes, std::vector<CopyOp>* out) {
@@ -36,7 +28,7 @@ void SplitOp(const CopyOp& op, uint64_t elem_bytes, uint64_t max_bytes, std::vec
     out->push_back(op);
     return;
   }
-  const int dd = NthNonUnit(op.dst_box, 0);
+  const int dd = NthNonUnitDim(op.dst_box, 0);
   const int64_t n = op.dst_box.size[dd];
   const uint64_t slab = bytes / n;
   const int64_t per = std::max<int64_t>(1, static_cast<int64_t>(max_bytes / std::max<uint64_t>(slab, 1)));
@@ -77,10 +69,10 @@ bool ClipCopy(const CopyOp& op, const Box& window, CopyOp* out) {
   out->dst_box = in;
   // Non-unit dimensions pair up in order across the three boxes.
   for (int k = 0;; ++k) {
-    const int d = NthNonUnit(op.dst_box, k);
+    const int d = NthNonUnitDim(op.dst_box, k);
     if (d < 0) break;
-    const int s = NthNonUnit(op.src_box, k);
-    const int c = NthNonUnit(op.canonical, k);
+    const int s = NthNonUnitDim(op.src_box, k);
+    const int c = NthNonUnitDim(op.canonical, k);
     const int64_t shift = in.off[d] - op.dst_box.off[d];
     out->src_box.off[s] += shift;
     out->src_box.size[s] = in.size[d];

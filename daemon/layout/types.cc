@@ -259,15 +259,17 @@ absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, 
   return absl::OkStatus();
 }
 
+int NthNonUnitDim(const Box& b, int k) {
+  for (int i = 0; i < b.ndim; ++i) {
+    if (b.size[i] != 1 && k-- == 0) return i;
+  }
+  return -1;
+}
+
 void PieceDimMap(const Piece& p, int32_t map[kMaxDims]) {
-  int s = 0;
+  int k = 0;
   for (int c = 0; c < p.canonical.ndim; ++c) {
-    if (p.canonical.size[c] == 1) {
-      map[c] = -1;
-      continue;
-    }
-    while (p.shard.size[s] == 1) ++s;
-    map[c] = s++;
+    map[c] = p.canonical.size[c] == 1 ? -1 : NthNonUnitDim(p.shard, k++);
   }
 }
 

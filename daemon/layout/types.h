@@ -119,6 +119,10 @@ absl::Status CheckDeclaredShape(const ShardSpec& expected, const Shape& shape);
 // CheckDeclaredShape, and the same dtype too.
 absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, DType dtype);
 
+// The index of the k-th dimension of `b` whose size is not 1, or -1. Boxes
+// holding the same elements pair their non-unit dimensions in this order.
+int NthNonUnitDim(const Box& b, int k);
+
 // For piece p: maps canonical dimension i to the shard dimension holding it
 // (-1 for a canonical dimension of size 1 in the piece). Requires a valid
 // piece (ValidateShard).
