@@ -77,7 +77,32 @@ struct Fixture {
   Endpoint Rank(const std::string& recipe, RankCoords r, const RecipeOptions& options = {}) {
     return Endpoint{absl::StrCat(recipe, "/", r.ToString()), {"n", -1}, Shards(recipe, r, options)};
   }
+
+  // Every rank of a layout with these sizes.
+  std::vector<Endpoint> Ranks(const std::string& recipe, RankCoords sizes) {
+    std::vector<Endpoint> out;
+    for (const RankCoords& r : AllRanks(sizes)) out.push_back(Rank(recipe, r));
+    return out;
+  }
+
+  // Plans src -> dst, fills the sources from the labels, runs the plan into
+  // garbage-filled targets and returns the target buffers.
+  testing::Buffers Run(const std::vector<Endpoint>& src, const std::vector<Endpoint>& dst) {
+    auto plan = BuildPlan(model, src, dst);
+    INFO(plan.status().ToString());
+    REQUIRE(plan.ok());
+    auto sb = testing::MaterializeAll(model, src, data);
+    auto db = testing::Garbage(dst, 0xee);
+    testing::Execute(*plan, src, sb, dst, db);
+    return db;
+  }
 };
+
+RankCoords Tp(int size) {
+  RankCoords r;
+  r.tp_size = size;
+  return r;
+}
 
 const ShardSpec& Find(const std::vector<ShardSpec>& shards, const std::string& name) {
   for (const ShardSpec& s : shards) {
@@ -155,19 +180,8 @@ TEST_CASE("QKV, nh=24 ng=8: Megatron TP=4 holds [qqqkv qqqkv], vLLM TP=4 [q x6, 
   }
 
   SECTION("the planner regroups Megatron TP=4 into vLLM TP=4") {
-    std::vector<Endpoint> src, dst;
-    for (int r = 0; r < 4; ++r) {
-      RankCoords rc;
-      rc.tp = r;
-      rc.tp_size = 4;
-      src.push_back(f.Rank("megatron", rc));
-      dst.push_back(f.Rank("vllm", rc));
-    }
-    auto plan = BuildPlan(f.model, src, dst);
-    REQUIRE(plan.ok());
-    auto sb = testing::MaterializeAll(f.model, src, f.data);
-    auto db = testing::Garbage(dst, 0xee);
-    testing::Execute(*plan, src, sb, dst, db);
+    auto dst = f.Ranks("vllm", Tp(4));
+    auto db = f.Run(f.Ranks("megatron", Tp(4)), dst);
     for (int r = 0; r < 4; ++r) {
       size_t i = Index(dst[r].shards, "model.layers.0.self_attn.qkv_proj.weight");
       CHECK(Col0(dst[r].shards[i], db[r][i]) == vllm[r]);
@@ -199,24 +213,8 @@ TEST_CASE("vLLM replicates KV heads when TP exceeds the KV-head count") {
         "num_key_value_heads (query groups) (2) is not divisible by megatron tp_size (8)");
 
   SECTION("Megatron TP=2 -> vLLM TP=8 fills every replica") {
-    std::vector<Endpoint> src, dst;
-    for (int r = 0; r < 2; ++r) {
-      RankCoords s;
-      s.tp = r;
-      s.tp_size = 2;
-      src.push_back(f.Rank("megatron", s));
-    }
-    for (int r = 0; r < 8; ++r) {
-      RankCoords t;
-      t.tp = r;
-      t.tp_size = 8;
-      dst.push_back(f.Rank("vllm", t));
-    }
-    auto plan = BuildPlan(f.model, src, dst);
-    REQUIRE(plan.ok());
-    auto sb = testing::MaterializeAll(f.model, src, f.data);
-    auto db = testing::Garbage(dst, 0xee);
-    testing::Execute(*plan, src, sb, dst, db);
+    auto dst = f.Ranks("vllm", Tp(8));
+    auto db = f.Run(f.Ranks("megatron", Tp(2)), dst);
     for (int r = 0; r < 8; ++r) {
       size_t i = Index(dst[r].shards, "model.layers.0.self_attn.qkv_proj.weight");
       CHECK(Col0(dst[r].shards[i], db[r][i]) == tp8[r]);
@@ -227,24 +225,8 @@ TEST_CASE("vLLM replicates KV heads when TP exceeds the KV-head count") {
 // Runs a plan from Megatron TP=m to vLLM TP=n and returns each target's
 // gate_up_proj column 0.
 std::vector<std::vector<float>> Regroup(Fixture& f, int m, int n) {
-  std::vector<Endpoint> src, dst;
-  for (int r = 0; r < m; ++r) {
-    RankCoords s;
-    s.tp = r;
-    s.tp_size = m;
-    src.push_back(f.Rank("megatron", s));
-  }
-  for (int r = 0; r < n; ++r) {
-    RankCoords t;
-    t.tp = r;
-    t.tp_size = n;
-    dst.push_back(f.Rank("vllm", t));
-  }
-  auto plan = BuildPlan(f.model, src, dst);
-  REQUIRE(plan.ok());
-  auto sb = testing::MaterializeAll(f.model, src, f.data);
-  auto db = testing::Garbage(dst, 0xee);
-  testing::Execute(*plan, src, sb, dst, db);
+  auto dst = f.Ranks("vllm", Tp(n));
+  auto db = f.Run(f.Ranks("megatron", Tp(m)), dst);
   std::vector<std::vector<float>> out;
   for (int r = 0; r < n; ++r) {
     size_t i = Index(dst[r].shards, "model.layers.0.mlp.gate_up_proj.weight");
@@ -286,14 +268,8 @@ TEST_CASE("vocab padding: Megatron pads to 128*TP, vLLM to 64, padding is zero-f
   CHECK(*PaddedVocab("hf", {}, 130, 2) == 130);
 
   Fixture f(Dense(2, 2, 2, /*V=*/130));
-  std::vector<Endpoint> src, dst;
-  for (int r = 0; r < 2; ++r) {
-    RankCoords rc;
-    rc.tp = r;
-    rc.tp_size = 2;
-    src.push_back(f.Rank("megatron", rc));
-    dst.push_back(f.Rank("vllm", rc));
-  }
+  auto src = f.Ranks("megatron", Tp(2));
+  auto dst = f.Ranks("vllm", Tp(2));
   const ShardSpec& m1 = Find(src[1].shards, "embedding.word_embeddings.weight");
   CHECK(m1.shape == Shape::Of({128, 2}));  // 256 padded rows / 2
   std::vector<float> want_m1(128, 0.0f);
@@ -301,11 +277,7 @@ TEST_CASE("vocab padding: Megatron pads to 128*TP, vLLM to 64, padding is zero-f
   want_m1[1] = 129;
   CHECK(Col0(m1, testing::Materialize(f.model, m1, f.data)) == want_m1);
 
-  auto plan = BuildPlan(f.model, src, dst);
-  REQUIRE(plan.ok());
-  auto sb = testing::MaterializeAll(f.model, src, f.data);
-  auto db = testing::Garbage(dst, 0xee);
-  testing::Execute(*plan, src, sb, dst, db);
+  auto db = f.Run(src, dst);
   // vLLM: 192 padded rows, 96 per rank; rank 1 holds rows 96..129, then 62 zeros.
   size_t i = Index(dst[1].shards, "model.embed_tokens.weight");
   CHECK(dst[1].shards[i].shape == Shape::Of({96, 2}));
@@ -343,22 +315,10 @@ TEST_CASE("MoE: Megatron EP=2 to vLLM TP=2") {
   CHECK(Row0(d1, testing::Materialize(f.model, d1, f.data)) ==
         std::vector<float>{4200, 14200, 24200, 34200});
 
-  std::vector<Endpoint> src, dst;
-  for (int r = 0; r < 2; ++r) {
-    RankCoords s;
-    s.ep = r;
-    s.ep_size = 2;
-    src.push_back(f.Rank("megatron", s));
-    RankCoords t;
-    t.tp = r;
-    t.tp_size = 2;
-    dst.push_back(f.Rank("vllm", t));
-  }
-  auto plan = BuildPlan(f.model, src, dst);
-  REQUIRE(plan.ok());
-  auto sb = testing::MaterializeAll(f.model, src, f.data);
-  auto db = testing::Garbage(dst, 0xee);
-  testing::Execute(*plan, src, sb, dst, db);
+  RankCoords ep2;
+  ep2.ep_size = 2;
+  auto dst = f.Ranks("vllm", Tp(2));
+  auto db = f.Run(f.Ranks("megatron", ep2), dst);
 
   // vLLM TP rank 1 holds every expert, intermediate rows 2..3 of each.
   size_t w13 = Index(dst[1].shards, "model.layers.0.mlp.experts.w13_weight");
