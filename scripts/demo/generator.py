@@ -14,16 +14,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc import commands, reply  # noqa: E402  (also puts the wsync package on the path)
 
 import layouts  # noqa: E402
 import wsync  # noqa: E402
-
-
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main():
@@ -50,10 +45,7 @@ def main():
     reply({"ready": True, "pid": os.getpid()})
     scale = args.lora_alpha / args.lora_rank
     previous = None
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["cmd"] == "exit":
-            break
+    for cmd in commands():
         if cmd["cmd"] != "check":
             continue
         got = client.wait_version(args.model, args.replica, cmd["version"], timeout_ms=60000)

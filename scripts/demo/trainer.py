@@ -11,16 +11,13 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "client", "python"))
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc import commands, reply  # noqa: E402  (also puts the wsync package on the path)
 
 import layouts  # noqa: E402
 import wsync  # noqa: E402
-
-
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main():
@@ -48,7 +45,7 @@ def main():
                                      b=base + ".lora_B.weight", rank=r, scaling=args.lora_alpha / r))
         client.register_model(args.model, config=cfg, lora_adapters=adapters)
 
-    zeros = {k: __import__("numpy").zeros(s, "float32") for k, s in layouts.hf_tensors(cfg).items()}
+    zeros = {k: np.zeros(s, "float32") for k, s in layouts.hf_tensors(cfg).items()}
     shapes = {k: v.shape for k, v in layouts.megatron_rank(cfg, zeros, args.tp, args.tp_size, args.pp,
                                                              args.pp_size).items()}
     bufs = {k: client.empty(s, "fp32") for k, s in shapes.items()}
@@ -67,10 +64,7 @@ def main():
                            rank=dict(tp=args.tp, tp_size=args.tp_size, pp=args.pp, pp_size=args.pp_size),
                            pieces=pieces)
     reply({"ready": True, "buffers": len(bufs), "pid": os.getpid()})
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["cmd"] == "exit":
-            break
+    for cmd in commands():
         if cmd["cmd"] == "load":
             w = layouts.canonical(cfg, cmd["base_seed"])
             for k, v in layouts.megatron_rank(cfg, w, args.tp, args.tp_size, args.pp, args.pp_size).items():

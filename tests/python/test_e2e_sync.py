@@ -9,14 +9,11 @@ import sys
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "client" / "python"))
-sys.path.insert(0, str(ROOT / "scripts" / "demo"))
-import layouts  # noqa: E402
 import wsync  # noqa: E402
 
 DEMO = ROOT / "scripts" / "demo"

@@ -1,12 +1,10 @@
 """A session with a local wsyncd: shared-memory buffers, registration, syncs, versions."""
-import json
 import mmap
 import os
 import queue
 import secrets
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -165,9 +163,6 @@ class Client:
         if entry is None:
             raise ValueError(f"buffer {name!r} was not allocated by this client (use Client.empty)")
         arena, off, nbytes, dtype, _ = entry
-        if not arena.linked:
-            # Registered arenas are unlinked; the daemon keeps its own mapping.
-            pass
         shape = list(arr.shape)
         return types_pb2.BufferSpec(
             name=name, shape=shape, dtype=DTYPES[dtype][0],
