@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/core/core.h"
+#include "daemon/layout/planner.h"
 #include "daemon/memory/host_memory.h"
 #include "spdlog/logger.h"
 
@@ -97,6 +98,10 @@ struct Model {
   SyncOutcome last;
   std::string last_error;
   uint64_t generation = 0;  // bumps on every registration change
+  // The last plan built, reused while the registrations, the replicas synced
+  // and the bucket size are the same (plan_key).
+  std::string plan_key;
+  std::unique_ptr<layout::Plan> plan;
 };
 
 std::string CoordsKey(const layout::RankCoords& r);

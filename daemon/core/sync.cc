@@ -147,6 +147,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   std::set<std::string> inplace_sessions, staged_sessions, target_sessions;
   std::set<int32_t> active;  // adapted base tensors for this sync
   std::map<int32_t, Adapter> adapters;
+  // The model's cached plan when still valid. While the job runs, the model
+  // accepts no registration, so the cache entry outlives its use here.
+  const layout::Plan* plan = nullptr;
+  std::string plan_key;
   {
     absl::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
@@ -262,6 +266,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
         (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions).insert(r->session_id);
       }
     }
+    plan_key = absl::StrCat(model->generation, "|", bucket_bytes, "|", absl::StrJoin(replica_ids, ","));
+    if (model->plan != nullptr && model->plan_key == plan_key) plan = model->plan.get();
     auto j = std::make_unique<Job>();
     j->id = absl::StrCat("j-", next_id_++);
     j->model_id = args.model_id;
@@ -316,32 +322,44 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     }
   });
 
-  // ---- Plan.
-  auto plan = layout::BuildPlan(model->spec, src_eps, dst_eps, {bucket_bytes});
-  if (!plan.ok()) {
-    status = absl::Status(plan.status().code(),
-                          absl::StrCat("model '", args.model_id, "': ", plan.status().message()));
-    return status;
-  }
-  // Conversions the kernels cannot do (fp8 is copied, never converted) are
-  // refused before anything is written, naming the tensor and both buffers.
-  for (const layout::CopyOp& c : plan->ops) {
-    const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
-    const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
-    if (s.dtype != d.dtype && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' goes from ",
-          kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_eps[c.src_endpoint].id, ") to ",
-          kernels::DTypeName(d.dtype), " buffer '", d.name, "' (", dst_eps[c.dst_endpoint].id,
-          "); fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
+  // ---- Plan (or reuse the cached one).
+  if (plan == nullptr) {
+    auto built = layout::BuildPlan(model->spec, src_eps, dst_eps, {bucket_bytes});
+    if (!built.ok()) {
+      status = absl::Status(built.status().code(),
+                            absl::StrCat("model '", args.model_id, "': ", built.status().message()));
       return status;
     }
-    if (active.count(c.tensor) && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "model '", args.model_id, "': LoRA ", LoraModeName(args.lora), " on tensor '",
-          model->spec.tensor(c.tensor).name, "' needs fp32, bf16 or fp16 buffers, but '", s.name, "' is ",
-          kernels::DTypeName(s.dtype), " and '", d.name, "' is ", kernels::DTypeName(d.dtype)));
-      return status;
+    // Conversions the kernels cannot do (fp8 is copied, never converted) are
+    // refused before anything is written, naming the tensor and both buffers.
+    for (const layout::CopyOp& c : built->ops) {
+      const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
+      const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
+      if (s.dtype != d.dtype && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' goes from ",
+            kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_eps[c.src_endpoint].id, ") to ",
+            kernels::DTypeName(d.dtype), " buffer '", d.name, "' (", dst_eps[c.dst_endpoint].id,
+            "); fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
+        return status;
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    model->plan = std::make_unique<layout::Plan>(std::move(*built));
+    model->plan_key = plan_key;
+    plan = model->plan.get();
+  }
+  if (!active.empty()) {
+    for (const layout::CopyOp& c : plan->ops) {
+      const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
+      const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
+      if (active.count(c.tensor) && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+        status = absl::InvalidArgumentError(absl::StrCat(
+            "model '", args.model_id, "': LoRA ", LoraModeName(args.lora), " on tensor '",
+            model->spec.tensor(c.tensor).name, "' needs fp32, bf16 or fp16 buffers, but '", s.name, "' is ",
+            kernels::DTypeName(s.dtype), " and '", d.name, "' is ", kernels::DTypeName(d.dtype)));
+        return status;
+      }
     }
   }
   const absl::Time t_plan = absl::Now();
