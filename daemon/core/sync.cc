@@ -140,7 +140,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   // ---- Snapshot the registry and claim the model.
   Model* model = nullptr;
   Job* job = nullptr;
-  std::vector<layout::Endpoint> src_eps, dst_eps;
+  // Endpoint ids (for messages); the shards themselves stay in the registry,
+  // which is frozen while the job runs, and are copied into planner
+  // endpoints only when a plan must be built.
+  std::vector<std::string> src_ids, dst_ids;
   std::vector<RankReg*> src_ranks;
   std::vector<TargetSide> dst_side;
   std::vector<std::string> replica_ids;
@@ -254,13 +257,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     }
     // Endpoints.
     for (auto& [key, r] : model->sources) {
-      src_eps.push_back({absl::StrCat("source/", key), {}, r->shards});
+      src_ids.push_back(absl::StrCat("source/", key));
       src_ranks.push_back(r.get());
     }
     for (Replica* rep : todo) {
       replica_ids.push_back(rep->id);
       for (auto& [key, r] : rep->ranks) {
-        dst_eps.push_back({absl::StrCat(rep->id, "/", key), {}, r->shards});
+        dst_ids.push_back(absl::StrCat(rep->id, "/", key));
         dst_side.push_back({r.get(), rep});
         target_sessions.insert(r->session_id);
         (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions).insert(r->session_id);
@@ -281,7 +284,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     jobs_[job->id] = std::move(j);
   }
   log_->info("sync {} of model '{}' version {} started: {} source ranks -> {} target ranks ({}), LoRA {}",
-             job->id, args.model_id, v, src_eps.size(), dst_eps.size(), absl::StrJoin(replica_ids, ", "),
+             job->id, args.model_id, v, src_ids.size(), dst_ids.size(), absl::StrJoin(replica_ids, ", "),
              LoraModeName(args.lora));
 
   std::set<std::string> paused;
@@ -322,9 +325,19 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     }
   });
 
+  auto src_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return src_ranks[e]->shards[s]; };
+  auto dst_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return dst_side[e].rank->shards[s]; };
+  auto source_endpoints = [&] {
+    std::vector<layout::Endpoint> eps;
+    for (size_t i = 0; i < src_ranks.size(); ++i) eps.push_back({src_ids[i], {}, src_ranks[i]->shards});
+    return eps;
+  };
+
   // ---- Plan (or reuse the cached one).
   if (plan == nullptr) {
-    auto built = layout::BuildPlan(model->spec, src_eps, dst_eps, {bucket_bytes});
+    std::vector<layout::Endpoint> dst_eps;
+    for (size_t i = 0; i < dst_side.size(); ++i) dst_eps.push_back({dst_ids[i], {}, dst_side[i].rank->shards});
+    auto built = layout::BuildPlan(model->spec, source_endpoints(), dst_eps, {bucket_bytes});
     if (!built.ok()) {
       status = absl::Status(built.status().code(),
                             absl::StrCat("model '", args.model_id, "': ", built.status().message()));
@@ -333,13 +346,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     // Conversions the kernels cannot do (fp8 is copied, never converted) are
     // refused before anything is written, naming the tensor and both buffers.
     for (const layout::CopyOp& c : built->ops) {
-      const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
-      const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
+      const layout::ShardSpec& s = src_shard(c.src_endpoint, c.src_shard);
+      const layout::ShardSpec& d = dst_shard(c.dst_endpoint, c.dst_shard);
       if (s.dtype != d.dtype && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
         status = absl::InvalidArgumentError(absl::StrCat(
             "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' goes from ",
-            kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_eps[c.src_endpoint].id, ") to ",
-            kernels::DTypeName(d.dtype), " buffer '", d.name, "' (", dst_eps[c.dst_endpoint].id,
+            kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_ids[c.src_endpoint], ") to ",
+            kernels::DTypeName(d.dtype), " buffer '", d.name, "' (", dst_ids[c.dst_endpoint],
             "); fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
         return status;
       }
@@ -351,8 +364,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   }
   if (!active.empty()) {
     for (const layout::CopyOp& c : plan->ops) {
-      const layout::ShardSpec& s = src_eps[c.src_endpoint].shards[c.src_shard];
-      const layout::ShardSpec& d = dst_eps[c.dst_endpoint].shards[c.dst_shard];
+      const layout::ShardSpec& s = src_shard(c.src_endpoint, c.src_shard);
+      const layout::ShardSpec& d = dst_shard(c.dst_endpoint, c.dst_shard);
       if (active.count(c.tensor) && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
         status = absl::InvalidArgumentError(absl::StrCat(
             "model '", args.model_id, "': LoRA ", LoraModeName(args.lora), " on tensor '",
@@ -379,7 +392,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
         ids.push_back(t);
       }
     }
-    auto gplan = layout::BuildPlan(model->spec, src_eps, {gather}, {bucket_bytes});
+    auto gplan = layout::BuildPlan(model->spec, source_endpoints(), {gather}, {bucket_bytes});
     if (!gplan.ok()) {
       status = absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "': LoRA tensors: ",
                                                           gplan.status().message()));
@@ -464,7 +477,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       const layout::CopyOp& c = plan->ops[i];
       if (full || active.count(c.tensor)) {
         bucket_used[b] = true;
-        prog.bytes_total += layout::BoxBytes(c.dst_box, dst_eps[c.dst_endpoint].shards[c.dst_shard].dtype);
+        prog.bytes_total += layout::BoxBytes(c.dst_box, dst_shard(c.dst_endpoint, c.dst_shard).dtype);
       }
     }
     prog.buckets_total += bucket_used[b];
@@ -613,8 +626,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     if (got.s1 != sent[b].s1 || got.s2 != sent[b].s2) {
       const layout::Bucket& bk = plan->buckets[b];
       status = absl::DataLossError(absl::StrCat(
-          "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_eps[bk.src_endpoint].id, " -> ",
-          dst_eps[bk.dst_endpoint].id, ", ", bk.bytes, " bytes) digest mismatch: sent ",
+          "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_ids[bk.src_endpoint], " -> ",
+          dst_ids[bk.dst_endpoint], ", ", bk.bytes, " bytes) digest mismatch: sent ",
           kernels::DigestFinish(sent[b], bucket_words[b] * 8).Hex(), ", received ",
           kernels::DigestFinish(got, bucket_words[b] * 8).Hex(),
           " (target memory changed during the sync?)"));
