@@ -104,6 +104,9 @@ struct Model {
   std::unique_ptr<layout::Plan> plan;
 };
 
+// Session id -> replicas it holds target ranks of.
+using SessionReplicas = std::map<std::string, std::set<std::string>>;
+
 std::string CoordsKey(const layout::RankCoords& r);
 std::string SizesString(const layout::RankCoords& r);
 
@@ -141,9 +144,9 @@ class CoreImpl final : public Core {
  private:
   // Sends `e` to every session in `sessions` (no lock held).
   void Notify(const std::set<std::string>& sessions, const Event& e);
-  // Asks `sessions` to pause and waits for every ack. Called without mu_.
-  absl::Status PauseTargets(Job* job, const std::set<std::string>& sessions,
-                            const std::string& model_id, const std::vector<std::string>& replicas,
+  // Asks each session to pause the replicas it holds ranks of, and waits for
+  // every session's ack. Called without mu_.
+  absl::Status PauseTargets(Job* job, const SessionReplicas& sessions, const std::string& model_id,
                             uint64_t version, absl::Time deadline);
   // Job abort/cancel/deadline check, returning the error to end with.
   absl::Status CheckJob(Job* job, absl::Time deadline, const char* phase,

@@ -229,6 +229,20 @@ TEST_CASE("staged and in-place replicas receive every byte, versions are monoton
   CHECK(r->buckets > 1);
   CHECK(r->digest.size() == 32);
   CHECK(seen.back().bytes_done == seen.back().bytes_total);
+  // Each generator hears about its own replica only: a pause, a resume and
+  // the commit.
+  for (size_t c = w.clients.size() - 2; c < w.clients.size(); ++c) {
+    const std::string mine = c == w.clients.size() - 1 ? "gen-b" : "gen-a";
+    auto events = w.clients[c]->sink.events();
+    int pauses = 0, commits = 0;
+    for (const Event& ev : events) {
+      CHECK(ev.replica_id == mine);
+      pauses += ev.kind == Event::Kind::kPause;
+      commits += ev.kind == Event::Kind::kCommitted;
+    }
+    CHECK(pauses == 1);
+    CHECK(commits == 1);
+  }
   // The in-place replica was paused (and acked by nobody: the test's sink
   // does not ack, so give the ack ourselves before syncing again).
   auto status = w.core->GetStatus();

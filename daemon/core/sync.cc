@@ -78,19 +78,18 @@ absl::Status CoreImpl::CheckJob(Job* job, absl::Time deadline, const char* phase
   return absl::OkStatus();
 }
 
-absl::Status CoreImpl::PauseTargets(Job* job, const std::set<std::string>& sessions,
-                                    const std::string& model_id,
-                                    const std::vector<std::string>& replicas, uint64_t version,
-                                    absl::Time deadline) {
+absl::Status CoreImpl::PauseTargets(Job* job, const SessionReplicas& sessions, const std::string& model_id,
+                                    uint64_t version, absl::Time deadline) {
   if (sessions.empty()) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
-  job->pause_sessions = sessions;
+  job->pause_sessions.clear();
+  for (const auto& [sid, reps] : sessions) job->pause_sessions.insert(sid);
   job->pause_version = version;
   job->acks.clear();
-  for (const std::string& sid : sessions) {
+  for (const auto& [sid, reps] : sessions) {
     auto it = sessions_.find(sid);
     if (it == sessions_.end() || it->second->sink == nullptr) continue;
-    for (const std::string& rep : replicas) {
+    for (const std::string& rep : reps) {  // only the replicas this client holds ranks of
       Event e;
       e.kind = Event::Kind::kPause;
       e.model_id = model_id;
@@ -147,7 +146,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   std::vector<RankReg*> src_ranks;
   std::vector<TargetSide> dst_side;
   std::vector<std::string> replica_ids;
-  std::set<std::string> inplace_sessions, staged_sessions, target_sessions;
+  // Target sessions and, for each, the replicas it holds ranks of.
+  SessionReplicas inplace_sessions, staged_sessions, target_replicas;
+  std::set<std::string> target_sessions;
   std::set<int32_t> active;  // adapted base tensors for this sync
   std::map<int32_t, Adapter> adapters;
   // The model's cached plan when still valid. While the job runs, the model
@@ -266,7 +267,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
         dst_ids.push_back(absl::StrCat(rep->id, "/", key));
         dst_side.push_back({r.get(), rep});
         target_sessions.insert(r->session_id);
-        (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions).insert(r->session_id);
+        (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions)[r->session_id].insert(rep->id);
+        target_replicas[r->session_id].insert(rep->id);
       }
     }
     plan_key = absl::StrCat(model->generation, "|", bucket_bytes, "|", absl::StrJoin(replica_ids, ","));
@@ -287,7 +289,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
              job->id, args.model_id, v, src_ids.size(), dst_ids.size(), absl::StrJoin(replica_ids, ", "),
              LoraModeName(args.lora));
 
-  std::set<std::string> paused;
+  SessionReplicas paused;
   std::map<std::string, bool> poison;  // replica -> live memory partly written
   absl::Status status;
   SyncOutcome out;
@@ -302,15 +304,15 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       model->running = nullptr;
       jobs_.erase(job->id);
     }
-    if (!paused.empty()) {
-      Event e;
-      e.kind = Event::Kind::kResume;
-      e.model_id = args.model_id;
-      e.version = v;
-      for (const std::string& rid : replica_ids) {
+    for (const auto& [sid, reps] : paused) {
+      for (const std::string& rid : reps) {
+        Event e;
+        e.kind = Event::Kind::kResume;
+        e.model_id = args.model_id;
+        e.version = v;
         e.replica_id = rid;
         e.poisoned = !status.ok() && poison[rid];
-        Notify(paused, e);
+        Notify({sid}, e);
       }
     }
     if (!status.ok()) {
@@ -464,7 +466,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   if (absl::Status s = CheckJob(job, deadline, "planning", client_gone); !s.ok()) return status = s;
   if (!inplace_sessions.empty()) {
     SetProgress(job, {"PAUSING", 0, 0, 0, 0, 0});
-    status = PauseTargets(job, inplace_sessions, args.model_id, replica_ids, v, deadline);
+    status = PauseTargets(job, inplace_sessions, args.model_id, v, deadline);
     paused.insert(inplace_sessions.begin(), inplace_sessions.end());
     if (!status.ok()) return status;
   }
@@ -648,7 +650,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   SetProgress(job, prog);
   if (progress) progress(prog);
   if (!staged_sessions.empty()) {
-    status = PauseTargets(job, staged_sessions, args.model_id, replica_ids, v, deadline);
+    status = PauseTargets(job, staged_sessions, args.model_id, v, deadline);
     paused.insert(staged_sessions.begin(), staged_sessions.end());
     if (!status.ok()) return status;
     if (absl::Status s = CheckJob(job, deadline, "commit", client_gone); !s.ok()) return status = s;
@@ -691,17 +693,19 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     model->last = out;
     model->last_error.clear();
   }
-  for (const std::string& rid : replica_ids) {
-    Event e;
-    e.kind = Event::Kind::kCommitted;
-    e.model_id = args.model_id;
-    e.replica_id = rid;
-    e.version = v;
-    {
-      absl::MutexLock lock(&mu_);
-      e.digest = model->replicas[rid].digest;
+  for (const auto& [sid, reps] : target_replicas) {
+    for (const std::string& rid : reps) {
+      Event e;
+      e.kind = Event::Kind::kCommitted;
+      e.model_id = args.model_id;
+      e.replica_id = rid;
+      e.version = v;
+      {
+        absl::MutexLock lock(&mu_);
+        e.digest = model->replicas[rid].digest;
+      }
+      Notify({sid}, e);
     }
-    Notify(target_sessions, e);
   }
   log_->info("sync {} of model '{}' committed version {}: {:.1f} MiB in {} buckets, {:.1f} ms "
              "(plan {:.1f}, transfer {:.1f}, verify {:.1f}, commit {:.1f}), digest {}",
