@@ -2,6 +2,7 @@
 
 #include "kernels/box_copy.cuh"
 #include "kernels/box_copy_cuda.h"
+#include "kernels/lora_tc.cuh"
 
 namespace wsync::kernels {
 
@@ -35,8 +36,15 @@ cudaError_t LaunchBoxDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base,
 }
 
 cudaError_t LaunchLoraMerge(const LoraMergeOp* d_ops, int num_ops, int64_t max_rows, int64_t max_cols,
-                            cudaStream_t stream) {
-  if (num_ops == 0) return cudaSuccess;
+                            LoraMath math, cudaStream_t stream) {
+  if (num_ops == 0 || max_rows <= 0 || max_cols <= 0) return cudaSuccess;
+  if (math == LoraMath::kTensorCore) {
+    dim3 grid(static_cast<unsigned>((max_cols + device::kTcTile - 1) / device::kTcTile),
+              static_cast<unsigned>((max_rows + device::kTcTile - 1) / device::kTcTile),
+              static_cast<unsigned>(num_ops));
+    device::LoraMergeTcKernel<<<grid, device::kTcThreads, 0, stream>>>(d_ops);
+    return cudaGetLastError();
+  }
   dim3 block(32, 8);
   dim3 grid(static_cast<unsigned>((max_cols + 31) / 32), static_cast<unsigned>((max_rows + 7) / 8),
             static_cast<unsigned>(num_ops));

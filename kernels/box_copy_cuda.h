@@ -40,10 +40,28 @@ cudaError_t LaunchBoxDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base,
                             const BoxTile* d_tiles, int num_tiles, DigestSums* d_sums,
                             cudaStream_t stream);
 
-// LoRA merge/unmerge of every op, bit-identical to LoraMergeCpu (same
-// operation order, no fused multiply-add).
+// How LoRA merge computes B @ A.
+enum class LoraMath {
+  // One thread per output element, in the CPU reference's operation order:
+  // bit-identical to LoraMergeCpu.
+  kExact,
+  // TF32 tensor cores, 3xTF32 split (sm_80+). Not bit-identical; bound
+  // against exact arithmetic, with S = |scale| * sum_k |B[r,k] A[k,c]|:
+  //   |dst - exact| <= ulp(dst)/2 + 2^-22 |W| + (rank + 4) 2^-21 S
+  // (the CPU reference's bound has (rank + 2) 2^-24 S).
+  kTensorCore,
+};
+
+// kTensorCore from rank 32 up, where it beats the exact kernel.
+inline LoraMath DefaultLoraMath(int64_t max_rank) {
+  return max_rank >= 32 ? LoraMath::kTensorCore : LoraMath::kExact;
+}
+
+// LoRA merge/unmerge of every op (device op array), reading W once and
+// writing dst once. max_rows and max_cols bound every op's box (they size
+// the grid).
 cudaError_t LaunchLoraMerge(const LoraMergeOp* d_ops, int num_ops, int64_t max_rows, int64_t max_cols,
-                            cudaStream_t stream);
+                            LoraMath math, cudaStream_t stream);
 
 }  // namespace wsync::kernels
 

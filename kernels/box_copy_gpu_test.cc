@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -129,7 +130,7 @@ TEST_CASE("GPU box copy and digest match the CPU references bit for bit", "[gpu]
   }
 }
 
-TEST_CASE("GPU LoRA merge matches the CPU reference bit for bit", "[gpu]") {
+TEST_CASE("GPU LoRA merge (exact kernel) matches the CPU reference bit for bit", "[gpu]") {
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.0f, 0.5f);
   for (int64_t rank : {1, 8, 16, 64, 128}) {
@@ -164,7 +165,7 @@ TEST_CASE("GPU LoRA merge matches the CPU reference bit for bit", "[gpu]") {
     dop.b = db;
     dop.dst = dd;
     LoraMergeOp* d_ops = ToDevice(std::vector<LoraMergeOp>{dop});
-    CUDA_REQUIRE(LaunchLoraMerge(d_ops, 1, out, in, nullptr));
+    CUDA_REQUIRE(LaunchLoraMerge(d_ops, 1, out, in, LoraMath::kExact, nullptr));
     CUDA_REQUIRE(cudaDeviceSynchronize());
     CUDA_REQUIRE(cudaMemcpy(got.data(), dd, got.size() * 2, cudaMemcpyDeviceToHost));
     INFO("rank " << rank);
@@ -172,6 +173,85 @@ TEST_CASE("GPU LoRA merge matches the CPU reference bit for bit", "[gpu]") {
     for (void* p : {static_cast<void*>(dw), static_cast<void*>(da), static_cast<void*>(db),
                     static_cast<void*>(dd), static_cast<void*>(d_ops)}) {
       CUDA_REQUIRE(cudaFree(p));
+    }
+  }
+}
+
+// The tensor-core kernel against a double-precision reference, within the
+// bound stated for LoraMath::kTensorCore: both conventions, in place and
+// out of place, odd shapes that leave partial 64 x 64 tiles and partial
+// 32-rank chunks, unmerge (negative scale).
+TEST_CASE("GPU LoRA merge (tensor cores) stays within its stated bound", "[gpu]") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t rank : {8, 33, 64, 128}) {
+    for (bool peft : {true, false}) {
+      for (bool in_place : {false, true}) {
+        const int64_t out = 130, in = 97;
+        std::vector<float> w(out * in), a(rank * in), b(out * rank);
+        for (float& x : w) x = nd(rng);
+        for (float& x : a) x = nd(rng) * 0.1f;
+        for (float& x : b) x = nd(rng);
+        LoraMergeOp op;
+        op.w_row_stride = in;
+        op.dst_row_stride = in;
+        if (peft) {  // A [rank, in], B [out, rank]
+          op.a_k_stride = in;
+          op.a_col_stride = 1;
+          op.b_row_stride = rank;
+          op.b_k_stride = 1;
+        } else {  // left [in, rank] = A^T, right [rank, out] = B^T
+          op.a_k_stride = 1;
+          op.a_col_stride = rank;
+          op.b_row_stride = 1;
+          op.b_k_stride = out;
+        }
+        op.rows = out;
+        op.cols = in;
+        op.rank = rank;
+        op.scale = (in_place ? -16.0f : 16.0f) / rank;
+        float* dw = ToDevice(w);
+        float* da = ToDevice(a);
+        float* db = ToDevice(b);
+        float* dd = in_place ? dw : ToDevice(std::vector<float>(out * in, 0.0f));
+        LoraMergeOp dop = op;
+        dop.w = dw;
+        dop.a = da;
+        dop.b = db;
+        dop.dst = dd;
+        LoraMergeOp* d_ops = ToDevice(std::vector<LoraMergeOp>{dop});
+        CUDA_REQUIRE(LaunchLoraMerge(d_ops, 1, out, in, LoraMath::kTensorCore, nullptr));
+        CUDA_REQUIRE(cudaDeviceSynchronize());
+        std::vector<float> got(out * in);
+        CUDA_REQUIRE(cudaMemcpy(got.data(), dd, got.size() * 4, cudaMemcpyDeviceToHost));
+        int bad = 0;
+        for (int64_t r = 0; r < out; ++r) {
+          for (int64_t c = 0; c < in; ++c) {
+            double exact = 0, mag = 0;
+            for (int64_t k = 0; k < rank; ++k) {
+              const double bv = b[r * op.b_row_stride + k * op.b_k_stride];
+              const double av = a[k * op.a_k_stride + c * op.a_col_stride];
+              exact += bv * av;
+              mag += std::fabs(bv * av);
+            }
+            const double wv = w[r * in + c];
+            exact = wv + double(op.scale) * exact;
+            const double bound = std::ldexp(std::fabs(exact), -24) + std::ldexp(std::fabs(wv), -22) +
+                                 (rank + 4) * std::ldexp(std::fabs(double(op.scale)) * mag, -21);
+            if (std::fabs(got[r * in + c] - exact) > bound && bad++ < 5) {
+              UNSCOPED_INFO("rank " << rank << (peft ? " peft" : " deepspeed") << " [" << r << "," << c
+                                    << "]: got " << got[r * in + c] << ", exact " << exact << ", bound " << bound);
+            }
+          }
+        }
+        INFO("rank " << rank << (peft ? " peft" : " deepspeed") << (in_place ? " in place" : ""));
+        CHECK(bad == 0);
+        for (void* p : {static_cast<void*>(dw), static_cast<void*>(da), static_cast<void*>(db),
+                        static_cast<void*>(d_ops)}) {
+          CUDA_REQUIRE(cudaFree(p));
+        }
+        if (!in_place) CUDA_REQUIRE(cudaFree(dd));
+      }
     }
   }
 }
