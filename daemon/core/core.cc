@@ -97,8 +97,16 @@ std::string RankReg::Label() const {
   return absl::StrCat("replica '", replica_id, "' rank ", coords.ToString());
 }
 
+RankReg::~RankReg() {
+  for (const std::string& h : cuda_handles) cuda->Release(h);
+}
+
 CoreImpl::CoreImpl(const CoreOptions& options)
-    : options_(options), started_(absl::Now()), log_(Logger("core")) {}
+    : options_(options),
+      started_(absl::Now()),
+      host_exec_(Executor::Host(options.copy_threads)),
+      cuda_exec_(Executor::Cuda()),
+      log_(Logger("core")) {}
 
 CoreImpl::~CoreImpl() = default;
 
@@ -115,6 +123,7 @@ absl::StatusOr<std::string> CoreImpl::OpenSession(const ClientInfo& client, Even
   s->client = client;
   s->sink = sink;
   s->lease = memory::HostLease::Create(client.uid, absl::StrCat("client '", client.name, "'"));
+  s->cuda = memory::CudaLease::Create(absl::StrCat("client '", client.name, "'"));
   s->attached = absl::Now();
   log_->info("{} attached (uid {})", s->Label(), client.uid);
   std::string id = s->id;
@@ -177,8 +186,8 @@ void CoreImpl::CloseSession(const std::string& session_id, const std::string& re
     };
     mu_.Await(absl::Condition(&no_job_touches));
     DropSessionRanks(session_id);
-    log_->info("{} detached ({}); {} shm mapping(s) released", s->Label(), reason,
-               s->lease->num_mappings());
+    log_->info("{} detached ({}); {} shm mapping(s) and {} CUDA IPC handle(s) released", s->Label(), reason,
+               s->lease->num_mappings(), s->cuda->num_handles());
     gone = std::move(it->second);
     sessions_.erase(it);
   }
@@ -400,10 +409,36 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
                                                      b.shape.ToString(), " of ", kernels::DTypeName(b.dtype),
                                                      " needs ", need));
     }
-    auto ptr = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw);
-    if (!ptr.ok()) return ptr.status();
+    void* ptr = nullptr;
+    const int device_before = rank->shards.empty() ? -2 : rank->device;
+    if (b.memory == BufferArg::Memory::kHostShm) {
+      auto p = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw);
+      if (!p.ok()) return p.status();
+      ptr = *p;
+      rank->device = -1;
+    } else {
+      rank->cuda = session->cuda.get();
+      auto r = session->cuda->Acquire(b.cuda_handle, b.device_uuid, b.offset, b.nbytes, bw);
+      if (!r.ok()) return r.status();
+      rank->cuda_handles.push_back(b.cuda_handle);
+      ptr = r->ptr;
+      rank->device = r->device;
+      if (!b.event_handle.empty()) {
+        auto ev = session->cuda->OpenEvent(b.event_handle, r->device, bw);
+        if (!ev.ok()) return ev.status();
+        if (std::find(rank->events.begin(), rank->events.end(), *ev) == rank->events.end()) {
+          rank->events.push_back(*ev);
+        }
+      }
+    }
+    if (device_before != -2 && device_before != rank->device) {
+      auto where = [](int d) { return d < 0 ? std::string("host shared memory") : absl::StrCat("GPU ", d); };
+      return absl::InvalidArgumentError(absl::StrCat(
+          bw, " is in ", where(rank->device), " but the rank's earlier buffers are in ", where(device_before),
+          "; every buffer of a rank must be in the same place"));
+    }
     rank->shards.push_back(std::move(shard));
-    rank->live.push_back(*ptr);
+    rank->live.push_back(ptr);
     rank->strides.push_back(b.strides);
     rank->bytes += need;
   }

@@ -94,7 +94,12 @@ struct PieceArg {
 
 struct BufferArg {
   std::string name;
+  // Host memory: a POSIX shm object. GPU memory: the CUDA IPC handle of an
+  // allocation base, its GPU's UUID, and an optional IPC event to wait on.
+  enum class Memory { kHostShm, kCudaIpc };
+  Memory memory = Memory::kHostShm;
   std::string shm_name;
+  std::string cuda_handle, device_uuid, event_handle;
   uint64_t offset = 0, nbytes = 0;
   layout::Shape shape;
   std::vector<int64_t> strides;  // empty = dense row-major

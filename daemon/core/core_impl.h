@@ -14,7 +14,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/core/core.h"
+#include "daemon/core/executor.h"
 #include "daemon/layout/planner.h"
+#include "daemon/memory/cuda_memory.h"
 #include "daemon/memory/host_memory.h"
 #include "spdlog/logger.h"
 
@@ -25,6 +27,7 @@ struct Session {
   ClientInfo client;
   EventSink* sink = nullptr;
   std::unique_ptr<memory::HostLease> lease;
+  std::unique_ptr<memory::CudaLease> cuda;
   absl::Time attached;
   bool closing = false;
   std::string Label() const;  // "client 'trainer-0' (session s-3, pid 1234)"
@@ -32,6 +35,7 @@ struct Session {
 
 // One registered rank: a source rank, or a rank of a target replica.
 struct RankReg {
+  ~RankReg();  // releases the CUDA IPC handles its buffers hold
   std::string session_id;
   Role role = Role::kSource;
   std::string replica_id;
@@ -41,9 +45,16 @@ struct RankReg {
   std::vector<void*> live;                     // per shard: client memory
   std::vector<std::vector<int64_t>> strides;   // per shard: empty = dense
   uint64_t bytes = 0;
-  // Daemon-owned, per shard, allocated on first use (targets only).
-  std::vector<std::unique_ptr<memory::HostBuffer>> staging;
-  std::vector<std::unique_ptr<memory::HostBuffer>> base;  // fp32 pristine base (LoRA)
+  // Where the buffers live: -1 host shared memory, else the CUDA ordinal
+  // (every buffer of a rank is on the same device).
+  int device = -1;
+  memory::CudaLease* cuda = nullptr;        // the session's, when device >= 0
+  std::vector<std::string> cuda_handles;    // one reference each on `cuda`
+  std::vector<void*> events;                // producer events to wait on (sources)
+  // Daemon-owned, per shard, allocated on first use (targets only), on the
+  // rank's device.
+  std::vector<std::unique_ptr<memory::Buffer>> staging;
+  std::vector<std::unique_ptr<memory::Buffer>> base;  // fp32 pristine base (LoRA)
   std::string Label() const;
 };
 
@@ -157,6 +168,8 @@ class CoreImpl final : public Core {
 
   const CoreOptions options_;
   const absl::Time started_;
+  const std::unique_ptr<Executor> host_exec_;
+  absl::StatusOr<std::unique_ptr<Executor>> cuda_exec_;
   std::shared_ptr<spdlog::logger> log_;
   mutable absl::Mutex mu_;
   bool serving_ ABSL_GUARDED_BY(mu_) = true;

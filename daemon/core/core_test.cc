@@ -562,6 +562,26 @@ TEST_CASE("bad registrations get precise errors") {
   CHECK(fr.status().code() == absl::StatusCode::kPermissionDenied);
   CHECK_THAT(std::string(fr.status().message()), Catch::Contains("is owned by uid"));
   w.core->CloseSession(*intruder, "done");
+
+  // GPU memory on a machine without a usable GPU (CI), or with a handle
+  // that is not 64 bytes: refused, naming the buffer; nothing else changes.
+  auto gpu = a;
+  gpu.buffers[0].memory = BufferArg::Memory::kCudaIpc;
+  gpu.buffers[0].cuda_handle = std::string(64, '\0');
+  gpu.buffers[0].device_uuid = "GPU-00000000-0000-0000-0000-000000000000";
+  auto gr = w.core->RegisterShards(gpu);
+  REQUIRE_FALSE(gr.ok());
+  CHECK_THAT(std::string(gr.status().message()),
+             Catch::StartsWith("model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer "
+                               "'model.norm.weight': "));
+  auto short_handle = gpu;
+  short_handle.buffers[0].cuda_handle = "abc";
+  auto sr = w.core->RegisterShards(short_handle);
+  REQUIRE_FALSE(sr.ok());
+  INFO(sr.status().ToString());
+  CHECK((sr.status().code() == absl::StatusCode::kInvalidArgument ||
+         sr.status().code() == absl::StatusCode::kFailedPrecondition));
+  for (const RankInfo& r : w.core->GetStatus().models.at(0).ranks) CHECK(r.role == Role::kSource);
 }
 
 }  // namespace

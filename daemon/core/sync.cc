@@ -1,5 +1,6 @@
-// Sync jobs on host memory: plan, transfer (regroup, cast, LoRA) through the
-// CPU kernels, verify per-bucket digests, two-phase commit, versions.
+// Sync jobs on one node: plan, transfer (regroup, cast, LoRA) through the
+// kernels (CPU over host memory, CUDA over GPU memory: Executor), verify
+// per-bucket digests, two-phase commit, versions.
 #include <algorithm>
 
 #include "absl/cleanup/cleanup.h"
@@ -335,6 +336,56 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     return eps;
   };
 
+  // ---- Where the kernels run: every buffer of the sync on the host, or
+  // every one on GPUs of this node.
+  std::set<int> devices;
+  std::string host_rank, gpu_rank;
+  for (size_t i = 0; i < src_ranks.size(); ++i) {
+    devices.insert(src_ranks[i]->device);
+    (src_ranks[i]->device < 0 ? host_rank : gpu_rank) = src_ids[i];
+  }
+  for (size_t i = 0; i < dst_side.size(); ++i) {
+    devices.insert(dst_side[i].rank->device);
+    (dst_side[i].rank->device < 0 ? host_rank : gpu_rank) = dst_ids[i];
+  }
+  const bool on_gpu = *devices.rbegin() >= 0;
+  if (on_gpu && *devices.begin() < 0) {
+    status = absl::FailedPreconditionError(absl::StrCat(
+        "model '", args.model_id, "': ", host_rank, " is in host shared memory but ", gpu_rank,
+        " is on a GPU; a sync on one node needs every buffer in the same kind of memory"));
+    return status;
+  }
+  // Declared before the context, so that they outlive the work it queued.
+  std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem;  // (device, tensor) -> fp32
+  std::unique_ptr<ExecContext> ctx;
+  {
+    Executor* ex = host_exec_.get();
+    if (on_gpu) {
+      if (!cuda_exec_.ok()) {
+        status = absl::Status(cuda_exec_.status().code(),
+                              absl::StrCat("model '", args.model_id, "': ", cuda_exec_.status().message()));
+        return status;
+      }
+      ex = cuda_exec_->get();
+    }
+    auto c = ex->NewContext();
+    if (!c.ok()) return status = c.status();
+    ctx = std::move(*c);
+  }
+  auto fail = [&](const absl::Status& s) {
+    status = absl::Status(s.code(), absl::StrCat("model '", args.model_id, "' version ", v, ": ", s.message()));
+    return status;
+  };
+  // Runs ops grouped by the device of their destination endpoint.
+  auto copy_by_device = [&](const std::vector<kernels::BoxCopyOp>& ops, const std::vector<int>& dev) {
+    std::map<int, std::vector<kernels::BoxCopyOp>> by;
+    for (size_t i = 0; i < ops.size(); ++i) by[dev[i]].push_back(ops[i]);
+    for (auto& [d, o] : by) {
+      if (absl::Status s = ctx->Copy(d, o.data(), o.size()); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  };
+
   // ---- Plan (or reuse the cached one).
   if (plan == nullptr) {
     std::vector<layout::Endpoint> dst_eps;
@@ -377,11 +428,29 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       }
     }
   }
+  if (on_gpu) {
+    // Kernels run on the target's device and read sources over P2P.
+    std::set<std::pair<int, int>> pairs;
+    for (const layout::Bucket& bk : plan->buckets) {
+      pairs.insert({dst_side[bk.dst_endpoint].rank->device, src_ranks[bk.src_endpoint]->device});
+    }
+    for (const auto& [d, from] : pairs) {
+      if (absl::Status s = ctx->EnablePeer(d, from); !s.ok()) return fail(s);
+    }
+    std::set<int> dst_devices;
+    for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
+    for (RankReg* r : src_ranks) {
+      for (void* ev : r->events) {
+        for (int d : dst_devices) {
+          if (absl::Status s = ctx->WaitEvent(d, ev); !s.ok()) return fail(s);
+        }
+      }
+    }
+  }
   const absl::Time t_plan = absl::Now();
-  const int threads = options_.copy_threads;
 
-  // ---- LoRA operands: gather every active A and B whole, in fp32.
-  std::map<int32_t, std::unique_ptr<memory::HostBuffer>> lora_mem;  // tensor id -> fp32
+  // ---- LoRA operands: gather every active A and B whole, in fp32, on every
+  // device that holds targets.
   if (!active.empty()) {
     layout::Endpoint gather{"lora", {}, {}};
     std::vector<int32_t> ids;
@@ -400,22 +469,29 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                                           gplan.status().message()));
       return status;
     }
-    std::vector<kernels::BoxCopyOp> ops;
-    std::vector<void*> ptrs;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      auto buf = memory::HostBuffer::Allocate(gather.shards[i].shape.NumElements() * 4, "LoRA operands");
-      if (!buf.ok()) return status = buf.status();
-      ptrs.push_back((*buf)->data());
-      lora_mem[ids[i]] = std::move(*buf);
+    std::set<int> dst_devices;
+    for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
+    for (int d : dst_devices) {
+      std::vector<kernels::BoxCopyOp> ops;
+      std::vector<void*> ptrs;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        auto buf = ctx->Allocate(d, gather.shards[i].shape.NumElements() * 4, "LoRA operands");
+        if (!buf.ok()) return fail(buf.status());
+        ptrs.push_back((*buf)->data());
+        lora_mem[{d, ids[i]}] = std::move(*buf);
+      }
+      for (const layout::CopyOp& c : gplan->ops) {
+        RankReg* sr = src_ranks[c.src_endpoint];
+        if (on_gpu) {
+          if (absl::Status s = ctx->EnablePeer(d, sr->device); !s.ok()) return fail(s);
+        }
+        ops.push_back(layout::LowerCopy(
+            c, {&sr->shards[c.src_shard], sr->strides[c.src_shard].empty() ? nullptr : sr->strides[c.src_shard].data(),
+                sr->live[c.src_shard]},
+            {&gather.shards[c.dst_shard], nullptr, ptrs[c.dst_shard]}));
+      }
+      if (absl::Status s = ctx->Copy(d, ops.data(), ops.size()); !s.ok()) return fail(s);
     }
-    for (const layout::CopyOp& c : gplan->ops) {
-      RankReg* sr = src_ranks[c.src_endpoint];
-      ops.push_back(layout::LowerCopy(
-          c, {&sr->shards[c.src_shard], sr->strides[c.src_shard].empty() ? nullptr : sr->strides[c.src_shard].data(),
-              sr->live[c.src_shard]},
-          {&gather.shards[c.dst_shard], nullptr, ptrs[c.dst_shard]}));
-    }
-    kernels::BoxCopyCpu(ops.data(), ops.size(), threads);
   }
 
   // ---- Memory the job writes.
@@ -428,17 +504,17 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     for (size_t s = 0; s < r->shards.size(); ++s) {
       const layout::ShardSpec& sh = r->shards[s];
       if (dst_side[e].replica->mode == UpdateMode::kStaged && !r->staging[s]) {
-        auto b = memory::HostBuffer::Allocate(sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
-                                              absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return status = b.status();
+        auto b = ctx->Allocate(r->device, sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
+                               absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return fail(b.status());
         r->staging[s] = std::move(*b);
       }
       bool tracked = false;
       for (const layout::Piece& p : sh.pieces) tracked |= adapters.count(p.tensor) > 0;
       if (tracked && full && !r->base[s]) {
-        auto b = memory::HostBuffer::Allocate(sh.shape.NumElements() * 4,
-                                              absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return status = b.status();
+        auto b = ctx->Allocate(r->device, sh.shape.NumElements() * 4,
+                               absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return fail(b.status());
         r->base[s] = std::move(*b);
       }
     }
@@ -491,25 +567,27 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   std::vector<uint64_t> desc_words;
   std::vector<Written> written;
   std::vector<std::pair<size_t, size_t>> bucket_desc;  // [begin, end) into descs
-  std::vector<kernels::DigestSums> sent(plan->buckets.size());
   std::vector<uint64_t> bucket_words(plan->buckets.size(), 0);
   uint64_t word = 0;
   const absl::Time t_xfer0 = absl::Now();
   // Padding of full syncs first (zero fills, not digested).
   if (full) {
     std::vector<kernels::BoxCopyOp> fills;
+    std::vector<int> fill_dev;
     for (const layout::FillOp& f : plan->fills) {
       fills.push_back(layout::LowerFill(f, write_view(f.dst_endpoint, f.dst_shard)));
+      fill_dev.push_back(dst_side[f.dst_endpoint].rank->device);
       written.push_back({f.dst_endpoint, f.dst_shard, f.dst_box});
       if (dst_side[f.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[f.dst_endpoint].replica->id] = true;
     }
-    kernels::BoxCopyCpu(fills.data(), fills.size(), threads);
+    if (absl::Status s = copy_by_device(fills, fill_dev); !s.ok()) return fail(s);
   }
   for (size_t b = 0; b < plan->buckets.size(); ++b) {
     bucket_desc.push_back({descs.size(), descs.size()});
     if (!bucket_used[b]) continue;
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) return status = s;
     const layout::Bucket& bk = plan->buckets[b];
+    const int dev = dst_side[bk.dst_endpoint].rank->device;
     std::vector<kernels::BoxCopyOp> copies, base_copies, lora_descs;
     std::vector<uint64_t> copy_words, lora_words;
     std::vector<kernels::LoraMergeOp> loras;
@@ -552,8 +630,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
         layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, dst);
         const layout::Shape& as = model->spec.tensor(ad.a).shape;
         const layout::Shape& bs = model->spec.tensor(ad.b).shape;
-        const float* A = static_cast<const float*>(lora_mem[ad.a]->data());
-        const float* B = static_cast<const float*>(lora_mem[ad.b]->data());
+        const float* A = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
+        const float* B = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
         kernels::LoraMergeOp m;
         m.w = wv.ptr;
         m.w_dtype = w_dtype;
@@ -596,15 +674,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     }
     bucket_desc.back().second = descs.size();
     bucket_words[b] = word - first_word;
-    if (std::string err = kernels::CheckBoxCopyOps(copies.data(), copies.size()); !err.empty()) {
-      // Unreachable after the dtype check above; a failure here is a bug.
-      return status = absl::InternalError(absl::StrCat("model '", args.model_id, "' bucket ", b, ": ", err));
-    }
-    kernels::BoxCopyCpu(base_copies.data(), base_copies.size(), threads);
-    kernels::DigestSums d = kernels::BoxCopyDigestCpu(copies.data(), copies.size(), copy_words.data(), threads);
-    kernels::LoraMergeCpu(loras.data(), loras.size(), threads);
-    kernels::DigestSums dl = kernels::BoxDigestCpu(lora_descs.data(), lora_descs.size(), lora_words.data(), threads);
-    sent[b] = {d.s1 + dl.s1, d.s2 + dl.s2};
+    // Digest slot b: what bucket b sent.
+    absl::Status ks = ctx->Copy(dev, base_copies.data(), base_copies.size());
+    if (ks.ok()) ks = ctx->CopyDigest(dev, copies.data(), copies.size(), copy_words.data(), b);
+    if (ks.ok()) ks = ctx->LoraMerge(dev, loras.data(), loras.size());
+    if (ks.ok()) ks = ctx->Digest(dev, lora_descs.data(), lora_descs.size(), lora_words.data(), b);
+    if (!ks.ok()) return fail(absl::Status(ks.code(), absl::StrCat("bucket ", b, ": ", ks.message())));
     if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
     prog.bytes_done += bytes;
     prog.buckets_done++;
@@ -612,6 +687,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     SetProgress(job, prog);
     if (progress) progress(prog);
   }
+  const size_t nb = plan->buckets.size();
+  auto sent = ctx->Finish(nb);
+  if (!sent.ok()) return fail(sent.status());
   const absl::Time t_xfer = absl::Now();
 
   // ---- Verify: re-read every bucket's destination and compare digests.
@@ -621,16 +699,26 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   std::map<std::string, kernels::DigestSums> rep_sums;
   std::map<std::string, uint64_t> rep_words;
   kernels::DigestSums all;
-  for (size_t b = 0; b < plan->buckets.size(); ++b) {
+  for (size_t b = 0; b < nb; ++b) {
     if (!bucket_used[b]) continue;
     auto [lo, hi] = bucket_desc[b];
-    kernels::DigestSums got = kernels::BoxDigestCpu(descs.data() + lo, hi - lo, desc_words.data() + lo, threads);
-    if (got.s1 != sent[b].s1 || got.s2 != sent[b].s2) {
+    const int dev = dst_side[plan->buckets[b].dst_endpoint].rank->device;
+    if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, b); !s.ok()) {
+      return fail(s);
+    }
+  }
+  auto received = ctx->Finish(nb);
+  if (!received.ok()) return fail(received.status());
+  for (size_t b = 0; b < nb; ++b) {
+    if (!bucket_used[b]) continue;
+    const kernels::DigestSums& got = (*received)[b];
+    const kernels::DigestSums& want = (*sent)[b];
+    if (got.s1 != want.s1 || got.s2 != want.s2) {
       const layout::Bucket& bk = plan->buckets[b];
       status = absl::DataLossError(absl::StrCat(
           "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_ids[bk.src_endpoint], " -> ",
           dst_ids[bk.dst_endpoint], ", ", bk.bytes, " bytes) digest mismatch: sent ",
-          kernels::DigestFinish(sent[b], bucket_words[b] * 8).Hex(), ", received ",
+          kernels::DigestFinish(want, bucket_words[b] * 8).Hex(), ", received ",
           kernels::DigestFinish(got, bucket_words[b] * 8).Hex(),
           " (target memory changed during the sync?)"));
       return status;
@@ -655,6 +743,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     if (!status.ok()) return status;
     if (absl::Status s = CheckJob(job, deadline, "commit", client_gone); !s.ok()) return status = s;
     std::vector<kernels::BoxCopyOp> ops;
+    std::vector<int> ops_dev;
     for (const Written& w : written) {
       TargetSide& t = dst_side[w.endpoint];
       if (t.replica->mode != UpdateMode::kStaged) continue;
@@ -662,9 +751,11 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       c.src_box = c.dst_box = c.canonical = w.box;
       ops.push_back(layout::LowerCopy(c, {&t.rank->shards[w.shard], nullptr, t.rank->staging[w.shard]->data()},
                                       {&t.rank->shards[w.shard], strides_of(t.rank, w.shard), t.rank->live[w.shard]}));
+      ops_dev.push_back(t.rank->device);
       poison[t.replica->id] = true;  // a failure from here on leaves live memory mixed
     }
-    kernels::BoxCopyCpu(ops.data(), ops.size(), threads);
+    if (absl::Status s = copy_by_device(ops, ops_dev); !s.ok()) return fail(s);
+    if (auto done = ctx->Finish(0); !done.ok()) return fail(done.status());
   }
   const absl::Time t_commit = absl::Now();
 

@@ -39,14 +39,25 @@ class HostLease {
   virtual uint64_t mapped_bytes() const = 0;
 };
 
-// Daemon-owned host memory (staging, pristine LoRA bases): anonymous,
-// page-aligned, zero-initialized, released on destruction. Not thread-safe.
-class HostBuffer {
+// Daemon-owned memory (staging, pristine LoRA bases, LoRA operands), on the
+// host or on a GPU, released on destruction. Not thread-safe.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual void* data() const = 0;
+  virtual uint64_t size() const = 0;
+  // -1 for host memory, else the CUDA device ordinal.
+  virtual int device() const = 0;
+};
+
+// Anonymous, page-aligned, zero-initialized host memory.
+class HostBuffer final : public Buffer {
  public:
   static absl::StatusOr<std::unique_ptr<HostBuffer>> Allocate(uint64_t bytes, const std::string& what);
-  ~HostBuffer();
-  void* data() const { return data_; }
-  uint64_t size() const { return size_; }
+  ~HostBuffer() override;
+  void* data() const override { return data_; }
+  uint64_t size() const override { return size_; }
+  int device() const override { return -1; }
 
  private:
   HostBuffer(void* data, uint64_t size) : data_(data), size_(size) {}

@@ -152,12 +152,17 @@ absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsReque
     const std::string field = absl::StrCat("model '", in.model_id(), "' buffer '", b.name(), "'");
     core::BufferArg buf;
     buf.name = b.name();
-    if (!b.memory().has_host_shm()) {
-      return absl::UnimplementedError(absl::StrCat(
-          field, ": only host shared memory can be registered by this wsyncd build (CUDA IPC comes "
-          "with the GPU path)"));
+    if (b.memory().has_host_shm()) {
+      buf.memory = core::BufferArg::Memory::kHostShm;
+      buf.shm_name = b.memory().host_shm().name();
+    } else if (b.memory().has_cuda_ipc()) {
+      buf.memory = core::BufferArg::Memory::kCudaIpc;
+      buf.cuda_handle = b.memory().cuda_ipc().ipc_handle();
+      buf.device_uuid = b.memory().cuda_ipc().device_uuid();
+      buf.event_handle = b.memory().cuda_ipc().event_handle();
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": memory names neither host_shm nor cuda_ipc"));
     }
-    buf.shm_name = b.memory().host_shm().name();
     buf.offset = b.memory().offset();
     buf.nbytes = b.memory().nbytes();
     auto shape = ShapeOf(b.shape(), field);

@@ -1,0 +1,71 @@
+#ifndef WSYNC_DAEMON_CORE_EXECUTOR_H_
+#define WSYNC_DAEMON_CORE_EXECUTOR_H_
+
+// Where a sync's kernels run: on the host (the CPU references, over shared
+// memory) or on GPUs (the CUDA kernels, over CUDA IPC memory, one stream per
+// device). The sync job drives both through the same calls.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/memory/host_memory.h"
+#include "kernels/box_copy.h"
+#include "kernels/digest.h"
+#include "kernels/lora.h"
+
+namespace wsync::core {
+
+// One job's kernel queue. Calls enqueue work in order (the host context runs
+// it at once); digest sums add into numbered slots that Finish returns.
+// `device` is -1 for host memory, else the CUDA ordinal whose stream runs
+// the work; the ops' pointers must be addressable from there. Op arrays are
+// copied before a call returns. Not thread-safe: one job thread uses it.
+class ExecContext {
+ public:
+  // Waits for enqueued work.
+  virtual ~ExecContext() = default;
+
+  // Daemon-owned memory on `device`, zeroed.
+  virtual absl::StatusOr<std::unique_ptr<memory::Buffer>> Allocate(int device, uint64_t bytes,
+                                                                   const std::string& what) = 0;
+  // Makes later work on `device` able to read memory on `from_device`
+  // (peer access); FAILED_PRECONDITION naming both when it cannot.
+  virtual absl::Status EnablePeer(int device, int from_device) = 0;
+  // Later work on `device` waits for a producer's event (a cudaEvent_t).
+  virtual absl::Status WaitEvent(int device, void* event) = 0;
+
+  virtual absl::Status Copy(int device, const kernels::BoxCopyOp* ops, size_t n) = 0;
+  // Copy, and add the digest of what it writes into `slot`.
+  virtual absl::Status CopyDigest(int device, const kernels::BoxCopyOp* ops, size_t n,
+                                  const uint64_t* word_base, size_t slot) = 0;
+  virtual absl::Status LoraMerge(int device, const kernels::LoraMergeOp* ops, size_t n) = 0;
+  // Add the digest of the ops' destination boxes as they are then into `slot`.
+  virtual absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n,
+                              const uint64_t* word_base, size_t slot) = 0;
+
+  // Waits for every enqueued call and returns the slots (summed over
+  // devices); the first kernel or transfer error if any. Slots restart at
+  // zero afterwards.
+  virtual absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) = 0;
+};
+
+// Makes contexts. Thread-safe.
+class Executor {
+ public:
+  // Host memory: the CPU references over `threads` threads.
+  static std::unique_ptr<Executor> Host(int threads);
+  // GPUs (FAILED_PRECONDITION in a build without CUDA). No CUDA call is
+  // made until a context is.
+  static absl::StatusOr<std::unique_ptr<Executor>> Cuda();
+
+  virtual ~Executor() = default;
+  virtual absl::StatusOr<std::unique_ptr<ExecContext>> NewContext() = 0;
+};
+
+}  // namespace wsync::core
+
+#endif  // WSYNC_DAEMON_CORE_EXECUTOR_H_
