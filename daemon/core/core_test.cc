@@ -581,7 +581,8 @@ TEST_CASE("bad registrations get precise errors") {
   INFO(sr.status().ToString());
   CHECK((sr.status().code() == absl::StatusCode::kInvalidArgument ||
          sr.status().code() == absl::StatusCode::kFailedPrecondition));
-  for (const RankInfo& r : w.core->GetStatus().models.at(0).ranks) CHECK(r.role == Role::kSource);
+  const DaemonStatus st = w.core->GetStatus();
+  for (const RankInfo& r : st.models.at(0).ranks) CHECK(r.role == Role::kSource);
 }
 
 }  // namespace
