@@ -28,13 +28,16 @@ absl::StatusOr<std::vector<GpuInfo>> ListGpus() {
     info.sm_major = prop.major;
     info.sm_minor = prop.minor;
     info.total_bytes = prop.totalGlobalMem;
-    const unsigned char* u = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
-    info.uuid = absl::StrFormat(
-        "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-        u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    info.uuid = GpuUuidString(prop.uuid.bytes);
     gpus.push_back(std::move(info));
   }
   return gpus;
+}
+
+std::string GpuUuidString(const void* uuid16) {
+  const unsigned char* u = static_cast<const unsigned char*>(uuid16);
+  return absl::StrFormat("GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
+                         u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
 }
 
 std::string Describe(const GpuInfo& gpu) {

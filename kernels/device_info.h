@@ -23,6 +23,10 @@ struct GpuInfo {
 // when there is no driver or no device. Thread-safe.
 absl::StatusOr<std::vector<GpuInfo>> ListGpus();
 
+// "GPU-8f0c1a2b-...": a device UUID (cudaDeviceProp::uuid) as nvidia-smi
+// prints it.
+std::string GpuUuidString(const void* uuid16);
+
 // "0: NVIDIA H100 80GB HBM3 (sm_90, 79.2 GiB) GPU-8f0c..."
 std::string Describe(const GpuInfo& gpu);
 

@@ -16,9 +16,45 @@ DTYPES = {
     "fp32": (types_pb2.FLOAT32, np.float32),
     "bf16": (types_pb2.BFLOAT16, np.uint16),
     "fp16": (types_pb2.FLOAT16, np.float16),
+    "fp8_e4m3": (types_pb2.FLOAT8_E4M3, np.uint8),
 }
 _ALIGN = 256
 _ARENA = 256 << 20
+
+
+def _is_cuda_tensor(x):
+    return getattr(x, "is_cuda", False) is True
+
+
+def cuda_buffer_spec(name, tensor, ready_event=None):
+    """A BufferSpec for a torch CUDA tensor: the CUDA IPC handle of the base
+    of the caching allocator's block that holds it (PyTorch's storage
+    sharing), the tensor's byte offset in that block, its GPU's UUID, its
+    shape, dtype and element strides."""
+    import torch  # optional dependency
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if hasattr(torch, "float8_e4m3fn"):
+        names[torch.float8_e4m3fn] = "fp8_e4m3"
+    if tensor.dtype not in names:
+        raise ValueError(f"buffer {name!r}: dtype {tensor.dtype} is not one of {sorted(map(str, names))}")
+    dtype = names[tensor.dtype]
+    storage = tensor.untyped_storage()
+    # (device, handle, storage bytes, storage offset in the block, ...)
+    shared = storage._share_cuda_()
+    handle, storage_offset = shared[1], shared[3]
+    offset = storage_offset + tensor.storage_offset() * tensor.element_size()
+    span = 1 + sum((n - 1) * st for n, st in zip(tensor.shape, tensor.stride())) if tensor.numel() else 0
+    nbytes = span * tensor.element_size()
+    uuid = str(torch.cuda.get_device_properties(tensor.device).uuid)
+    ipc = types_pb2.CudaIpc(ipc_handle=bytes(handle), device_uuid=uuid if uuid.startswith("GPU-") else "GPU-" + uuid)
+    if ready_event is not None:
+        ipc.event_handle = bytes(ready_event.ipc_handle())
+    spec = types_pb2.BufferSpec(
+        name=name, shape=list(tensor.shape), dtype=DTYPES[dtype][0],
+        memory=types_pb2.MemoryRef(cuda_ipc=ipc, offset=offset, nbytes=nbytes))
+    if not tensor.is_contiguous():
+        spec.strides.extend(tensor.stride())
+    return spec
 
 
 class WsyncError(RuntimeError):
@@ -158,7 +194,9 @@ class Client:
         self._arrays[id(t)] = self._arrays[id(arr)]
         return t
 
-    def _memory(self, name, arr):
+    def _memory(self, name, arr, ready_event=None):
+        if _is_cuda_tensor(arr):
+            return cuda_buffer_spec(name, arr, ready_event)
         entry = self._arrays.get(id(arr))
         if entry is None:
             raise ValueError(f"buffer {name!r} was not allocated by this client (use Client.empty)")
@@ -197,11 +235,18 @@ class Client:
         return _call(self.stub.RegisterModel, req)
 
     def register_shards(self, model_id, role, buffers, rank=None, recipe="", recipe_options=None,
-                        replica=None, update_mode="staged", pieces=None):
+                        replica=None, update_mode="staged", pieces=None, ready_event=None):
         """Registers one rank's buffers ({name: array}). role: "source" or
         "target"; rank: dict(tp=, tp_size=, pp=, pp_size=, ...); pieces:
         optional {name: [(tensor, (offsets, sizes), (offsets, sizes))]} for
-        buffers outside the recipe."""
+        buffers outside the recipe.
+
+        An array is either host shared memory from Client.empty/empty_torch,
+        or a torch CUDA tensor, which the daemon opens through CUDA IPC (a
+        colocated GPU sync; every buffer of a model must then be on GPUs).
+        ready_event: an optional torch.cuda.Event(interprocess=True); the
+        daemon waits on it before reading these buffers, so a trainer
+        records it after each optimizer step and needs no synchronize()."""
         req = wsync_pb2.RegisterShardsRequest(
             session_id=self.session_id, model_id=model_id,
             role=types_pb2.SOURCE if role == "source" else types_pb2.TARGET,
@@ -214,12 +259,13 @@ class Client:
             req.recipe.options[k] = str(v)
         used = set()
         for name, arr in buffers.items():
-            spec = self._memory(name, arr)
+            spec = self._memory(name, arr, ready_event)
             for tensor, (co, cs), (so, ss) in (pieces or {}).get(name, []):
                 spec.pieces.add(tensor=tensor, canonical=types_pb2.Box(offsets=co, sizes=cs),
                                 shard=types_pb2.Box(offsets=so, sizes=ss))
             req.buffers.append(spec)
-            used.add(id(self._arrays[id(arr)][0]))
+            if not _is_cuda_tensor(arr):
+                used.add(id(self._arrays[id(arr)][0]))
         resp = _call(self.stub.RegisterShards, req)
         for arena in self._arenas:
             if id(arena) in used:
