@@ -1,0 +1,248 @@
+// GPU test (tag gpu): colocated syncs through a real daemon (in this
+// process) between a trainer process and a generator process that hold
+// cudaMalloc'ed buffers registered through CUDA IPC. The expected generator
+// bytes are computed here from the canonical tensors with a bf16 rounding
+// written for this test, independent of the planner and the kernels.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "client/cpp/wsync_client.h"
+#include "daemon/server/server.h"
+#include "tests/testing/gpu_child.h"
+#include "tests/testing/process.h"
+
+namespace wsync {
+namespace {
+
+using testing::GpuChild;
+using testing::GpuRank;
+using testing::GpuScenario;
+
+// Canonical tensors: a column-parallel weight (rows split over TP), a
+// row-parallel weight (columns split), a replicated norm.
+struct Tensor {
+  const char* name;
+  int64_t rows, cols;
+  int split;  // dimension split over TP; -1 = replicated
+};
+const Tensor kTensors[] = {{"layers.0.qkv.weight", 64, 40, 0}, {"layers.0.proj.weight", 24, 50, 1}, {"norm.weight", 1, 40, -1}};
+
+std::vector<float> Canonical(int t, uint64_t seed) {
+  std::mt19937_64 rng(seed * 1000 + t);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> v(kTensors[t].rows * kTensors[t].cols);
+  for (float& x : v) x = nd(rng);
+  return v;
+}
+
+uint16_t Bf16(float f) {  // round to nearest even; the data has no NaN
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+std::vector<int64_t> Shape(const Tensor& t) {
+  return t.rows == 1 ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.rows, t.cols};
+}
+
+void SetBox(v1::Box* b, std::vector<int64_t> off, std::vector<int64_t> size) {
+  for (int64_t o : off) b->add_offsets(o);
+  for (int64_t s : size) b->add_sizes(s);
+}
+
+// "trainer-tp1", "trainer-tp2": fp32 sources; "gen-staged", "gen-in_place":
+// one bf16 TP=1 replica "gen", zero-filled.
+GpuScenario Scenario(const std::string& name, uint64_t seed) {
+  GpuScenario sc;
+  const bool trainer = name.rfind("trainer", 0) == 0;
+  const int tp = name == "trainer-tp2" ? 2 : 1;
+  if (trainer) {
+    v1::RegisterModelRequest m;
+    m.set_model_id("m");
+    for (const Tensor& t : kTensors) {
+      auto* ct = m.add_tensors();
+      ct->set_name(t.name);
+      for (int64_t d : Shape(t)) ct->add_shape(d);
+      ct->set_dtype(v1::FLOAT32);
+    }
+    sc.model = m;
+  }
+  for (int r = 0; r < tp; ++r) {
+    GpuRank rank;
+    auto& req = rank.request;
+    req.set_model_id("m");
+    req.set_role(trainer ? v1::SOURCE : v1::TARGET);
+    if (!trainer) {
+      req.set_replica_id("gen");
+      req.set_update_mode(name == "gen-in_place" ? v1::IN_PLACE : v1::STAGED);
+    }
+    req.mutable_rank()->set_tp(r);
+    req.mutable_rank()->set_tp_size(tp);
+    for (int t = 0; t < 3; ++t) {
+      const Tensor& T = kTensors[t];
+      const int64_t rows = T.split == 0 ? T.rows / tp : T.rows, cols = T.split == 1 ? T.cols / tp : T.cols;
+      const int64_t r0 = T.split == 0 ? r * rows : 0, c0 = T.split == 1 ? r * cols : 0;
+      auto* b = req.add_buffers();
+      b->set_name(T.name);
+      b->set_dtype(trainer ? v1::FLOAT32 : v1::BFLOAT16);
+      auto* p = b->add_pieces();
+      p->set_tensor(T.name);
+      if (T.rows == 1) {
+        b->add_shape(cols);
+        SetBox(p->mutable_canonical(), {c0}, {cols});
+        SetBox(p->mutable_shard(), {0}, {cols});
+      } else {
+        b->add_shape(rows);
+        b->add_shape(cols);
+        SetBox(p->mutable_canonical(), {r0, c0}, {rows, cols});
+        SetBox(p->mutable_shard(), {0, 0}, {rows, cols});
+      }
+      std::vector<uint8_t> bytes;
+      if (trainer) {
+        std::vector<float> full = Canonical(t, seed), shard;
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < cols; ++j) shard.push_back(full[(r0 + i) * T.cols + c0 + j]);
+        bytes.resize(shard.size() * 4);
+        std::memcpy(bytes.data(), shard.data(), bytes.size());
+      } else {
+        bytes.assign(rows * cols * 2, 0);
+      }
+      rank.bytes.push_back(std::move(bytes));
+    }
+    sc.ranks.push_back(std::move(rank));
+  }
+  return sc;
+}
+
+std::vector<uint8_t> ExpectedBf16(int t, uint64_t seed) {
+  std::vector<uint8_t> out;
+  for (float f : Canonical(t, seed)) {
+    uint16_t h = Bf16(f);
+    out.push_back(h & 0xff);
+    out.push_back(h >> 8);
+  }
+  return out;
+}
+
+struct Setup {
+  Setup(const std::string& trainer, const std::string& gen, int64_t delay_ms = 0) {
+    dir = testing::MakeTempDir();
+    socket = dir + "/wsyncd.sock";
+    // Children first: this process must not have touched CUDA when it forks.
+    auto t = GpuChild::Spawn(socket, "trainer", trainer);
+    auto g = GpuChild::Spawn(socket, "generator", gen);
+    REQUIRE(t.ok());
+    REQUIRE(g.ok());
+    this->trainer = std::move(*t);
+    this->gen = std::move(*g);
+    server::Options o;
+    o.socket = socket;
+    o.fault_bucket_delay_ms = delay_ms;
+    auto s = server::Server::Start(o);
+    INFO(s.status().ToString());
+    REQUIRE(s.ok());
+    server = std::move(*s);
+    absl::Status tr = this->trainer->WaitRegistered();
+    INFO(tr.ToString());
+    REQUIRE(tr.ok());
+    absl::Status gr = this->gen->WaitRegistered();
+    INFO(gr.ToString());
+    REQUIRE(gr.ok());
+    client::ConnectOptions co;
+    co.socket = socket;
+    auto c = client::Client::Attach(co, "driver");
+    REQUIRE(c.ok());
+    driver = std::move(*c);
+  }
+  ~Setup() {
+    driver.reset();
+    trainer.reset();
+    gen.reset();
+    server->Shutdown();
+  }
+  absl::StatusOr<v1::SyncResult> Sync(uint64_t version, uint64_t bucket_bytes = 0) {
+    v1::SyncRequest req;
+    req.set_model_id("m");
+    req.set_version(version);
+    req.set_max_bucket_bytes(bucket_bytes);
+    return driver->Sync(req, nullptr);
+  }
+  void CheckGenerator(uint64_t seed) {
+    for (int t = 0; t < 3; ++t) {
+      auto got = gen->Read(0, t);
+      REQUIRE(got.ok());
+      INFO("tensor " << kTensors[t].name << ", seed " << seed);
+      CHECK(*got == ExpectedBf16(t, seed));
+    }
+  }
+  std::string dir, socket;
+  std::unique_ptr<GpuChild> trainer, gen;
+  std::unique_ptr<server::Server> server;
+  std::unique_ptr<client::Client> driver;
+};
+
+TEST_CASE("colocated GPU sync: TP=2 fp32 trainer -> TP=1 bf16 generator, staged and in place", "[gpu]") {
+  for (const char* mode : {"gen-staged", "gen-in_place"}) {
+    INFO(mode);
+    Setup s("trainer-tp2", mode);
+    auto r1 = s.Sync(1);
+    INFO(r1.status().ToString());
+    REQUIRE(r1.ok());
+    CHECK(r1->version() == 1);
+    s.CheckGenerator(1);
+    REQUIRE(s.trainer->Fill(2).ok());
+    auto r2 = s.Sync(2, 1024);  // several buckets
+    INFO(r2.status().ToString());
+    REQUIRE(r2.ok());
+    CHECK(r2->buckets() > 3);
+    s.CheckGenerator(2);
+    auto again = s.Sync(2);  // a retry of a committed version moves nothing
+    REQUIRE(again.ok());
+  }
+}
+
+TEST_CASE("colocated GPU sync: TP=1 -> TP=1", "[gpu]") {
+  Setup s("trainer-tp1", "gen-staged");
+  auto r = s.Sync(1);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  s.CheckGenerator(1);
+}
+
+TEST_CASE("killing the trainer mid-sync leaves the generator on its previous version", "[gpu]") {
+  Setup s("trainer-tp2", "gen-staged", /*delay_ms=*/150);
+  REQUIRE(s.Sync(1).ok());
+  s.CheckGenerator(1);
+  REQUIRE(s.trainer->Fill(2).ok());
+  absl::StatusOr<v1::SyncResult> r2 = absl::UnknownError("not run");
+  std::thread t([&] { r2 = s.Sync(2, 1024); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  s.trainer->Kill();
+  t.join();
+  INFO(r2.status().ToString());
+  REQUIRE_FALSE(r2.ok());
+  CHECK(r2.status().code() == absl::StatusCode::kAborted);
+  CHECK_THAT(std::string(r2.status().message()), Catch::Contains("trainer"));
+  s.CheckGenerator(1);  // staged: the live buffers still hold version 1
+  auto st = s.driver->GetStatus();
+  REQUIRE(st.ok());
+  REQUIRE(st->models_size() == 1);
+  for (const auto& rep : st->models(0).replicas()) CHECK(rep.version() == 1);
+  auto r3 = s.Sync(3);  // the trainer's ranks are gone: a precise refusal
+  REQUIRE_FALSE(r3.ok());
+  CHECK(r3.status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace wsync
+
+int main(int argc, char** argv) {
+  int child = wsync::testing::MaybeRunGpuChild(argc, argv, wsync::Scenario);
+  if (child >= 0) return child;
+  return Catch::Session().run(argc, argv);
+}

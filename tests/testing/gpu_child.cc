@@ -1,0 +1,229 @@
+#include "tests/testing/gpu_child.h"
+
+#include <cuda_runtime_api.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
+#include "client/cpp/cuda_memory.h"
+#include "client/cpp/wsync_client.h"
+
+namespace wsync::testing {
+namespace {
+
+bool WriteAll(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = write(fd, c, n);
+    if (w <= 0) return false;
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+bool ReadAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t r = read(fd, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+void Reply(const std::string& line) {
+  std::string l = line + "\n";
+  WriteAll(1, l.data(), l.size());
+}
+
+// The child: stdin carries commands, stdout replies.
+int RunChild(const std::string& socket, const std::string& name, const std::string& scenario, int device,
+             const GpuScenarioFn& scenarios) {
+  auto fail = [](const std::string& why) {
+    Reply("err " + why);
+    return 1;
+  };
+  if (cudaSetDevice(device) != cudaSuccess) return fail("cudaSetDevice failed");
+  GpuScenario sc = scenarios(scenario, 1);
+  // One allocation per rank, carved into 256-byte aligned buffers, so that
+  // registrations exercise offsets from the allocation base.
+  std::vector<std::vector<char*>> ptrs(sc.ranks.size());
+  for (size_t r = 0; r < sc.ranks.size(); ++r) {
+    uint64_t total = 0;
+    std::vector<uint64_t> offs;
+    for (const auto& b : sc.ranks[r].bytes) {
+      offs.push_back(total);
+      total += (b.size() + 255) / 256 * 256;
+    }
+    char* base = nullptr;
+    if (cudaMalloc(reinterpret_cast<void**>(&base), total + 256) != cudaSuccess) return fail("cudaMalloc failed");
+    for (size_t i = 0; i < offs.size(); ++i) ptrs[r].push_back(base + 256 + offs[i]);
+  }
+  auto fill = [&](const GpuScenario& s) {
+    for (size_t r = 0; r < s.ranks.size(); ++r) {
+      for (size_t i = 0; i < s.ranks[r].bytes.size(); ++i) {
+        const auto& b = s.ranks[r].bytes[i];
+        if (cudaMemcpy(ptrs[r][i], b.data(), b.size(), cudaMemcpyHostToDevice) != cudaSuccess) return false;
+      }
+    }
+    return true;
+  };
+  if (!fill(sc)) return fail("cudaMemcpy failed");
+  client::ConnectOptions co;
+  co.socket = socket;
+  absl::StatusOr<std::unique_ptr<client::Client>> c = absl::UnavailableError("not tried");
+  for (int i = 0; i < 300 && !c.ok(); ++i) {
+    c = client::Client::Attach(co, name);
+    if (!c.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!c.ok()) return fail(c.status().ToString());
+  if (sc.model) {
+    auto m = (*c)->RegisterModel(*sc.model);
+    if (!m.ok()) return fail(m.status().ToString());
+  }
+  for (size_t r = 0; r < sc.ranks.size(); ++r) {
+    v1::RegisterShardsRequest req = sc.ranks[r].request;
+    for (int i = 0; i < req.buffers_size(); ++i) {
+      auto ref = client::CudaMemoryRef(ptrs[r][i], sc.ranks[r].bytes[i].size());
+      if (!ref.ok()) return fail(ref.status().ToString());
+      *req.mutable_buffers(i)->mutable_memory() = *ref;
+    }
+    auto s = (*c)->RegisterShards(req);
+    if (!s.ok()) return fail(s.status().ToString());
+  }
+  Reply("ok");
+  char line[256];
+  FILE* in = fdopen(0, "r");
+  while (fgets(line, sizeof(line), in) != nullptr) {
+    std::vector<std::string> w = absl::StrSplit(absl::string_view(line), ' ', absl::SkipWhitespace());
+    for (auto& x : w) absl::StripTrailingAsciiWhitespace(&x);
+    if (w.empty()) continue;
+    if (w[0] == "read" && w.size() == 3) {
+      int r = 0, i = 0;
+      if (!absl::SimpleAtoi(w[1], &r) || !absl::SimpleAtoi(w[2], &i) || r < 0 || r >= (int)ptrs.size() || i < 0 ||
+          i >= (int)ptrs[r].size()) {
+        Reply("err bad read");
+        continue;
+      }
+      std::vector<uint8_t> host(sc.ranks[r].bytes[i].size());
+      if (cudaMemcpy(host.data(), ptrs[r][i], host.size(), cudaMemcpyDeviceToHost) != cudaSuccess) {
+        Reply("err cudaMemcpy");
+        continue;
+      }
+      Reply(absl::StrCat("data ", host.size()));
+      WriteAll(1, host.data(), host.size());
+    } else if (w[0] == "fill" && w.size() == 2) {
+      uint64_t seed = 0;
+      if (!absl::SimpleAtoi(w[1], &seed)) {
+        Reply("err bad fill");
+        continue;
+      }
+      Reply(fill(scenarios(scenario, seed)) ? "ok" : "err fill failed");
+    } else if (w[0] == "quit") {
+      break;
+    }
+  }
+  (*c).reset();
+  return 0;
+}
+
+}  // namespace
+
+int MaybeRunGpuChild(int argc, char** argv, const GpuScenarioFn& scenarios) {
+  if (argc != 6 || std::string(argv[1]) != "--gpu-child") return -1;
+  int device = 0;
+  if (!absl::SimpleAtoi(argv[5], &device)) return 2;
+  return RunChild(argv[2], argv[3], argv[4], device, scenarios);
+}
+
+absl::StatusOr<std::unique_ptr<GpuChild>> GpuChild::Spawn(const std::string& socket, const std::string& client_name,
+                                                          const std::string& scenario, int device) {
+  int to[2], from[2];
+  if (pipe(to) != 0 || pipe(from) != 0) return absl::InternalError("pipe failed");
+  const std::string dev = std::to_string(device);
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    dup2(to[0], 0);
+    dup2(from[1], 1);
+    close(to[1]);
+    close(from[0]);
+    execl("/proc/self/exe", "gpu-child", "--gpu-child", socket.c_str(), client_name.c_str(), scenario.c_str(),
+          dev.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(to[0]);
+  close(from[1]);
+  std::unique_ptr<GpuChild> c(new GpuChild);
+  c->pid_ = pid;
+  c->to_ = to[1];
+  c->from_ = from[0];
+  return c;
+}
+
+GpuChild::~GpuChild() {
+  Kill();
+  if (to_ >= 0) close(to_);
+  if (from_ >= 0) close(from_);
+}
+
+void GpuChild::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+absl::StatusOr<std::string> GpuChild::ReadLine() {
+  std::string line;
+  char ch;
+  while (true) {
+    ssize_t r = read(from_, &ch, 1);
+    if (r <= 0) return absl::UnavailableError("the GPU child exited");
+    if (ch == '\n') return line;
+    line.push_back(ch);
+  }
+}
+
+absl::Status GpuChild::WaitRegistered() {
+  auto l = ReadLine();
+  if (!l.ok()) return l.status();
+  if (*l != "ok") return absl::InternalError(absl::StrCat("GPU child: ", *l));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> GpuChild::Read(int rank, int buffer) {
+  std::string cmd = absl::StrCat("read ", rank, " ", buffer, "\n");
+  if (!WriteAll(to_, cmd.data(), cmd.size())) return absl::UnavailableError("the GPU child exited");
+  auto l = ReadLine();
+  if (!l.ok()) return l.status();
+  uint64_t n = 0;
+  if (l->rfind("data ", 0) != 0 || !absl::SimpleAtoi(l->substr(5), &n)) {
+    return absl::InternalError(absl::StrCat("GPU child: ", *l));
+  }
+  std::vector<uint8_t> out(n);
+  if (!ReadAll(from_, out.data(), n)) return absl::UnavailableError("the GPU child exited");
+  return out;
+}
+
+absl::Status GpuChild::Fill(uint64_t seed) {
+  std::string cmd = absl::StrCat("fill ", seed, "\n");
+  if (!WriteAll(to_, cmd.data(), cmd.size())) return absl::UnavailableError("the GPU child exited");
+  auto l = ReadLine();
+  if (!l.ok()) return l.status();
+  if (*l != "ok") return absl::InternalError(absl::StrCat("GPU child: ", *l));
+  return absl::OkStatus();
+}
+
+}  // namespace wsync::testing

@@ -1,0 +1,76 @@
+#ifndef WSYNC_TESTS_TESTING_GPU_CHILD_H_
+#define WSYNC_TESTS_TESTING_GPU_CHILD_H_
+
+// GPU clients in child processes, for tests and benchmarks of colocated
+// syncs. CUDA IPC handles cannot be opened by the process that made them,
+// so the buffers a daemon syncs live in other processes: the test binary
+// re-runs itself (/proc/self/exe --gpu-child ...) as a client that allocates
+// a scenario's buffers on the GPU, fills them, registers them, and then
+// answers read-back and refill requests on a pipe.
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "wsync/v1/wsync.pb.h"
+
+namespace wsync::testing {
+
+// One rank's registration; the child fills in every buffer's memory.
+struct GpuRank {
+  v1::RegisterShardsRequest request;
+  // Each buffer's bytes for a given fill seed.
+  std::vector<std::vector<uint8_t>> bytes;
+};
+
+// What one child registers. `model`, when set, is registered first.
+struct GpuScenario {
+  std::optional<v1::RegisterModelRequest> model;
+  std::vector<GpuRank> ranks;
+};
+
+// Builds a scenario by name for a fill seed; the parent and the child call
+// the same function, so both know the layout and the bytes.
+using GpuScenarioFn = std::function<GpuScenario(const std::string& name, uint64_t seed)>;
+
+// In main(): if argv is a --gpu-child invocation, runs the child and
+// returns its exit code; otherwise returns -1.
+int MaybeRunGpuChild(int argc, char** argv, const GpuScenarioFn& scenarios);
+
+// The parent's handle on a child. Not thread-safe.
+class GpuChild {
+ public:
+  // Starts `/proc/self/exe --gpu-child` as client `client_name` of the
+  // daemon at `socket` (it retries connecting for 30 s, so the daemon may
+  // start after this), on CUDA device `device`, registering scenario
+  // `scenario` filled with seed 1. Call before this process uses CUDA.
+  static absl::StatusOr<std::unique_ptr<GpuChild>> Spawn(const std::string& socket, const std::string& client_name,
+                                                         const std::string& scenario, int device = 0);
+  // SIGKILLs the child if it still runs.
+  ~GpuChild();
+
+  // Waits until the child has registered everything (or failed: its error).
+  absl::Status WaitRegistered();
+  // The current bytes of buffer `buffer` of rank `rank`.
+  absl::StatusOr<std::vector<uint8_t>> Read(int rank, int buffer);
+  // Rewrites every buffer with the scenario's bytes for `seed`.
+  absl::Status Fill(uint64_t seed);
+  void Kill();
+  pid_t pid() const { return pid_; }
+
+ private:
+  GpuChild() = default;
+  absl::StatusOr<std::string> ReadLine();
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+};
+
+}  // namespace wsync::testing
+
+#endif  // WSYNC_TESTS_TESTING_GPU_CHILD_H_
