@@ -42,6 +42,8 @@ bool ReadAll(int fd, void* p, size_t n) {
   return true;
 }
 
+uint64_t Size(const GpuRank& r, size_t i) { return r.bytes[i].empty() ? r.sizes.at(i) : r.bytes[i].size(); }
+
 void Reply(const std::string& line) {
   std::string l = line + "\n";
   WriteAll(1, l.data(), l.size());
@@ -62,24 +64,26 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
   for (size_t r = 0; r < sc.ranks.size(); ++r) {
     uint64_t total = 0;
     std::vector<uint64_t> offs;
-    for (const auto& b : sc.ranks[r].bytes) {
+    for (size_t i = 0; i < sc.ranks[r].bytes.size(); ++i) {
       offs.push_back(total);
-      total += (b.size() + 255) / 256 * 256;
+      total += (Size(sc.ranks[r], i) + 255) / 256 * 256;
     }
     char* base = nullptr;
     if (cudaMalloc(reinterpret_cast<void**>(&base), total + 256) != cudaSuccess) return fail("cudaMalloc failed");
     for (size_t i = 0; i < offs.size(); ++i) ptrs[r].push_back(base + 256 + offs[i]);
   }
-  auto fill = [&](const GpuScenario& s) {
+  auto fill = [&](const GpuScenario& s, uint64_t seed) {
     for (size_t r = 0; r < s.ranks.size(); ++r) {
       for (size_t i = 0; i < s.ranks[r].bytes.size(); ++i) {
         const auto& b = s.ranks[r].bytes[i];
-        if (cudaMemcpy(ptrs[r][i], b.data(), b.size(), cudaMemcpyHostToDevice) != cudaSuccess) return false;
+        cudaError_t e = b.empty() ? cudaMemset(ptrs[r][i], static_cast<int>(seed & 0xff), Size(s.ranks[r], i))
+                                  : cudaMemcpy(ptrs[r][i], b.data(), b.size(), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) return false;
       }
     }
-    return true;
+    return cudaDeviceSynchronize() == cudaSuccess;
   };
-  if (!fill(sc)) return fail("cudaMemcpy failed");
+  if (!fill(sc, 1)) return fail("filling the buffers failed");
   client::ConnectOptions co;
   co.socket = socket;
   absl::StatusOr<std::unique_ptr<client::Client>> c = absl::UnavailableError("not tried");
@@ -95,7 +99,7 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
   for (size_t r = 0; r < sc.ranks.size(); ++r) {
     v1::RegisterShardsRequest req = sc.ranks[r].request;
     for (int i = 0; i < req.buffers_size(); ++i) {
-      auto ref = client::CudaMemoryRef(ptrs[r][i], sc.ranks[r].bytes[i].size());
+      auto ref = client::CudaMemoryRef(ptrs[r][i], Size(sc.ranks[r], i));
       if (!ref.ok()) return fail(ref.status().ToString());
       *req.mutable_buffers(i)->mutable_memory() = *ref;
     }
@@ -116,7 +120,7 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
         Reply("err bad read");
         continue;
       }
-      std::vector<uint8_t> host(sc.ranks[r].bytes[i].size());
+      std::vector<uint8_t> host(Size(sc.ranks[r], i));
       if (cudaMemcpy(host.data(), ptrs[r][i], host.size(), cudaMemcpyDeviceToHost) != cudaSuccess) {
         Reply("err cudaMemcpy");
         continue;
@@ -129,7 +133,7 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
         Reply("err bad fill");
         continue;
       }
-      Reply(fill(scenarios(scenario, seed)) ? "ok" : "err fill failed");
+      Reply(fill(scenarios(scenario, seed), seed) ? "ok" : "err fill failed");
     } else if (w[0] == "quit") {
       break;
     }

@@ -25,8 +25,10 @@ namespace wsync::testing {
 // One rank's registration; the child fills in every buffer's memory.
 struct GpuRank {
   v1::RegisterShardsRequest request;
-  // Each buffer's bytes for a given fill seed.
+  // Each buffer's bytes for a given fill seed; an empty one means
+  // sizes[i] bytes, all equal to the seed's low byte (set on the GPU).
   std::vector<std::vector<uint8_t>> bytes;
+  std::vector<uint64_t> sizes;
 };
 
 // What one child registers. `model`, when set, is registered first.
