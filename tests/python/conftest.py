@@ -24,3 +24,7 @@ def run(wsyncctl):
             raise AssertionError(f"wsyncctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
     return _run
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs torch and a CUDA GPU (skipped elsewhere)")
