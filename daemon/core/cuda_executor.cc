@@ -70,11 +70,11 @@ class CudaContext final : public ExecContext {
   }
 
   absl::Status Copy(int device, const kernels::BoxCopyOp* ops, size_t n) override {
-    return CopyImpl(device, ops, n, nullptr, 0);
+    return Batch(device, ops, n, /*copy=*/true, nullptr, 0);
   }
   absl::Status CopyDigest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                           size_t slot) override {
-    return CopyImpl(device, ops, n, word_base, slot);
+    return Batch(device, ops, n, /*copy=*/true, word_base, slot);
   }
 
   absl::Status LoraMerge(int device, const kernels::LoraMergeOp* ops, size_t n) override {
@@ -97,23 +97,7 @@ class CudaContext final : public ExecContext {
 
   absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                       size_t slot) override {
-    if (n == 0) return absl::OkStatus();
-    auto st = Stream(device);
-    if (!st.ok()) return st.status();
-    auto tiles = kernels::MakeBoxTiles(ops, n);
-    auto d_ops = Upload(device, *st, ops, n * sizeof(*ops));
-    if (!d_ops.ok()) return d_ops.status();
-    auto d_tiles = Upload(device, *st, tiles.data(), tiles.size() * sizeof(tiles[0]));
-    if (!d_tiles.ok()) return d_tiles.status();
-    auto d_words = Upload(device, *st, word_base, n * sizeof(uint64_t));
-    if (!d_words.ok()) return d_words.status();
-    auto d_slot = Slot(device, *st, slot);
-    if (!d_slot.ok()) return d_slot.status();
-    return CudaStatus(kernels::LaunchBoxDigest(static_cast<const kernels::BoxCopyOp*>(*d_ops),
-                                               static_cast<const uint64_t*>(*d_words),
-                                               static_cast<const kernels::BoxTile*>(*d_tiles),
-                                               static_cast<int>(tiles.size()), *d_slot, *st),
-                      "box digest kernel");
+    return Batch(device, ops, n, /*copy=*/false, word_base, slot);
   }
 
   absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) override {
@@ -225,8 +209,9 @@ class CudaContext final : public ExecContext {
     pinned_used_ = 0;
   }
 
-  absl::Status CopyImpl(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
-                        size_t slot) {
+  // Box copy (when `copy`) and/or digest into `slot` (when word_base).
+  absl::Status Batch(int device, const kernels::BoxCopyOp* ops, size_t n, bool copy, const uint64_t* word_base,
+                     size_t slot) {
     if (n == 0) return absl::OkStatus();
     if (std::string err = kernels::CheckBoxCopyOps(ops, n); !err.empty()) return absl::InternalError(err);
     auto st = Stream(device);
@@ -238,10 +223,13 @@ class CudaContext final : public ExecContext {
     if (!d_tiles.ok()) return d_tiles.status();
     const auto* o = static_cast<const kernels::BoxCopyOp*>(*d_ops);
     const auto* t = static_cast<const kernels::BoxTile*>(*d_tiles);
-    if (absl::Status s = CudaStatus(kernels::LaunchBoxCopy(o, t, static_cast<int>(tiles.size()), *st), "box copy kernel");
-        !s.ok() || word_base == nullptr) {
-      return s;
+    if (copy) {
+      if (absl::Status s = CudaStatus(kernels::LaunchBoxCopy(o, t, static_cast<int>(tiles.size()), *st), "box copy kernel");
+          !s.ok()) {
+        return s;
+      }
     }
+    if (word_base == nullptr) return absl::OkStatus();
     auto d_words = Upload(device, *st, word_base, n * sizeof(uint64_t));
     if (!d_words.ok()) return d_words.status();
     auto d_slot = Slot(device, *st, slot);
