@@ -410,19 +410,18 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
                                                      " needs ", need));
     }
     void* ptr = nullptr;
-    const int device_before = rank->shards.empty() ? -2 : rank->device;
+    int device = -1;
     if (b.memory == BufferArg::Memory::kHostShm) {
       auto p = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw);
       if (!p.ok()) return p.status();
       ptr = *p;
-      rank->device = -1;
     } else {
       rank->cuda = session->cuda.get();
       auto r = session->cuda->Acquire(b.cuda_handle, b.device_uuid, b.offset, b.nbytes, bw);
       if (!r.ok()) return r.status();
       rank->cuda_handles.push_back(b.cuda_handle);
       ptr = r->ptr;
-      rank->device = r->device;
+      device = r->device;
       if (!b.event_handle.empty()) {
         auto ev = session->cuda->OpenEvent(b.event_handle, r->device, bw);
         if (!ev.ok()) return ev.status();
@@ -431,12 +430,13 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
         }
       }
     }
-    if (device_before != -2 && device_before != rank->device) {
+    if (!rank->shards.empty() && device != rank->device) {
       auto where = [](int d) { return d < 0 ? std::string("host shared memory") : absl::StrCat("GPU ", d); };
       return absl::InvalidArgumentError(absl::StrCat(
-          bw, " is in ", where(rank->device), " but the rank's earlier buffers are in ", where(device_before),
-          "; every buffer of a rank must be in the same place"));
+          bw, " is in ", where(device), " but buffer '", rank->shards[0].name, "' of this rank is in ",
+          where(rank->device), "; every buffer of a rank must be in the same place"));
     }
+    rank->device = device;
     rank->shards.push_back(std::move(shard));
     rank->live.push_back(ptr);
     rank->strides.push_back(b.strides);

@@ -32,11 +32,6 @@ class CudaContext final : public ExecContext {
 
   absl::StatusOr<std::unique_ptr<memory::Buffer>> Allocate(int device, uint64_t bytes,
                                                            const std::string& what) override {
-    if (device < 0) {
-      auto b = memory::HostBuffer::Allocate(bytes, what);
-      if (!b.ok()) return b.status();
-      return std::unique_ptr<memory::Buffer>(std::move(*b));
-    }
     auto b = memory::DeviceBuffer::Allocate(device, bytes, what);
     if (!b.ok()) return b.status();
     return std::unique_ptr<memory::Buffer>(std::move(*b));

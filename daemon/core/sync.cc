@@ -428,17 +428,23 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       }
     }
   }
+  std::set<int> dst_devices;
+  for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
   if (on_gpu) {
-    // Kernels run on the target's device and read sources over P2P.
+    // Kernels run on the target's device and read sources over P2P: the
+    // buckets' pairs, and every pair when LoRA operands are gathered.
     std::set<std::pair<int, int>> pairs;
     for (const layout::Bucket& bk : plan->buckets) {
       pairs.insert({dst_side[bk.dst_endpoint].rank->device, src_ranks[bk.src_endpoint]->device});
     }
+    if (!active.empty()) {
+      for (int d : dst_devices) {
+        for (RankReg* r : src_ranks) pairs.insert({d, r->device});
+      }
+    }
     for (const auto& [d, from] : pairs) {
       if (absl::Status s = ctx->EnablePeer(d, from); !s.ok()) return fail(s);
     }
-    std::set<int> dst_devices;
-    for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
     for (RankReg* r : src_ranks) {
       for (void* ev : r->events) {
         for (int d : dst_devices) {
@@ -469,8 +475,6 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                                           gplan.status().message()));
       return status;
     }
-    std::set<int> dst_devices;
-    for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
     for (int d : dst_devices) {
       std::vector<kernels::BoxCopyOp> ops;
       std::vector<void*> ptrs;
@@ -482,9 +486,6 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       }
       for (const layout::CopyOp& c : gplan->ops) {
         RankReg* sr = src_ranks[c.src_endpoint];
-        if (on_gpu) {
-          if (absl::Status s = ctx->EnablePeer(d, sr->device); !s.ok()) return fail(s);
-        }
         ops.push_back(layout::LowerCopy(
             c, {&sr->shards[c.src_shard], sr->strides[c.src_shard].empty() ? nullptr : sr->strides[c.src_shard].data(),
                 sr->live[c.src_shard]},

@@ -77,57 +77,34 @@ class CudaLeaseImpl final : public CudaLease {
     auto device = DeviceOrdinal(device_uuid);
     if (!device.ok()) return absl::Status(device.status().code(), absl::StrCat(what, ": ", device.status().message()));
     absl::MutexLock lock(&mu_);
+    absl::MutexLock g(&g_mu);
+    auto it = Handles().find(handle);
+    const bool fresh = it == Handles().end();
     OpenHandle h;
-    {
-      absl::MutexLock g(&g_mu);
-      auto it = Handles().find(handle);
-      if (it != Handles().end()) {
-        h = it->second;
-        if (h.device != *device) {
-          return absl::InvalidArgumentError(absl::StrCat(what, ": CUDA IPC handle ", HandleId(handle),
-                                                         " is open on device ", h.device, ", not ", device_uuid));
-        }
-      } else {
-        if (absl::Status s = CudaStatus(cudaSetDevice(*device), absl::StrCat(what, ": cudaSetDevice(", *device, ")"));
-            !s.ok()) {
-          return s;
-        }
-        cudaIpcMemHandle_t mh;
-        std::memcpy(&mh, handle.data(), sizeof(mh));
-        void* base = nullptr;
-        cudaError_t e = cudaIpcOpenMemHandle(&base, mh, cudaIpcMemLazyEnablePeerAccess);
-        if (e != cudaSuccess) {
-          cudaGetLastError();
-          return absl::FailedPreconditionError(absl::StrCat(
-              what, ": cannot open CUDA IPC handle ", HandleId(handle), " on ", device_uuid, ": ",
-              cudaGetErrorName(e), " (", cudaGetErrorString(e),
-              "); the handle must come from cudaIpcGetMemHandle on an allocation base of a live process"));
-        }
-        auto range = AddressRangeFn();
-        CUdeviceptr rbase = 0;
-        size_t rsize = 0;
-        if (!range.ok() || (*range)(&rbase, &rsize, reinterpret_cast<CUdeviceptr>(base)) != CUDA_SUCCESS) {
-          cudaIpcCloseMemHandle(base);
-          return absl::InternalError(absl::StrCat(what, ": cuMemGetAddressRange failed on the opened handle ",
-                                                  HandleId(handle)));
-        }
-        h = {base, static_cast<uint64_t>(rsize) - (reinterpret_cast<uint64_t>(base) - rbase), *device, 0};
-        Handles()[handle] = h;
-        Logger("memory")->debug("opened CUDA IPC handle {} on device {} ({} bytes) for {}", HandleId(handle),
-                                *device, h.size, client_);
+    if (fresh) {
+      auto opened = Open(handle, *device, device_uuid, what);
+      if (!opened.ok()) return opened.status();
+      h = *opened;
+    } else {
+      h = it->second;
+      if (h.device != *device) {
+        return absl::InvalidArgumentError(absl::StrCat(what, ": CUDA IPC handle ", HandleId(handle),
+                                                       " was registered earlier on GPU ", h.device, ", not on ",
+                                                       device_uuid));
       }
-      if (offset > h.size || nbytes > h.size - offset) {
-        if (h.leases == 0 && !refs_.count(handle)) {
-          cudaSetDevice(h.device);
-          cudaIpcCloseMemHandle(h.base);
-          Handles().erase(handle);
-        }
-        return absl::InvalidArgumentError(absl::StrCat(what, ": bytes [", offset, ", ", offset + nbytes,
-                                                       ") are outside the CUDA allocation of ", h.size,
-                                                       " bytes (handle ", HandleId(handle), ")"));
-      }
-      if (refs_[handle]++ == 0) Handles()[handle].leases++;
     }
+    if (offset > h.size || nbytes > h.size - offset) {
+      if (fresh) Close(h);
+      return absl::InvalidArgumentError(absl::StrCat(what, ": bytes [", offset, ", ", offset + nbytes,
+                                                     ") are outside the CUDA allocation of ", h.size,
+                                                     " bytes (handle ", HandleId(handle), ")"));
+    }
+    if (fresh) {
+      Handles()[handle] = h;
+      Logger("memory")->debug("opened CUDA IPC handle {} on GPU {} ({} bytes) for {}", HandleId(handle), h.device,
+                              h.size, client_);
+    }
+    if (refs_[handle]++ == 0) Handles()[handle].leases++;
     return Range{static_cast<char*>(h.base) + offset, h.device};
   }
 
@@ -169,14 +146,48 @@ class CudaLeaseImpl final : public CudaLease {
   }
 
  private:
+  // Opens `handle` on `device` and measures the allocation from its base.
+  static absl::StatusOr<OpenHandle> Open(const std::string& handle, int device, const std::string& device_uuid,
+                                         const std::string& what) {
+    if (absl::Status s = CudaStatus(cudaSetDevice(device), absl::StrCat(what, ": cudaSetDevice(", device, ")"));
+        !s.ok()) {
+      return s;
+    }
+    cudaIpcMemHandle_t mh;
+    std::memcpy(&mh, handle.data(), sizeof(mh));
+    void* base = nullptr;
+    cudaError_t e = cudaIpcOpenMemHandle(&base, mh, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, ": cannot open CUDA IPC handle ", HandleId(handle), " on ", device_uuid, ": ", cudaGetErrorName(e),
+          " (", cudaGetErrorString(e),
+          "); the handle must come from cudaIpcGetMemHandle on an allocation base of a live process"));
+    }
+    auto range = AddressRangeFn();
+    CUdeviceptr rbase = 0;
+    size_t rsize = 0;
+    if (!range.ok() || (*range)(&rbase, &rsize, reinterpret_cast<CUdeviceptr>(base)) != CUDA_SUCCESS) {
+      cudaIpcCloseMemHandle(base);
+      return absl::InternalError(
+          absl::StrCat(what, ": cuMemGetAddressRange failed on the opened handle ", HandleId(handle)));
+    }
+    return OpenHandle{base, static_cast<uint64_t>(rsize) - (reinterpret_cast<uint64_t>(base) - rbase), device, 0};
+  }
+
+  static bool Close(const OpenHandle& h) {
+    cudaSetDevice(h.device);
+    if (cudaIpcCloseMemHandle(h.base) == cudaSuccess) return true;
+    cudaGetLastError();
+    return false;
+  }
+
   // Gives up this lease's share of `handle`.
   void CloseLocked(const std::string& handle) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     absl::MutexLock g(&g_mu);
     auto it = Handles().find(handle);
     if (it == Handles().end() || --it->second.leases > 0) return;
-    cudaSetDevice(it->second.device);
-    if (cudaIpcCloseMemHandle(it->second.base) != cudaSuccess) {
-      cudaGetLastError();
+    if (!Close(it->second)) {
       Logger("memory")->warn("closing CUDA IPC handle {} of {} failed", HandleId(handle), client_);
     } else {
       Logger("memory")->debug("closed CUDA IPC handle {} of {}", HandleId(handle), client_);
@@ -222,10 +233,12 @@ DeviceBuffer::~DeviceBuffer() {
 }
 
 absl::StatusOr<int> DeviceOrdinal(const std::string& device_uuid) {
-  auto gpus = kernels::ListGpus();
-  if (!gpus.ok()) return gpus.status();
+  // The visible GPUs do not change during a process's life: query them once,
+  // not for every buffer registered.
+  static const auto* gpus = new absl::StatusOr<std::vector<kernels::GpuInfo>>(kernels::ListGpus());
+  if (!gpus->ok()) return gpus->status();
   std::string names;
-  for (const kernels::GpuInfo& g : *gpus) {
+  for (const kernels::GpuInfo& g : **gpus) {
     if (g.uuid == device_uuid) return g.ordinal;
     absl::StrAppend(&names, names.empty() ? "" : ", ", g.uuid);
   }
