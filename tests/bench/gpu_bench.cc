@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "client/cpp/wsync_client.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 #include "daemon/server/server.h"
@@ -280,39 +279,18 @@ testing::GpuScenario Scenario(const std::string& name, uint64_t) {
 }
 
 void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
-  char tmpl[] = "/tmp/wsync-gpu-bench-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) std::exit(1);
-  const std::string dir = tmpl;
-  const std::string socket = dir + "/wsyncd.sock";
-  auto t = testing::GpuChild::Spawn(socket, "trainer", trainer);
-  auto g = testing::GpuChild::Spawn(socket, "generator", gen);
-  if (!t.ok() || !g.ok()) std::exit(1);
   server::Options o;
-  o.socket = socket;
   o.log.level = "warn";
-  auto s = server::Server::Start(o);
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+  auto d = testing::ColocatedDaemon::Start(trainer, gen, o);
+  if (!d.ok()) {
+    std::fprintf(stderr, "%s -> %s: %s\n", trainer.c_str(), gen.c_str(), d.status().ToString().c_str());
     std::exit(1);
   }
-  for (auto* c : {t->get(), g->get()}) {
-    if (absl::Status st = c->WaitRegistered(); !st.ok()) {
-      std::fprintf(stderr, "%s\n", st.ToString().c_str());
-      std::exit(1);
-    }
-  }
-  client::ConnectOptions co;
-  co.socket = socket;
-  auto driver = client::Client::Attach(co, "bench");
-  if (!driver.ok()) std::exit(1);
   std::vector<double> rpc, daemon;
   uint64_t bytes = 0;
   for (int i = 0; i <= reps; ++i) {  // version 1 builds the plan and the staging: not counted
-    v1::SyncRequest req;
-    req.set_model_id("llama7b");
-    req.set_version(i + 1);
     auto t0 = std::chrono::steady_clock::now();
-    auto r = (*driver)->Sync(req, nullptr);
+    auto r = (*d)->Sync("llama7b", i + 1);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!r.ok()) {
       std::fprintf(stderr, "sync failed: %s\n", r.status().ToString().c_str());
@@ -325,6 +303,7 @@ void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
   }
   std::sort(rpc.begin(), rpc.end());
   std::sort(daemon.begin(), daemon.end());
+  d->reset();  // frees the children's buffers and the staging before the baseline allocates
   // Baseline: one D2D copy of the model's bytes.
   char *a, *b;
   CK(cudaMalloc(&a, bytes));
@@ -335,21 +314,18 @@ void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
   std::printf("%-12s -> %-13s %8.2f GiB  p50 %7.2f ms (daemon %7.2f ms, p90 %7.2f)  D2D %6.2f ms  D2D/p50 %4.0f%%\n",
               trainer.c_str(), gen.c_str(), bytes / double(1ull << 30), rpc[rpc.size() / 2], daemon[daemon.size() / 2],
               rpc[rpc.size() * 9 / 10], d2d, 100.0 * d2d / rpc[rpc.size() / 2]);
-  driver->reset();
-  t->reset();
-  g->reset();
-  (*s)->Shutdown();
 }
 
 }  // namespace
 }  // namespace wsync
 
 int main(int argc, char** argv) {
+  // Children get --quick through the environment (their argv is the child's).
+  wsync::g_quick = std::getenv("WSYNC_BENCH_QUICK") != nullptr;
   for (int i = 1; i < argc; ++i) wsync::g_quick |= std::string(argv[i]) == "--quick";
-  if (argc == 6) wsync::g_quick = std::getenv("WSYNC_BENCH_QUICK") != nullptr;
+  if (wsync::g_quick) setenv("WSYNC_BENCH_QUICK", "1", 1);
   int child = wsync::testing::MaybeRunGpuChild(argc, argv, wsync::Scenario);
   if (child >= 0) return child;
-  if (wsync::g_quick) setenv("WSYNC_BENCH_QUICK", "1", 1);  // children see it
   auto gpus = wsync::kernels::ListGpus();
   if (!gpus.ok() || gpus->empty()) {
     std::fprintf(stderr, "no GPU: %s\n", gpus.status().ToString().c_str());

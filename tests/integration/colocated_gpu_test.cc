@@ -10,10 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/cpp/wsync_client.h"
-#include "daemon/server/server.h"
 #include "tests/testing/gpu_child.h"
-#include "tests/testing/process.h"
 
 namespace wsync {
 namespace {
@@ -129,111 +126,75 @@ std::vector<uint8_t> ExpectedBf16(int t, uint64_t seed) {
   return out;
 }
 
-struct Setup {
-  Setup(const std::string& trainer, const std::string& gen, int64_t delay_ms = 0) {
-    dir = testing::MakeTempDir();
-    socket = dir + "/wsyncd.sock";
-    // Children first: this process must not have touched CUDA when it forks.
-    auto t = GpuChild::Spawn(socket, "trainer", trainer);
-    auto g = GpuChild::Spawn(socket, "generator", gen);
-    REQUIRE(t.ok());
-    REQUIRE(g.ok());
-    this->trainer = std::move(*t);
-    this->gen = std::move(*g);
-    server::Options o;
-    o.socket = socket;
-    o.fault_bucket_delay_ms = delay_ms;
-    auto s = server::Server::Start(o);
-    INFO(s.status().ToString());
-    REQUIRE(s.ok());
-    server = std::move(*s);
-    absl::Status tr = this->trainer->WaitRegistered();
-    INFO(tr.ToString());
-    REQUIRE(tr.ok());
-    absl::Status gr = this->gen->WaitRegistered();
-    INFO(gr.ToString());
-    REQUIRE(gr.ok());
-    client::ConnectOptions co;
-    co.socket = socket;
-    auto c = client::Client::Attach(co, "driver");
-    REQUIRE(c.ok());
-    driver = std::move(*c);
+// A daemon here, a trainer and a generator child; fails the test if any
+// part does not come up.
+std::unique_ptr<testing::ColocatedDaemon> Start(const std::string& trainer, const std::string& gen,
+                                                int64_t delay_ms = 0) {
+  server::Options o;
+  o.fault_bucket_delay_ms = delay_ms;
+  auto d = testing::ColocatedDaemon::Start(trainer, gen, o);
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  return std::move(*d);
+}
+
+void CheckGenerator(testing::ColocatedDaemon& d, uint64_t seed) {
+  for (int t = 0; t < 3; ++t) {
+    auto got = d.generator().Read(0, t);
+    REQUIRE(got.ok());
+    INFO("tensor " << kTensors[t].name << ", seed " << seed);
+    CHECK(*got == ExpectedBf16(t, seed));
   }
-  ~Setup() {
-    driver.reset();
-    trainer.reset();
-    gen.reset();
-    server->Shutdown();
-  }
-  absl::StatusOr<v1::SyncResult> Sync(uint64_t version, uint64_t bucket_bytes = 0) {
-    v1::SyncRequest req;
-    req.set_model_id("m");
-    req.set_version(version);
-    req.set_max_bucket_bytes(bucket_bytes);
-    return driver->Sync(req, nullptr);
-  }
-  void CheckGenerator(uint64_t seed) {
-    for (int t = 0; t < 3; ++t) {
-      auto got = gen->Read(0, t);
-      REQUIRE(got.ok());
-      INFO("tensor " << kTensors[t].name << ", seed " << seed);
-      CHECK(*got == ExpectedBf16(t, seed));
-    }
-  }
-  std::string dir, socket;
-  std::unique_ptr<GpuChild> trainer, gen;
-  std::unique_ptr<server::Server> server;
-  std::unique_ptr<client::Client> driver;
-};
+}
 
 TEST_CASE("colocated GPU sync: TP=2 fp32 trainer -> TP=1 bf16 generator, staged and in place", "[gpu]") {
   for (const char* mode : {"gen-staged", "gen-in_place"}) {
     INFO(mode);
-    Setup s("trainer-tp2", mode);
-    auto r1 = s.Sync(1);
+    auto d = Start("trainer-tp2", mode);
+    auto r1 = d->Sync("m", 1);
     INFO(r1.status().ToString());
     REQUIRE(r1.ok());
     CHECK(r1->version() == 1);
-    s.CheckGenerator(1);
-    REQUIRE(s.trainer->Fill(2).ok());
-    auto r2 = s.Sync(2, 1024);  // several buckets
+    CheckGenerator(*d, 1);
+    REQUIRE(d->trainer().Fill(2).ok());
+    auto r2 = d->Sync("m", 2, 1024);  // several buckets
     INFO(r2.status().ToString());
     REQUIRE(r2.ok());
     CHECK(r2->buckets() > 3);
-    s.CheckGenerator(2);
-    auto again = s.Sync(2);  // a retry of a committed version moves nothing
+    CheckGenerator(*d, 2);
+    auto again = d->Sync("m", 2);  // a retry of a committed version moves nothing
     REQUIRE(again.ok());
   }
 }
 
 TEST_CASE("colocated GPU sync: TP=1 -> TP=1", "[gpu]") {
-  Setup s("trainer-tp1", "gen-staged");
-  auto r = s.Sync(1);
+  auto d = Start("trainer-tp1", "gen-staged");
+  auto r = d->Sync("m", 1);
   INFO(r.status().ToString());
   REQUIRE(r.ok());
-  s.CheckGenerator(1);
+  CheckGenerator(*d, 1);
 }
 
 TEST_CASE("killing the trainer mid-sync leaves the generator on its previous version", "[gpu]") {
-  Setup s("trainer-tp2", "gen-staged", /*delay_ms=*/150);
-  REQUIRE(s.Sync(1).ok());
-  s.CheckGenerator(1);
-  REQUIRE(s.trainer->Fill(2).ok());
+  auto d = Start("trainer-tp2", "gen-staged", /*delay_ms=*/150);
+  REQUIRE(d->Sync("m", 1).ok());
+  CheckGenerator(*d, 1);
+  REQUIRE(d->trainer().Fill(2).ok());
   absl::StatusOr<v1::SyncResult> r2 = absl::UnknownError("not run");
-  std::thread t([&] { r2 = s.Sync(2, 1024); });
+  std::thread t([&] { r2 = d->Sync("m", 2, 1024); });
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  s.trainer->Kill();
+  d->trainer().Kill();
   t.join();
   INFO(r2.status().ToString());
   REQUIRE_FALSE(r2.ok());
   CHECK(r2.status().code() == absl::StatusCode::kAborted);
   CHECK_THAT(std::string(r2.status().message()), Catch::Contains("trainer"));
-  s.CheckGenerator(1);  // staged: the live buffers still hold version 1
-  auto st = s.driver->GetStatus();
+  CheckGenerator(*d, 1);  // staged: the live buffers still hold version 1
+  auto st = d->driver().GetStatus();
   REQUIRE(st.ok());
   REQUIRE(st->models_size() == 1);
   for (const auto& rep : st->models(0).replicas()) CHECK(rep.version() == 1);
-  auto r3 = s.Sync(3);  // the trainer's ranks are gone: a precise refusal
+  auto r3 = d->Sync("m", 3);  // the trainer's ranks are gone: a precise refusal
   REQUIRE_FALSE(r3.ok());
   CHECK(r3.status().code() == absl::StatusCode::kFailedPrecondition);
 }

@@ -56,7 +56,9 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
     Reply("err " + why);
     return 1;
   };
-  if (cudaSetDevice(device) != cudaSuccess) return fail("cudaSetDevice failed");
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
+    return fail(absl::StrCat("cudaSetDevice(", device, "): ", cudaGetErrorString(e)));
+  }
   GpuScenario sc = scenarios(scenario, 1);
   // One allocation per rank, carved into 256-byte aligned buffers, so that
   // registrations exercise offsets from the allocation base.
@@ -69,7 +71,9 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
       total += (Size(sc.ranks[r], i) + 255) / 256 * 256;
     }
     char* base = nullptr;
-    if (cudaMalloc(reinterpret_cast<void**>(&base), total + 256) != cudaSuccess) return fail("cudaMalloc failed");
+    if (cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&base), total + 256); e != cudaSuccess) {
+      return fail(absl::StrCat("cudaMalloc(", total + 256, " bytes) for rank ", r, ": ", cudaGetErrorString(e)));
+    }
     for (size_t i = 0; i < offs.size(); ++i) ptrs[r].push_back(base + 256 + offs[i]);
   }
   auto fill = [&](const GpuScenario& s, uint64_t seed) {
@@ -228,6 +232,53 @@ absl::Status GpuChild::Fill(uint64_t seed) {
   if (!l.ok()) return l.status();
   if (*l != "ok") return absl::InternalError(absl::StrCat("GPU child: ", *l));
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ColocatedDaemon>> ColocatedDaemon::Start(const std::string& trainer,
+                                                                        const std::string& generator,
+                                                                        server::Options options) {
+  char dir[] = "/tmp/wsync-gpu-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return absl::InternalError("mkdtemp failed");
+  options.socket = std::string(dir) + "/wsyncd.sock";
+  std::unique_ptr<ColocatedDaemon> d(new ColocatedDaemon);
+  d->dir_ = dir;
+  // Children first: they exec a fresh image, the daemon comes up meanwhile.
+  auto t = GpuChild::Spawn(options.socket, "trainer", trainer);
+  if (!t.ok()) return t.status();
+  d->trainer_ = std::move(*t);
+  auto g = GpuChild::Spawn(options.socket, "generator", generator);
+  if (!g.ok()) return g.status();
+  d->generator_ = std::move(*g);
+  auto s = server::Server::Start(options);
+  if (!s.ok()) return s.status();
+  d->server_ = std::move(*s);
+  if (absl::Status st = d->trainer_->WaitRegistered(); !st.ok()) return st;
+  if (absl::Status st = d->generator_->WaitRegistered(); !st.ok()) return st;
+  client::ConnectOptions co;
+  co.socket = options.socket;
+  auto c = client::Client::Attach(co, "driver");
+  if (!c.ok()) return c.status();
+  d->driver_ = std::move(*c);
+  return d;
+}
+
+ColocatedDaemon::~ColocatedDaemon() {
+  driver_.reset();
+  trainer_.reset();
+  generator_.reset();
+  if (server_) server_->Shutdown();
+  server_.reset();
+  unlink((dir_ + "/wsyncd.sock").c_str());
+  rmdir(dir_.c_str());
+}
+
+absl::StatusOr<v1::SyncResult> ColocatedDaemon::Sync(const std::string& model, uint64_t version,
+                                                     uint64_t bucket_bytes) {
+  v1::SyncRequest req;
+  req.set_model_id(model);
+  req.set_version(version);
+  req.set_max_bucket_bytes(bucket_bytes);
+  return driver_->Sync(req, nullptr);
 }
 
 }  // namespace wsync::testing

@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/cpp/wsync_client.h"
+#include "daemon/server/server.h"
 #include "wsync/v1/wsync.pb.h"
 
 namespace wsync::testing {
@@ -71,6 +73,34 @@ class GpuChild {
   absl::StatusOr<std::string> ReadLine();
   pid_t pid_ = -1;
   int to_ = -1, from_ = -1;
+};
+
+// A daemon in this process serving a trainer child and a generator child
+// (scenarios `trainer` and `generator`), plus a client of its own that
+// drives syncs. Not thread-safe.
+class ColocatedDaemon {
+ public:
+  // Spawns both children, then starts the daemon (on a socket in a fresh
+  // /tmp directory, other settings from `options`) and waits until both
+  // children have registered. Call before this process forks anything else.
+  static absl::StatusOr<std::unique_ptr<ColocatedDaemon>> Start(const std::string& trainer,
+                                                                const std::string& generator,
+                                                                server::Options options = {});
+  // Stops the driver, kills the children, shuts the daemon down, removes
+  // its directory.
+  ~ColocatedDaemon();
+
+  absl::StatusOr<v1::SyncResult> Sync(const std::string& model, uint64_t version, uint64_t bucket_bytes = 0);
+  GpuChild& trainer() { return *trainer_; }
+  GpuChild& generator() { return *generator_; }
+  client::Client& driver() { return *driver_; }
+
+ private:
+  ColocatedDaemon() = default;
+  std::string dir_;
+  std::unique_ptr<GpuChild> trainer_, generator_;
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<client::Client> driver_;
 };
 
 }  // namespace wsync::testing
