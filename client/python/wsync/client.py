@@ -26,15 +26,22 @@ def _is_cuda_tensor(x):
     return getattr(x, "is_cuda", False) is True
 
 
+def _torch_dtypes():
+    """wsync dtype name -> torch dtype (torch is an optional dependency)."""
+    import torch
+    out = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if hasattr(torch, "float8_e4m3fn"):
+        out["fp8_e4m3"] = torch.float8_e4m3fn
+    return out
+
+
 def cuda_buffer_spec(name, tensor, ready_event=None):
     """A BufferSpec for a torch CUDA tensor: the CUDA IPC handle of the base
     of the caching allocator's block that holds it (PyTorch's storage
     sharing), the tensor's byte offset in that block, its GPU's UUID, its
     shape, dtype and element strides."""
     import torch  # optional dependency
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    if hasattr(torch, "float8_e4m3fn"):
-        names[torch.float8_e4m3fn] = "fp8_e4m3"
+    names = {t: n for n, t in _torch_dtypes().items()}
     if tensor.dtype not in names:
         raise ValueError(f"buffer {name!r}: dtype {tensor.dtype} is not one of {sorted(map(str, names))}")
     dtype = names[tensor.dtype]
@@ -189,7 +196,7 @@ class Client:
         """A CPU torch tensor in shared memory (requires torch)."""
         import torch  # optional dependency
         arr = self.empty(shape, dtype)
-        tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        tdtype = _torch_dtypes()[dtype]
         t = torch.frombuffer(memoryview(arr).cast("B"), dtype=tdtype).view(*shape)
         self._arrays[id(t)] = self._arrays[id(arr)]
         return t
