@@ -255,15 +255,8 @@ testing::GpuScenario Scenario(const std::string& name, uint64_t) {
       std::abort();
     }
     testing::GpuRank rank;
+    rank.request = testing::RankRequest("llama7b", name, r, tp);
     auto& req = rank.request;
-    req.set_model_id("llama7b");
-    req.set_role(trainer ? v1::SOURCE : v1::TARGET);
-    if (!trainer) {
-      req.set_replica_id("gen");
-      req.set_update_mode(name == "gen-in_place" ? v1::IN_PLACE : v1::STAGED);
-    }
-    req.mutable_rank()->set_tp(r);
-    req.mutable_rank()->set_tp_size(tp);
     req.mutable_recipe()->set_name(recipe);
     for (const layout::ShardSpec& s : *shards) {
       auto* b = req.add_buffers();

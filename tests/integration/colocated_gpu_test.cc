@@ -71,15 +71,8 @@ GpuScenario Scenario(const std::string& name, uint64_t seed) {
   }
   for (int r = 0; r < tp; ++r) {
     GpuRank rank;
+    rank.request = testing::RankRequest("m", name, r, tp);
     auto& req = rank.request;
-    req.set_model_id("m");
-    req.set_role(trainer ? v1::SOURCE : v1::TARGET);
-    if (!trainer) {
-      req.set_replica_id("gen");
-      req.set_update_mode(name == "gen-in_place" ? v1::IN_PLACE : v1::STAGED);
-    }
-    req.mutable_rank()->set_tp(r);
-    req.mutable_rank()->set_tp_size(tp);
     for (int t = 0; t < 3; ++t) {
       const Tensor& T = kTensors[t];
       const int64_t rows = T.split == 0 ? T.rows / tp : T.rows, cols = T.split == 1 ? T.cols / tp : T.cols;

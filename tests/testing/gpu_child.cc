@@ -148,6 +148,20 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
 
 }  // namespace
 
+v1::RegisterShardsRequest RankRequest(const std::string& model, const std::string& scenario, int tp, int tp_size) {
+  v1::RegisterShardsRequest req;
+  const bool trainer = scenario.rfind("trainer", 0) == 0;
+  req.set_model_id(model);
+  req.set_role(trainer ? v1::SOURCE : v1::TARGET);
+  if (!trainer) {
+    req.set_replica_id("gen");
+    req.set_update_mode(scenario == "gen-in_place" ? v1::IN_PLACE : v1::STAGED);
+  }
+  req.mutable_rank()->set_tp(tp);
+  req.mutable_rank()->set_tp_size(tp_size);
+  return req;
+}
+
 int MaybeRunGpuChild(int argc, char** argv, const GpuScenarioFn& scenarios) {
   if (argc != 6 || std::string(argv[1]) != "--gpu-child") return -1;
   int device = 0;
