@@ -40,7 +40,19 @@ struct P2P {
   uint32_t tag = 0;      // pairs a send with the peer's recv of the same tag
 };
 
-// A group of `size` ranks. Not thread-safe: one caller at a time.
+// A posted transfer, completed by Wait.
+class Transfer {
+ public:
+  // Waits for the transfer; if it never completes, the communicator's
+  // timeout or Abort ends the wait with an error.
+  virtual ~Transfer() = default;
+  // Completes this rank's part: receives, forwards and sends. Errors
+  // poison the communicator.
+  virtual absl::Status Wait() = 0;
+};
+
+// A group of `size` ranks. Not thread-safe: one caller at a time, except
+// Abort, which any thread may call.
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -54,6 +66,21 @@ class Communicator {
 
   // Sends `bytes` from `root` to every other rank into the same address.
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+
+  // A pipelined chain broadcast: `chain[0]` holds `bytes` at `data`; every
+  // other rank of the chain receives them into its `data`, forwarding each
+  // chunk of `chunk_bytes` to the next rank as soon as it arrives, so that
+  // k receivers take about the time of one plus k-1 chunks. Only ranks in
+  // the chain call it, each with the same arguments; `tag` tells concurrent
+  // transfers apart. The base implementation moves whole buffers hop by hop
+  // through Exchange (no overlap); Gloo overrides it with chunked pipelining.
+  virtual absl::StatusOr<std::unique_ptr<Transfer>> StartChain(void* data, size_t bytes,
+                                                               const std::vector<int>& chain,
+                                                               uint32_t tag, size_t chunk_bytes);
+
+  // Ends every pending and later call with ABORTED naming `reason`, and
+  // poisons the communicator. Thread-safe; idempotent.
+  virtual void Abort(const std::string& reason) = 0;
 
   // Whether an error has poisoned this communicator, and which.
   virtual absl::Status error() const = 0;

@@ -14,6 +14,7 @@ class FakeComm : public Communicator {
   absl::Status Exchange(const std::vector<P2P>&) override { return error_; }
   absl::Status Broadcast(void*, size_t, int) override { return error_; }
   absl::Status error() const override { return error_; }
+  void Abort(const std::string& why) override { error_ = absl::AbortedError(why); }
   absl::Status error_;
   int rank_;
 };

@@ -1,5 +1,7 @@
 #include <exception>
+#include <algorithm>
 #include <map>
+#include <set>
 
 #include <gloo/broadcast.h>
 #include <gloo/rendezvous/context.h>
@@ -72,55 +74,59 @@ class GlooCommunicator final : public Communicator {
 
   int rank() const override { return ctx_->rank; }
   int size() const override { return ctx_->size; }
-  absl::Status error() const override { return error_; }
+  absl::Status error() const override {
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+
+  void Abort(const std::string& reason) override {
+    absl::MutexLock lock(&mu_);
+    if (!error_.ok()) return;
+    error_ = absl::AbortedError(absl::StrCat("rank ", ctx_->rank, ": transfer aborted: ", reason));
+    Logger("transport")->warn("communicator aborted: {}", reason);
+    for (gloo::transport::UnboundBuffer* b : pending_) {
+      b->abortWaitSend();
+      b->abortWaitRecv();
+    }
+  }
 
   absl::Status Exchange(const std::vector<P2P>& ops) override {
-    if (!error_.ok()) return Poisoned();
+    if (absl::Status e = error(); !e.ok()) return Poisoned(e);
     std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> bufs;
+    for (const P2P& op : ops) {
+      if (op.peer < 0 || op.peer >= size() || op.peer == rank()) {
+        return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": invalid peer ", op.peer));
+      }
+    }
     try {
       for (const P2P& op : ops) {
-        if (op.peer < 0 || op.peer >= size() || op.peer == rank()) {
-          return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": invalid peer ", op.peer));
-        }
-        bufs.push_back(ctx_->createUnboundBuffer(op.data, op.bytes));
-        if (op.kind == P2P::Kind::kSend) {
-          bufs.back()->send(op.peer, op.tag);
-        } else {
-          bufs.back()->recv(op.peer, op.tag);
-        }
+        bufs.push_back(Post(op.kind, op.data, op.bytes, op.peer, op.tag));
       }
-      const auto deadline = std::chrono::steady_clock::now() + timeout_;
-      std::vector<std::string> late;
       for (size_t i = 0; i < ops.size(); ++i) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        const auto wait = std::max(left, std::chrono::milliseconds(1));
-        bool done = false;
-        try {
-          done = ops[i].kind == P2P::Kind::kSend ? bufs[i]->waitSend(wait) : bufs[i]->waitRecv(wait);
-        } catch (const std::exception& e) {
-          if (std::string(e.what()).find("Timed out") == std::string::npos) throw;
+        absl::Status s = WaitOne(bufs[i].get(), ops[i].kind, ops[i].peer,
+                                 absl::StrCat("tag ", ops[i].tag, ", ", ops[i].bytes, " bytes"));
+        if (!s.ok()) {
+          Forget(bufs);
+          return s;
         }
-        if (!done) {
-          late.push_back(absl::StrCat(ops[i].kind == P2P::Kind::kSend ? "send to" : "recv from", " rank ",
-                                      ops[i].peer, " (tag ", ops[i].tag, ", ", ops[i].bytes, " bytes)"));
-        }
-      }
-      if (!late.empty()) {
-        return Fail(absl::DeadlineExceededError(absl::StrCat("rank ", rank(), ": ", absl::StrJoin(late, "; "),
-                                                             " did not complete within ", timeout_.count(), " ms")));
       }
     } catch (const std::exception& e) {
+      Forget(bufs);
       std::vector<int> peers;
       for (const P2P& op : ops) peers.push_back(op.peer);
       return Fail(absl::UnavailableError(absl::StrCat("rank ", rank(), ": transfer with rank(s) ",
                                                       absl::StrJoin(peers, ", "), " failed (peer gone?): ",
                                                       e.what())));
     }
+    Forget(bufs);
     return absl::OkStatus();
   }
 
+  absl::StatusOr<std::unique_ptr<Transfer>> StartChain(void* data, size_t bytes, const std::vector<int>& chain,
+                                                       uint32_t tag, size_t chunk_bytes) override;
+
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
-    if (!error_.ok()) return Poisoned();
+    if (absl::Status e = error(); !e.ok()) return Poisoned(e);
     try {
       gloo::BroadcastOptions opts(ctx_);
       opts.setOutput(static_cast<uint8_t*>(data), bytes);
@@ -134,22 +140,155 @@ class GlooCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
- private:
-  absl::Status Fail(absl::Status s) {
-    error_ = s;
-    Logger("transport")->warn("communicator poisoned: {}", s.ToString());
-    return s;
+  // Posts one send or receive and tracks it for Abort. Throws on Gloo errors.
+  std::unique_ptr<gloo::transport::UnboundBuffer> Post(P2P::Kind kind, void* data, size_t bytes, int peer,
+                                                       uint64_t slot) {
+    auto b = ctx_->createUnboundBuffer(data, bytes);
+    {
+      absl::MutexLock lock(&mu_);
+      pending_.insert(b.get());
+    }
+    if (kind == P2P::Kind::kSend) {
+      b->send(peer, slot);
+    } else {
+      b->recv(peer, slot);
+    }
+    return b;
   }
-  absl::Status Poisoned() const {
+
+  // Waits for one posted buffer: OK, or the error that poisons us. Throws
+  // on Gloo I/O errors other than a timeout.
+  absl::Status WaitOne(gloo::transport::UnboundBuffer* b, P2P::Kind kind, int peer, const std::string& what) {
+    bool done = false;
+    try {
+      done = kind == P2P::Kind::kSend ? b->waitSend(timeout_) : b->waitRecv(timeout_);
+    } catch (const std::exception& e) {
+      if (std::string(e.what()).find("Timed out") == std::string::npos) throw;
+      return Fail(absl::DeadlineExceededError(absl::StrCat(
+          "rank ", rank(), ": ", kind == P2P::Kind::kSend ? "send to" : "recv from", " rank ", peer, " (", what,
+          ") did not complete within ", timeout_.count(), " ms (peer stopped?)")));
+    }
+    if (!done) {
+      absl::Status e = error();
+      return e.ok() ? Fail(absl::AbortedError(absl::StrCat("rank ", rank(), ": wait aborted"))) : e;
+    }
+    return absl::OkStatus();
+  }
+
+  void Forget(const std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>>& bufs) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& b : bufs) pending_.erase(b.get());
+  }
+
+  absl::Status Fail(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    if (error_.ok()) {
+      error_ = s;
+      Logger("transport")->warn("communicator poisoned: {}", s.ToString());
+    }
+    return error_;
+  }
+
+ private:
+  absl::Status Poisoned(const absl::Status& e) const {
     return absl::FailedPreconditionError(absl::StrCat(
-        "communicator of rank ", ctx_->rank, " failed earlier and is not reused (", error_.message(), ")"));
+        "communicator of rank ", ctx_->rank, " failed earlier and is not reused (", e.message(), ")"));
   }
 
   std::shared_ptr<gloo::rendezvous::Context> ctx_;
   std::shared_ptr<gloo::transport::Device> dev_;
   std::chrono::milliseconds timeout_;
-  absl::Status error_;
+  mutable absl::Mutex mu_;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::set<gloo::transport::UnboundBuffer*> pending_ ABSL_GUARDED_BY(mu_);
 };
+
+// One rank's part of a chain broadcast: chunk i travels under slot
+// (tag << 24 | i), so the chunks of concurrent transfers never mix.
+class GlooChain final : public Transfer {
+ public:
+  GlooChain(GlooCommunicator* comm, char* data, size_t bytes, int prev, int next, uint32_t tag, size_t chunk)
+      : comm_(comm), data_(data), bytes_(bytes), prev_(prev), next_(next), tag_(tag), chunk_(chunk) {}
+
+  ~GlooChain() override {
+    comm_->Forget(recvs_);
+    comm_->Forget(sends_);
+  }
+
+  size_t chunks() const { return bytes_ == 0 ? 1 : (bytes_ + chunk_ - 1) / chunk_; }
+  size_t len(size_t i) const { return std::min(chunk_, bytes_ - std::min(bytes_, i * chunk_)); }
+  uint64_t slot(size_t i) const { return (static_cast<uint64_t>(tag_) << 24) | i; }
+
+  // Posts what can be posted now: the root's sends, the others' receives.
+  void Post() {
+    for (size_t i = 0; i < chunks(); ++i) {
+      if (prev_ >= 0) {
+        recvs_.push_back(comm_->Post(P2P::Kind::kRecv, data_ + i * chunk_, len(i), prev_, slot(i)));
+      } else {
+        sends_.push_back(comm_->Post(P2P::Kind::kSend, data_ + i * chunk_, len(i), next_, slot(i)));
+      }
+    }
+  }
+
+  absl::Status Wait() override {
+    try {
+      if (prev_ >= 0) {
+        for (size_t i = 0; i < recvs_.size(); ++i) {
+          absl::Status s = comm_->WaitOne(recvs_[i].get(), P2P::Kind::kRecv, prev_,
+                                          absl::StrCat("tag ", tag_, " chunk ", i, " of ", chunks()));
+          if (!s.ok()) return s;
+          if (next_ >= 0) sends_.push_back(comm_->Post(P2P::Kind::kSend, data_ + i * chunk_, len(i), next_, slot(i)));
+        }
+      }
+      for (size_t i = 0; i < sends_.size(); ++i) {
+        absl::Status s = comm_->WaitOne(sends_[i].get(), P2P::Kind::kSend, next_,
+                                        absl::StrCat("tag ", tag_, " chunk ", i, " of ", chunks()));
+        if (!s.ok()) return s;
+      }
+    } catch (const std::exception& e) {
+      return comm_->Fail(absl::UnavailableError(absl::StrCat(
+          "rank ", comm_->rank(), ": chain transfer (tag ", tag_, ") with rank(s) ", prev_ >= 0 ? prev_ : next_,
+          next_ >= 0 && prev_ >= 0 ? absl::StrCat(", ", next_) : "", " failed (peer gone?): ", e.what())));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  GlooCommunicator* comm_;
+  char* data_;
+  size_t bytes_;
+  int prev_, next_;
+  uint32_t tag_;
+  size_t chunk_;
+  std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> recvs_, sends_;
+};
+
+absl::StatusOr<std::unique_ptr<Transfer>> GlooCommunicator::StartChain(void* data, size_t bytes,
+                                                                       const std::vector<int>& chain, uint32_t tag,
+                                                                       size_t chunk_bytes) {
+  if (absl::Status e = error(); !e.ok()) return Poisoned(e);
+  auto me = std::find(chain.begin(), chain.end(), rank());
+  if (chain.size() < 2 || me == chain.end() || chunk_bytes == 0 || tag >= (1u << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": bad chain [", absl::StrJoin(chain, ", "),
+                                                   "] (tag ", tag, ", chunk ", chunk_bytes, " bytes)"));
+  }
+  for (int r : chain) {
+    if (r < 0 || r >= size() || std::count(chain.begin(), chain.end(), r) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": chain [", absl::StrJoin(chain, ", "),
+                                                     "] names rank ", r, " twice or outside the group of ", size()));
+    }
+  }
+  const size_t pos = me - chain.begin();
+  auto t = std::make_unique<GlooChain>(this, static_cast<char*>(data), bytes, pos > 0 ? chain[pos - 1] : -1,
+                                       pos + 1 < chain.size() ? chain[pos + 1] : -1, tag, chunk_bytes);
+  try {
+    t->Post();
+  } catch (const std::exception& e) {
+    return Fail(absl::UnavailableError(absl::StrCat("rank ", rank(), ": posting chain transfer (tag ", tag,
+                                                    ") failed (peer gone?): ", e.what())));
+  }
+  return std::unique_ptr<Transfer>(std::move(t));
+}
 
 }  // namespace
 

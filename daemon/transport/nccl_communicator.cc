@@ -3,10 +3,12 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/common/logging.h"
 
 namespace wsync::transport {
@@ -46,7 +48,14 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return size_; }
   absl::Status error() const override { return error_; }
 
+  void Abort(const std::string& reason) override {
+    absl::MutexLock lock(&abort_mu_);
+    if (abort_reason_.empty()) abort_reason_ = reason;
+    aborted_.store(true);
+  }
+
   absl::Status Exchange(const std::vector<P2P>& ops) override {
+    if (aborted_.load() && comm_ != nullptr) return Watchdog("grouped send/recv");
     if (!error_.ok()) return Poisoned();
     const auto deadline = Clock::now() + options_.timeout;
     if (absl::Status s = Check(ncclGroupStart(), "ncclGroupStart"); !s.ok()) return s;
@@ -84,7 +93,7 @@ class NcclCommunicator final : public Communicator {
       ncclCommGetAsyncError(comm_, &async);
       if (async == ncclSuccess) return absl::OkStatus();
       if (async != ncclInProgress) return Fail(NcclStatus(async, absl::StrCat(what, " (async error)")));
-      if (Clock::now() > deadline) return Watchdog(what);
+      if (Clock::now() > deadline || aborted_.load()) return Watchdog(what);
       std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
   }
@@ -107,7 +116,7 @@ class NcclCommunicator final : public Communicator {
       cudaError_t q = cudaStreamQuery(stream_);
       if (q == cudaSuccess) return absl::OkStatus();
       if (q != cudaErrorNotReady) return Fail(CudaStatus(q, absl::StrCat("rank ", rank_, ": ", what)));
-      if (Clock::now() > deadline) return Watchdog(what);
+      if (Clock::now() > deadline || aborted_.load()) return Watchdog(what);
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
@@ -115,6 +124,11 @@ class NcclCommunicator final : public Communicator {
   absl::Status Watchdog(const std::string& what) {
     ncclCommAbort(comm_);
     comm_ = nullptr;
+    if (aborted_.load()) {
+      absl::MutexLock lock(&abort_mu_);
+      return Fail(absl::AbortedError(absl::StrCat("rank ", rank_, ": ", what, " aborted (", abort_reason_,
+                                                  "); the NCCL communicator was aborted")));
+    }
     return Fail(absl::DeadlineExceededError(absl::StrCat("rank ", rank_, ": ", what, " did not complete within ",
                                                          options_.timeout.count(),
                                                          " ms; the NCCL communicator was aborted")));
@@ -138,6 +152,9 @@ class NcclCommunicator final : public Communicator {
   int rank_, size_;
   NcclOptions options_;
   absl::Status error_;
+  std::atomic<bool> aborted_{false};
+  absl::Mutex abort_mu_;
+  std::string abort_reason_ ABSL_GUARDED_BY(abort_mu_);
 };
 
 }  // namespace
