@@ -106,9 +106,34 @@ CoreImpl::CoreImpl(const CoreOptions& options)
       started_(absl::Now()),
       host_exec_(Executor::Host(options.copy_threads)),
       cuda_exec_(Executor::Cuda()),
-      log_(Logger("core")) {}
+      log_(Logger("core")),
+      comms_([this](const std::vector<std::string>& members, int rank, const std::string& key) {
+        return NewCommunicator(members, rank, key);
+      }) {}
 
-CoreImpl::~CoreImpl() = default;
+CoreImpl::~CoreImpl() {
+  BeginShutdown();
+  std::vector<std::unique_ptr<Part>> parts;
+  {
+    absl::MutexLock lock(&mu_);
+    cluster_stop_ = true;
+    for (auto& [id, p] : parts_) {
+      if (!p->decided) {
+        p->decided = true;
+        p->abort_reason = "wsyncd is shutting down";
+      }
+    }
+  }
+  if (cluster_thread_.joinable()) cluster_thread_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, p] : parts_) parts.push_back(std::move(p));
+    parts_.clear();
+  }
+  for (auto& p : parts) {
+    if (p->thread.joinable()) p->thread.join();
+  }
+}
 
 void CoreImpl::AddEndpoint(const EndpointInfo& endpoint) {
   absl::MutexLock lock(&mu_);
@@ -135,14 +160,23 @@ void CoreImpl::DropSessionRanks(const std::string& session_id) {
   for (auto mit = models_.begin(); mit != models_.end();) {
     Model& m = *mit->second;
     size_t before = m.sources.size();
+    auto withdraw = [&](const RankReg& r) {
+      if (!m.coordinator.empty()) withdrawals_.push_back({m.coordinator, m.id, r.role, r.replica_id, r.coords});
+    };
     for (auto it = m.sources.begin(); it != m.sources.end();) {
-      it = it->second->session_id == session_id ? m.sources.erase(it) : std::next(it);
+      if (it->second->session_id == session_id) {
+        withdraw(*it->second);
+        it = m.sources.erase(it);
+      } else {
+        ++it;
+      }
     }
     bool changed = before != m.sources.size();
     for (auto rit = m.replicas.begin(); rit != m.replicas.end();) {
       Replica& rep = rit->second;
       for (auto it = rep.ranks.begin(); it != rep.ranks.end();) {
         if (it->second->session_id == session_id) {
+          withdraw(*it->second);
           it = rep.ranks.erase(it);
           changed = true;
         } else {
@@ -198,10 +232,16 @@ absl::Status CoreImpl::AckPause(const std::string& session_id, const std::string
                                 const std::string& replica_id, uint64_t version) {
   absl::MutexLock lock(&mu_);
   auto m = models_.find(model_id);
-  if (m == models_.end() || m->second->running == nullptr) {
+  if (m == models_.end() || (m->second->running == nullptr && m->second->part == nullptr)) {
     return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is waiting for a pause"));
   }
-  Job* job = m->second->running;
+  // A participant's part pauses its own targets; a local sync pauses them
+  // from the running job.
+  Job* job = m->second->part != nullptr && m->second->part->job != nullptr ? m->second->part->job
+                                                                           : m->second->running;
+  if (job == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is waiting for a pause"));
+  }
   if (job->pause_version != version || !job->pause_sessions.count(session_id)) {
     return absl::FailedPreconditionError(absl::StrCat("pause ack for model '", model_id, "' replica '",
                                                       replica_id, "' version ", version,
@@ -306,7 +346,82 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
   return out;
 }
 
+absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, UpdateMode mode,
+                                 const std::string& who) {
+  const std::string key = CoordsKey(rank->coords);
+  if (rank->role == Role::kSource) {
+    if (!model.sources.empty() && (model.source_recipe != rank->recipe ||
+                                   !SameSizes(model.source_sizes, rank->coords))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": sources of this model are registered as ", model.source_recipe, " ",
+          SizesString(model.source_sizes), ", not ", rank->recipe, " ", SizesString(rank->coords)));
+    }
+    auto old = model.sources.find(key);
+    if (old != model.sources.end() && old->second->session_id != rank->session_id) {
+      return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
+                                                   old->second->session_id));
+    }
+    model.source_recipe = rank->recipe;
+    model.source_sizes = SizesOf(rank->coords);
+    model.sources[key] = std::move(rank);
+  } else {
+    auto [rit, fresh] = model.replicas.try_emplace(rank->replica_id);
+    Replica& rep = rit->second;
+    if (fresh) {
+      rep.id = rank->replica_id;
+      rep.mode = mode;
+      model.replica_sizes[rank->replica_id] = SizesOf(rank->coords);
+      model.replica_recipe[rank->replica_id] = rank->recipe;
+    } else {
+      if (rep.mode != mode) {
+        return absl::InvalidArgumentError(absl::StrCat(who, ": replica '", rank->replica_id, "' is ",
+                                                       UpdateModeName(rep.mode), ", not ",
+                                                       UpdateModeName(mode)));
+      }
+      if (model.replica_recipe[rank->replica_id] != rank->recipe ||
+          !SameSizes(model.replica_sizes[rank->replica_id], rank->coords)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            who, ": replica '", rank->replica_id, "' is registered as ", model.replica_recipe[rank->replica_id],
+            " ", SizesString(model.replica_sizes[rank->replica_id]), ", not ", rank->recipe, " ",
+            SizesString(rank->coords)));
+      }
+      auto old = rep.ranks.find(key);
+      if (old != rep.ranks.end() && old->second->session_id != rank->session_id) {
+        return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
+                                                     old->second->session_id));
+      }
+    }
+    rep.ranks[key] = std::move(rank);
+    // New target memory holds unknown bytes: the replica needs a full sync.
+    rep.version = 0;
+    rep.digest.clear();
+    rep.base_valid = false;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsArgs& a) {
+  auto out = RegisterShardsLocal(a);
+  if (!out.ok()) return out;
+  const bool remote_coord = !a.coordinator.empty() && a.coordinator != PeerAddress();
+  if (!remote_coord) return out;
+  // The coordinator must know the rank before it can plan syncs with it;
+  // if it cannot be told, the registration is undone.
+  const layout::RankCoords coords = Normalized(a.rank);
+  absl::Status s = AnnounceRank(a.coordinator, a.model_id, a.role, a.replica_id, coords);
+  if (!s.ok()) {
+    layout::RankCoords c = coords;
+    Role role = a.role;
+    Unregister(a.model_id, a.role == Role::kTarget ? a.replica_id : "", &role, &c).IgnoreError();
+    return absl::Status(s.code(), absl::StrCat("model '", a.model_id, "' ", RoleName(a.role), " rank ",
+                                               coords.ToString(), ": registered here but the coordinator at ",
+                                               a.coordinator, " could not be told, so the registration was undone: ",
+                                               s.message()));
+  }
+  return out;
+}
+
+absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterShardsArgs& a) {
   layout::RankCoords coords = Normalized(a.rank);
   if (absl::Status s = CheckCoords(coords); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
@@ -331,9 +446,10 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
     return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' is not registered"));
   }
   Model& model = *mit->second;
-  if (model.running != nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat("model '", a.model_id, "' has a sync running (version ",
-                                                      model.running->version, "); register after it ends"));
+  if (model.running != nullptr || model.part != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", a.model_id, "' has a sync running (version ",
+        model.running ? model.running->version : model.part->plan.version, "); register after it ends"));
   }
   auto rank = std::make_unique<RankReg>();
   rank->session_id = a.session_id;
@@ -452,60 +568,31 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
   rank->staging.resize(rank->shards.size());
   rank->base.resize(rank->shards.size());
 
-  // Layout consistency, duplicates, and storage.
-  const std::string key = CoordsKey(coords);
+  // Multi-node: every local rank of a model names the same coordinator.
+  const bool remote_coord = !a.coordinator.empty() && a.coordinator != PeerAddress();
+  if (remote_coord && options_.peers == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, ": names coordinator ", a.coordinator, ", but this wsyncd has no peer endpoint (start it with "
+        "--listen to take part in multi-node syncs)"));
+  }
+  const std::string coord = remote_coord ? a.coordinator : "";
+  const bool has_local = [&] {
+    for (const auto& [k, r] : model.sources) if (r->daemon.empty()) return true;
+    for (const auto& [id, rep] : model.replicas)
+      for (const auto& [k, r] : rep.ranks) if (r->daemon.empty()) return true;
+    return false;
+  }();
+  if (has_local && model.coordinator != coord) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": names coordinator '", coord.empty() ? "this daemon" : coord, "', but other ranks of the model here "
+        "named '", model.coordinator.empty() ? "this daemon" : model.coordinator, "'"));
+  }
   ShardsRegistered out;
   out.num_buffers = static_cast<int64_t>(rank->shards.size());
   for (const auto& s : rank->shards) out.num_pieces += static_cast<int64_t>(s.pieces.size());
   out.bytes = rank->bytes;
-  if (a.role == Role::kSource) {
-    if (!model.sources.empty() && (model.source_recipe != a.recipe ||
-                                   !SameSizes(model.source_sizes, coords))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          who, ": sources of this model are registered as ", model.source_recipe, " ",
-          SizesString(model.source_sizes), ", not ", a.recipe, " ", SizesString(coords)));
-    }
-    auto old = model.sources.find(key);
-    if (old != model.sources.end() && old->second->session_id != a.session_id) {
-      return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
-                                                   old->second->session_id));
-    }
-    model.source_recipe = a.recipe;
-    model.source_sizes = SizesOf(coords);
-    model.sources[key] = std::move(rank);
-  } else {
-    auto [rit, fresh] = model.replicas.try_emplace(a.replica_id);
-    Replica& rep = rit->second;
-    if (fresh) {
-      rep.id = a.replica_id;
-      rep.mode = a.mode;
-      model.replica_sizes[a.replica_id] = SizesOf(coords);
-      model.replica_recipe[a.replica_id] = a.recipe;
-    } else {
-      if (rep.mode != a.mode) {
-        return absl::InvalidArgumentError(absl::StrCat(who, ": replica '", a.replica_id, "' is ",
-                                                       UpdateModeName(rep.mode), ", not ",
-                                                       UpdateModeName(a.mode)));
-      }
-      if (model.replica_recipe[a.replica_id] != a.recipe ||
-          !SameSizes(model.replica_sizes[a.replica_id], coords)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            who, ": replica '", a.replica_id, "' is registered as ", model.replica_recipe[a.replica_id],
-            " ", SizesString(model.replica_sizes[a.replica_id]), ", not ", a.recipe, " ",
-            SizesString(coords)));
-      }
-      auto old = rep.ranks.find(key);
-      if (old != rep.ranks.end() && old->second->session_id != a.session_id) {
-        return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
-                                                     old->second->session_id));
-      }
-    }
-    rep.ranks[key] = std::move(rank);
-    // New target memory holds unknown bytes: the replica needs a full sync.
-    rep.version = 0;
-    rep.digest.clear();
-    rep.base_valid = false;
-  }
+  if (absl::Status s = StoreRank(model, std::move(rank), a.mode, who); !s.ok()) return s;
+  model.coordinator = coord;
   model.generation++;
   log_->info("{} registered by {}: {} buffers, {} pieces, {:.1f} MiB", who, session->Label(),
              out.num_buffers, out.num_pieces, out.bytes / 1048576.0);
@@ -623,26 +710,10 @@ void CoreImpl::BeginShutdown() {
       job->abort_code = absl::StatusCode::kUnavailable;
     }
   }
-  log_->info("no longer accepting new work; {} sync(s) asked to stop", jobs_.size());
-}
-
-std::pair<uint64_t, std::vector<Core::Member>> CoreImpl::Join(const Member& m) {
-  absl::MutexLock lock(&mu_);
-  auto it = members_.find(m.daemon_id);
-  if (it == members_.end() || it->second.incarnation != m.incarnation || it->second.address != m.address) {
-    ++epoch_;
-    log_->info("peer '{}' at {} joined (incarnation {}), epoch {}", m.daemon_id, m.address, m.incarnation, epoch_);
+  for (auto& [id, p] : parts_) {
+    if (p->comm != nullptr) p->comm->Abort("wsyncd is shutting down");
   }
-  members_[m.daemon_id] = m;
-  std::vector<Member> all;
-  for (const auto& [id, mem] : members_) all.push_back(mem);
-  return {epoch_, all};
-}
-
-bool CoreImpl::Heartbeat(const std::string& daemon_id, uint64_t incarnation) {
-  absl::MutexLock lock(&mu_);
-  auto it = members_.find(daemon_id);
-  return it != members_.end() && it->second.incarnation == incarnation;
+  log_->info("no longer accepting new work; {} sync(s) asked to stop", jobs_.size());
 }
 
 absl::Status CoreImpl::KvSet(const std::string& job, const std::string& key, const std::string& value) {

@@ -117,6 +117,9 @@ struct RegisterShardsArgs {
   layout::RecipeOptions recipe_options;
   std::vector<BufferArg> buffers;
   UpdateMode mode = UpdateMode::kStaged;
+  // The peer address (host:port) of the daemon coordinating syncs of this
+  // model; "" or this daemon's own address = this daemon.
+  std::string coordinator;
 };
 
 struct ShardsRegistered {
@@ -220,6 +223,19 @@ struct DaemonStatus {
   std::vector<SessionInfo> sessions;
 };
 
+// A daemon as its peers know it.
+struct PeerMember {
+  std::string daemon_id;
+  std::string address;       // host:port of its peer endpoint
+  uint64_t incarnation = 0;  // start time in ns; changes on restart
+  std::string version;
+};
+
+class PeerLink;
+struct RankAnnouncement;
+struct PlanPart;
+struct PrepareResult;
+
 struct CoreOptions {
   std::string daemon_id;
   std::vector<std::string> gpus;  // descriptions, or why there are none
@@ -229,6 +245,20 @@ struct CoreOptions {
   int copy_threads = 2;
   // Fault injection for tests: sleep this long after every bucket.
   uint64_t fault_bucket_delay_ms = 0;
+  // Multi-node: how to reach other daemons (null = this daemon works
+  // alone), and this run's incarnation (start time in ns).
+  PeerLink* peers = nullptr;
+  uint64_t incarnation = 0;
+  // Coordinators to join at start (--peers).
+  std::vector<std::string> join;
+  // Heartbeats to coordinators, and how long a silent member may go before
+  // it is dropped and its jobs abort.
+  uint64_t heartbeat_ms = 1000;
+  uint64_t peer_timeout_ms = 10000;
+  // Interface the Gloo data plane listens on.
+  std::string data_host = "127.0.0.1";
+  // Bytes per chunk of a chain broadcast.
+  uint64_t chunk_bytes = 4ull << 20;
 };
 
 // Thread-safe: every method may be called from any thread. Methods that wait
@@ -297,10 +327,7 @@ class Core {
 
   // Membership: a daemon joins (or rejoins with a new incarnation, which
   // replaces the old one). Returns the epoch and the members.
-  struct Member {
-    std::string daemon_id, address, version;
-    uint64_t incarnation = 0;
-  };
+  using Member = PeerMember;
   virtual std::pair<uint64_t, std::vector<Member>> Join(const Member& m) = 0;
   // A member's heartbeat; false when this daemon does not know that
   // incarnation (the caller must rejoin).
@@ -311,6 +338,38 @@ class Core {
   virtual absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) = 0;
   virtual absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key,
                                             uint64_t timeout_ms, const std::function<bool()>& client_gone) = 0;
+
+  // A participant's rank, announced to this daemon as the model's
+  // coordinator (registers the model from the announcement when new).
+  virtual absl::Status AcceptRanks(const RankAnnouncement& a) = 0;
+  // A participant's rank went away.
+  virtual absl::Status WithdrawRanks(const std::string& daemon_id, const std::string& model_id, Role role,
+                                     const std::string& replica_id, const layout::RankCoords& rank) = 0;
+
+  // ---- Participant side (this daemon runs part of a coordinator's sync).
+
+  // Checks a plan part against the local registrations, rebuilds the plan
+  // and compares hashes, then starts the transfer in the background.
+  // Returns the recomputed plan hash.
+  virtual absl::StatusOr<std::string> AcceptPlan(const PlanPart& part) = 0;
+  // Waits up to timeout_ms for the transfer of `job_id` to end; returns its
+  // digests, or why it failed.
+  virtual absl::StatusOr<PrepareResult> PreparePart(const std::string& job_id, uint64_t timeout_ms) = 0;
+  // Publishes the version on the local targets (staged: copies staging to
+  // live within a pause). Idempotent.
+  virtual absl::Status CommitPart(const std::string& job_id, uint64_t version,
+                                  const std::map<std::string, std::string>& replica_digests) = 0;
+  // Ends the job: stops a running transfer, keeps previous versions
+  // (in_place targets written so far are poisoned). Idempotent.
+  virtual absl::Status AbortPart(const std::string& job_id, const std::string& reason) = 0;
+
+  // Records the address peers reach this daemon at (host:port as bound)
+  // and starts the background membership work: joins --peers, heartbeats,
+  // drops silent members. Call once, after the peer endpoint is bound;
+  // without a PeerLink it only records the address.
+  virtual void StartCluster(const std::string& peer_address) = 0;
+  // This daemon as peers know it.
+  virtual PeerMember self() const = 0;
 };
 
 }  // namespace wsync::core

@@ -9,12 +9,17 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/core/core.h"
 #include "daemon/core/executor.h"
+#include "daemon/core/dist_plan.h"
+#include "daemon/core/peer.h"
+#include "daemon/transport/communicator_cache.h"
+#include "daemon/layout/lowering.h"
 #include "daemon/layout/planner.h"
 #include "daemon/memory/cuda_memory.h"
 #include "daemon/memory/host_memory.h"
@@ -37,6 +42,9 @@ struct Session {
 struct RankReg {
   ~RankReg();  // releases the CUDA IPC handles its buffers hold
   std::string session_id;
+  // The daemon holding the rank's memory: "" = this one. Ranks of other
+  // daemons (announced to this coordinator) have shards but no memory.
+  std::string daemon;
   Role role = Role::kSource;
   std::string replica_id;
   layout::RankCoords coords;
@@ -77,6 +85,7 @@ struct Adapter {
 
 struct Job {
   std::string id;
+  std::set<std::string> daemons;  // other daemons the job depends on
   std::string model_id;
   uint64_t version = 0;
   absl::Time start;
@@ -108,6 +117,11 @@ struct Model {
   bool has_last = false;
   SyncOutcome last;
   std::string last_error;
+  // Multi-node: the peer address of the coordinator that local ranks were
+  // registered for ("" = this daemon coordinates), and the running
+  // participant part (registrations wait while it runs).
+  std::string coordinator;
+  struct Part* part = nullptr;
   uint64_t generation = 0;  // bumps on every registration change
   // The last plan built, reused while the registrations, the replicas synced
   // and the bucket size are the same (plan_key).
@@ -118,7 +132,48 @@ struct Model {
 // Session id -> replicas it holds target ranks of.
 using SessionReplicas = std::map<std::string, std::set<std::string>>;
 
+// A participant's part of a multi-node sync (dist_sync.cc).
+struct Part {
+  enum class State { kRunning, kPrepared, kFailed, kCommitted, kAborted };
+  PlanPart plan;
+  std::unique_ptr<DistPlan> dist;
+  Job* job = nullptr;  // owned by jobs_, under "part:<job id>"
+  Model* model = nullptr;
+  // This daemon's ranks in the plan (null where another daemon holds it).
+  std::vector<RankReg*> src_local, dst_local;
+  std::vector<Replica*> dst_replica;
+  // What the transfer wrote: (target index, shard, box), for the staged
+  // commit; replicas whose live memory was written (in_place).
+  struct Written {
+    uint32_t target, shard;
+    layout::Box box;
+  };
+  std::vector<Written> written;
+  std::set<std::string> live_written;
+  SessionReplicas paused;  // sessions paused so far, resumed at the end
+  bool full = true;
+  absl::Time deadline;
+  State state = State::kRunning;
+  absl::Status error;  // kFailed / kAborted
+  PrepareResult result;
+  // The decision of the coordinator: commit (with the replicas' digests)
+  // or abort (with the reason).
+  bool decided = false, commit = false;
+  std::map<std::string, std::string> digests;
+  std::string abort_reason;
+  transport::Communicator* comm = nullptr;  // while transferring
+  std::thread thread;
+  bool done = false;  // the thread has finished
+};
+
 std::string CoordsKey(const layout::RankCoords& r);
+
+// The kernel op of a LoRA merge over one copy op: W (rows x cols of the
+// canonical box) plus scale * B @ A, written to `dst`. A and B are the
+// adapter's whole fp32 tensors.
+kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad, const layout::CopyOp& c,
+                                const float* A, const float* B, const layout::MatrixView& w, layout::DType w_dtype,
+                                const layout::MatrixView& dst, layout::DType dst_dtype, double scale);
 std::string SizesString(const layout::RankCoords& r);
 
 class CoreImpl final : public Core {
@@ -151,6 +206,17 @@ class CoreImpl final : public Core {
   absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) override;
   absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key, uint64_t timeout_ms,
                                     const std::function<bool()>& client_gone) override;
+  absl::Status AcceptRanks(const RankAnnouncement& a) override;
+  absl::Status WithdrawRanks(const std::string& daemon_id, const std::string& model_id, Role role,
+                             const std::string& replica_id, const layout::RankCoords& rank) override;
+  absl::StatusOr<std::string> AcceptPlan(const PlanPart& part) override;
+  absl::StatusOr<PrepareResult> PreparePart(const std::string& job_id, uint64_t timeout_ms) override;
+  absl::Status CommitPart(const std::string& job_id, uint64_t version,
+                          const std::map<std::string, std::string>& replica_digests) override;
+  absl::Status AbortPart(const std::string& job_id, const std::string& reason) override;
+  void StartCluster(const std::string& peer_address) override;
+  std::string PeerAddress() const;
+  PeerMember self() const override;
 
  private:
   // Sends `e` to every session in `sessions` (no lock held).
@@ -165,6 +231,40 @@ class CoreImpl final : public Core {
   void SetProgress(Job* job, const Progress& p);
   // Removes ranks owned by `session_id` from every model. Requires mu_.
   void DropSessionRanks(const std::string& session_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<ShardsRegistered> RegisterShardsLocal(const RegisterShardsArgs& a);
+  // Checks a sync request against the registry and picks the replicas to
+  // update (and the adapters for LoRA); sets *done instead when every
+  // selected replica already holds the version.
+  absl::Status SelectSync(const SyncArgs& args, Model* model, std::vector<Replica*>* todo,
+                          std::set<int32_t>* active, std::optional<SyncOutcome>* done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stores a validated rank in the model (consistency with the model's
+  // other ranks, duplicates). Requires mu_.
+  absl::Status StoreRank(Model& model, std::unique_ptr<RankReg> rank, UpdateMode mode, const std::string& who)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Multi-node (cluster.cc, dist_sync.cc).
+  bool IsDistributed(const Model& m) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SyncOutcome> SyncDistributed(const SyncArgs& args,
+                                              const std::function<void(const Progress&)>& progress,
+                                              const std::function<bool()>& client_gone);
+  // Tells the coordinator about a rank just registered here; joins it first
+  // when needed.
+  absl::Status AnnounceRank(const std::string& coordinator, const std::string& model_id, Role role,
+                            const std::string& replica_id, const layout::RankCoords& rank);
+  // Announcements of every local rank of models coordinated at `address`.
+  std::vector<RankAnnouncement> LocalAnnouncements(const std::string& address);
+  void ClusterLoop();
+  // Drops the ranks of `daemon_id` and aborts jobs that need it.
+  void DropDaemon(const std::string& daemon_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A Gloo communicator for `members` (daemon ids in rank order),
+  // rendezvousing under `key` through the coordinator of the running part.
+  absl::StatusOr<std::unique_ptr<transport::Communicator>> NewCommunicator(const std::vector<std::string>& members,
+                                                                          int rank, const std::string& key);
+  void RunPart(Part* part);
+  absl::Status TransferPart(Part* part);
+  void FinishPart(Part* part);
+  void ReapParts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoreOptions options_;
   const absl::Time started_;
@@ -181,6 +281,34 @@ class CoreImpl final : public Core {
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);  // "job\0key" -> value
+  std::map<std::string, absl::Time> last_seen_ ABSL_GUARDED_BY(mu_);  // member -> last heartbeat
+  // Coordinators this daemon has joined: address -> its daemon id ("" until
+  // joined) and when it last answered.
+  struct Upstream {
+    std::string daemon_id;
+    uint64_t incarnation = 0;
+    absl::Time last_ok;
+    bool lost = false;
+  };
+  std::map<std::string, Upstream> upstream_ ABSL_GUARDED_BY(mu_);
+  // Local ranks that went away, to be withdrawn from their coordinators.
+  struct Withdrawal {
+    std::string coordinator, model_id;
+    Role role;
+    std::string replica_id;
+    layout::RankCoords rank;
+  };
+  std::vector<Withdrawal> withdrawals_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<Part>> parts_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> comm_store_ ABSL_GUARDED_BY(mu_);  // comm key -> coordinator address
+  std::map<std::string, bool> outcomes_ ABSL_GUARDED_BY(mu_);  // finished part -> committed
+  uint64_t comm_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> comm_failures_ ABSL_GUARDED_BY(mu_);  // member list -> failed syncs
+  transport::CommunicatorCache comms_;
+  bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;
+  mutable absl::Mutex addr_mu_;
+  std::string peer_address_ ABSL_GUARDED_BY(addr_mu_);
+  std::thread cluster_thread_;
 };
 
 }  // namespace wsync::core::internal

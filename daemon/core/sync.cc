@@ -48,6 +48,44 @@ std::string MissingRanks(const std::map<std::string, std::unique_ptr<RankReg>>& 
 
 }  // namespace
 
+kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad, const layout::CopyOp& c,
+                                const float* A, const float* B, const layout::MatrixView& wv, layout::DType w_dtype,
+                                const layout::MatrixView& dv, layout::DType dst_dtype, double scale) {
+  const layout::Shape& as = spec.tensor(ad.a).shape;
+  const layout::Shape& bs = spec.tensor(ad.b).shape;
+  kernels::LoraMergeOp m;
+  m.w = wv.ptr;
+  m.w_dtype = w_dtype;
+  m.w_row_stride = wv.row_stride;
+  m.w_col_stride = wv.col_stride;
+  m.dst = dv.ptr;
+  m.dst_dtype = dst_dtype;
+  m.dst_row_stride = dv.row_stride;
+  m.dst_col_stride = dv.col_stride;
+  m.a_dtype = m.b_dtype = layout::DType::kF32;
+  const int64_t r0 = c.canonical.off[0], c0 = c.canonical.off[1];
+  if (ad.convention == LoraConvention::kPeft) {  // A [r, in], B [out, r]
+    m.a = A + c0;
+    m.a_k_stride = as.d[1];
+    m.a_col_stride = 1;
+    m.b = B + r0 * bs.d[1];
+    m.b_row_stride = bs.d[1];
+    m.b_k_stride = 1;
+  } else {  // left [in, r] = A^T, right [r, out] = B^T
+    m.a = A + c0 * as.d[1];
+    m.a_k_stride = 1;
+    m.a_col_stride = as.d[1];
+    m.b = B + r0;
+    m.b_row_stride = 1;
+    m.b_k_stride = bs.d[1];
+  }
+  m.rows = c.canonical.size[0];
+  m.cols = c.canonical.size[1];
+  m.rank = ad.rank;
+  m.scale = static_cast<float>(scale);
+  return m;
+}
+
 void CoreImpl::SetProgress(Job* job, const Progress& p) {
   absl::MutexLock lock(&mu_);
   job->progress = p;
@@ -125,9 +163,117 @@ absl::Status CoreImpl::PauseTargets(Job* job, const SessionReplicas& sessions, c
   return absl::OkStatus();
 }
 
+absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vector<Replica*>* todo_out,
+                                  std::set<int32_t>* active_out, std::optional<SyncOutcome>* done) {
+  const uint64_t v = args.version;
+  std::set<int32_t>& active = *active_out;
+  std::vector<Replica*>& todo = *todo_out;
+  if (model->running != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a sync of model '", args.model_id, "' (version ", model->running->version,
+        ", job ", model->running->id, ") is already running; syncs of one model are not queued: "
+        "retry when it ends, or cancel it"));
+  }
+  if (model->sources.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", args.model_id, "' has no source ranks registered"));
+  }
+  if (!model->source_recipe.empty()) {
+    std::string missing = MissingRanks(model->sources, model->source_sizes);
+    if (!missing.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", args.model_id, "': source ranks not registered yet (", model->source_recipe, " ",
+          SizesString(model->source_sizes), "): ", missing));
+    }
+  }
+  std::vector<Replica*> selected;
+  if (args.replicas.empty()) {
+    for (auto& [id, r] : model->replicas) selected.push_back(&r);
+  } else {
+    for (const std::string& id : args.replicas) {
+      auto it = model->replicas.find(id);
+      if (it == model->replicas.end()) {
+        return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' has no replica '", id, "'"));
+      }
+      selected.push_back(&it->second);
+    }
+  }
+  if (selected.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", args.model_id, "' has no target replicas registered"));
+  }
+  for (Replica* r : selected) {
+    if (r->version > v) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", args.model_id, "' replica '", r->id, "' is at version ", r->version,
+          "; version ", v, " is older (versions are monotonic)"));
+    }
+    if (r->version == v && !r->poisoned) continue;  // retry of a committed version
+    const std::string& recipe = model->replica_recipe[r->id];
+    if (!recipe.empty()) {
+      std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id]);
+      if (!missing.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (", recipe,
+            " ", SizesString(model->replica_sizes[r->id]), "): ", missing));
+      }
+    }
+    todo.push_back(r);
+  }
+  if (todo.empty()) {
+    SyncOutcome out;
+    out.model_id = args.model_id;
+    out.version = v;
+    out.already_committed = true;
+    for (Replica* r : selected) out.replicas.push_back(r->id);
+    out.digest = model->has_last && model->last.version == v ? model->last.digest : selected[0]->digest;
+    *done = std::move(out);
+    return absl::OkStatus();
+  }
+  // LoRA.
+  const std::map<int32_t, Adapter>& adapters = model->adapters;
+  if (args.lora != LoraMode::kNone) {
+    if (adapters.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "' has no LoRA adapters; LoRA mode ",
+                                                        LoraModeName(args.lora), " needs some"));
+    }
+    for (const std::string& b : args.lora_bases) {
+      int32_t id = model->spec.Find(b);
+      if (id < 0 || !adapters.count(id)) {
+        return absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "' has no LoRA adapter on '", b, "'"));
+      }
+      active.insert(id);
+    }
+    if (active.empty()) {
+      for (const auto& [id, a] : adapters) active.insert(id);
+    }
+  }
+  const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
+  for (Replica* r : todo) {
+    if (!full && r->poisoned) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", args.model_id, "' replica '", r->id, "' is poisoned by a failed in-place sync; "
+          "only a full sync (LoRA mode none or merge) can repair it"));
+    }
+    if (args.lora == LoraMode::kAdapterOnly && !r->base_valid) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", args.model_id, "' replica '", r->id, "' holds no pristine base: adapter_only needs "
+          "a full sync (LoRA mode none or merge) since the replica registered"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                            const std::function<void(const Progress&)>& progress,
                                            const std::function<bool()>& client_gone) {
+  bool distributed = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto mit = models_.find(args.model_id);
+    distributed = mit != models_.end() && IsDistributed(*mit->second);
+  }
+  if (distributed) return SyncDistributed(args, progress, client_gone);
   const absl::Time t0 = absl::Now();
   const uint64_t v = args.version;
   if (v == 0) {
@@ -164,99 +310,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     }
     model = mit->second.get();
-    if (model->running != nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "a sync of model '", args.model_id, "' (version ", model->running->version,
-          ", job ", model->running->id, ") is already running; syncs of one model are not queued: "
-          "retry when it ends, or cancel it"));
-    }
-    if (model->sources.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("model '", args.model_id, "' has no source ranks registered"));
-    }
-    if (!model->source_recipe.empty()) {
-      std::string missing = MissingRanks(model->sources, model->source_sizes);
-      if (!missing.empty()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "': source ranks not registered yet (", model->source_recipe, " ",
-            SizesString(model->source_sizes), "): ", missing));
-      }
-    }
-    std::vector<Replica*> selected;
-    if (args.replicas.empty()) {
-      for (auto& [id, r] : model->replicas) selected.push_back(&r);
-    } else {
-      for (const std::string& id : args.replicas) {
-        auto it = model->replicas.find(id);
-        if (it == model->replicas.end()) {
-          return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' has no replica '", id, "'"));
-        }
-        selected.push_back(&it->second);
-      }
-    }
-    if (selected.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("model '", args.model_id, "' has no target replicas registered"));
-    }
     std::vector<Replica*> todo;
-    for (Replica* r : selected) {
-      if (r->version > v) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "' replica '", r->id, "' is at version ", r->version,
-            "; version ", v, " is older (versions are monotonic)"));
-      }
-      if (r->version == v && !r->poisoned) continue;  // retry of a committed version
-      const std::string& recipe = model->replica_recipe[r->id];
-      if (!recipe.empty()) {
-        std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id]);
-        if (!missing.empty()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (", recipe,
-              " ", SizesString(model->replica_sizes[r->id]), "): ", missing));
-        }
-      }
-      todo.push_back(r);
-    }
-    if (todo.empty()) {
-      SyncOutcome out;
-      out.model_id = args.model_id;
-      out.version = v;
-      out.already_committed = true;
-      for (Replica* r : selected) out.replicas.push_back(r->id);
-      out.digest = model->has_last && model->last.version == v ? model->last.digest : selected[0]->digest;
-      return out;
-    }
-    // LoRA.
+    std::optional<SyncOutcome> done;
+    if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
+    if (done.has_value()) return *std::move(done);
     adapters = model->adapters;
-    if (args.lora != LoraMode::kNone) {
-      if (adapters.empty()) {
-        return absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "' has no LoRA adapters; LoRA mode ",
-                                                          LoraModeName(args.lora), " needs some"));
-      }
-      for (const std::string& b : args.lora_bases) {
-        int32_t id = model->spec.Find(b);
-        if (id < 0 || !adapters.count(id)) {
-          return absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "' has no LoRA adapter on '", b, "'"));
-        }
-        active.insert(id);
-      }
-      if (active.empty()) {
-        for (const auto& [id, a] : adapters) active.insert(id);
-      }
-    }
     const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
-    for (Replica* r : todo) {
-      if (!full && r->poisoned) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "' replica '", r->id, "' is poisoned by a failed in-place sync; "
-            "only a full sync (LoRA mode none or merge) can repair it"));
-      }
-      if (args.lora == LoraMode::kAdapterOnly && !r->base_valid) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "' replica '", r->id, "' holds no pristine base: adapter_only needs "
-            "a full sync (LoRA mode none or merge) since the replica registered"));
-      }
-    }
     // Endpoints.
     for (auto& [key, r] : model->sources) {
       src_ids.push_back(absl::StrCat("source/", key));
@@ -629,40 +688,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
           w_dtype = tr->shards[c.dst_shard].dtype;
         }
         layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, dst);
-        const layout::Shape& as = model->spec.tensor(ad.a).shape;
-        const layout::Shape& bs = model->spec.tensor(ad.b).shape;
         const float* A = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
         const float* B = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
-        kernels::LoraMergeOp m;
-        m.w = wv.ptr;
-        m.w_dtype = w_dtype;
-        m.w_row_stride = wv.row_stride;
-        m.w_col_stride = wv.col_stride;
-        m.dst = dv.ptr;
-        m.dst_dtype = dst.spec->dtype;
-        m.dst_row_stride = dv.row_stride;
-        m.dst_col_stride = dv.col_stride;
-        m.a_dtype = m.b_dtype = layout::DType::kF32;
-        const int64_t r0 = c.canonical.off[0], c0 = c.canonical.off[1];
-        if (ad.convention == LoraConvention::kPeft) {  // A [r, in], B [out, r]
-          m.a = A + c0;
-          m.a_k_stride = as.d[1];
-          m.a_col_stride = 1;
-          m.b = B + r0 * bs.d[1];
-          m.b_row_stride = bs.d[1];
-          m.b_k_stride = 1;
-        } else {  // left [in, r] = A^T, right [r, out] = B^T
-          m.a = A + c0 * as.d[1];
-          m.a_k_stride = 1;
-          m.a_col_stride = as.d[1];
-          m.b = B + r0;
-          m.b_row_stride = 1;
-          m.b_k_stride = bs.d[1];
-        }
-        m.rows = c.canonical.size[0];
-        m.cols = c.canonical.size[1];
-        m.rank = ad.rank;
-        m.scale = static_cast<float>(args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling);
+        kernels::LoraMergeOp m = MakeLoraOp(model->spec, ad, c, A, B, wv, w_dtype, dv, dst.spec->dtype,
+                                            args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling);
         loras.push_back(m);
         lora_descs.push_back(desc);
         lora_words.push_back(w0);

@@ -47,6 +47,8 @@ void Merge(kernels::BoxCopyOp* op, bool has_src) {
 
 }  // namespace
 
+kernels::BoxCopyOp LowerFillImpl(const FillOp& f, const ShardView& dst, bool merge);
+
 kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardView& dst) {
   int64_t ss[kMaxDims], ds[kMaxDims];
   Strides(src, ss);
@@ -89,7 +91,15 @@ MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view) 
   return m;
 }
 
-kernels::BoxCopyOp LowerFill(const FillOp& f, const ShardView& dst) {
+kernels::BoxCopyOp LowerBox(const Box& box, const ShardView& view) {
+  FillOp f;
+  f.dst_box = box;
+  return LowerFillImpl(f, view, /*merge=*/false);
+}
+
+kernels::BoxCopyOp LowerFill(const FillOp& f, const ShardView& dst) { return LowerFillImpl(f, dst, true); }
+
+kernels::BoxCopyOp LowerFillImpl(const FillOp& f, const ShardView& dst, bool merge) {
   int64_t ds[kMaxDims];
   Strides(dst, ds);
   kernels::BoxCopyOp op;
@@ -109,7 +119,7 @@ kernels::BoxCopyOp LowerFill(const FillOp& f, const ShardView& dst) {
     n = 1;
   }
   op.ndim = n;
-  Merge(&op, false);
+  if (merge) Merge(&op, false);
   return op;
 }
 

@@ -26,6 +26,12 @@ kernels::BoxCopyOp LowerCopy(const CopyOp& op, const ShardView& src, const Shard
 // The kernel op zero-filling `fill`.
 kernels::BoxCopyOp LowerFill(const FillOp& fill, const ShardView& dst);
 
+// The destination side of a kernel op over `box` of `view`, one dimension
+// per non-unit box dimension and never merged: its payload words
+// (kernels::BoxPayloadWords) depend only on the box and the dtype, so the
+// digests of equal contents agree whatever the strides of the memory.
+kernels::BoxCopyOp LowerBox(const Box& box, const ShardView& view);
+
 // A 2-d view of the elements of `box` (a box of `view`'s shard holding
 // `op.canonical`, a 2-d canonical box): the address of canonical element
 // (0, 0) of op.canonical and the element strides of canonical rows and

@@ -38,6 +38,19 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--tls-client-ca", o.tls_client_ca,
                  "PEM CA bundle; when set, TCP clients must present a certificate it signed");
   app.add_option("--daemon-id", o.daemon_id, "identity in status and to peers (default: hostname)");
+  app.add_option("--peers", o.peers,
+                 "coordinators to join at start, host:port[,host:port...] (needs --listen)");
+  app.add_option("--advertise", o.advertise,
+                 "host:port peers reach this daemon at (default: --listen's host and bound port)");
+  app.add_option("--data-host", o.data_host,
+                 "interface the Gloo data plane binds (default: the advertised host)");
+  app.add_option("--heartbeat-ms", o.heartbeat_ms, "interval of heartbeats to coordinators")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--peer-timeout-ms", o.peer_timeout_ms,
+                 "a peer silent this long is dropped and its syncs abort")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--grace-period-ms", o.grace_period_ms,
                  "on SIGTERM, how long in-flight calls may take to finish")
       ->capture_default_str()
@@ -160,6 +173,16 @@ absl::Status ValidateOptions(const Options& o) {
   }
   if (o.grace_period_ms < 0) {
     return absl::InvalidArgumentError("--grace-period-ms must be >= 0");
+  }
+  if ((!o.peers.empty() || !o.advertise.empty()) && o.listen.empty()) {
+    return absl::InvalidArgumentError("--peers and --advertise need --listen (peers talk over TCP)");
+  }
+  if (!o.peers.empty() && !o.insecure && o.tls_client_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "--peers needs mTLS between daemons (--tls-cert, --tls-key and --tls-client-ca) or an explicit --insecure");
+  }
+  if (o.heartbeat_ms <= 0 || o.peer_timeout_ms <= o.heartbeat_ms) {
+    return absl::InvalidArgumentError("--peer-timeout-ms must exceed --heartbeat-ms, and both must be positive");
   }
   if (o.max_message_bytes <= 0 || o.max_message_bytes > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [1, 2^31-1]");

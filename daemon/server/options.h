@@ -31,6 +31,18 @@ struct Options {
   std::string tls_client_ca;
   // Identity shown in status and to peers; "" = the host name.
   std::string daemon_id;
+  // Multi-node. Peers talk over --listen (mTLS when TLS and a client CA are
+  // configured, plaintext only with --insecure). Coordinators to join at
+  // start (host:port, comma-separated); ranks registered with a coordinator
+  // join it too.
+  std::string peers;
+  // host:port other daemons reach this one at; "" = --listen's host (the
+  // host name when it is 0.0.0.0 or [::]) and its bound port.
+  std::string advertise;
+  // Interface the Gloo data plane binds; "" = the advertised host.
+  std::string data_host;
+  int64_t heartbeat_ms = 1000;
+  int64_t peer_timeout_ms = 10000;
   // On SIGTERM/SIGINT, how long in-flight calls may take to finish.
   int64_t grace_period_ms = 10000;
   // Largest gRPC message accepted or sent.

@@ -15,6 +15,9 @@
 #include "daemon/common/logging.h"
 #include "daemon/server/uds_listener.h"
 #include "daemon/server/unix_socket.h"
+#include "absl/time/clock.h"
+#include "daemon/core/peer.h"
+#include "daemon/service/peer_client.h"
 #include "daemon/service/peer_service.h"
 #include "daemon/service/public_service.h"
 
@@ -57,8 +60,8 @@ std::string HostName() {
 
 class ServerImpl final : public Server {
  public:
-  ServerImpl(Options options, std::unique_ptr<core::Core> core)
-      : options_(std::move(options)), core_(std::move(core)), log_(Logger("server")) {}
+  ServerImpl(Options options, std::unique_ptr<core::PeerLink> peers, std::unique_ptr<core::Core> core)
+      : options_(std::move(options)), peers_(std::move(peers)), core_(std::move(core)), log_(Logger("server")) {}
 
   ~ServerImpl() override { Shutdown(); }
 
@@ -147,6 +150,13 @@ class ServerImpl final : public Server {
       }
       std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
       core_->AddEndpoint({"tcp", absl::StrCat(host, ":", tcp_port), tls});
+      std::string advertise = options_.advertise;
+      if (advertise.empty()) {
+        if (host == "0.0.0.0" || host == "[::]" || host.empty()) host = HostName();
+        advertise = absl::StrCat(host, ":", tcp_port);
+      }
+      core_->StartCluster(advertise);
+      if (peers_) log_->info("peers reach this daemon at {}", advertise);
     }
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
     health->SetServingStatus(true);
@@ -203,6 +213,7 @@ class ServerImpl final : public Server {
 
  private:
   const Options options_;
+  std::unique_ptr<core::PeerLink> peers_;  // outlives core_
   std::unique_ptr<core::Core> core_;
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<v1::Wsync::Service> public_service_;
@@ -236,7 +247,32 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
             options.daemon_id, getpid());
   for (const std::string& g : core_options.gpus) log->info("gpu {}", g);
 
-  auto server = std::make_unique<ServerImpl>(options, core::Core::Create(core_options));
+  std::unique_ptr<core::PeerLink> peers;
+  if (!options.listen.empty() && (options.insecure || !options.tls_client_ca.empty())) {
+    service::PeerLinkOptions po;
+    po.insecure = options.insecure;
+    if (!options.insecure) {
+      po.tls_cert = options.tls_cert;
+      po.tls_key = options.tls_key;
+      po.tls_ca = options.tls_client_ca;
+    }
+    po.max_message_bytes = options.max_message_bytes;
+    auto link = service::NewGrpcPeerLink(po);
+    if (!link.ok()) return link.status();
+    peers = std::move(*link);
+    core_options.peers = peers.get();
+    core_options.incarnation = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+    core_options.join = absl::StrSplit(options.peers, ',', absl::SkipEmpty());
+    core_options.heartbeat_ms = static_cast<uint64_t>(options.heartbeat_ms);
+    core_options.peer_timeout_ms = static_cast<uint64_t>(options.peer_timeout_ms);
+    std::string host = options.advertise.empty() ? options.listen : options.advertise;
+    host = host.substr(0, host.rfind(':'));
+    core_options.data_host = !options.data_host.empty() ? options.data_host
+                             : (host == "0.0.0.0" || host == "[::]" || host.empty()) ? HostName() : host;
+  } else if (!options.listen.empty()) {
+    log->warn("multi-node syncs are off: peers need mTLS (--tls-client-ca) or --insecure");
+  }
+  auto server = std::make_unique<ServerImpl>(options, std::move(peers), core::Core::Create(core_options));
   if (absl::Status s = server->Init(); !s.ok()) {
     log->error("start failed: {}", s.ToString());
     return s;

@@ -43,7 +43,7 @@ absl::StatusOr<layout::Box> BoxOf(const v1::Box& b, const std::string& field) {
   return out;
 }
 
-void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out) {
+void ToProtoCoords(const layout::RankCoords& r, v1::RankCoordinates* out) {
   out->set_tp(r.tp);
   out->set_tp_size(r.tp_size);
   out->set_pp(r.pp);
@@ -69,6 +69,14 @@ v1::SyncPhase PhaseOf(const std::string& p) {
 }
 
 }  // namespace
+
+absl::StatusOr<layout::DType> FromProto(v1::DType d, const std::string& field) { return DTypeOf(d, field); }
+absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims,
+                                             const std::string& field) {
+  return ShapeOf(dims, field);
+}
+absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field) { return BoxOf(b, field); }
+void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out) { ToProtoCoords(r, out); }
 
 layout::RankCoords FromProto(const v1::RankCoordinates& in) {
   layout::RankCoords r;
@@ -143,11 +151,7 @@ absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsReque
   a.recipe = in.recipe().name();
   for (const auto& [k, v] : in.recipe().options()) a.recipe_options[k] = v;
   a.mode = in.update_mode() == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
-  if (!in.coordinator().empty()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "model '", in.model_id(), "': a remote coordinator (", in.coordinator(),
-        ") needs the multi-node data plane, which this wsyncd build does not have yet"));
-  }
+  a.coordinator = in.coordinator();
   for (const auto& b : in.buffers()) {
     const std::string field = absl::StrCat("model '", in.model_id(), "' buffer '", b.name(), "'");
     core::BufferArg buf;

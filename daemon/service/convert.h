@@ -8,6 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/core/core.h"
+#include "daemon/core/peer.h"
+#include "wsync/v1/peer.pb.h"
 #include "wsync/v1/wsync.pb.h"
 
 namespace wsync::service {
@@ -16,6 +18,23 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
 absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsRequest& in);
 absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in);
 layout::RankCoords FromProto(const v1::RankCoordinates& in);
+absl::StatusOr<layout::DType> FromProto(v1::DType d, const std::string& field);
+absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims,
+                                             const std::string& field);
+absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field);
+void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out);
+
+// The peer service's messages (peer_convert.cc).
+void ToProto(const core::PeerMember& in, v1::Member* out);
+core::PeerMember FromProto(const v1::Member& in);
+void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out);
+absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in);
+void ToProto(const core::PlanPart& in, v1::PlanPart* out);
+absl::StatusOr<core::PlanPart> FromProto(const v1::PlanPart& in);
+void ToProto(const core::PrepareResult& in, v1::PrepareResponse* out);
+core::PrepareResult FromProto(const v1::PrepareResponse& in);
+v1::Role ToProto(core::Role r);
+core::Role FromProto(v1::Role r);
 
 void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out);
 void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out);

@@ -1,17 +1,12 @@
 #include "daemon/service/peer_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "daemon/core/peer.h"
+#include "daemon/service/convert.h"
 #include "daemon/service/status_mapping.h"
 
 namespace wsync::service {
 namespace {
-
-grpc::Status NotYet(const char* rpc) {
-  return ToGrpcStatus(absl::UnimplementedError(absl::StrCat(
-      "wsync.v1.WsyncPeer/", rpc,
-      " is not implemented in this wsyncd build: multi-node plan distribution and two-phase "
-      "commit are not built yet")));
-}
 
 class PeerService final : public v1::WsyncPeer::Service {
  public:
@@ -21,17 +16,10 @@ class PeerService final : public v1::WsyncPeer::Service {
     if (req->self().daemon_id().empty()) {
       return ToGrpcStatus(absl::InvalidArgumentError("Join: self.daemon_id must be set"));
     }
-    core::Core::Member m{req->self().daemon_id(), req->self().address(), req->self().version(),
-                         req->self().incarnation()};
-    auto [epoch, members] = core_->Join(m);
+    auto [epoch, members] = core_->Join(FromProto(req->self()));
     resp->set_epoch(epoch);
-    for (const auto& x : members) {
-      v1::Member* p = resp->add_members();
-      p->set_daemon_id(x.daemon_id);
-      p->set_address(x.address);
-      p->set_incarnation(x.incarnation);
-      p->set_version(x.version);
-    }
+    for (const auto& x : members) ToProto(x, resp->add_members());
+    ToProto(core_->self(), resp->mutable_coordinator());
     return grpc::Status::OK;
   }
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
@@ -39,8 +27,24 @@ class PeerService final : public v1::WsyncPeer::Service {
     resp->set_rejoin(!core_->Heartbeat(req->daemon_id(), req->incarnation()));
     return grpc::Status::OK;
   }
-  grpc::Status DistributePlan(grpc::ServerContext*, const v1::PlanPart*, v1::PlanAck*) override {
-    return NotYet("DistributePlan");
+  grpc::Status AnnounceRanks(grpc::ServerContext*, const v1::RankAnnouncement* req,
+                             v1::AnnounceResponse*) override {
+    auto a = FromProto(*req);
+    if (!a.ok()) return ToGrpcStatus(a.status());
+    return ToGrpcStatus(core_->AcceptRanks(*a));
+  }
+  grpc::Status WithdrawRanks(grpc::ServerContext*, const v1::WithdrawRequest* req, v1::WithdrawResponse*) override {
+    return ToGrpcStatus(core_->WithdrawRanks(req->daemon_id(), req->model_id(), FromProto(req->role()),
+                                             req->replica_id(), FromProto(req->rank())));
+  }
+  grpc::Status DistributePlan(grpc::ServerContext*, const v1::PlanPart* req, v1::PlanAck* resp) override {
+    auto part = FromProto(*req);
+    if (!part.ok()) return ToGrpcStatus(part.status());
+    auto hash = core_->AcceptPlan(*part);
+    if (!hash.ok()) return ToGrpcStatus(hash.status());
+    resp->set_job_id(req->job_id());
+    resp->set_plan_hash(*hash);
+    return grpc::Status::OK;
   }
   grpc::Status KvSet(grpc::ServerContext*, const v1::KvSetRequest* req, v1::KvSetResponse*) override {
     return ToGrpcStatus(core_->KvSet(req->job_id(), req->key(), req->value()));
@@ -51,16 +55,18 @@ class PeerService final : public v1::WsyncPeer::Service {
     resp->set_value(*v);
     return grpc::Status::OK;
   }
-  grpc::Status Prepare(grpc::ServerContext*, const v1::PrepareRequest*,
-                       v1::PrepareResponse*) override {
-    return NotYet("Prepare");
+  grpc::Status Prepare(grpc::ServerContext*, const v1::PrepareRequest* req, v1::PrepareResponse* resp) override {
+    auto r = core_->PreparePart(req->job_id(), req->timeout_ms());
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(*r, resp);
+    return grpc::Status::OK;
   }
-  grpc::Status Commit(grpc::ServerContext*, const v1::CommitRequest*,
-                      v1::CommitResponse*) override {
-    return NotYet("Commit");
+  grpc::Status Commit(grpc::ServerContext*, const v1::CommitRequest* req, v1::CommitResponse*) override {
+    std::map<std::string, std::string> digests(req->replica_digests().begin(), req->replica_digests().end());
+    return ToGrpcStatus(core_->CommitPart(req->job_id(), req->version(), digests));
   }
-  grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest*, v1::AbortResponse*) override {
-    return NotYet("Abort");
+  grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* req, v1::AbortResponse*) override {
+    return ToGrpcStatus(core_->AbortPart(req->job_id(), req->reason()));
   }
 
  private:

@@ -24,6 +24,16 @@ class WsyncPeerStub(object):
                 request_serializer=wsync_dot_v1_dot_peer__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=wsync_dot_v1_dot_peer__pb2.HeartbeatResponse.FromString,
                 )
+        self.AnnounceRanks = channel.unary_unary(
+                '/wsync.v1.WsyncPeer/AnnounceRanks',
+                request_serializer=wsync_dot_v1_dot_peer__pb2.RankAnnouncement.SerializeToString,
+                response_deserializer=wsync_dot_v1_dot_peer__pb2.AnnounceResponse.FromString,
+                )
+        self.WithdrawRanks = channel.unary_unary(
+                '/wsync.v1.WsyncPeer/WithdrawRanks',
+                request_serializer=wsync_dot_v1_dot_peer__pb2.WithdrawRequest.SerializeToString,
+                response_deserializer=wsync_dot_v1_dot_peer__pb2.WithdrawResponse.FromString,
+                )
         self.DistributePlan = channel.unary_unary(
                 '/wsync.v1.WsyncPeer/DistributePlan',
                 request_serializer=wsync_dot_v1_dot_peer__pb2.PlanPart.SerializeToString,
@@ -61,8 +71,8 @@ class WsyncPeerServicer(object):
 
     def Join(self, request, context):
         """Announces a daemon to a coordinator. Returns the current membership.
-        Idempotent; a restarted daemon (new incarnation) replaces the old one and
-        aborts jobs that involved it.
+        Idempotent; a restarted daemon (new incarnation) replaces the old one,
+        dropping the ranks it announced and aborting jobs that involved it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,23 +80,41 @@ class WsyncPeerServicer(object):
 
     def Heartbeat(self, request, context):
         """Liveness. A member that misses heartbeats for the configured timeout is
-        removed and its jobs abort.
+        removed, its announced ranks are dropped and its jobs abort.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnnounceRanks(self, request, context):
+        """A participant tells the coordinator about a rank registered on it (its
+        shards with explicit pieces; no memory). FAILED_PRECONDITION when the
+        caller has not joined (rejoin first); INVALID_ARGUMENT when the rank
+        contradicts the model's other registrations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawRanks(self, request, context):
+        """The rank went away on the participant (its client detached).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DistributePlan(self, request, context):
-        """Sends a participant its part of a sync plan. The participant recomputes
-        the plan hash over the schedule it received and refuses a mismatch
-        (FAILED_PRECONDITION naming both hashes).
+        """Sends a participant the plan of a sync. The participant rebuilds the
+        plan from the endpoints, refuses a hash other than `plan_hash`
+        (FAILED_PRECONDITION naming both), checks that its ranks are still
+        registered as announced, and starts its transfer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def KvSet(self, request, context):
-        """Rendezvous store (NCCL unique ids, Gloo store keys), scoped per job.
+        """Rendezvous store (Gloo addresses, NCCL unique ids), scoped.
         KvGet blocks until the key exists or its timeout passes
         (DEADLINE_EXCEEDED naming the key).
         """
@@ -101,9 +129,10 @@ class WsyncPeerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Prepare(self, request, context):
-        """Two-phase commit of a job. Prepare reports the participant's digests;
-        Commit publishes the version; Abort rolls back (or poisons IN_PLACE
-        targets). Commit and Abort are idempotent.
+        """Two-phase commit of a job. Prepare waits for the participant's
+        transfer and reports its digests (or why it failed); Commit publishes
+        the version; Abort rolls back (or poisons IN_PLACE targets) and ends a
+        transfer still running. Commit and Abort are idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +162,16 @@ def add_WsyncPeerServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=wsync_dot_v1_dot_peer__pb2.HeartbeatRequest.FromString,
                     response_serializer=wsync_dot_v1_dot_peer__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'AnnounceRanks': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnnounceRanks,
+                    request_deserializer=wsync_dot_v1_dot_peer__pb2.RankAnnouncement.FromString,
+                    response_serializer=wsync_dot_v1_dot_peer__pb2.AnnounceResponse.SerializeToString,
+            ),
+            'WithdrawRanks': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawRanks,
+                    request_deserializer=wsync_dot_v1_dot_peer__pb2.WithdrawRequest.FromString,
+                    response_serializer=wsync_dot_v1_dot_peer__pb2.WithdrawResponse.SerializeToString,
             ),
             'DistributePlan': grpc.unary_unary_rpc_method_handler(
                     servicer.DistributePlan,
@@ -205,6 +244,40 @@ class WsyncPeer(object):
         return grpc.experimental.unary_unary(request, target, '/wsync.v1.WsyncPeer/Heartbeat',
             wsync_dot_v1_dot_peer__pb2.HeartbeatRequest.SerializeToString,
             wsync_dot_v1_dot_peer__pb2.HeartbeatResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AnnounceRanks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/wsync.v1.WsyncPeer/AnnounceRanks',
+            wsync_dot_v1_dot_peer__pb2.RankAnnouncement.SerializeToString,
+            wsync_dot_v1_dot_peer__pb2.AnnounceResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WithdrawRanks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/wsync.v1.WsyncPeer/WithdrawRanks',
+            wsync_dot_v1_dot_peer__pb2.WithdrawRequest.SerializeToString,
+            wsync_dot_v1_dot_peer__pb2.WithdrawResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -1,0 +1,1196 @@
+// Multi-node syncs. The coordinator (the daemon the model's ranks were
+// announced to) plans, sends every member the same PlanPart, gathers their
+// digests (Prepare), compares them and commits or aborts everywhere. Each
+// member runs its part: sources pack their buckets (regroup + cast) into
+// wire buffers, the bytes travel over Gloo as chain broadcasts (one hop per
+// daemon, so k replicas cost about one), targets unpack into staging or
+// live memory, double-buffered so packing bucket i+1 overlaps the transfer
+// of bucket i.
+#include <algorithm>
+#include <thread>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "daemon/core/core_impl.h"
+#include "daemon/layout/lowering.h"
+#include "kernels/digest.h"
+
+namespace wsync::core::internal {
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+uint64_t Align(uint64_t x) { return (x + 63) & ~uint64_t{63}; }
+
+// The coordinator's own rendezvous store, for its own part.
+class LocalStore final : public transport::KvStore {
+ public:
+  LocalStore(Core* core, std::string scope) : core_(core), scope_(std::move(scope)) {}
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    return core_->KvSet(scope_, key, value);
+  }
+  absl::StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) override {
+    return core_->KvGet(scope_, key, static_cast<uint64_t>(timeout.count()), nullptr);
+  }
+
+ private:
+  Core* core_;
+  std::string scope_;
+};
+
+std::string ShardsSignature(const std::vector<layout::ShardSpec>& shards) {
+  std::string s;
+  for (const auto& sh : shards) {
+    absl::StrAppend(&s, sh.name, sh.shape.ToString(), static_cast<int>(sh.dtype), ":");
+    for (const auto& p : sh.pieces) absl::StrAppend(&s, p.tensor, p.canonical.ToString(), p.shard.ToString(), ";");
+  }
+  return s;
+}
+
+std::string HexOf(const std::string& bytes) {
+  kernels::DigestSums s = kernels::DigestPartial(bytes.data(), bytes.size(), 0);
+  return kernels::DigestFinish(s, bytes.size()).Hex();
+}
+
+// A dense shard holding one box: how a wire region is viewed.
+layout::ShardSpec RegionSpec(const layout::Box& box, layout::DType dtype) {
+  layout::ShardSpec s;
+  s.shape.ndim = box.ndim;
+  for (int i = 0; i < box.ndim; ++i) s.shape.d[i] = box.size[i];
+  s.dtype = dtype;
+  return s;
+}
+
+layout::Box Origin(const layout::Box& box) {
+  layout::Box b = box;
+  for (int i = 0; i < b.ndim; ++i) b.off[i] = 0;
+  return b;
+}
+
+}  // namespace
+
+absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::ModelSpec& spec,
+                                       const std::map<int32_t, Adapter>& adapters) {
+  DistPlan d;
+  const std::string what = absl::StrCat("model '", part.model_id, "' job ", part.job_id);
+  for (size_t i = 0; i < part.tensor_names.size(); ++i) {
+    const int32_t id = spec.Find(part.tensor_names[i]);
+    if (id < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": the plan names tensor '", part.tensor_names[i],
+                                                        "', which the model registered here lacks"));
+    }
+    d.tensor_ids[static_cast<int32_t>(i)] = id;
+  }
+  for (size_t i = 0; i < part.members.size(); ++i) d.rank_of[part.members[i].daemon_id] = static_cast<int>(i);
+  auto rank_of = [&](const std::string& daemon) -> absl::StatusOr<int> {
+    auto it = d.rank_of.find(daemon);
+    if (it == d.rank_of.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": daemon '", daemon, "' holds ranks but is not a member"));
+    }
+    return it->second;
+  };
+  auto local_shards = [&](const PlanEndpoint& e) {
+    std::vector<layout::ShardSpec> out = e.shards;
+    for (auto& s : out) {
+      for (auto& p : s.pieces) p.tensor = d.tensor_ids[p.tensor];
+    }
+    return out;
+  };
+  for (const PlanEndpoint& e : part.sources) {
+    d.sources.push_back({absl::StrCat("source/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
+  }
+  for (const auto& group : part.replica_groups) {
+    if (group.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": an empty replica group"));
+    for (size_t j = 0; j < part.targets.size(); ++j) {
+      const PlanEndpoint& e = part.targets[j];
+      if (e.replica_id != group[0]) continue;
+      d.targets.push_back({absl::StrCat(e.replica_id, "/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
+      std::vector<uint32_t> recv;
+      for (size_t k = 0; k < part.targets.size(); ++k) {
+        const PlanEndpoint& o = part.targets[k];
+        if (CoordsKey(o.rank) == CoordsKey(e.rank) &&
+            std::find(group.begin(), group.end(), o.replica_id) != group.end()) {
+          recv.push_back(static_cast<uint32_t>(k));
+        }
+      }
+      if (recv.size() != group.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(what, ": replicas ", absl::StrJoin(group, ", "),
+                                                       " are grouped but do not all hold rank ", e.rank.ToString()));
+      }
+      d.receivers.push_back(std::move(recv));
+    }
+  }
+  auto plan = layout::BuildPlan(spec, d.sources, d.targets, {part.bucket_bytes});
+  if (!plan.ok()) {
+    return absl::Status(plan.status().code(), absl::StrCat("model '", part.model_id, "': ", plan.status().message()));
+  }
+  d.plan = std::move(*plan);
+  d.full = part.lora == LoraMode::kNone || part.lora == LoraMode::kMerge;
+  for (const auto& [base, ad] : adapters) d.adapted.insert(base);
+  if (part.lora != LoraMode::kNone) {
+    for (const std::string& b : part.lora_bases) {
+      const int32_t id = spec.Find(b);
+      if (id < 0 || !adapters.count(id)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ": no LoRA adapter on '", b, "' is registered with the model here"));
+      }
+      d.active.insert(id);
+    }
+    if (part.lora_bases.empty()) d.active = d.adapted;
+    if (d.active.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": LoRA mode ", LoraModeName(part.lora),
+                                                        " but the model here has no adapters"));
+    }
+  }
+  // Member ranks that hold targets.
+  std::set<int> target_ranks;
+  for (const PlanEndpoint& e : part.targets) {
+    auto r = rank_of(e.daemon_id);
+    if (!r.ok()) return r.status();
+    target_ranks.insert(*r);
+  }
+  auto chain_from = [&](int src, const std::set<int>& to) {
+    std::vector<int> c = {src};
+    for (int r : to) {
+      if (r != src) c.push_back(r);
+    }
+    return c;
+  };
+  std::string hash_input = absl::StrCat(d.plan.HashHex(), "|", LoraModeName(part.lora), "|");
+  if (!d.active.empty()) {
+    d.gather_target.id = "lora";
+    for (int32_t base : d.active) {
+      const Adapter& ad = adapters.at(base);
+      for (int32_t t : {ad.a, ad.b}) {
+        const layout::Shape& sh = spec.tensor(t).shape;
+        layout::ShardSpec s{spec.tensor(t).name, sh, layout::DType::kF32, {}};
+        s.pieces.push_back({t, layout::Box::Whole(sh), layout::Box::Whole(sh)});
+        d.gather_target.shards.push_back(s);
+      }
+    }
+    auto g = layout::BuildPlan(spec, d.sources, {d.gather_target}, {part.bucket_bytes});
+    if (!g.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": LoRA tensors: ", g.status().message()));
+    }
+    d.gather = std::move(*g);
+    d.has_gather = true;
+    absl::StrAppend(&hash_input, d.gather.HashHex(), "|");
+    for (size_t b = 0; b < d.gather.buckets.size(); ++b) {
+      const layout::Bucket& bk = d.gather.buckets[b];
+      Wire w;
+      w.gather = true;
+      w.bucket = static_cast<uint32_t>(b);
+      for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
+        w.ops.push_back({i, w.bytes, layout::DType::kF32});
+        w.bytes = Align(w.bytes + layout::BoxBytes(d.gather.ops[i].dst_box, layout::DType::kF32));
+      }
+      auto src = rank_of(part.sources[bk.src_endpoint].daemon_id);
+      if (!src.ok()) return src.status();
+      w.chain = chain_from(*src, target_ranks);
+      d.wires.push_back(std::move(w));
+    }
+  }
+  static char dummy[64];
+  uint64_t words = 0;
+  for (size_t b = 0; b < d.plan.buckets.size(); ++b) {
+    const layout::Bucket& bk = d.plan.buckets[b];
+    Wire w;
+    w.bucket = static_cast<uint32_t>(b);
+    w.moves = d.full;
+    w.word_base = words;
+    std::set<int> to;
+    for (uint32_t k : d.receivers[bk.dst_endpoint]) {
+      auto r = rank_of(part.targets[k].daemon_id);
+      if (!r.ok()) return r.status();
+      to.insert(*r);
+    }
+    for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
+      const layout::CopyOp& c = d.plan.ops[i];
+      const layout::ShardSpec& dst = d.targets[c.dst_endpoint].shards[c.dst_shard];
+      const bool written = d.full || d.active.count(c.tensor);
+      if (written) {
+        kernels::BoxCopyOp k = layout::LowerBox(c.dst_box, {&dst, nullptr, dummy});
+        uint64_t base;
+        words += kernels::BoxPayloadWords(&k, 1, words, &base);
+      }
+      if (!d.full) continue;
+      const layout::DType wire = d.adapted.count(c.tensor) ? layout::DType::kF32 : dst.dtype;
+      w.ops.push_back({i, w.bytes, wire});
+      w.bytes = Align(w.bytes + layout::BoxBytes(c.dst_box, wire));
+    }
+    w.words = words - w.word_base;
+    auto src = rank_of(part.sources[bk.src_endpoint].daemon_id);
+    if (!src.ok()) return src.status();
+    w.chain = chain_from(*src, to);
+    absl::StrAppend(&hash_input, absl::StrJoin(w.chain, ","), ";");
+    d.wires.push_back(std::move(w));
+  }
+  d.hash = HexOf(hash_input);
+  return d;
+}
+
+// ---------------------------------------------------------------- participant
+
+absl::StatusOr<std::unique_ptr<transport::Communicator>> CoreImpl::NewCommunicator(
+    const std::vector<std::string>& members, int rank, const std::string& key) {
+  std::string coordinator;
+  {
+    absl::MutexLock lock(&mu_);
+    coordinator = comm_store_[key];
+  }
+  std::unique_ptr<transport::KvStore> store;
+  if (coordinator.empty() || coordinator == PeerAddress()) {
+    store = std::make_unique<LocalStore>(this, key);
+  } else {
+    store = options_.peers->Store(coordinator, key);
+  }
+  transport::GlooOptions o;
+  o.hostname = options_.data_host;
+  o.timeout = std::chrono::milliseconds(options_.peer_timeout_ms * 3);
+  log_->info("building a gloo communicator: rank {} of {} ({})", rank, members.size(), absl::StrJoin(members, ", "));
+  return transport::CreateGlooCommunicator(store.get(), key, rank, static_cast<int>(members.size()), o);
+}
+
+absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
+  if (plan.job_id.empty()) return absl::InvalidArgumentError("a plan part needs a job id");
+  auto p = std::make_unique<Part>();
+  p->plan = plan;
+  Model* model = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+    ReapParts();
+    if (parts_.count(plan.job_id) || outcomes_.count(plan.job_id)) {
+      return absl::AlreadyExistsError(absl::StrCat("job ", plan.job_id, " was already distributed here"));
+    }
+    auto mit = models_.find(plan.model_id);
+    if (mit == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("model '", plan.model_id, "' is not registered on daemon '",
+                                              options_.daemon_id, "'"));
+    }
+    model = mit->second.get();
+    if (model->part != nullptr || (model->running != nullptr && model->running->id != plan.job_id)) {
+      return absl::FailedPreconditionError(absl::StrCat("model '", plan.model_id, "' already runs a sync on daemon '",
+                                                        options_.daemon_id, "'"));
+    }
+    const std::string& me = options_.daemon_id;
+    auto check = [&](const PlanEndpoint& e, RankReg* r) -> absl::Status {
+      const std::string who = absl::StrCat("model '", plan.model_id, "' ", RoleName(e.role), " rank ",
+                                           e.rank.ToString(), e.replica_id.empty() ? "" : " of replica '" + e.replica_id + "'",
+                                           " on daemon '", me, "'");
+      if (r == nullptr || !r->daemon.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat(who, " is not registered here (any more)"));
+      }
+      if (r->device >= 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            who, " is in GPU memory; multi-node syncs move host memory over gloo (NCCL is not wired to syncs yet)"));
+      }
+      if (r->shards.size() != e.shards.size()) {
+        return absl::FailedPreconditionError(absl::StrCat(who, " changed since it was announced"));
+      }
+      for (size_t i = 0; i < e.shards.size(); ++i) {
+        const auto& a = r->shards[i];
+        const auto& b = e.shards[i];
+        if (a.name != b.name || a.shape != b.shape || a.dtype != b.dtype || a.pieces.size() != b.pieces.size()) {
+          return absl::FailedPreconditionError(absl::StrCat(who, " buffer '", a.name, "' changed since it was announced"));
+        }
+      }
+      return absl::OkStatus();
+    };
+    p->src_local.assign(plan.sources.size(), nullptr);
+    p->dst_local.assign(plan.targets.size(), nullptr);
+    p->dst_replica.assign(plan.targets.size(), nullptr);
+    for (size_t i = 0; i < plan.sources.size(); ++i) {
+      if (plan.sources[i].daemon_id != me) continue;
+      auto it = model->sources.find(CoordsKey(plan.sources[i].rank));
+      RankReg* r = it == model->sources.end() ? nullptr : it->second.get();
+      if (absl::Status s = check(plan.sources[i], r); !s.ok()) return s;
+      p->src_local[i] = r;
+    }
+    for (size_t j = 0; j < plan.targets.size(); ++j) {
+      if (plan.targets[j].daemon_id != me) continue;
+      auto rit = model->replicas.find(plan.targets[j].replica_id);
+      RankReg* r = nullptr;
+      if (rit != model->replicas.end()) {
+        auto it = rit->second.ranks.find(CoordsKey(plan.targets[j].rank));
+        if (it != rit->second.ranks.end()) r = it->second.get();
+      }
+      if (absl::Status s = check(plan.targets[j], r); !s.ok()) return s;
+      p->dst_local[j] = r;
+      p->dst_replica[j] = &rit->second;
+    }
+  }
+  // The model is not frozen yet, but its spec and adapters never change.
+  auto dist = BuildDistPlan(plan, model->spec, model->adapters);
+  if (!dist.ok()) return dist.status();
+  if (dist->hash != plan.plan_hash) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", plan.model_id, "' job ", plan.job_id, ": plan hash mismatch on daemon '", options_.daemon_id,
+        "': the coordinator planned ", plan.plan_hash, ", this daemon computes ", dist->hash,
+        " (different wsync versions, or the model differs)"));
+  }
+  p->dist = std::make_unique<DistPlan>(std::move(*dist));
+  p->full = p->dist->full;
+  p->deadline = absl::FromUnixMillis(static_cast<int64_t>(plan.deadline_unix_ms));
+  const std::string hash = p->dist->hash;
+  absl::MutexLock lock(&mu_);
+  if (model->part != nullptr || model->generation == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("model '", plan.model_id, "' changed while the plan arrived"));
+  }
+  auto job = std::make_unique<Job>();
+  job->id = plan.job_id;
+  job->model_id = plan.model_id;
+  job->version = plan.version;
+  job->start = absl::Now();
+  for (RankReg* r : p->src_local) if (r) job->sessions.insert(r->session_id);
+  for (RankReg* r : p->dst_local) if (r) job->sessions.insert(r->session_id);
+  if (plan.coordinator_id != options_.daemon_id) job->daemons.insert(plan.coordinator_id);
+  job->progress.phase = "TRANSFERRING";
+  p->job = job.get();
+  p->model = model;
+  jobs_[absl::StrCat("part:", plan.job_id)] = std::move(job);
+  model->part = p.get();
+  comm_store_[plan.comm_key] = plan.coordinator_address;
+  Part* raw = p.get();
+  parts_[plan.job_id] = std::move(p);
+  raw->thread = std::thread([this, raw] { RunPart(raw); });
+  log_->info("job {} of model '{}' version {}: part accepted from coordinator '{}' (plan {})", plan.job_id,
+             plan.model_id, plan.version, plan.coordinator_id, hash);
+  return hash;
+}
+
+absl::Status CoreImpl::TransferPart(Part* p) {
+  const PlanPart& plan = p->plan;
+  const DistPlan& d = *p->dist;
+  Job* job = p->job;
+  Model* model = p->model;
+  const std::string& me = options_.daemon_id;
+  const int my_rank = d.rank_of.at(me);
+  auto ctx_or = host_exec_->NewContext();
+  if (!ctx_or.ok()) return ctx_or.status();
+  std::unique_ptr<ExecContext> ctx = std::move(*ctx_or);
+  auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
+    return r->strides[s].empty() ? nullptr : r->strides[s].data();
+  };
+  // Target memory: staging for staged replicas, fp32 bases of adapted shards.
+  for (size_t j = 0; j < plan.targets.size(); ++j) {
+    RankReg* r = p->dst_local[j];
+    if (r == nullptr) continue;
+    for (size_t s = 0; s < r->shards.size(); ++s) {
+      const layout::ShardSpec& sh = r->shards[s];
+      if (p->dst_replica[j]->mode == UpdateMode::kStaged && !r->staging[s]) {
+        auto b = ctx->Allocate(-1, sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
+                               absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return b.status();
+        r->staging[s] = std::move(*b);
+      }
+      bool tracked = false;
+      for (const layout::Piece& pc : sh.pieces) tracked |= d.adapted.count(pc.tensor) > 0;
+      if (tracked && d.full && !r->base[s]) {
+        auto b = ctx->Allocate(-1, sh.shape.NumElements() * 4, absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
+        if (!b.ok()) return b.status();
+        r->base[s] = std::move(*b);
+      }
+    }
+  }
+  auto write_view = [&](uint32_t j, uint32_t s) -> layout::ShardView {
+    RankReg* r = p->dst_local[j];
+    if (p->dst_replica[j]->mode == UpdateMode::kStaged) return {&r->shards[s], nullptr, r->staging[s]->data()};
+    return {&r->shards[s], strides_of(r, s), r->live[s]};
+  };
+  std::map<std::pair<uint32_t, uint32_t>, layout::ShardSpec> base_spec;
+  auto base_view = [&](uint32_t j, uint32_t s) -> layout::ShardView {
+    auto key = std::make_pair(j, s);
+    auto it = base_spec.find(key);
+    if (it == base_spec.end()) {
+      layout::ShardSpec sp = p->dst_local[j]->shards[s];
+      sp.dtype = layout::DType::kF32;
+      sp.pieces.clear();
+      it = base_spec.emplace(key, sp).first;
+    }
+    return {&it->second, nullptr, p->dst_local[j]->base[s]->data()};
+  };
+  // In-place targets pause before their live memory is written.
+  SessionReplicas inplace;
+  bool holds_targets = false;
+  for (size_t j = 0; j < plan.targets.size(); ++j) {
+    if (p->dst_local[j] == nullptr) continue;
+    holds_targets = true;
+    if (p->dst_replica[j]->mode == UpdateMode::kInPlace) inplace[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
+  }
+  if (!inplace.empty()) {
+    absl::Status s = PauseTargets(job, inplace, plan.model_id, plan.version, p->deadline);
+    p->paused.insert(inplace.begin(), inplace.end());
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = CheckJob(job, p->deadline, "transfer", nullptr); !s.ok()) return s;
+
+  // The communicator, when bytes cross daemons.
+  std::vector<const Wire*> mine;
+  bool crosses = false;
+  size_t max_bytes = 64;
+  for (const Wire& w : d.wires) {
+    if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
+    mine.push_back(&w);
+    crosses |= w.moves && w.chain.size() > 1;
+    if (w.moves) max_bytes = std::max<size_t>(max_bytes, w.bytes);
+  }
+  std::unique_ptr<transport::Communicator> comm;
+  std::vector<std::string> ids;
+  for (const PeerMember& m : plan.members) ids.push_back(absl::StrCat(m.daemon_id, "@", m.incarnation));
+  const std::string comm_kind = plan.comm_key;
+  auto give_back = absl::MakeCleanup([&] {
+    {
+      absl::MutexLock lock(&mu_);
+      p->comm = nullptr;
+    }
+    if (comm) comms_.Put(transport::CommunicatorCache::Key(comm_kind, 0, ids), std::move(comm));
+  });
+  if (crosses) {
+    {
+      absl::MutexLock lock(&mu_);
+      comm_store_[transport::CommunicatorCache::Key(comm_kind, 0, ids)] = plan.coordinator_address;
+    }
+    auto c = comms_.Take(comm_kind, 0, ids, absl::StrCat(me, "@", options_.incarnation));
+    if (!c.ok()) return c.status();
+    comm = std::move(*c);
+    absl::MutexLock lock(&mu_);
+    p->comm = comm.get();
+    if (!job->abort_reason.empty()) comm->Abort(job->abort_reason);
+  }
+
+  // LoRA operands on daemons that hold targets.
+  std::map<int32_t, std::unique_ptr<memory::Buffer>> lora_mem;
+  if (d.has_gather && holds_targets) {
+    for (const layout::ShardSpec& s : d.gather_target.shards) {
+      auto b = ctx->Allocate(-1, s.shape.NumElements() * 4, "LoRA operands");
+      if (!b.ok()) return b.status();
+      lora_mem[s.pieces[0].tensor] = std::move(*b);
+    }
+  }
+  std::vector<std::unique_ptr<memory::Buffer>> bufs;
+  for (int i = 0; i < 2; ++i) {
+    auto b = ctx->Allocate(-1, max_bytes, "wire bucket");
+    if (!b.ok()) return b.status();
+    bufs.push_back(std::move(*b));
+  }
+  const bool merge = plan.lora == LoraMode::kMerge;
+  const double sign = plan.lora == LoraMode::kUnmerge ? -1.0 : 1.0;
+  std::map<int32_t, Adapter> adapters = model->adapters;
+
+  // Packs wire `w` (this daemon is its source) into `buf`.
+  auto pack = [&](const Wire& w, char* buf) -> absl::Status {
+    const layout::Plan& pl = w.gather ? d.gather : d.plan;
+    std::vector<layout::ShardSpec> specs;
+    specs.reserve(w.ops.size());
+    std::vector<kernels::BoxCopyOp> ops;
+    for (const WireOp& o : w.ops) {
+      const layout::CopyOp& c = pl.ops[o.op];
+      RankReg* sr = p->src_local[c.src_endpoint];
+      specs.push_back(RegionSpec(c.dst_box, o.dtype));
+      layout::CopyOp c2 = c;
+      c2.dst_box = Origin(c.dst_box);
+      ops.push_back(layout::LowerCopy(c2, {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]},
+                                      {&specs.back(), nullptr, buf + o.offset}));
+    }
+    return ctx->Copy(-1, ops.data(), ops.size());
+  };
+  // Writes wire `w` (received into `buf`) into this daemon's targets.
+  auto unpack = [&](size_t wi, const Wire& w, const char* buf) -> absl::Status {
+    if (!holds_targets) return absl::OkStatus();
+    const kernels::DigestSums got = w.moves ? kernels::DigestPartial(buf, w.bytes, 0) : kernels::DigestSums{};
+    if (w.gather) {
+      std::vector<layout::ShardSpec> specs;
+      specs.reserve(w.ops.size());
+      std::vector<kernels::BoxCopyOp> ops;
+      for (const WireOp& o : w.ops) {
+        const layout::CopyOp& c = d.gather.ops[o.op];
+        specs.push_back(RegionSpec(c.dst_box, layout::DType::kF32));
+        layout::CopyOp c2 = c;
+        c2.src_box = Origin(c.dst_box);
+        const layout::ShardSpec& gs = d.gather_target.shards[c.dst_shard];
+        ops.push_back(layout::LowerCopy(c2, {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset},
+                                        {&gs, nullptr, lora_mem[gs.pieces[0].tensor]->data()}));
+      }
+      if (absl::Status s = ctx->Copy(-1, ops.data(), ops.size()); !s.ok()) return s;
+      absl::MutexLock lock(&mu_);
+      p->result.sums.push_back({wi, "*", got.s1, got.s2, 0, 0, 0});
+      return absl::OkStatus();
+    }
+    const layout::Bucket& bk = d.plan.buckets[w.bucket];
+    std::map<uint64_t, const WireOp*> by_op;
+    for (const WireOp& o : w.ops) by_op[o.op] = &o;
+    for (uint32_t j : d.receivers[bk.dst_endpoint]) {
+      if (p->dst_local[j] == nullptr) continue;
+      RankReg* tr = p->dst_local[j];
+      std::vector<layout::ShardSpec> specs;
+      specs.reserve(bk.num_ops);
+      std::vector<kernels::BoxCopyOp> copies, base_copies, digests;
+      std::vector<kernels::LoraMergeOp> loras;
+      std::vector<uint64_t> words;
+      uint64_t word = w.word_base;
+      for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
+        const layout::CopyOp& c = d.plan.ops[i];
+        const bool active = d.active.count(c.tensor) > 0;
+        if (!d.full && !active) continue;
+        layout::ShardView dst = write_view(j, c.dst_shard);
+        if (d.full) {
+          const WireOp& o = *by_op.at(i);
+          specs.push_back(RegionSpec(c.dst_box, o.dtype));
+          layout::CopyOp c2 = c;
+          c2.src_box = Origin(c.dst_box);
+          layout::ShardView region{&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
+          if (d.adapted.count(c.tensor) && tr->base[c.dst_shard]) {
+            base_copies.push_back(layout::LowerCopy(c2, region, base_view(j, c.dst_shard)));
+          }
+          if (merge && active) {
+            const Adapter& ad = adapters.at(c.tensor);
+            loras.push_back(MakeLoraOp(model->spec, ad, c, static_cast<const float*>(lora_mem[ad.a]->data()),
+                                       static_cast<const float*>(lora_mem[ad.b]->data()),
+                                       layout::LowerMatrix(c2, c2.src_box, region), o.dtype,
+                                       layout::LowerMatrix(c, c.dst_box, dst), dst.spec->dtype, ad.scaling));
+          } else {
+            copies.push_back(layout::LowerCopy(c2, region, dst));
+          }
+        } else {
+          const Adapter& ad = adapters.at(c.tensor);
+          layout::ShardView wv = plan.lora == LoraMode::kAdapterOnly
+                                     ? base_view(j, c.dst_shard)
+                                     : layout::ShardView{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard),
+                                                         tr->live[c.dst_shard]};
+          loras.push_back(MakeLoraOp(model->spec, ad, c, static_cast<const float*>(lora_mem[ad.a]->data()),
+                                     static_cast<const float*>(lora_mem[ad.b]->data()),
+                                     layout::LowerMatrix(c, c.dst_box, wv), wv.spec->dtype,
+                                     layout::LowerMatrix(c, c.dst_box, dst), dst.spec->dtype, sign * ad.scaling));
+        }
+        digests.push_back(layout::LowerBox(c.dst_box, dst));
+        uint64_t base;
+        word += kernels::BoxPayloadWords(&digests.back(), 1, word, &base);
+        words.push_back(base);
+        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) {
+          absl::MutexLock lock(&mu_);
+          p->live_written.insert(plan.targets[j].replica_id);
+        }
+        p->written.push_back({j, c.dst_shard, c.dst_box});
+      }
+      absl::Status s = ctx->Copy(-1, base_copies.data(), base_copies.size());
+      if (s.ok()) s = ctx->Copy(-1, copies.data(), copies.size());
+      if (s.ok()) s = ctx->LoraMerge(-1, loras.data(), loras.size());
+      if (s.ok()) s = ctx->Digest(-1, digests.data(), digests.size(), words.data(), 0);
+      if (!s.ok()) return s;
+      auto sums = ctx->Finish(1);
+      if (!sums.ok()) return sums.status();
+      absl::MutexLock lock(&mu_);
+      p->result.sums.push_back({wi, plan.targets[j].replica_id, got.s1, got.s2, (*sums)[0].s1, (*sums)[0].s2,
+                                word - w.word_base});
+    }
+    return absl::OkStatus();
+  };
+
+  // The transfer loop: pack i+1 while i is in flight, unpack i while i+1 is.
+  std::unique_ptr<transport::Transfer> pending;
+  size_t pending_wire = 0;
+  const Wire* pending_w = nullptr;
+  char* pending_buf = nullptr;
+  size_t k = 0;
+  auto finish_pending = [&]() -> absl::Status {
+    if (pending_w == nullptr) return absl::OkStatus();
+    if (pending) {
+      absl::Status s = pending->Wait();
+      pending.reset();
+      if (!s.ok()) return s;
+    }
+    const Wire* w = pending_w;
+    pending_w = nullptr;
+    return unpack(pending_wire, *w, pending_buf);
+  };
+  for (size_t wi = 0; wi < d.wires.size(); ++wi) {
+    const Wire& w = d.wires[wi];
+    if (!w.moves) continue;
+    if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
+    if (absl::Status s = CheckJob(job, p->deadline, "transfer", nullptr); !s.ok()) return s;
+    char* buf = static_cast<char*>(bufs[k++ % 2]->data());
+    if (w.chain[0] == my_rank) {
+      if (absl::Status s = pack(w, buf); !s.ok()) return s;
+      kernels::DigestSums sent = kernels::DigestPartial(buf, w.bytes, 0);
+      absl::MutexLock lock(&mu_);
+      p->result.sums.push_back({wi, "", sent.s1, sent.s2, 0, 0, 0});
+      if (w.chain.size() > 1) p->result.bytes_sent += w.bytes;
+    } else {
+      absl::MutexLock lock(&mu_);
+      p->result.bytes_received += w.bytes;
+    }
+    std::unique_ptr<transport::Transfer> t;
+    if (w.chain.size() > 1) {
+      auto x = comm->StartChain(buf, w.bytes, w.chain, static_cast<uint32_t>(wi), options_.chunk_bytes);
+      if (!x.ok()) return x.status();
+      t = std::move(*x);
+    }
+    if (absl::Status s = finish_pending(); !s.ok()) return s;
+    pending = std::move(t);
+    pending_w = &w;
+    pending_wire = wi;
+    pending_buf = buf;
+    if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
+  }
+  if (absl::Status s = finish_pending(); !s.ok()) return s;
+  // Local LoRA math (adapter_only, unmerge) once the operands are here.
+  for (size_t wi = 0; wi < d.wires.size(); ++wi) {
+    const Wire& w = d.wires[wi];
+    if (w.moves || w.gather) continue;
+    if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
+    if (absl::Status s = unpack(wi, w, nullptr); !s.ok()) return s;
+  }
+  // Zero padding (full syncs).
+  if (d.full) {
+    std::vector<kernels::BoxCopyOp> fills;
+    for (const layout::FillOp& f : d.plan.fills) {
+      for (uint32_t j : d.receivers[f.dst_endpoint]) {
+        if (p->dst_local[j] == nullptr) continue;
+        fills.push_back(layout::LowerFill(f, write_view(j, f.dst_shard)));
+        p->written.push_back({j, f.dst_shard, f.dst_box});
+        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) {
+          absl::MutexLock lock(&mu_);
+          p->live_written.insert(plan.targets[j].replica_id);
+        }
+      }
+    }
+    if (absl::Status s = ctx->Copy(-1, fills.data(), fills.size()); !s.ok()) return s;
+  }
+  if (auto done = ctx->Finish(0); !done.ok()) return done.status();
+  return CheckJob(job, p->deadline, "transfer", nullptr);
+}
+
+void CoreImpl::RunPart(Part* p) {
+  const absl::Time t0 = absl::Now();
+  absl::Status s = TransferPart(p);
+  {
+    absl::MutexLock lock(&mu_);
+    p->state = s.ok() ? Part::State::kPrepared : Part::State::kFailed;
+    p->error = s;
+    p->result.ready = s.ok();
+    p->result.error = s;
+    if (!s.ok() && !p->decided) {
+      p->decided = true;
+      p->commit = false;
+      p->abort_reason = std::string(s.message());
+    }
+    log_->info("job {} of model '{}': transfer {} in {:.1f} ms ({} bytes sent, {} received){}", p->plan.job_id,
+               p->plan.model_id, s.ok() ? "done" : "failed", Ms(absl::Now() - t0), p->result.bytes_sent,
+               p->result.bytes_received, s.ok() ? "" : absl::StrCat(": ", s.ToString()));
+    auto decided = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->decided; };
+    mu_.AwaitWithDeadline(absl::Condition(&decided), p->deadline + absl::Seconds(5));
+    if (!p->decided) {
+      p->decided = true;
+      p->commit = false;
+      p->abort_reason = "neither commit nor abort came from the coordinator before the deadline";
+    }
+  }
+  FinishPart(p);
+}
+
+void CoreImpl::FinishPart(Part* p) {
+  const PlanPart& plan = p->plan;
+  absl::Status status;
+  bool commit;
+  {
+    absl::MutexLock lock(&mu_);
+    commit = p->commit && p->state == Part::State::kPrepared;
+  }
+  SessionReplicas targets;
+  for (size_t j = 0; j < plan.targets.size(); ++j) {
+    if (p->dst_local[j]) targets[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
+  }
+  if (commit) {
+    SessionReplicas staged;
+    for (size_t j = 0; j < plan.targets.size(); ++j) {
+      if (p->dst_local[j] && p->dst_replica[j]->mode == UpdateMode::kStaged) {
+        staged[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
+      }
+    }
+    if (!staged.empty()) {
+      status = PauseTargets(p->job, staged, plan.model_id, plan.version, p->deadline + absl::Seconds(5));
+      p->paused.insert(staged.begin(), staged.end());
+      if (status.ok()) {
+        std::vector<kernels::BoxCopyOp> ops;
+        for (const Part::Written& w : p->written) {
+          RankReg* r = p->dst_local[w.target];
+          if (p->dst_replica[w.target]->mode != UpdateMode::kStaged) continue;
+          layout::CopyOp c;
+          c.src_box = c.dst_box = c.canonical = w.box;
+          ops.push_back(layout::LowerCopy(
+              c, {&r->shards[w.shard], nullptr, r->staging[w.shard]->data()},
+              {&r->shards[w.shard], r->strides[w.shard].empty() ? nullptr : r->strides[w.shard].data(), r->live[w.shard]}));
+          absl::MutexLock lock(&mu_);
+          p->live_written.insert(plan.targets[w.target].replica_id);
+        }
+        auto ctx = host_exec_->NewContext();
+        status = ctx.ok() ? (*ctx)->Copy(-1, ops.data(), ops.size()) : ctx.status();
+        if (status.ok()) status = (*ctx)->Finish(0).status();
+      }
+    }
+  }
+  std::set<std::string> replicas;
+  for (const auto& [sid, reps] : targets) replicas.insert(reps.begin(), reps.end());
+  {
+    absl::MutexLock lock(&mu_);
+    if (commit && status.ok()) {
+      for (const std::string& rid : replicas) {
+        Replica& rep = p->model->replicas[rid];
+        rep.version = plan.version;
+        auto it = p->digests.find(rid);
+        rep.digest = it == p->digests.end() ? "" : it->second;
+        rep.poisoned = false;
+        if (p->full && !p->model->adapters.empty()) rep.base_valid = true;
+      }
+      p->state = Part::State::kCommitted;
+    } else {
+      for (const std::string& rid : p->live_written) p->model->replicas[rid].poisoned = true;
+      p->state = Part::State::kAborted;
+      if (status.ok()) status = absl::AbortedError(p->abort_reason.empty() ? "aborted" : p->abort_reason);
+      p->error = status;
+      p->model->last_error = std::string(status.message());
+    }
+  }
+  for (const auto& [sid, reps] : p->paused) {
+    for (const std::string& rid : reps) {
+      Event e;
+      e.kind = Event::Kind::kResume;
+      e.model_id = plan.model_id;
+      e.version = plan.version;
+      e.replica_id = rid;
+      {
+        absl::MutexLock lock(&mu_);
+        e.poisoned = p->state != Part::State::kCommitted && p->live_written.count(rid);
+      }
+      Notify({sid}, e);
+    }
+  }
+  for (const auto& [sid, reps] : targets) {
+    for (const std::string& rid : reps) {
+      Event e;
+      e.model_id = plan.model_id;
+      e.replica_id = rid;
+      e.version = plan.version;
+      if (p->state == Part::State::kCommitted) {
+        e.kind = Event::Kind::kCommitted;
+        auto it = p->digests.find(rid);
+        e.digest = it == p->digests.end() ? "" : it->second;
+      } else {
+        e.kind = Event::Kind::kFailed;
+        e.code = static_cast<int>(status.code());
+        e.message = std::string(status.message());
+      }
+      Notify({sid}, e);
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (p->state == Part::State::kCommitted) {
+    log_->info("job {} of model '{}': committed version {} on {}", plan.job_id, plan.model_id, plan.version,
+               absl::StrJoin(replicas, ", "));
+  } else {
+    log_->warn("job {} of model '{}' version {}: aborted here ({}); replicas keep their version{}", plan.job_id,
+               plan.model_id, plan.version, std::string(status.message()), p->live_written.empty() ? "" : " (in_place ones written so far are poisoned)");
+  }
+  outcomes_[plan.job_id] = p->state == Part::State::kCommitted;
+  if (outcomes_.size() > 256) outcomes_.erase(outcomes_.begin());
+  p->model->part = nullptr;
+  jobs_.erase(absl::StrCat("part:", plan.job_id));
+  p->job = nullptr;
+  p->done = true;
+}
+
+void CoreImpl::ReapParts() {
+  for (auto it = parts_.begin(); it != parts_.end();) {
+    if (it->second->done) {
+      if (it->second->thread.joinable()) it->second->thread.join();
+      it = parts_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, uint64_t timeout_ms) {
+  absl::MutexLock lock(&mu_);
+  auto it = parts_.find(job_id);
+  if (it == parts_.end()) {
+    auto o = outcomes_.find(job_id);
+    if (o == outcomes_.end()) return absl::NotFoundError(absl::StrCat("job ", job_id, " is unknown on daemon '", options_.daemon_id, "'"));
+    PrepareResult r;
+    r.error = o->second ? absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already committed"))
+                        : absl::AbortedError(absl::StrCat("job ", job_id, " was aborted on daemon '", options_.daemon_id, "'"));
+    return r;
+  }
+  Part* p = it->second.get();
+  auto ended = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->state != Part::State::kRunning; };
+  mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Milliseconds(timeout_ms));
+  PrepareResult r;
+  if (p->state == Part::State::kRunning) return r;  // not ready yet, no error: ask again
+  r = p->result;
+  if (!p->error.ok()) {
+    r.ready = false;
+    r.error = absl::Status(p->error.code(), absl::StrCat("daemon '", options_.daemon_id, "': ", p->error.message()));
+  }
+  return r;
+}
+
+absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
+                                  const std::map<std::string, std::string>& digests) {
+  absl::MutexLock lock(&mu_);
+  auto it = parts_.find(job_id);
+  if (it == parts_.end()) {
+    auto o = outcomes_.find(job_id);
+    if (o != outcomes_.end() && o->second) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " cannot commit on daemon '", options_.daemon_id,
+                                                      "': ", o == outcomes_.end() ? "unknown job" : "it was aborted"));
+  }
+  Part* p = it->second.get();
+  if (p->plan.version != version) {
+    return absl::InvalidArgumentError(absl::StrCat("job ", job_id, " is version ", p->plan.version, ", not ", version));
+  }
+  if (!p->decided) {
+    p->decided = true;
+    p->commit = true;
+    p->digests = digests;
+  }
+  auto done = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->done; };
+  mu_.Await(absl::Condition(&done));
+  if (p->state == Part::State::kCommitted) return absl::OkStatus();
+  return absl::Status(p->error.code(), absl::StrCat("daemon '", options_.daemon_id, "' could not commit job ", job_id,
+                                                    ": ", p->error.message()));
+}
+
+absl::Status CoreImpl::AbortPart(const std::string& job_id, const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  auto it = parts_.find(job_id);
+  if (it == parts_.end()) return absl::OkStatus();
+  Part* p = it->second.get();
+  if (!p->decided) {
+    p->decided = true;
+    p->commit = false;
+    p->abort_reason = reason;
+  }
+  if (p->job != nullptr && p->job->abort_reason.empty()) {
+    p->job->abort_reason = reason;
+    p->job->abort_code = absl::StatusCode::kAborted;
+  }
+  if (p->comm != nullptr) p->comm->Abort(reason);
+  auto done = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->done; };
+  mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(30));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- coordinator
+
+absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
+                                                      const std::function<void(const Progress&)>& progress,
+                                                      const std::function<bool()>& client_gone) {
+  const absl::Time t0 = absl::Now();
+  const uint64_t v = args.version;
+  if (v == 0) return absl::InvalidArgumentError(absl::StrCat("model '", args.model_id, "': sync version must be >= 1"));
+  const absl::Time deadline =
+      t0 + absl::Milliseconds(args.deadline_ms ? args.deadline_ms : options_.default_deadline_ms);
+  PlanPart part;
+  Model* model = nullptr;
+  Job* job = nullptr;
+  std::vector<std::string> replica_ids;
+  std::map<std::string, std::string> address;  // member -> peer address
+  {
+    absl::MutexLock lock(&mu_);
+    if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
+    auto mit = models_.find(args.model_id);
+    if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
+    model = mit->second.get();
+    if (!model->coordinator.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", args.model_id, "' is coordinated by the daemon at ", model->coordinator,
+          "; call Sync there"));
+    }
+    if (model->part != nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("model '", args.model_id, "' runs a sync part; retry"));
+    }
+    std::vector<Replica*> todo;
+    std::set<int32_t> active;
+    std::optional<SyncOutcome> done;
+    if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
+    if (done.has_value()) return *std::move(done);
+    const std::string& me = options_.daemon_id;
+    std::set<std::string> daemons;
+    auto endpoint = [&](const RankReg& r, UpdateMode mode) {
+      PlanEndpoint e;
+      e.daemon_id = r.daemon.empty() ? me : r.daemon;
+      e.role = r.role;
+      e.replica_id = r.replica_id;
+      e.rank = r.coords;
+      e.mode = mode;
+      e.shards = r.shards;
+      daemons.insert(e.daemon_id);
+      return e;
+    };
+    for (const auto& [k, r] : model->sources) part.sources.push_back(endpoint(*r, UpdateMode::kStaged));
+    std::map<std::string, std::vector<std::string>> groups;  // signature -> replicas
+    std::vector<std::string> order;
+    for (Replica* rep : todo) {
+      replica_ids.push_back(rep->id);
+      std::string sig = model->replica_recipe[rep->id];
+      for (const auto& [k, r] : rep->ranks) {
+        part.targets.push_back(endpoint(*r, rep->mode));
+        absl::StrAppend(&sig, "|", k, "=", ShardsSignature(r->shards));
+      }
+      if (!groups.count(sig)) order.push_back(sig);
+      groups[sig].push_back(rep->id);
+    }
+    for (const std::string& sig : order) part.replica_groups.push_back(groups[sig]);
+    for (const std::string& id : daemons) {
+      if (id == me) {
+        part.members.push_back(self());
+        continue;
+      }
+      auto it = members_.find(id);
+      if (it == members_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "': daemon '", id, "' holds ranks of this sync but is not a live member "
+            "(it stopped heartbeating); its ranks re-register when it rejoins"));
+      }
+      part.members.push_back(it->second);
+      address[id] = it->second.address;
+    }
+    std::vector<std::string> ids;
+    for (const PeerMember& m : part.members) ids.push_back(absl::StrCat(m.daemon_id, "@", m.incarnation));
+    part.job_id = absl::StrCat("j-", next_id_++, "@", me);
+    part.model_id = args.model_id;
+    part.coordinator_id = me;
+    part.coordinator_address = PeerAddress();
+    part.version = v;
+    part.lora = args.lora;
+    part.lora_bases = args.lora_bases;
+    part.bucket_bytes = args.max_bucket_bytes ? args.max_bucket_bytes : options_.default_bucket_bytes;
+    part.deadline_unix_ms = static_cast<uint64_t>(absl::ToUnixMillis(deadline));
+    part.comm_key = absl::StrCat("gloo/", me, "@", options_.incarnation, "/", comm_generation_);
+    for (int32_t i = 0; i < model->spec.size(); ++i) part.tensor_names.push_back(model->spec.tensor(i).name);
+    auto j = std::make_unique<Job>();
+    j->id = part.job_id;
+    j->model_id = args.model_id;
+    j->version = v;
+    j->start = t0;
+    for (const auto& [id, addr] : address) j->daemons.insert(id);
+    j->progress.phase = "PLANNING";
+    job = j.get();
+    model->running = job;
+    jobs_[job->id] = std::move(j);
+  }
+  auto dist = BuildDistPlan(part, model->spec, model->adapters);
+  absl::Status status;
+  SyncOutcome out;
+  std::vector<std::string> distributed;  // members that accepted the plan
+  auto call_abort = [&](const std::string& reason) {
+    std::vector<std::thread> ts;
+    for (const std::string& id : distributed) {
+      ts.emplace_back([&, id] {
+        absl::Status s = id == options_.daemon_id ? AbortPart(part.job_id, reason)
+                                                  : options_.peers->Abort(address[id], part.job_id, reason);
+        if (!s.ok()) log_->warn("abort of job {} on '{}' failed: {}", part.job_id, id, s.ToString());
+      });
+    }
+    for (auto& t : ts) t.join();
+  };
+  auto finish = absl::MakeCleanup([&] {
+    if (!status.ok()) call_abort(std::string(status.message()));
+    absl::MutexLock lock(&mu_);
+    if (!status.ok()) {
+      model->last_error = std::string(status.message());
+      comm_generation_++;  // members rebuild their communicators
+      log_->warn("sync {} of model '{}' version {} failed: {}", part.job_id, args.model_id, v, status.ToString());
+    }
+    model->running = nullptr;
+    jobs_.erase(part.job_id);
+  });
+  auto fail = [&](absl::Status s) {
+    status = absl::Status(s.code(), absl::StrCat("model '", args.model_id, "' version ", v, ": ", s.message()));
+    return status;
+  };
+  if (!dist.ok()) return fail(dist.status());
+  part.plan_hash = dist->hash;
+  log_->info("sync {} of model '{}' version {} started across {} daemons: {} -> {} ({} wire buckets, {:.1f} MiB, LoRA {})",
+             part.job_id, args.model_id, v, part.members.size(), part.sources.size(),
+             absl::StrJoin(replica_ids, ", "), dist->wires.size(), dist->plan.total_bytes / 1048576.0,
+             LoraModeName(args.lora));
+  // Distribute.
+  for (const PeerMember& m : part.members) {
+    auto hash = m.daemon_id == options_.daemon_id ? AcceptPlan(part)
+                                                  : options_.peers->DistributePlan(address[m.daemon_id], part);
+    if (!hash.ok()) return fail(hash.status());
+    distributed.push_back(m.daemon_id);
+    if (*hash != part.plan_hash) {
+      return fail(absl::FailedPreconditionError(absl::StrCat("daemon '", m.daemon_id, "' computed plan hash ", *hash,
+                                                             ", the coordinator ", part.plan_hash)));
+    }
+  }
+  const absl::Time t_plan = absl::Now();
+  Progress prog{"TRANSFERRING", 0, dist->plan.total_bytes, 0, dist->wires.size(), 0};
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+  // Prepare: every member reports when its transfer ends.
+  absl::Mutex pm;
+  std::map<std::string, PrepareResult> results;
+  absl::Status first_error;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> ts;
+  for (const PeerMember& m : part.members) {
+    ts.emplace_back([&, id = m.daemon_id] {
+      while (!stop.load()) {
+        auto r = id == options_.daemon_id ? PreparePart(part.job_id, 500)
+                                          : options_.peers->Prepare(address[id], part.job_id, 500);
+        absl::MutexLock lock(&pm);
+        if (!r.ok()) {
+          if (first_error.ok()) first_error = absl::Status(r.status().code(), absl::StrCat("daemon '", id, "': ", r.status().message()));
+          return;
+        }
+        if (r->ready) {
+          results[id] = *r;
+          return;
+        }
+        if (!r->error.ok()) {
+          if (first_error.ok()) first_error = r->error;
+          return;
+        }
+      }
+    });
+  }
+  while (true) {
+    {
+      absl::MutexLock lock(&pm);
+      if (!first_error.ok() || results.size() == part.members.size()) break;
+    }
+    if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) {
+      absl::MutexLock lock(&pm);
+      if (first_error.ok()) first_error = s;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  {
+    absl::MutexLock lock(&pm);
+    if (!first_error.ok()) {
+      stop.store(true);
+      status = absl::Status(first_error.code() == absl::StatusCode::kUnavailable ? absl::StatusCode::kAborted
+                                                                                    : first_error.code(),
+                            absl::StrCat("model '", args.model_id, "' version ", v, ": ", first_error.message()));
+    }
+  }
+  if (!status.ok()) {
+    call_abort(std::string(status.message()));
+    distributed.clear();
+    for (auto& t : ts) t.join();
+    return status;
+  }
+  for (auto& t : ts) t.join();
+  const absl::Time t_xfer = absl::Now();
+  // Verify: every replica received the bytes its source sent.
+  prog.phase = "VERIFYING";
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+  std::map<uint64_t, BucketSums> sent;
+  std::map<std::pair<uint64_t, std::string>, BucketSums> got;
+  uint64_t moved = 0;
+  for (const auto& [id, r] : results) {
+    for (const BucketSums& s : r.sums) {
+      if (s.replica_id.empty()) {
+        sent[s.bucket] = s;
+      } else {
+        got[{s.bucket, absl::StrCat(s.replica_id, s.replica_id == "*" ? "@" + id : "")}] = s;
+      }
+    }
+    moved += r.bytes_sent;
+  }
+  std::map<std::string, kernels::DigestSums> rep_sums;
+  std::map<std::string, uint64_t> rep_words;
+  kernels::DigestSums all;
+  uint64_t all_words = 0;
+  for (const auto& [key, s] : got) {
+    const Wire& w = dist->wires[key.first];
+    if (w.moves) {
+      auto it = sent.find(key.first);
+      if (it == sent.end() || it->second.s1 != s.s1 || it->second.s2 != s.s2) {
+        return fail(absl::DataLossError(absl::StrCat(
+            "wire bucket ", key.first, " (", w.bytes, " bytes from daemon '", part.members[w.chain[0]].daemon_id,
+            "') arrived corrupted at ", key.second, ": sent ",
+            it == sent.end() ? "nothing" : kernels::DigestFinish({it->second.s1, it->second.s2}, w.bytes).Hex(),
+            ", received ", kernels::DigestFinish({s.s1, s.s2}, w.bytes).Hex())));
+      }
+    }
+    if (w.gather) continue;
+    rep_sums[key.second].s1 += s.w1;
+    rep_sums[key.second].s2 += s.w2;
+    rep_words[key.second] += s.written_words;
+    all.s1 += s.w1;
+    all.s2 += s.w2;
+    all_words += s.written_words;
+  }
+  std::map<std::string, std::string> digests;
+  for (const std::string& rid : replica_ids) {
+    digests[rid] = kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex();
+  }
+  if (absl::Status s = CheckJob(job, deadline, "verify", client_gone); !s.ok()) return fail(s);
+  const absl::Time t_verify = absl::Now();
+  // Commit everywhere.
+  prog.phase = "COMMITTING";
+  SetProgress(job, prog);
+  if (progress) progress(prog);
+  std::vector<std::string> commit_errors;
+  {
+    std::vector<std::thread> cs;
+    absl::Mutex em;
+    for (const PeerMember& m : part.members) {
+      cs.emplace_back([&, id = m.daemon_id] {
+        absl::Status s = id == options_.daemon_id ? CommitPart(part.job_id, v, digests)
+                                                  : options_.peers->Commit(address[id], part.job_id, v, digests);
+        if (!s.ok()) {
+          absl::MutexLock lock(&em);
+          commit_errors.push_back(absl::StrCat(id, ": ", s.message()));
+        }
+      });
+    }
+    for (auto& t : cs) t.join();
+  }
+  distributed.clear();  // nothing left to abort
+  if (!commit_errors.empty()) {
+    // Participants promised at Prepare; one that fails now died or lost
+    // its memory in between. Report it; the others have committed.
+    return fail(absl::AbortedError(absl::StrCat("commit failed on ", absl::StrJoin(commit_errors, "; "),
+                                                " (the other daemons committed)")));
+  }
+  const absl::Time t_commit = absl::Now();
+  out.model_id = args.model_id;
+  out.version = v;
+  out.digest = kernels::DigestFinish(all, all_words * 8).Hex();
+  out.bytes = moved;
+  out.buckets = dist->wires.size();
+  out.plan_hash = part.plan_hash;
+  out.replicas = replica_ids;
+  out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),
+               Ms(absl::Now() - t0)};
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& rid : replica_ids) {
+      auto it = model->replicas.find(rid);
+      if (it == model->replicas.end()) continue;
+      it->second.version = v;
+      it->second.digest = digests[rid];
+      it->second.poisoned = false;
+      if (dist->full && !model->adapters.empty()) it->second.base_valid = true;
+    }
+    model->has_last = true;
+    model->last = out;
+    model->last_error.clear();
+  }
+  log_->info("sync {} of model '{}' committed version {} on {} daemons: {:.1f} MiB sent, {} wire buckets, {:.1f} ms "
+             "(plan {:.1f}, transfer {:.1f}, verify {:.1f}, commit {:.1f}), digest {}",
+             part.job_id, args.model_id, v, part.members.size(), moved / 1048576.0, out.buckets, out.times.total_ms,
+             out.times.plan_ms, out.times.transfer_ms, out.times.verify_ms, out.times.commit_ms, out.digest);
+  return out;
+}
+
+}  // namespace wsync::core::internal
