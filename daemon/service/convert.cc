@@ -93,17 +93,28 @@ layout::RankCoords FromProto(const v1::RankCoordinates& in) {
   return r;
 }
 
+absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const std::string& model_id) {
+  const std::string field = absl::StrCat("model '", model_id, "' tensor '", t.name(), "'");
+  auto shape = ShapeOf(t.shape(), field);
+  if (!shape.ok()) return shape.status();
+  auto dt = DTypeOf(t.dtype(), field);
+  if (!dt.ok()) return dt.status();
+  return layout::TensorSpec{t.name(), *shape, *dt};
+}
+
+core::LoraAdapterArg FromProto(const v1::LoraAdapter& l) {
+  return {l.base_tensor(), l.a_tensor(), l.b_tensor(), l.rank(), l.scaling(),
+          l.convention() == v1::DEEPSPEED ? core::LoraConvention::kDeepSpeed : core::LoraConvention::kPeft};
+}
+
 absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest& in) {
   core::RegisterModelArgs a;
   a.session_id = in.session_id();
   a.model_id = in.model_id();
   for (const auto& t : in.tensors()) {
-    const std::string field = absl::StrCat("model '", in.model_id(), "' tensor '", t.name(), "'");
-    auto shape = ShapeOf(t.shape(), field);
-    if (!shape.ok()) return shape.status();
-    auto dt = DTypeOf(t.dtype(), field);
-    if (!dt.ok()) return dt.status();
-    a.tensors.push_back({t.name(), *shape, *dt});
+    auto spec = FromProto(t, in.model_id());
+    if (!spec.ok()) return spec.status();
+    a.tensors.push_back(*std::move(spec));
   }
   if (in.has_config()) {
     const v1::ModelConfig& c = in.config();
@@ -124,17 +135,7 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     a.config.shared_expert_intermediate_size = c.shared_expert_intermediate_size();
     a.config.decoder_sparse_step = c.decoder_sparse_step() > 0 ? c.decoder_sparse_step() : 1;
   }
-  for (const auto& l : in.lora_adapters()) {
-    core::LoraAdapterArg ad;
-    ad.base_tensor = l.base_tensor();
-    ad.a_tensor = l.a_tensor();
-    ad.b_tensor = l.b_tensor();
-    ad.rank = l.rank();
-    ad.scaling = l.scaling();
-    ad.convention = l.convention() == v1::DEEPSPEED ? core::LoraConvention::kDeepSpeed
-                                                    : core::LoraConvention::kPeft;
-    a.adapters.push_back(ad);
-  }
+  for (const auto& l : in.lora_adapters()) a.adapters.push_back(FromProto(l));
   return a;
 }
 
@@ -150,7 +151,7 @@ absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsReque
   a.rank = FromProto(in.rank());
   a.recipe = in.recipe().name();
   for (const auto& [k, v] : in.recipe().options()) a.recipe_options[k] = v;
-  a.mode = in.update_mode() == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
+  a.mode = FromProto(in.update_mode());
   a.coordinator = in.coordinator();
   for (const auto& b : in.buffers()) {
     const std::string field = absl::StrCat("model '", in.model_id(), "' buffer '", b.name(), "'");
@@ -192,12 +193,7 @@ absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in) {
   core::SyncArgs a;
   a.model_id = in.model_id();
   a.version = in.version();
-  switch (in.lora().mode()) {
-    case v1::MERGE: a.lora = core::LoraMode::kMerge; break;
-    case v1::ADAPTER_ONLY: a.lora = core::LoraMode::kAdapterOnly; break;
-    case v1::UNMERGE: a.lora = core::LoraMode::kUnmerge; break;
-    default: a.lora = core::LoraMode::kNone; break;
-  }
+  a.lora = FromProto(in.lora().mode());
   a.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
   a.replicas.assign(in.target_replicas().begin(), in.target_replicas().end());
   a.deadline_ms = in.deadline_ms();
@@ -299,7 +295,7 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
       rs->set_client_name(r.client_name);
       rs->set_num_buffers(r.num_buffers);
       rs->set_bytes(r.bytes);
-      rs->set_update_mode(r.mode == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED);
+      rs->set_update_mode(ToProto(r.mode));
     }
     for (const core::ReplicaInfo& r : m.replicas) ToProto(r, p->add_replicas());
     if (m.has_last_sync) ToProto(m.last_sync, p->mutable_last_sync());

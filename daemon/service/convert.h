@@ -23,6 +23,8 @@ absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedFie
                                              const std::string& field);
 absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field);
 void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out);
+absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const std::string& model_id);
+core::LoraAdapterArg FromProto(const v1::LoraAdapter& l);
 
 // The peer service's messages (peer_convert.cc).
 void ToProto(const core::PeerMember& in, v1::Member* out);
@@ -35,6 +37,10 @@ void ToProto(const core::PrepareResult& in, v1::PrepareResponse* out);
 core::PrepareResult FromProto(const v1::PrepareResponse& in);
 v1::Role ToProto(core::Role r);
 core::Role FromProto(v1::Role r);
+v1::LoraMode ToProto(core::LoraMode m);
+core::LoraMode FromProto(v1::LoraMode m);  // UNSPECIFIED = NONE
+v1::UpdateMode ToProto(core::UpdateMode m);
+core::UpdateMode FromProto(v1::UpdateMode m);  // UNSPECIFIED = STAGED
 
 void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out);
 void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out);

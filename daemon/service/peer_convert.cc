@@ -65,7 +65,7 @@ void EndpointProto(const core::PlanEndpoint& e, const std::vector<std::string>& 
   out->set_role(ToProto(e.role));
   out->set_replica_id(e.replica_id);
   ToProto(e.rank, out->mutable_rank());
-  out->set_update_mode(e.mode == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED);
+  out->set_update_mode(ToProto(e.mode));
   for (const auto& s : e.shards) ShardProto(s, names, out->add_buffers());
 }
 
@@ -75,7 +75,7 @@ absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in,
   e.role = FromProto(in.role());
   e.replica_id = in.replica_id();
   e.rank = FromProto(in.rank());
-  e.mode = in.update_mode() == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
+  e.mode = FromProto(in.update_mode());
   const std::string where = absl::StrCat("plan endpoint on '", in.daemon_id(), "' ", e.rank.ToString());
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, names, where);
@@ -89,6 +89,30 @@ absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in,
 
 v1::Role ToProto(core::Role r) { return r == core::Role::kSource ? v1::SOURCE : v1::TARGET; }
 core::Role FromProto(v1::Role r) { return r == v1::TARGET ? core::Role::kTarget : core::Role::kSource; }
+
+v1::LoraMode ToProto(core::LoraMode m) {
+  switch (m) {
+    case core::LoraMode::kMerge: return v1::MERGE;
+    case core::LoraMode::kAdapterOnly: return v1::ADAPTER_ONLY;
+    case core::LoraMode::kUnmerge: return v1::UNMERGE;
+    case core::LoraMode::kNone: break;
+  }
+  return v1::NONE;
+}
+
+core::LoraMode FromProto(v1::LoraMode m) {
+  switch (m) {
+    case v1::MERGE: return core::LoraMode::kMerge;
+    case v1::ADAPTER_ONLY: return core::LoraMode::kAdapterOnly;
+    case v1::UNMERGE: return core::LoraMode::kUnmerge;
+    default: return core::LoraMode::kNone;
+  }
+}
+
+v1::UpdateMode ToProto(core::UpdateMode m) { return m == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED; }
+core::UpdateMode FromProto(v1::UpdateMode m) {
+  return m == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
+}
 
 void ToProto(const core::PeerMember& in, v1::Member* out) {
   out->set_daemon_id(in.daemon_id);
@@ -126,7 +150,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
   out->set_replica_id(in.replica_id);
   ToProto(in.rank, out->mutable_rank());
   out->set_recipe(in.recipe);
-  out->set_update_mode(in.mode == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED);
+  out->set_update_mode(ToProto(in.mode));
   for (const auto& s : in.shards) ShardProto(s, names, out->add_buffers());
 }
 
@@ -137,24 +161,17 @@ absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in)
   a.model_id = in.model_id();
   std::vector<std::string> names;
   for (const auto& t : in.tensors()) {
-    const std::string field = absl::StrCat("model '", in.model_id(), "' tensor '", t.name(), "'");
-    auto shape = ShapeFromProto(t.shape(), field);
-    if (!shape.ok()) return shape.status();
-    auto dt = FromProto(t.dtype(), field);
-    if (!dt.ok()) return dt.status();
-    a.tensors.push_back({t.name(), *shape, *dt});
+    auto spec = FromProto(t, in.model_id());
+    if (!spec.ok()) return spec.status();
+    a.tensors.push_back(*std::move(spec));
     names.push_back(t.name());
   }
-  for (const auto& l : in.lora_adapters()) {
-    a.adapters.push_back({l.base_tensor(), l.a_tensor(), l.b_tensor(), l.rank(), l.scaling(),
-                          l.convention() == v1::DEEPSPEED ? core::LoraConvention::kDeepSpeed
-                                                          : core::LoraConvention::kPeft});
-  }
+  for (const auto& l : in.lora_adapters()) a.adapters.push_back(FromProto(l));
   a.role = FromProto(in.role());
   a.replica_id = in.replica_id();
   a.rank = FromProto(in.rank());
   a.recipe = in.recipe();
-  a.mode = in.update_mode() == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
+  a.mode = FromProto(in.update_mode());
   const size_t known = names.size();
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, &names, absl::StrCat("model '", in.model_id(), "' announced by '", in.daemon_id(), "'"));
@@ -174,12 +191,7 @@ void ToProto(const core::PlanPart& in, v1::PlanPart* out) {
   out->set_model_id(in.model_id);
   out->set_version(in.version);
   out->set_plan_hash(in.plan_hash);
-  switch (in.lora) {
-    case core::LoraMode::kMerge: out->mutable_lora()->set_mode(v1::MERGE); break;
-    case core::LoraMode::kAdapterOnly: out->mutable_lora()->set_mode(v1::ADAPTER_ONLY); break;
-    case core::LoraMode::kUnmerge: out->mutable_lora()->set_mode(v1::UNMERGE); break;
-    default: out->mutable_lora()->set_mode(v1::NONE); break;
-  }
+  out->mutable_lora()->set_mode(ToProto(in.lora));
   for (const auto& b : in.lora_bases) out->mutable_lora()->add_base_tensors(b);
   out->set_bucket_bytes(in.bucket_bytes);
   out->set_transport("gloo");
@@ -202,12 +214,7 @@ absl::StatusOr<core::PlanPart> FromProto(const v1::PlanPart& in) {
   p.model_id = in.model_id();
   p.version = in.version();
   p.plan_hash = in.plan_hash();
-  switch (in.lora().mode()) {
-    case v1::MERGE: p.lora = core::LoraMode::kMerge; break;
-    case v1::ADAPTER_ONLY: p.lora = core::LoraMode::kAdapterOnly; break;
-    case v1::UNMERGE: p.lora = core::LoraMode::kUnmerge; break;
-    default: p.lora = core::LoraMode::kNone; break;
-  }
+  p.lora = FromProto(in.lora().mode());
   p.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
   if (in.transport() != "gloo") {
     return absl::InvalidArgumentError(absl::StrCat("plan of job '", in.job_id(), "': transport '", in.transport(),
