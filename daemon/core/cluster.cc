@@ -174,75 +174,92 @@ absl::Status CoreImpl::WithdrawRanks(const std::string& daemon_id, const std::st
   return absl::OkStatus();
 }
 
+RankAnnouncement CoreImpl::MakeAnnouncement(const Model& m, const RankReg& r, UpdateMode mode) const {
+  RankAnnouncement a;
+  a.daemon_id = options_.daemon_id;
+  a.incarnation = options_.incarnation;
+  a.model_id = m.id;
+  a.tensors = m.spec.tensors();
+  for (const auto& [base, ad] : m.adapters) {
+    a.adapters.push_back({m.spec.tensor(base).name, m.spec.tensor(ad.a).name, m.spec.tensor(ad.b).name, ad.rank,
+                          ad.scaling, ad.convention});
+  }
+  a.role = r.role;
+  a.replica_id = r.replica_id;
+  a.rank = r.coords;
+  a.recipe = r.recipe;
+  a.mode = mode;
+  a.shards = r.shards;
+  return a;
+}
+
 std::vector<RankAnnouncement> CoreImpl::LocalAnnouncements(const std::string& address) {
   absl::MutexLock lock(&mu_);
   std::vector<RankAnnouncement> out;
   for (const auto& [mid, mp] : models_) {
     const Model& m = *mp;
     if (m.coordinator != address) continue;
-    auto add = [&](const RankReg& r, UpdateMode mode) {
-      if (!r.daemon.empty()) return;
-      RankAnnouncement a;
-      a.daemon_id = options_.daemon_id;
-      a.incarnation = options_.incarnation;
-      a.model_id = m.id;
-      a.tensors = m.spec.tensors();
-      for (const auto& [base, ad] : m.adapters) {
-        a.adapters.push_back({m.spec.tensor(base).name, m.spec.tensor(ad.a).name, m.spec.tensor(ad.b).name,
-                              ad.rank, ad.scaling, ad.convention});
-      }
-      a.role = r.role;
-      a.replica_id = r.replica_id;
-      a.rank = r.coords;
-      a.recipe = r.recipe;
-      a.mode = mode;
-      a.shards = r.shards;
-      out.push_back(std::move(a));
-    };
-    for (const auto& [k, r] : m.sources) add(*r, UpdateMode::kStaged);
+    for (const auto& [k, r] : m.sources) {
+      if (r->daemon.empty()) out.push_back(MakeAnnouncement(m, *r, UpdateMode::kStaged));
+    }
     for (const auto& [id, rep] : m.replicas) {
-      for (const auto& [k, r] : rep.ranks) add(*r, rep.mode);
+      for (const auto& [k, r] : rep.ranks) {
+        if (r->daemon.empty()) out.push_back(MakeAnnouncement(m, *r, rep.mode));
+      }
     }
   }
   return out;
 }
 
+void CoreImpl::RecordJoin(const std::string& address, const PeerLink::Joined& j) {
+  absl::MutexLock lock(&mu_);
+  Upstream& u = upstream_[address];
+  u.daemon_id = j.daemon_id;
+  u.last_ok = absl::Now();
+  u.lost = false;
+}
+
 absl::Status CoreImpl::AnnounceRank(const std::string& coordinator, const std::string& model_id, Role role,
                                     const std::string& replica_id, const layout::RankCoords& rank) {
   bool joined = false;
+  std::optional<RankAnnouncement> ann;
   {
     absl::MutexLock lock(&mu_);
     auto it = upstream_.find(coordinator);
     joined = it != upstream_.end() && !it->second.daemon_id.empty() && !it->second.lost;
+    auto mit = models_.find(model_id);
+    if (mit != models_.end()) {
+      const Model& m = *mit->second;
+      const std::string key = CoordsKey(rank);
+      if (role == Role::kSource) {
+        if (auto r = m.sources.find(key); r != m.sources.end()) ann = MakeAnnouncement(m, *r->second, UpdateMode::kStaged);
+      } else if (auto rep = m.replicas.find(replica_id); rep != m.replicas.end()) {
+        if (auto r = rep->second.ranks.find(key); r != rep->second.ranks.end()) {
+          ann = MakeAnnouncement(m, *r->second, rep->second.mode);
+        }
+      }
+    }
+  }
+  if (!ann.has_value()) {
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' ", RoleName(role), " rank ", rank.ToString(),
+                                            " went away before it could be announced"));
   }
   auto join = [&]() -> absl::Status {
     auto j = options_.peers->Join(coordinator, self());
     if (!j.ok()) return j.status();
-    absl::MutexLock lock(&mu_);
-    Upstream& u = upstream_[coordinator];
-    u.daemon_id = j->daemon_id;
-    u.incarnation = j->incarnation;
-    u.last_ok = absl::Now();
-    u.lost = false;
+    RecordJoin(coordinator, *j);
     log_->info("joined coordinator '{}' at {} ({} members)", j->daemon_id, coordinator, j->members.size());
     return absl::OkStatus();
   };
   if (!joined) {
     if (absl::Status s = join(); !s.ok()) return s;
   }
-  for (const RankAnnouncement& a : LocalAnnouncements(coordinator)) {
-    if (a.model_id != model_id || a.role != role || CoordsKey(a.rank) != CoordsKey(rank) ||
-        (role == Role::kTarget && a.replica_id != replica_id)) {
-      continue;
-    }
-    absl::Status s = options_.peers->Announce(coordinator, a);
-    if (s.code() == absl::StatusCode::kFailedPrecondition && absl::StrContains(s.message(), "join first")) {
-      if (absl::Status j = join(); !j.ok()) return j;
-      s = options_.peers->Announce(coordinator, a);
-    }
-    return s;
+  absl::Status s = options_.peers->Announce(coordinator, *ann);
+  if (s.code() == absl::StatusCode::kFailedPrecondition && absl::StrContains(s.message(), "join first")) {
+    if (absl::Status j = join(); !j.ok()) return j;  // the coordinator restarted since we joined
+    s = options_.peers->Announce(coordinator, *ann);
   }
-  return absl::NotFoundError(absl::StrCat("model '", model_id, "': the rank to announce went away"));
+  return s;
 }
 
 std::string CoreImpl::PeerAddress() const {
@@ -336,14 +353,7 @@ void CoreImpl::ClusterLoop() {
       if (!rejoin) continue;
       auto j = options_.peers->Join(addr, self());
       if (!j.ok()) continue;
-      {
-        absl::MutexLock lock(&mu_);
-        Upstream& x = upstream_[addr];
-        x.daemon_id = j->daemon_id;
-        x.incarnation = j->incarnation;
-        x.last_ok = absl::Now();
-        x.lost = false;
-      }
+      RecordJoin(addr, *j);
       std::vector<RankAnnouncement> anns = LocalAnnouncements(addr);
       log_->info("joined coordinator '{}' at {}; announcing {} rank(s)", j->daemon_id, addr, anns.size());
       for (const RankAnnouncement& a : anns) {

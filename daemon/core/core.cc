@@ -400,11 +400,14 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
   return absl::OkStatus();
 }
 
+std::string CoreImpl::RemoteCoordinator(const RegisterShardsArgs& a) const {
+  return a.coordinator == PeerAddress() ? "" : a.coordinator;
+}
+
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsArgs& a) {
   auto out = RegisterShardsLocal(a);
   if (!out.ok()) return out;
-  const bool remote_coord = !a.coordinator.empty() && a.coordinator != PeerAddress();
-  if (!remote_coord) return out;
+  if (RemoteCoordinator(a).empty()) return out;
   // The coordinator must know the rank before it can plan syncs with it;
   // if it cannot be told, the registration is undone.
   const layout::RankCoords coords = Normalized(a.rank);
@@ -569,13 +572,12 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
   rank->base.resize(rank->shards.size());
 
   // Multi-node: every local rank of a model names the same coordinator.
-  const bool remote_coord = !a.coordinator.empty() && a.coordinator != PeerAddress();
-  if (remote_coord && options_.peers == nullptr) {
+  const std::string coord = RemoteCoordinator(a);
+  if (!coord.empty() && options_.peers == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         who, ": names coordinator ", a.coordinator, ", but this wsyncd has no peer endpoint (start it with "
         "--listen to take part in multi-node syncs)"));
   }
-  const std::string coord = remote_coord ? a.coordinator : "";
   const bool has_local = [&] {
     for (const auto& [k, r] : model.sources) if (r->daemon.empty()) return true;
     for (const auto& [id, rep] : model.replicas)
@@ -608,18 +610,29 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
   }
   Model& m = *mit->second;
-  if (m.running != nullptr) {
+  if (m.running != nullptr || m.part != nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));
   }
+  // Local ranks of a model coordinated elsewhere are withdrawn there too.
+  auto withdraw = [&](const RankReg& r) {
+    if (!m.coordinator.empty() && r.daemon.empty()) {
+      withdrawals_.push_back({m.coordinator, m.id, r.role, r.replica_id, r.coords});
+    }
+  };
+  auto withdraw_replica = [&](const Replica& rep) {
+    for (const auto& [k, r] : rep.ranks) withdraw(*r);
+  };
   int64_t released = 0;
   if (rank != nullptr && role != nullptr) {
     const std::string key = CoordsKey(Normalized(*rank));
     if (*role == Role::kSource) {
+      if (auto it = m.sources.find(key); it != m.sources.end()) withdraw(*it->second);
       released = static_cast<int64_t>(m.sources.erase(key));
     } else {
       auto rit = m.replicas.find(replica_id);
       if (rit != m.replicas.end()) {
+        if (auto it = rit->second.ranks.find(key); it != rit->second.ranks.end()) withdraw(*it->second);
         released = static_cast<int64_t>(rit->second.ranks.erase(key));
         if (rit->second.ranks.empty()) m.replicas.erase(rit);
       }
@@ -634,10 +647,15 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
       return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica '", replica_id, "'"));
     }
     released = static_cast<int64_t>(rit->second.ranks.size());
+    withdraw_replica(rit->second);
     m.replicas.erase(rit);
   } else {
     released = static_cast<int64_t>(m.sources.size());
-    for (const auto& [id, r] : m.replicas) released += static_cast<int64_t>(r.ranks.size());
+    for (const auto& [k, r] : m.sources) withdraw(*r);
+    for (const auto& [id, r] : m.replicas) {
+      released += static_cast<int64_t>(r.ranks.size());
+      withdraw_replica(r);
+    }
     models_.erase(mit);
     log_->info("model '{}' unregistered ({} ranks)", model_id, released);
     return released;

@@ -232,6 +232,8 @@ class CoreImpl final : public Core {
   // Removes ranks owned by `session_id` from every model. Requires mu_.
   void DropSessionRanks(const std::string& session_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<ShardsRegistered> RegisterShardsLocal(const RegisterShardsArgs& a);
+  // The coordinator a registration names, "" when it is this daemon.
+  std::string RemoteCoordinator(const RegisterShardsArgs& a) const;
   // Checks a sync request against the registry and picks the replicas to
   // update (and the adapters for LoRA); sets *done instead when every
   // selected replica already holds the version.
@@ -252,8 +254,12 @@ class CoreImpl final : public Core {
   // when needed.
   absl::Status AnnounceRank(const std::string& coordinator, const std::string& model_id, Role role,
                             const std::string& replica_id, const layout::RankCoords& rank);
+  // What the coordinator is told about local rank `r` of `m`. Requires mu_.
+  RankAnnouncement MakeAnnouncement(const Model& m, const RankReg& r, UpdateMode mode) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Announcements of every local rank of models coordinated at `address`.
   std::vector<RankAnnouncement> LocalAnnouncements(const std::string& address);
+  void RecordJoin(const std::string& address, const PeerLink::Joined& j);
   void ClusterLoop();
   // Drops the ranks of `daemon_id` and aborts jobs that need it.
   void DropDaemon(const std::string& daemon_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -286,7 +292,6 @@ class CoreImpl final : public Core {
   // joined) and when it last answered.
   struct Upstream {
     std::string daemon_id;
-    uint64_t incarnation = 0;
     absl::Time last_ok;
     bool lost = false;
   };
@@ -303,7 +308,6 @@ class CoreImpl final : public Core {
   std::map<std::string, std::string> comm_store_ ABSL_GUARDED_BY(mu_);  // comm key -> coordinator address
   std::map<std::string, bool> outcomes_ ABSL_GUARDED_BY(mu_);  // finished part -> committed
   uint64_t comm_generation_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<std::string, uint64_t> comm_failures_ ABSL_GUARDED_BY(mu_);  // member list -> failed syncs
   transport::CommunicatorCache comms_;
   bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;
   mutable absl::Mutex addr_mu_;
