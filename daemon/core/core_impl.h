@@ -148,6 +148,7 @@ struct Part {
     uint32_t target, shard;
     layout::Box box;
   };
+  // Touched only by the part's own thread.
   std::vector<Written> written;
   std::set<std::string> live_written;
   SessionReplicas paused;  // sessions paused so far, resumed at the end

@@ -41,10 +41,7 @@ struct Wire {
 };
 
 struct DistPlan {
-  std::map<int32_t, int32_t> tensor_ids;  // PlanPart tensor index -> local id
-  std::vector<layout::Endpoint> sources;  // planner inputs
-  std::vector<layout::Endpoint> targets;  // the representative replicas' ranks
-  // Per planned target: the PlanPart::targets indexes that receive its
+  // Per planned target (the ranks of each group's first replica): the PlanPart::targets indexes that receive its
   // bytes (one per replica of its group).
   std::vector<std::vector<uint32_t>> receivers;
   layout::Plan plan;

@@ -73,6 +73,8 @@ layout::Box Origin(const layout::Box& box) {
 absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::ModelSpec& spec,
                                        const std::map<int32_t, Adapter>& adapters) {
   DistPlan d;
+  std::map<int32_t, int32_t> tensor_ids;  // PlanPart tensor index -> local id
+  std::vector<layout::Endpoint> sources, targets;  // planner inputs (targets: representatives)
   const std::string what = absl::StrCat("model '", part.model_id, "' job ", part.job_id);
   for (size_t i = 0; i < part.tensor_names.size(); ++i) {
     const int32_t id = spec.Find(part.tensor_names[i]);
@@ -80,7 +82,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
       return absl::FailedPreconditionError(absl::StrCat(what, ": the plan names tensor '", part.tensor_names[i],
                                                         "', which the model registered here lacks"));
     }
-    d.tensor_ids[static_cast<int32_t>(i)] = id;
+    tensor_ids[static_cast<int32_t>(i)] = id;
   }
   for (size_t i = 0; i < part.members.size(); ++i) d.rank_of[part.members[i].daemon_id] = static_cast<int>(i);
   auto rank_of = [&](const std::string& daemon) -> absl::StatusOr<int> {
@@ -93,19 +95,19 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
   auto local_shards = [&](const PlanEndpoint& e) {
     std::vector<layout::ShardSpec> out = e.shards;
     for (auto& s : out) {
-      for (auto& p : s.pieces) p.tensor = d.tensor_ids[p.tensor];
+      for (auto& p : s.pieces) p.tensor = tensor_ids[p.tensor];
     }
     return out;
   };
   for (const PlanEndpoint& e : part.sources) {
-    d.sources.push_back({absl::StrCat("source/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
+    sources.push_back({absl::StrCat("source/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
   }
   for (const auto& group : part.replica_groups) {
     if (group.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": an empty replica group"));
     for (size_t j = 0; j < part.targets.size(); ++j) {
       const PlanEndpoint& e = part.targets[j];
       if (e.replica_id != group[0]) continue;
-      d.targets.push_back({absl::StrCat(e.replica_id, "/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
+      targets.push_back({absl::StrCat(e.replica_id, "/", CoordsKey(e.rank)), {e.daemon_id, -1}, local_shards(e)});
       std::vector<uint32_t> recv;
       for (size_t k = 0; k < part.targets.size(); ++k) {
         const PlanEndpoint& o = part.targets[k];
@@ -121,7 +123,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
       d.receivers.push_back(std::move(recv));
     }
   }
-  auto plan = layout::BuildPlan(spec, d.sources, d.targets, {part.bucket_bytes});
+  auto plan = layout::BuildPlan(spec, sources, targets, {part.bucket_bytes});
   if (!plan.ok()) {
     return absl::Status(plan.status().code(), absl::StrCat("model '", part.model_id, "': ", plan.status().message()));
   }
@@ -169,7 +171,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
         d.gather_target.shards.push_back(s);
       }
     }
-    auto g = layout::BuildPlan(spec, d.sources, {d.gather_target}, {part.bucket_bytes});
+    auto g = layout::BuildPlan(spec, sources, {d.gather_target}, {part.bucket_bytes});
     if (!g.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(what, ": LoRA tensors: ", g.status().message()));
     }
@@ -207,7 +209,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
     }
     for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
       const layout::CopyOp& c = d.plan.ops[i];
-      const layout::ShardSpec& dst = d.targets[c.dst_endpoint].shards[c.dst_shard];
+      const layout::ShardSpec& dst = targets[c.dst_endpoint].shards[c.dst_shard];
       const bool written = d.full || d.active.count(c.tensor);
       if (written) {
         kernels::BoxCopyOp k = layout::LowerBox(c.dst_box, {&dst, nullptr, dummy});
@@ -257,6 +259,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   auto p = std::make_unique<Part>();
   p->plan = plan;
   Model* model = nullptr;
+  uint64_t generation = 0;
   {
     absl::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
@@ -270,6 +273,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
                                               options_.daemon_id, "'"));
     }
     model = mit->second.get();
+    generation = model->generation;
     if (model->part != nullptr || (model->running != nullptr && model->running->id != plan.job_id)) {
       return absl::FailedPreconditionError(absl::StrCat("model '", plan.model_id, "' already runs a sync on daemon '",
                                                         options_.daemon_id, "'"));
@@ -335,8 +339,10 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   p->deadline = absl::FromUnixMillis(static_cast<int64_t>(plan.deadline_unix_ms));
   const std::string hash = p->dist->hash;
   absl::MutexLock lock(&mu_);
-  if (model->part != nullptr || model->generation == 0) {
-    return absl::FailedPreconditionError(absl::StrCat("model '", plan.model_id, "' changed while the plan arrived"));
+  if (model->part != nullptr || model->generation != generation) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", plan.model_id, "' on daemon '", options_.daemon_id,
+        "': a rank registered or left while the plan of job ", plan.job_id, " was checked; retry the sync"));
   }
   auto job = std::make_unique<Job>();
   job->id = plan.job_id;
@@ -351,7 +357,6 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   p->model = model;
   jobs_[absl::StrCat("part:", plan.job_id)] = std::move(job);
   model->part = p.get();
-  comm_store_[plan.comm_key] = plan.coordinator_address;
   Part* raw = p.get();
   parts_[plan.job_id] = std::move(p);
   raw->thread = std::thread([this, raw] { RunPart(raw); });
@@ -448,11 +453,17 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (comm) comms_.Put(transport::CommunicatorCache::Key(comm_kind, 0, ids), std::move(comm));
   });
   if (crosses) {
+    // Tells NewCommunicator (the cache's factory) where to rendezvous.
+    const std::string key = transport::CommunicatorCache::Key(comm_kind, 0, ids);
     {
       absl::MutexLock lock(&mu_);
-      comm_store_[transport::CommunicatorCache::Key(comm_kind, 0, ids)] = plan.coordinator_address;
+      comm_store_[key] = plan.coordinator_address;
     }
     auto c = comms_.Take(comm_kind, 0, ids, absl::StrCat(me, "@", options_.incarnation));
+    {
+      absl::MutexLock lock(&mu_);
+      comm_store_.erase(key);
+    }
     if (!c.ok()) return c.status();
     comm = std::move(*c);
     absl::MutexLock lock(&mu_);
@@ -519,11 +530,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       return absl::OkStatus();
     }
     const layout::Bucket& bk = d.plan.buckets[w.bucket];
-    std::map<uint64_t, const WireOp*> by_op;
-    for (const WireOp& o : w.ops) by_op[o.op] = &o;
     for (uint32_t j : d.receivers[bk.dst_endpoint]) {
       if (p->dst_local[j] == nullptr) continue;
       RankReg* tr = p->dst_local[j];
+      if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       std::vector<layout::ShardSpec> specs;
       specs.reserve(bk.num_ops);
       std::vector<kernels::BoxCopyOp> copies, base_copies, digests;
@@ -536,7 +546,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         if (!d.full && !active) continue;
         layout::ShardView dst = write_view(j, c.dst_shard);
         if (d.full) {
-          const WireOp& o = *by_op.at(i);
+          const WireOp& o = w.ops[i - bk.first_op];  // full syncs carry every op, in order
           specs.push_back(RegionSpec(c.dst_box, o.dtype));
           layout::CopyOp c2 = c;
           c2.src_box = Origin(c.dst_box);
@@ -568,10 +578,6 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         uint64_t base;
         word += kernels::BoxPayloadWords(&digests.back(), 1, word, &base);
         words.push_back(base);
-        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) {
-          absl::MutexLock lock(&mu_);
-          p->live_written.insert(plan.targets[j].replica_id);
-        }
         p->written.push_back({j, c.dst_shard, c.dst_box});
       }
       absl::Status s = ctx->Copy(-1, base_copies.data(), base_copies.size());
@@ -589,6 +595,15 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   };
 
   // The transfer loop: pack i+1 while i is in flight, unpack i while i+1 is.
+  // Transport errors speak of communicator ranks; name the daemons.
+  auto on_wire = [&](size_t wi, const Wire& w, const absl::Status& s) {
+    std::vector<std::string> to;
+    for (size_t i = 1; i < w.chain.size(); ++i) to.push_back(plan.members[w.chain[i]].daemon_id);
+    return absl::Status(s.code(), absl::StrCat("wire bucket ", wi, " (", w.bytes, " bytes) from daemon '",
+                                               plan.members[w.chain[0]].daemon_id, "' to '",
+                                               absl::StrJoin(to, "', '"), "' (communicator ranks in that order: ",
+                                               absl::StrJoin(w.chain, ", "), "): ", s.message()));
+  };
   std::unique_ptr<transport::Transfer> pending;
   size_t pending_wire = 0;
   const Wire* pending_w = nullptr;
@@ -599,7 +614,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (pending) {
       absl::Status s = pending->Wait();
       pending.reset();
-      if (!s.ok()) return s;
+      if (!s.ok()) return on_wire(pending_wire, *pending_w, s);
     }
     const Wire* w = pending_w;
     pending_w = nullptr;
@@ -624,7 +639,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     std::unique_ptr<transport::Transfer> t;
     if (w.chain.size() > 1) {
       auto x = comm->StartChain(buf, w.bytes, w.chain, static_cast<uint32_t>(wi), options_.chunk_bytes);
-      if (!x.ok()) return x.status();
+      if (!x.ok()) return on_wire(wi, w, x.status());
       t = std::move(*x);
     }
     if (absl::Status s = finish_pending(); !s.ok()) return s;
@@ -650,10 +665,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         if (p->dst_local[j] == nullptr) continue;
         fills.push_back(layout::LowerFill(f, write_view(j, f.dst_shard)));
         p->written.push_back({j, f.dst_shard, f.dst_box});
-        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) {
-          absl::MutexLock lock(&mu_);
-          p->live_written.insert(plan.targets[j].replica_id);
-        }
+        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       }
     }
     if (absl::Status s = ctx->Copy(-1, fills.data(), fills.size()); !s.ok()) return s;
@@ -722,7 +734,6 @@ void CoreImpl::FinishPart(Part* p) {
           ops.push_back(layout::LowerCopy(
               c, {&r->shards[w.shard], nullptr, r->staging[w.shard]->data()},
               {&r->shards[w.shard], r->strides[w.shard].empty() ? nullptr : r->strides[w.shard].data(), r->live[w.shard]}));
-          absl::MutexLock lock(&mu_);
           p->live_written.insert(plan.targets[w.target].replica_id);
         }
         auto ctx = host_exec_->NewContext();
@@ -760,10 +771,7 @@ void CoreImpl::FinishPart(Part* p) {
       e.model_id = plan.model_id;
       e.version = plan.version;
       e.replica_id = rid;
-      {
-        absl::MutexLock lock(&mu_);
-        e.poisoned = p->state != Part::State::kCommitted && p->live_written.count(rid);
-      }
+      e.poisoned = p->state != Part::State::kCommitted && p->live_written.count(rid);
       Notify({sid}, e);
     }
   }
