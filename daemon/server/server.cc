@@ -58,6 +58,13 @@ std::string HostName() {
   return buf;
 }
 
+// The host part of `host_port` as peers should dial it: a wildcard bind
+// address becomes the host name.
+std::string ReachableHost(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  return host == "0.0.0.0" || host == "[::]" || host.empty() ? HostName() : host;
+}
+
 class ServerImpl final : public Server {
  public:
   ServerImpl(Options options, std::unique_ptr<core::PeerLink> peers, std::unique_ptr<core::Core> core)
@@ -150,11 +157,8 @@ class ServerImpl final : public Server {
       }
       std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
       core_->AddEndpoint({"tcp", absl::StrCat(host, ":", tcp_port), tls});
-      std::string advertise = options_.advertise;
-      if (advertise.empty()) {
-        if (host == "0.0.0.0" || host == "[::]" || host.empty()) host = HostName();
-        advertise = absl::StrCat(host, ":", tcp_port);
-      }
+      const std::string advertise =
+          options_.advertise.empty() ? absl::StrCat(ReachableHost(options_.listen), ":", tcp_port) : options_.advertise;
       core_->StartCluster(advertise);
       if (peers_) log_->info("peers reach this daemon at {}", advertise);
     }
@@ -265,10 +269,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
     core_options.join = absl::StrSplit(options.peers, ',', absl::SkipEmpty());
     core_options.heartbeat_ms = static_cast<uint64_t>(options.heartbeat_ms);
     core_options.peer_timeout_ms = static_cast<uint64_t>(options.peer_timeout_ms);
-    std::string host = options.advertise.empty() ? options.listen : options.advertise;
-    host = host.substr(0, host.rfind(':'));
-    core_options.data_host = !options.data_host.empty() ? options.data_host
-                             : (host == "0.0.0.0" || host == "[::]" || host.empty()) ? HostName() : host;
+    core_options.data_host = !options.data_host.empty()
+                                 ? options.data_host
+                                 : ReachableHost(options.advertise.empty() ? options.listen : options.advertise);
   } else if (!options.listen.empty()) {
     log->warn("multi-node syncs are off: peers need mTLS (--tls-client-ca) or --insecure");
   }
