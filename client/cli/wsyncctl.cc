@@ -154,6 +154,19 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
     PrintTable(out, rows);
   }
 
+  out << "\nPEERS\n";
+  if (st.peers().empty()) {
+    out << "  (single node)\n";
+  } else {
+    rows = {{"DAEMON", "ADDRESS", "RELATION", "LAST SEEN", "STATE"}};
+    for (const auto& p : st.peers()) {
+      rows.push_back({p.daemon_id().empty() ? "?" : p.daemon_id(), p.address(), p.relation(),
+                      p.daemon_id().empty() ? "-" : absl::StrFormat("%.0f ms ago", p.last_seen_ms()),
+                      p.lost() ? "LOST" : (p.daemon_id().empty() ? "joining" : "ok")});
+    }
+    PrintTable(out, rows);
+  }
+
   out << "\nSESSIONS\n";
   if (st.sessions().empty()) {
     out << "  (none attached)\n";

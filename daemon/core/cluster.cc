@@ -291,6 +291,13 @@ void CoreImpl::ClusterLoop() {
       mu_.AwaitWithTimeout(absl::Condition(&stop), period);
       if (cluster_stop_) return;
       ReapParts();
+      // Watchdog: a part still moving bytes past its deadline has its
+      // communicator aborted, so no wait outlives the sync.
+      for (auto& [id, part] : parts_) {
+        if (!part->decided && part->comm != nullptr && absl::Now() > part->deadline) {
+          part->comm->Abort(absl::StrCat("watchdog: job ", id, " passed its deadline"));
+        }
+      }
       // Members that went silent.
       const absl::Time now = absl::Now();
       for (auto it = members_.begin(); it != members_.end();) {

@@ -711,6 +711,16 @@ DaemonStatus CoreImpl::GetStatus() const {
     st.jobs.push_back({j->id, j->model_id, j->version, j->progress,
                        absl::ToDoubleMilliseconds(absl::Now() - j->start)});
   }
+  const absl::Time now = absl::Now();
+  for (const auto& [id, m] : members_) {
+    auto seen = last_seen_.find(id);
+    st.peers.push_back({id, m.address, m.incarnation, "member",
+                        seen == last_seen_.end() ? 0 : absl::ToDoubleMilliseconds(now - seen->second), false});
+  }
+  for (const auto& [addr, u] : upstream_) {
+    st.peers.push_back({u.daemon_id, addr, 0, "coordinator",
+                        u.daemon_id.empty() ? 0 : absl::ToDoubleMilliseconds(now - u.last_ok), u.lost});
+  }
   for (const auto& [id, s] : sessions_) {
     st.sessions.push_back({id, s->client.name, s->client.pid, s->client.uid,
                            absl::ToDoubleMilliseconds(absl::Now() - s->attached)});

@@ -209,6 +209,15 @@ struct SessionInfo {
   double attached_ms = 0;
 };
 
+// Another daemon this one knows (see PeerStatus in wsync.proto).
+struct PeerInfo {
+  std::string daemon_id, address;
+  uint64_t incarnation = 0;
+  std::string relation;  // "member" or "coordinator"
+  double last_seen_ms = 0;
+  bool lost = false;
+};
+
 struct DaemonStatus {
   std::string daemon_id;
   std::string version;
@@ -221,6 +230,7 @@ struct DaemonStatus {
   std::vector<ModelInfo> models;
   std::vector<JobInfo> jobs;
   std::vector<SessionInfo> sessions;
+  std::vector<PeerInfo> peers;
 };
 
 // A daemon as its peers know it.

@@ -18,7 +18,6 @@
 #include "daemon/layout/layout_testing.h"
 #include "daemon/core/pause_acker.h"
 #include "daemon/layout/model_config.h"
-#include "kernels/lora.h"
 
 namespace wsync::core {
 namespace {
@@ -270,34 +269,17 @@ TEST_CASE("staged and in-place replicas receive every byte, versions are monoton
   }
 }
 
-// Canonical data with `bases` merged: W + s * B @ A in fp32 (the kernel's
-// arithmetic), for an independent expectation of the targets.
+// Canonical data with every adapter merged (W + s * B @ A), computed by
+// naive loops independent of the LoRA kernel.
 layout::testing::CanonicalData Merged(const World& w, double scale) {
-  auto out = w.data;
-  for (int32_t t = 0; t < w.spec.size(); ++t) {
-    const std::string& n = w.spec.tensor(t).name;
-    if (n.find("q_proj.weight") == std::string::npos && n.find("o_proj.weight") == std::string::npos) continue;
-    if (n.find("lora") != std::string::npos) continue;
-    const std::string stem = n.substr(0, n.size() - 7);
-    const auto& A = w.data[w.spec.Find(stem + ".lora_A.weight")];
-    const auto& B = w.data[w.spec.Find(stem + ".lora_B.weight")];
-    const auto& sh = w.spec.tensor(t).shape;
-    kernels::LoraMergeOp op;
-    op.w = w.data[t].data();
-    op.w_row_stride = sh.d[1];
-    op.a = A.data();
-    op.a_k_stride = sh.d[1];
-    op.b = B.data();
-    op.b_row_stride = 4;
-    op.dst = out[t].data();
-    op.dst_row_stride = sh.d[1];
-    op.rows = sh.d[0];
-    op.cols = sh.d[1];
-    op.rank = 4;
-    op.scale = static_cast<float>(scale);
-    kernels::LoraMergeCpu(&op, 1, 1);
+  std::vector<layout::testing::NamedAdapter> ads;
+  for (int l = 0; l < 2; ++l) {
+    for (const char* p : {"q_proj", "o_proj"}) {
+      const std::string stem = absl::StrCat("model.layers.", l, ".self_attn.", p);
+      ads.push_back({stem + ".weight", stem + ".lora_A.weight", stem + ".lora_B.weight", scale});
+    }
   }
-  return out;
+  return layout::testing::MergeLoraNaive(w.spec, w.data, ads);
 }
 
 std::vector<std::vector<uint8_t>> Snapshot(const std::vector<layout::Endpoint>& eps,

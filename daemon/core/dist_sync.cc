@@ -1013,6 +1013,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
       log_->warn("sync {} of model '{}' version {} failed: {}", part.job_id, args.model_id, v, status.ToString());
     }
     model->running = nullptr;
+    // Members dropped while the job ran kept their ranks until now.
+    for (const std::string& id : job->daemons) {
+      if (!members_.count(id)) DropDaemon(id, absl::StrCat("daemon '", id, "' left the membership during ", part.job_id));
+    }
     jobs_.erase(part.job_id);
   });
   auto fail = [&](absl::Status s) {
@@ -1053,7 +1057,14 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
                                           : options_.peers->Prepare(address[id], part.job_id, 500);
         absl::MutexLock lock(&pm);
         if (!r.ok()) {
-          if (first_error.ok()) first_error = absl::Status(r.status().code(), absl::StrCat("daemon '", id, "': ", r.status().message()));
+          // No answer within the call's deadline: the peer hangs or died.
+          const absl::StatusCode c = r.status().code();
+          const bool gone = c == absl::StatusCode::kUnavailable || c == absl::StatusCode::kDeadlineExceeded;
+          if (first_error.ok()) {
+            first_error = absl::Status(gone ? absl::StatusCode::kAborted : c,
+                                       absl::StrCat("daemon '", id, "'", gone ? " stopped answering" : "", ": ",
+                                                    r.status().message()));
+          }
           return;
         }
         if (r->ready) {
@@ -1083,6 +1094,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     absl::MutexLock lock(&pm);
     if (!first_error.ok()) {
       stop.store(true);
+      // A member that fails mid-transfer aborts the sync; other codes stand.
       status = absl::Status(first_error.code() == absl::StatusCode::kUnavailable ? absl::StatusCode::kAborted
                                                                                     : first_error.code(),
                             absl::StrCat("model '", args.model_id, "' version ", v, ": ", first_error.message()));

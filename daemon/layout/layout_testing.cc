@@ -96,4 +96,22 @@ CanonicalData ReadBack(const ModelSpec& model, const std::vector<ShardSpec>& sha
   return data;
 }
 
+CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
+                             const std::vector<NamedAdapter>& adapters) {
+  CanonicalData out = data;
+  for (const NamedAdapter& ad : adapters) {
+    const int32_t w = model.Find(ad.base), a = model.Find(ad.a), b = model.Find(ad.b);
+    const int64_t rows = model.tensor(w).shape.d[0], cols = model.tensor(w).shape.d[1];
+    const int64_t rank = model.tensor(a).shape.d[0];
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = 0; j < cols; ++j) {
+        double sum = 0;
+        for (int64_t k = 0; k < rank; ++k) sum += double(data[b][i * rank + k]) * double(data[a][k * cols + j]);
+        out[w][i * cols + j] = static_cast<float>(double(data[w][i * cols + j]) + ad.scaling * sum);
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace wsync::layout::testing

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "daemon/layout/planner.h"
@@ -41,6 +42,19 @@ void Execute(const Plan& plan, const std::vector<Endpoint>& sources, Buffers& sr
 // Canonical data read back from whole-tensor shards (the hf recipe).
 CanonicalData ReadBack(const ModelSpec& model, const std::vector<ShardSpec>& shards,
                        const std::vector<std::vector<uint8_t>>& buffers);
+
+// A PEFT-convention LoRA adapter by canonical tensor names: base W is
+// [out, in], A is [rank, in], B is [out, rank].
+struct NamedAdapter {
+  std::string base, a, b;
+  double scaling = 1.0;
+};
+
+// `data` with W + scaling * B @ A for every adapter, by naive loops in
+// double. With RandomCanonical values and small ranks every step is exact,
+// so the result is the true merge, independent of any kernel.
+CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
+                             const std::vector<NamedAdapter>& adapters);
 
 }  // namespace wsync::layout::testing
 

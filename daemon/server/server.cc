@@ -261,6 +261,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
       po.tls_ca = options.tls_client_ca;
     }
     po.max_message_bytes = options.max_message_bytes;
+    // A peer that does not answer within the member timeout counts as gone.
+    po.call_timeout_ms = options.peer_timeout_ms;
     auto link = service::NewGrpcPeerLink(po);
     if (!link.ok()) return link.status();
     peers = std::move(*link);

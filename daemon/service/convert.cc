@@ -317,6 +317,15 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
     p->set_uid(s.uid);
     p->set_attached_ms(s.attached_ms);
   }
+  for (const core::PeerInfo& x : in.peers) {
+    v1::PeerStatus* p = out->add_peers();
+    p->set_daemon_id(x.daemon_id);
+    p->set_address(x.address);
+    p->set_incarnation(x.incarnation);
+    p->set_relation(x.relation);
+    p->set_last_seen_ms(x.last_seen_ms);
+    p->set_lost(x.lost);
+  }
 }
 
 void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out) {

@@ -5,6 +5,7 @@
 // target bytes come from layout::testing::Materialize, which places
 // canonical values element by element without the planner.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "daemon/layout/layout_testing.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
+#include "tests/testing/pki.h"
 #include "tests/testing/process.h"
 
 namespace wsync {
@@ -32,12 +34,23 @@ constexpr char kConfig[] = R"({"model_type": "qwen3_moe", "hidden_size": 16,
   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 4,
   "num_hidden_layers": 2, "vocab_size": 70, "tie_word_embeddings": false})";
 
+// Peer security flags: mTLS with `<pki>/<id>.pem` when pki is set, else
+// plaintext.
+std::vector<std::string> Security(const std::string& pki, const std::string& id) {
+  if (pki.empty()) return {"--insecure"};
+  return {"--tls-cert", pki + "/" + id + ".pem", "--tls-key", pki + "/" + id + ".key", "--tls-client-ca",
+          pki + "/ca.pem"};
+}
+
 struct Daemon {
-  Daemon(const std::string& id, const std::string& dir, std::vector<std::string> extra = {}) : id(id) {
+  Daemon(const std::string& id, const std::string& dir, std::vector<std::string> extra = {},
+         const std::string& pki = "")
+      : id(id) {
     socket = dir + "/" + id + ".sock";
     std::vector<std::string> argv = {Runfile("daemon/wsyncd"), "--socket", socket, "--daemon-id", id,
-                                     "--listen", "127.0.0.1:0", "--insecure", "--heartbeat-ms", "200",
+                                     "--listen", "127.0.0.1:0", "--heartbeat-ms", "200",
                                      "--peer-timeout-ms", "3000", "--grace-period-ms", "1000"};
+    for (const std::string& f : Security(pki, id)) argv.push_back(f);
     argv.insert(argv.end(), extra.begin(), extra.end());
     proc = std::make_unique<Process>(argv);
     client::ConnectOptions o;
@@ -74,20 +87,52 @@ struct Rank {
   std::vector<client::ShmBuffer> bufs;
 };
 
+struct ClusterOptions {
+  std::vector<std::string> trainer_flags;  // extra wsyncd flags of t0 and t1
+  bool lora = false;  // q_proj and o_proj adapters (rank 4), held whole by trainer tp0 pp0
+  bool mtls = false;  // peers authenticate with certificates of a test CA
+};
+
+constexpr int kLoraRank = 4;
+constexpr double kLoraScaling = 0.5;
+
 struct Cluster {
-  explicit Cluster(std::vector<std::string> trainer_flags = {}) {
+  explicit Cluster(ClusterOptions o = {}) : options(o) {
     dir = testing::MakeTempDir();
+    if (o.mtls) {
+      pki = dir + "/pki";
+      REQUIRE(mkdir(pki.c_str(), 0700) == 0);
+      const std::string err = testing::MakeTestPki(pki, {"t0", "t1", "g0", "g1"});
+      INFO(err);
+      REQUIRE(err.empty());
+    }
     config = *layout::ParseHfConfig(kConfig);
     REQUIRE(layout::NormalizeConfig(&config).ok());
-    spec = *layout::ModelSpec::Create(*layout::CanonicalTensors(config, layout::DType::kBF16));
+    std::vector<layout::TensorSpec> tensors = *layout::CanonicalTensors(config, layout::DType::kBF16);
+    if (o.lora) {
+      for (int l = 0; l < config.num_hidden_layers; ++l) {
+        for (const char* proj : {"q_proj", "o_proj"}) {
+          const std::string stem = absl::StrCat("model.layers.", l, ".self_attn.", proj);
+          layout::Shape w;
+          for (const auto& t : tensors) {
+            if (t.name == stem + ".weight") w = t.shape;
+          }
+          adapters.push_back({stem + ".weight", stem + ".lora_A.weight", stem + ".lora_B.weight", kLoraScaling});
+          tensors.push_back({adapters.back().a, layout::Shape::Of({kLoraRank, w.d[1]}), layout::DType::kBF16});
+          tensors.push_back({adapters.back().b, layout::Shape::Of({w.d[0], kLoraRank}), layout::DType::kBF16});
+        }
+      }
+    }
+    spec = *layout::ModelSpec::Create(tensors);
     std::mt19937 rng(7);
     data = layout::testing::RandomCanonical(spec, rng);
-    daemons["t0"] = std::make_unique<Daemon>("t0", dir, trainer_flags);
-    for (const char* id : {"t1", "g0", "g1"}) {
-      std::vector<std::string> flags = {"--peers", coordinator()};
-      if (id[0] == 't') flags.insert(flags.end(), trainer_flags.begin(), trainer_flags.end());
-      daemons[id] = std::make_unique<Daemon>(id, dir, flags);
-    }
+    daemons["t0"] = std::make_unique<Daemon>("t0", dir, o.trainer_flags, pki);
+    for (const char* id : {"t1", "g0", "g1"}) StartDaemon(id);
+  }
+  void StartDaemon(const std::string& id) {
+    std::vector<std::string> flags = {"--peers", coordinator()};
+    if (id[0] == 't') flags.insert(flags.end(), options.trainer_flags.begin(), options.trainer_flags.end());
+    daemons[id] = std::make_unique<Daemon>(id, dir, flags, pki);
   }
   std::string coordinator() { return daemons["t0"]->address; }
 
@@ -109,6 +154,15 @@ struct Cluster {
     c->set_num_experts(config.num_experts);
     c->set_moe_intermediate_size(config.moe_intermediate_size);
     c->set_decoder_sparse_step(config.decoder_sparse_step);
+    for (const auto& ad : adapters) {
+      v1::LoraAdapter* a = m.add_lora_adapters();
+      a->set_base_tensor(ad.base);
+      a->set_a_tensor(ad.a);
+      a->set_b_tensor(ad.b);
+      a->set_rank(kLoraRank);
+      a->set_scaling(ad.scaling);
+      a->set_convention(v1::PEFT);
+    }
     return m;
   }
 
@@ -130,6 +184,17 @@ struct Cluster {
     INFO(shards.status().ToString());
     REQUIRE(shards.ok());
     r.shards = *shards;
+    const size_t recipe_shards = r.shards.size();
+    if (source && tp == 0 && pp == 0) {
+      // This trainer also holds every adapter tensor whole (explicit pieces).
+      for (int32_t t = 0; t < spec.size(); ++t) {
+        const auto& ts = spec.tensor(t);
+        if (ts.name.find(".lora_") == std::string::npos) continue;
+        layout::ShardSpec s{ts.name, ts.shape, dtype, {}};
+        s.pieces.push_back({t, layout::Box::Whole(ts.shape), layout::Box::Whole(ts.shape)});
+        r.shards.push_back(s);
+      }
+    }
     v1::RegisterShardsRequest req;
     req.set_session_id(r.client->session_id());
     req.set_model_id("moe");
@@ -143,6 +208,19 @@ struct Cluster {
     req.set_update_mode(v1::STAGED);
     req.set_coordinator(coordinator());
     for (const layout::ShardSpec& s : r.shards) {
+      v1::BufferSpec* bs = req.add_buffers();
+      if (static_cast<size_t>(req.buffers_size()) > recipe_shards) {
+        for (const layout::Piece& p : s.pieces) {
+          v1::Piece* pp = bs->add_pieces();
+          pp->set_tensor(spec.tensor(p.tensor).name);
+          for (int d = 0; d < p.canonical.ndim; ++d) {
+            pp->mutable_canonical()->add_offsets(p.canonical.off[d]);
+            pp->mutable_canonical()->add_sizes(p.canonical.size[d]);
+            pp->mutable_shard()->add_offsets(p.shard.off[d]);
+            pp->mutable_shard()->add_sizes(p.shard.size[d]);
+          }
+        }
+      }
       const uint64_t bytes = s.shape.NumElements() * kernels::DTypeSize(s.dtype);
       auto b = r.client->Allocate(bytes);
       REQUIRE(b.ok());
@@ -152,7 +230,6 @@ struct Cluster {
       } else {
         std::memset(b->data, 0x5a, bytes);
       }
-      v1::BufferSpec* bs = req.add_buffers();
       bs->set_name(s.name);
       *bs->mutable_memory() = b->Ref();
       for (int i = 0; i < s.shape.ndim; ++i) bs->add_shape(s.shape.d[i]);
@@ -183,11 +260,12 @@ struct Cluster {
     }
   }
 
-  // Every target buffer on `daemon` holds exactly the canonical data.
-  void CheckTargets(const std::string& daemon) {
+  // Every target buffer on `daemon` holds exactly `want_data` (default: the
+  // sources' canonical data).
+  void CheckTargets(const std::string& daemon, const layout::testing::CanonicalData* want_data = nullptr) {
     for (const Rank& r : ranks[daemon]) {
       for (size_t i = 0; i < r.shards.size(); ++i) {
-        auto want = layout::testing::Materialize(spec, r.shards[i], data);
+        auto want = layout::testing::Materialize(spec, r.shards[i], want_data ? *want_data : data);
         INFO(daemon << " buffer " << r.shards[i].name);
         CHECK(std::memcmp(r.bufs[i].data, want.data(), want.size()) == 0);
       }
@@ -208,12 +286,13 @@ struct Cluster {
     }
   }
 
-  absl::StatusOr<v1::SyncResult> Sync(uint64_t version, uint64_t deadline_ms = 0) {
+  absl::StatusOr<v1::SyncResult> Sync(uint64_t version, uint64_t deadline_ms = 0, v1::LoraMode lora = v1::NONE) {
     auto c = daemons["t0"]->Attach("sync-driver");
     v1::SyncRequest req;
     req.set_model_id("moe");
     req.set_version(version);
     req.set_deadline_ms(deadline_ms);
+    req.mutable_lora()->set_mode(lora);
     req.set_max_bucket_bytes(4096);
     return c->Sync(req, nullptr);
   }
@@ -231,7 +310,37 @@ struct Cluster {
     return {};
   }
 
-  std::string dir;
+  // Whether `daemon` knows replica `replica` of the model.
+  bool HasReplica(const std::string& daemon, const std::string& replica) {
+    auto st = daemons[daemon]->Attach("status")->GetStatus();
+    if (!st.ok()) return false;
+    for (const auto& m : st->models()) {
+      for (const auto& r : m.replicas()) {
+        if (r.replica_id() == replica) return true;
+      }
+    }
+    return false;
+  }
+
+  // Waits until `daemon` runs no job (true), or gives up after a minute.
+  bool Idle(const std::string& daemon) {
+    return testing::WaitFor([&] {
+      auto st = daemons[daemon]->Attach("idle")->GetStatus();
+      return st.ok() && st->jobs_size() == 0;
+    }, 60000);
+  }
+
+  // Waits until `daemon` runs a job.
+  bool Busy(const std::string& daemon) {
+    return testing::WaitFor([&] {
+      auto st = daemons[daemon]->Attach("watch")->GetStatus();
+      return st.ok() && st->jobs_size() > 0;
+    }, 20000);
+  }
+
+  ClusterOptions options;
+  std::string dir, pki;
+  std::vector<layout::testing::NamedAdapter> adapters;
   layout::ModelConfig config;
   layout::ModelSpec spec;
   layout::testing::CanonicalData data;
@@ -280,16 +389,13 @@ TEST_CASE("four daemons: TP2xPP2 megatron sources sync an MoE model to vllm TP4 
 
 TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep their version, a restart recovers") {
   // Slow transfers on the trainer side so the kill lands mid-sync.
-  Cluster c({"--fault-bucket-delay-ms", "50"});
+  Cluster c({{"--fault-bucket-delay-ms", "50"}});
   c.RegisterAll();
   REQUIRE(c.Sync(1).ok());
   c.UpdateSources(23);
   auto pending = std::async(std::launch::async, [&] { return c.Sync(2, 60000); });
   // Kill g1 as soon as its part runs.
-  bool running = testing::WaitFor([&] {
-    auto s = c.daemons["g1"]->Attach("watch")->GetStatus();
-    return s.ok() && s->jobs_size() > 0;
-  }, 20000);
+  bool running = c.Busy("g1");
   c.daemons["g1"]->proc->Signal(SIGKILL);
   c.daemons["g1"]->proc->Wait(5000);
   auto r = pending.get();
@@ -307,13 +413,165 @@ TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep thei
   }
   // Restart g1 (new incarnation); its generator re-registers; sync again.
   c.ranks["g1"].clear();
-  c.daemons["g1"] = std::make_unique<Daemon>("g1", c.dir, std::vector<std::string>{"--peers", c.coordinator()});
+  c.StartDaemon("g1");
   c.RegisterGenerators("g1");
   auto ok = c.Sync(2);
   INFO(ok.status().ToString());
   REQUIRE(ok.ok());
   c.CheckTargets("g0");
   c.CheckTargets("g1");
+}
+
+TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W + s*B@A from their base") {
+  Cluster c({{}, /*lora=*/true});
+  c.RegisterAll();
+  auto full = c.Sync(1);
+  INFO(full.status().ToString());
+  REQUIRE(full.ok());
+  c.CheckTargets("g0");
+  c.CheckTargets("g1");
+
+  auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  auto only = c.Sync(2, 0, v1::ADAPTER_ONLY);
+  INFO(only.status().ToString());
+  REQUIRE(only.ok());
+  CHECK(only->bytes() > 0);
+  CHECK(only->bytes() * 4 < full->bytes());  // adapters, not weights
+  c.CheckTargets("g0", &merged);
+  c.CheckTargets("g1", &merged);
+
+  // The trainer changes one B; the next adapter_only sync starts again from
+  // the pristine base, not from the merged weights.
+  const std::string b_name = "model.layers.1.self_attn.o_proj.lora_B.weight";
+  const int32_t bt = c.spec.Find(b_name);
+  Rank& first = c.ranks["t0"][0];
+  for (size_t i = 0; i < first.shards.size(); ++i) {
+    if (first.shards[i].name != b_name) continue;
+    for (size_t k = 0; k < c.data[bt].size(); ++k) c.data[bt][k] = static_cast<float>(static_cast<int>(k % 7) - 3) / 16;
+    auto bytes = layout::testing::Materialize(c.spec, first.shards[i], c.data);
+    std::memcpy(first.bufs[i].data, bytes.data(), bytes.size());
+  }
+  merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  auto again = c.Sync(3, 0, v1::ADAPTER_ONLY);
+  INFO(again.status().ToString());
+  REQUIRE(again.ok());
+  c.CheckTargets("g0", &merged);
+  c.CheckTargets("g1", &merged);
+
+  // A merge sync of the same weights writes the same bytes.
+  auto merge = c.Sync(4, 0, v1::MERGE);
+  INFO(merge.status().ToString());
+  REQUIRE(merge.ok());
+  c.CheckTargets("g0", &merged);
+  c.CheckTargets("g1", &merged);
+  CHECK(c.Replica("g0", "gen-a").version() == 4);
+}
+
+TEST_CASE("the coordinator killed mid-sync: participants abort, keep their version and return to idle") {
+  Cluster c({{"--fault-bucket-delay-ms", "50"}});
+  c.RegisterAll();
+  REQUIRE(c.Sync(1).ok());
+  const auto v1_data = c.data;
+  c.UpdateSources(31);
+  auto pending = std::async(std::launch::async, [&] { return c.Sync(2, 60000); });
+  REQUIRE(c.Busy("g0"));
+  c.daemons["t0"]->proc->Signal(SIGKILL);
+  c.daemons["t0"]->proc->Wait(5000);
+  auto r = pending.get();
+  CHECK(!r.ok());
+  for (const char* d : {"t1", "g0", "g1"}) {
+    INFO(d << " stderr:\n" << c.daemons[d]->proc->Stderr());
+    CHECK(c.Idle(d));
+    CHECK(c.daemons[d]->proc->Running());
+  }
+  for (const auto& [d, rep] : {std::pair<std::string, std::string>{"g0", "gen-a"}, {"g1", "gen-b"}}) {
+    const auto st = c.Replica(d, rep);
+    CHECK(st.version() == 1);
+    CHECK(!st.poisoned());
+    c.CheckTargets(d, &v1_data);  // staged: live memory never saw version 2
+  }
+  CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("aborted"));
+}
+
+TEST_CASE("a peer that stops answering (SIGSTOP): the sync aborts naming it, and recovers after SIGCONT") {
+  Cluster c({{"--fault-bucket-delay-ms", "50"}});
+  c.RegisterAll();
+  REQUIRE(c.Sync(1).ok());
+  c.UpdateSources(37);
+  auto pending = std::async(std::launch::async, [&] { return c.Sync(2, 60000); });
+  REQUIRE(c.Busy("g1"));
+  c.daemons["g1"]->proc->Signal(SIGSTOP);
+  auto r = pending.get();
+  INFO(r.status().ToString());
+  REQUIRE(!r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kAborted);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("'g1'"));
+  // The coordinator no longer counts g1 as a member while it is stopped.
+  CHECK(testing::WaitFor([&] {
+    auto st = c.daemons["t0"]->Attach("peers")->GetStatus();
+    if (!st.ok()) return false;
+    for (const auto& p : st->peers()) {
+      if (p.daemon_id() == "g1") return false;
+    }
+    return true;
+  }, 60000));
+  for (const char* d : {"t0", "t1", "g0"}) CHECK(c.Idle(d));
+  CHECK(c.Replica("g0", "gen-a").version() == 1);
+
+  // Resumed, g1 drops its part, rejoins and announces its ranks again.
+  c.daemons["g1"]->proc->Signal(SIGCONT);
+  CHECK(c.Idle("g1"));
+  CHECK(c.Replica("g1", "gen-b").version() == 1);
+  CHECK(testing::WaitFor([&] { return c.HasReplica("t0", "gen-b"); }, 60000));
+  auto ok = c.Sync(2);
+  INFO(ok.status().ToString() << "\ng1 stderr:\n" << c.daemons["g1"]->proc->Stderr());
+  REQUIRE(ok.ok());
+  c.CheckTargets("g0");
+  c.CheckTargets("g1");
+}
+
+TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a foreign certificate cannot join") {
+  Cluster c({{}, false, /*mtls=*/true});
+  c.RegisterAll();
+  auto r = c.Sync(1);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  c.CheckTargets("g0");
+  c.CheckTargets("g1");
+
+  // A daemon whose certificate another CA signed: the coordinator refuses it.
+  const std::string rogue = c.dir + "/rogue";
+  REQUIRE(mkdir(rogue.c_str(), 0700) == 0);
+  REQUIRE(testing::MakeTestPki(rogue, {"x0"}).empty());
+  Daemon x("x0", c.dir, {}, rogue);
+  auto client = x.Attach("gen-x");
+  REQUIRE(client->RegisterModel(c.ModelRequest(client->session_id())).ok());
+  v1::RegisterShardsRequest req;
+  req.set_session_id(client->session_id());
+  req.set_model_id("moe");
+  req.set_role(v1::TARGET);
+  req.set_replica_id("gen-x");
+  req.mutable_rank()->set_tp_size(1);
+  req.mutable_rank()->set_pp_size(1);
+  req.mutable_recipe()->set_name("vllm");
+  req.set_coordinator(c.coordinator());
+  layout::RankCoords one;
+  auto shards = *layout::BuildShards(c.spec, c.config, "vllm", {}, one, layout::DType::kBF16);
+  for (const auto& s : shards) {
+    auto b = client->Allocate(s.shape.NumElements() * 2);
+    REQUIRE(b.ok());
+    v1::BufferSpec* bs = req.add_buffers();
+    bs->set_name(s.name);
+    *bs->mutable_memory() = b->Ref();
+    for (int i = 0; i < s.shape.ndim; ++i) bs->add_shape(s.shape.d[i]);
+    bs->set_dtype(v1::BFLOAT16);
+  }
+  auto got = client->RegisterShards(req);
+  INFO(got.status().ToString());
+  REQUIRE(!got.ok());
+  CHECK_THAT(std::string(got.status().message()), Catch::Contains(c.coordinator()));
+  // Nothing of it reached the coordinator.
+  CHECK(!c.HasReplica("t0", "gen-x"));
 }
 
 }  // namespace

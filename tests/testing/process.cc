@@ -59,7 +59,7 @@ Process::Process(std::vector<std::string> argv) {
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
-    execv(args[0], args.data());
+    execvp(args[0], args.data());  // searches PATH for bare names
     dprintf(2, "exec %s failed\n", args[0]);
     _exit(127);
   }

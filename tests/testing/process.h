@@ -19,7 +19,8 @@ std::string MakeTempDir();
 // A child process whose stdout and stderr go to files. Not thread-safe.
 class Process {
  public:
-  // Starts `argv[0]` with `argv`. Aborts the test (REQUIRE) if fork fails.
+  // Starts `argv[0]` (a path, or a name looked up in PATH) with `argv`.
+  // Aborts the test (REQUIRE) if fork fails.
   explicit Process(std::vector<std::string> argv);
   ~Process();  // SIGKILLs the child if it still runs.
 
