@@ -277,6 +277,24 @@ void CoreImpl::StartCluster(const std::string& peer_address) {
   for (const std::string& addr : options_.join) upstream_.try_emplace(addr);
   if (cluster_thread_.joinable()) return;
   cluster_thread_ = std::thread([this] { ClusterLoop(); });
+  watchdog_thread_ = std::thread([this] { WatchdogLoop(); });
+}
+
+void CoreImpl::WatchdogLoop() {
+  absl::MutexLock lock(&mu_);
+  auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return cluster_stop_; };
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100))) {
+    const absl::Time now = absl::Now();
+    for (auto& [id, part] : parts_) {
+      if (!part->decided && !part->watchdog_fired && part->comm != nullptr && now > part->deadline) {
+        part->watchdog_fired = true;
+        const std::string why = absl::StrCat("watchdog: job ", id, " of model '", part->plan.model_id,
+                                             "' passed its deadline with its transfer still running");
+        log_->warn("{}; aborting its communicator", why);
+        part->comm->Abort(why);
+      }
+    }
+  }
 }
 
 void CoreImpl::ClusterLoop() {
@@ -291,13 +309,6 @@ void CoreImpl::ClusterLoop() {
       mu_.AwaitWithTimeout(absl::Condition(&stop), period);
       if (cluster_stop_) return;
       ReapParts();
-      // Watchdog: a part still moving bytes past its deadline has its
-      // communicator aborted, so no wait outlives the sync.
-      for (auto& [id, part] : parts_) {
-        if (!part->decided && part->comm != nullptr && absl::Now() > part->deadline) {
-          part->comm->Abort(absl::StrCat("watchdog: job ", id, " passed its deadline"));
-        }
-      }
       // Members that went silent.
       const absl::Time now = absl::Now();
       for (auto it = members_.begin(); it != members_.end();) {

@@ -125,6 +125,7 @@ CoreImpl::~CoreImpl() {
     }
   }
   if (cluster_thread_.joinable()) cluster_thread_.join();
+  if (watchdog_thread_.joinable()) watchdog_thread_.join();
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, p] : parts_) parts.push_back(std::move(p));

@@ -160,6 +160,7 @@ struct Part {
   // The decision of the coordinator: commit (with the replicas' digests)
   // or abort (with the reason).
   bool decided = false, commit = false;
+  bool watchdog_fired = false;
   std::map<std::string, std::string> digests;
   std::string abort_reason;
   transport::Communicator* comm = nullptr;  // while transferring
@@ -261,7 +262,12 @@ class CoreImpl final : public Core {
   // Announcements of every local rank of models coordinated at `address`.
   std::vector<RankAnnouncement> LocalAnnouncements(const std::string& address);
   void RecordJoin(const std::string& address, const PeerLink::Joined& j);
+  // Heartbeats, membership timeouts, withdrawals, rejoins.
   void ClusterLoop();
+  // Every 100 ms: aborts the communicator of any part still running past
+  // its deadline, so no transfer outlives its sync even when the
+  // coordinator is unreachable.
+  void WatchdogLoop();
   // Drops the ranks of `daemon_id` and aborts jobs that need it.
   void DropDaemon(const std::string& daemon_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A Gloo communicator for `members` (daemon ids in rank order),
@@ -313,7 +319,7 @@ class CoreImpl final : public Core {
   bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;
   mutable absl::Mutex addr_mu_;
   std::string peer_address_ ABSL_GUARDED_BY(addr_mu_);
-  std::thread cluster_thread_;
+  std::thread cluster_thread_, watchdog_thread_;
 };
 
 }  // namespace wsync::core::internal

@@ -322,6 +322,14 @@ struct Cluster {
     return false;
   }
 
+  // How many ranks of the model `daemon` knows (its own and announced ones).
+  int Ranks(const std::string& daemon) {
+    auto st = daemons[daemon]->Attach("status")->GetStatus();
+    if (!st.ok()) return -1;
+    for (const auto& m : st->models()) return m.ranks_size();
+    return 0;
+  }
+
   // Waits until `daemon` runs no job (true), or gives up after a minute.
   bool Idle(const std::string& daemon) {
     return testing::WaitFor([&] {
@@ -491,6 +499,39 @@ TEST_CASE("the coordinator killed mid-sync: participants abort, keep their versi
     c.CheckTargets(d, &v1_data);  // staged: live memory never saw version 2
   }
   CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("aborted"));
+}
+
+TEST_CASE("the coordinator stops answering mid-sync (SIGSTOP): the watchdog aborts the parts; SIGCONT recovers") {
+  Cluster c({{"--fault-bucket-delay-ms", "50"}});
+  c.RegisterAll();
+  REQUIRE(c.Sync(1).ok());
+  const auto v1_data = c.data;
+  c.UpdateSources(41);
+  // A deadline shorter than the member timeout: the watchdog fires first.
+  auto pending = std::async(std::launch::async, [&] { return c.Sync(2, 1500); });
+  REQUIRE(c.Busy("g0"));
+  c.daemons["t0"]->proc->Signal(SIGSTOP);
+  for (const char* d : {"t1", "g0", "g1"}) {
+    INFO(d << " stderr:\n" << c.daemons[d]->proc->Stderr());
+    CHECK(c.Idle(d));
+  }
+  CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("watchdog: job"));
+  for (const auto& [d, rep] : {std::pair<std::string, std::string>{"g0", "gen-a"}, {"g1", "gen-b"}}) {
+    CHECK(c.Replica(d, rep).version() == 1);
+    c.CheckTargets(d, &v1_data);
+  }
+  // Resumed, the coordinator ends its sync, the members rejoin, announce
+  // their ranks again, and the next sync succeeds.
+  c.daemons["t0"]->proc->Signal(SIGCONT);
+  auto r = pending.get();
+  INFO(r.status().ToString());
+  CHECK(!r.ok());
+  CHECK(testing::WaitFor([&] { return c.Ranks("t0") == 10; }, 60000));
+  auto ok = c.Sync(2);
+  INFO(ok.status().ToString() << "\nt0 stderr:\n" << c.daemons["t0"]->proc->Stderr());
+  REQUIRE(ok.ok());
+  c.CheckTargets("g0");
+  c.CheckTargets("g1");
 }
 
 TEST_CASE("a peer that stops answering (SIGSTOP): the sync aborts naming it, and recovers after SIGCONT") {
