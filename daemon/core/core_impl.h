@@ -122,6 +122,9 @@ struct Model {
   // participant part (registrations wait while it runs).
   std::string coordinator;
   struct Part* part = nullptr;
+  // Wire buckets of multi-node syncs, kept between syncs; only the running
+  // part's thread touches them.
+  std::vector<std::unique_ptr<memory::Buffer>> wire;
   uint64_t generation = 0;  // bumps on every registration change
   // The last plan built, reused while the registrations, the replicas synced
   // and the bucket size are the same (plan_key).

@@ -7,6 +7,8 @@
 // live memory, double-buffered so packing bucket i+1 overlaps the transfer
 // of bucket i.
 #include <algorithm>
+#include <deque>
+#include <optional>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
@@ -234,6 +236,11 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
 
 // ---------------------------------------------------------------- participant
 
+namespace {
+// Wire buffers per model and daemon (each as large as the biggest bucket).
+constexpr size_t kWireBuffers = 3;
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<transport::Communicator>> CoreImpl::NewCommunicator(
     const std::vector<std::string>& members, int rank, const std::string& key) {
   std::string coordinator;
@@ -445,11 +452,14 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   std::vector<std::string> ids;
   for (const PeerMember& m : plan.members) ids.push_back(absl::StrCat(m.daemon_id, "@", m.incarnation));
   const std::string comm_kind = plan.comm_key;
+  bool drained = false;  // every posted transfer completed
   auto give_back = absl::MakeCleanup([&] {
     {
       absl::MutexLock lock(&mu_);
       p->comm = nullptr;
     }
+    // Receives still posted could land in a later sync: never reuse it.
+    if (comm && !drained) comm->Abort("the transfer ended early");
     if (comm) comms_.Put(transport::CommunicatorCache::Key(comm_kind, 0, ids), std::move(comm));
   });
   if (crosses) {
@@ -480,37 +490,87 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       lora_mem[s.pieces[0].tensor] = std::move(*b);
     }
   }
-  std::vector<std::unique_ptr<memory::Buffer>> bufs;
-  for (int i = 0; i < 2; ++i) {
-    auto b = ctx->Allocate(-1, max_bytes, "wire bucket");
-    if (!b.ok()) return b.status();
-    bufs.push_back(std::move(*b));
+  // Wire buffers stay with the model between syncs: fresh ones would cost
+  // page faults on every sync.
+  std::vector<std::unique_ptr<memory::Buffer>>& bufs = model->wire;
+  if (bufs.size() != kWireBuffers || bufs[0]->size() < max_bytes) {
+    bufs.clear();
+    for (size_t i = 0; i < kWireBuffers; ++i) {
+      auto b = ctx->Allocate(-1, std::max<size_t>(max_bytes, 1), "wire bucket");
+      if (!b.ok()) return b.status();
+      bufs.push_back(std::move(*b));
+    }
   }
   const bool merge = plan.lora == LoraMode::kMerge;
   const double sign = plan.lora == LoraMode::kUnmerge ? -1.0 : 1.0;
   std::map<int32_t, Adapter> adapters = model->adapters;
 
-  // Packs wire `w` (this daemon is its source) into `buf`.
-  auto pack = [&](const Wire& w, char* buf) -> absl::Status {
+  // Wire digests. The digest of a wire is the payload digest (kernels/
+  // box_copy.h) of its regions, words numbered from w.word_base: the same
+  // sums as the written digest of a target whose boxes hold the same
+  // dtypes. Region i of `w` in `buf`, as a box to digest or write:
+  auto regions = [&](const Wire& w, char* buf, std::vector<layout::ShardSpec>* specs) {
     const layout::Plan& pl = w.gather ? d.gather : d.plan;
-    std::vector<layout::ShardSpec> specs;
-    specs.reserve(w.ops.size());
-    std::vector<kernels::BoxCopyOp> ops;
+    specs->clear();
+    specs->reserve(w.ops.size());
+    std::vector<kernels::BoxCopyOp> out;
     for (const WireOp& o : w.ops) {
       const layout::CopyOp& c = pl.ops[o.op];
+      specs->push_back(RegionSpec(c.dst_box, o.dtype));
+      out.push_back(layout::LowerBox(Origin(c.dst_box), {&specs->back(), nullptr, buf + o.offset}));
+    }
+    return out;
+  };
+  auto word_bases = [](const Wire& w, const std::vector<kernels::BoxCopyOp>& ops) {
+    std::vector<uint64_t> words(ops.size());
+    kernels::BoxPayloadWords(ops.data(), ops.size(), w.word_base, words.data());
+    return words;
+  };
+  // Digest of wire `w` as received in `buf` (one pass over it).
+  auto wire_digest = [&](const Wire& w, const char* buf) -> absl::StatusOr<kernels::DigestSums> {
+    std::vector<layout::ShardSpec> specs;
+    auto ops = regions(w, const_cast<char*>(buf), &specs);
+    auto words = word_bases(w, ops);
+    if (absl::Status s = ctx->Digest(-1, ops.data(), ops.size(), words.data(), 0); !s.ok()) return s;
+    auto sums = ctx->Finish(1);
+    if (!sums.ok()) return sums.status();
+    return (*sums)[0];
+  };
+  // Packs wire `w` (this daemon is its source) into `buf`; returns its
+  // digest, computed as it is written.
+  auto pack = [&](const Wire& w, char* buf) -> absl::StatusOr<kernels::DigestSums> {
+    const layout::Plan& pl = w.gather ? d.gather : d.plan;
+    std::vector<layout::ShardSpec> specs;
+    std::vector<kernels::BoxCopyOp> ops = regions(w, buf, &specs);
+    for (size_t i = 0; i < w.ops.size(); ++i) {
+      const layout::CopyOp& c = pl.ops[w.ops[i].op];
       RankReg* sr = p->src_local[c.src_endpoint];
-      specs.push_back(RegionSpec(c.dst_box, o.dtype));
       layout::CopyOp c2 = c;
       c2.dst_box = Origin(c.dst_box);
-      ops.push_back(layout::LowerCopy(c2, {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]},
-                                      {&specs.back(), nullptr, buf + o.offset}));
+      ops[i] = layout::LowerCopy(c2, {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]},
+                                 {&specs[i], nullptr, buf + w.ops[i].offset}, /*merge=*/false);
     }
-    return ctx->Copy(-1, ops.data(), ops.size());
+    auto words = word_bases(w, ops);
+    if (absl::Status s = ctx->CopyDigest(-1, ops.data(), ops.size(), words.data(), 0); !s.ok()) return s;
+    auto sums = ctx->Finish(1);
+    if (!sums.ok()) return sums.status();
+    return (*sums)[0];
   };
   // Writes wire `w` (received into `buf`) into this daemon's targets.
   auto unpack = [&](size_t wi, const Wire& w, const char* buf) -> absl::Status {
     if (!holds_targets) return absl::OkStatus();
-    const kernels::DigestSums got = w.moves ? kernels::DigestPartial(buf, w.bytes, 0) : kernels::DigestSums{};
+    // What arrived: the written digest where a target's boxes hold exactly
+    // the wire's bytes, else one pass over the wire (computed once).
+    std::optional<kernels::DigestSums> wire_sums;
+    auto got_of = [&]() -> absl::StatusOr<kernels::DigestSums> {
+      if (!w.moves) return kernels::DigestSums{};
+      if (!wire_sums.has_value()) {
+        auto g = wire_digest(w, buf);
+        if (!g.ok()) return g.status();
+        wire_sums = *g;
+      }
+      return *wire_sums;
+    };
     if (w.gather) {
       std::vector<layout::ShardSpec> specs;
       specs.reserve(w.ops.size());
@@ -525,8 +585,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                         {&gs, nullptr, lora_mem[gs.pieces[0].tensor]->data()}));
       }
       if (absl::Status s = ctx->Copy(-1, ops.data(), ops.size()); !s.ok()) return s;
+      auto got = got_of();
+      if (!got.ok()) return got.status();
       absl::MutexLock lock(&mu_);
-      p->result.sums.push_back({wi, "*", got.s1, got.s2, 0, 0, 0});
+      p->result.sums.push_back({wi, "*", got->s1, got->s2, 0, 0, 0});
       return absl::OkStatus();
     }
     const layout::Bucket& bk = d.plan.buckets[w.bucket];
@@ -540,6 +602,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       std::vector<kernels::LoraMergeOp> loras;
       std::vector<uint64_t> words;
       uint64_t word = w.word_base;
+      bool same_bytes = d.full && w.moves;  // every box holds the wire's bytes as they are
       for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
         const layout::CopyOp& c = d.plan.ops[i];
         const bool active = d.active.count(c.tensor) > 0;
@@ -554,6 +617,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           if (d.adapted.count(c.tensor) && tr->base[c.dst_shard]) {
             base_copies.push_back(layout::LowerCopy(c2, region, base_view(j, c.dst_shard)));
           }
+          same_bytes &= o.dtype == dst.spec->dtype && !(merge && active);
           if (merge && active) {
             const Adapter& ad = adapters.at(c.tensor);
             loras.push_back(MakeLoraOp(model->spec, ad, c, static_cast<const float*>(lora_mem[ad.a]->data()),
@@ -561,7 +625,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                        layout::LowerMatrix(c2, c2.src_box, region), o.dtype,
                                        layout::LowerMatrix(c, c.dst_box, dst), dst.spec->dtype, ad.scaling));
           } else {
-            copies.push_back(layout::LowerCopy(c2, region, dst));
+            copies.push_back(layout::LowerCopy(c2, region, dst, /*merge=*/false));  // digested as written
           }
         } else {
           const Adapter& ad = adapters.at(c.tensor);
@@ -581,12 +645,22 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         p->written.push_back({j, c.dst_shard, c.dst_box});
       }
       absl::Status s = ctx->Copy(-1, base_copies.data(), base_copies.size());
-      if (s.ok()) s = ctx->Copy(-1, copies.data(), copies.size());
-      if (s.ok()) s = ctx->LoraMerge(-1, loras.data(), loras.size());
-      if (s.ok()) s = ctx->Digest(-1, digests.data(), digests.size(), words.data(), 0);
+      if (loras.empty()) {  // one pass: every op is a copy, digested as written
+        if (s.ok()) s = ctx->CopyDigest(-1, copies.data(), copies.size(), words.data(), 0);
+      } else {
+        if (s.ok()) s = ctx->Copy(-1, copies.data(), copies.size());
+        if (s.ok()) s = ctx->LoraMerge(-1, loras.data(), loras.size());
+        if (s.ok()) s = ctx->Digest(-1, digests.data(), digests.size(), words.data(), 0);
+      }
       if (!s.ok()) return s;
       auto sums = ctx->Finish(1);
       if (!sums.ok()) return sums.status();
+      kernels::DigestSums got = (*sums)[0];
+      if (!same_bytes) {
+        auto g = got_of();
+        if (!g.ok()) return g.status();
+        got = *g;
+      }
       absl::MutexLock lock(&mu_);
       p->result.sums.push_back({wi, plan.targets[j].replica_id, got.s1, got.s2, (*sums)[0].s1, (*sums)[0].s2,
                                 word - w.word_base});
@@ -594,7 +668,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     return absl::OkStatus();
   };
 
-  // The transfer loop: pack i+1 while i is in flight, unpack i while i+1 is.
+  // The transfer loop, kWireBuffers deep: bucket i is packed (sources) or
+  // its receive posted (targets) before bucket i-2 is waited for and
+  // unpacked, so packing, the wire and unpacking overlap and data never
+  // arrives before its receive is posted.
   // Transport errors speak of communicator ranks; name the daemons.
   auto on_wire = [&](size_t wi, const Wire& w, const absl::Status& s) {
     std::vector<std::string> to;
@@ -604,52 +681,62 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                                absl::StrJoin(to, "', '"), "' (communicator ranks in that order: ",
                                                absl::StrJoin(w.chain, ", "), "): ", s.message()));
   };
-  std::unique_ptr<transport::Transfer> pending;
-  size_t pending_wire = 0;
-  const Wire* pending_w = nullptr;
-  char* pending_buf = nullptr;
-  size_t k = 0;
-  auto finish_pending = [&]() -> absl::Status {
-    if (pending_w == nullptr) return absl::OkStatus();
-    if (pending) {
-      absl::Status s = pending->Wait();
-      pending.reset();
-      if (!s.ok()) return on_wire(pending_wire, *pending_w, s);
+  struct InFlight {
+    size_t wire;
+    char* buf;
+    std::unique_ptr<transport::Transfer> transfer;  // null: nothing crosses daemons
+  };
+  std::deque<InFlight> in_flight;
+  std::vector<char*> free_bufs;
+  for (auto& b : bufs) free_bufs.push_back(static_cast<char*>(b->data()));
+  auto finish_oldest = [&]() -> absl::Status {
+    InFlight f = std::move(in_flight.front());
+    in_flight.pop_front();
+    free_bufs.push_back(f.buf);
+    const Wire& w = d.wires[f.wire];
+    if (f.transfer) {
+      absl::Status s = f.transfer->Wait();
+      f.transfer.reset();
+      if (!s.ok()) return on_wire(f.wire, w, s);
     }
-    const Wire* w = pending_w;
-    pending_w = nullptr;
-    return unpack(pending_wire, *w, pending_buf);
+    return unpack(f.wire, w, f.buf);
   };
   for (size_t wi = 0; wi < d.wires.size(); ++wi) {
     const Wire& w = d.wires[wi];
     if (!w.moves) continue;
     if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
     if (absl::Status s = CheckJob(job, p->deadline, "transfer", nullptr); !s.ok()) return s;
-    char* buf = static_cast<char*>(bufs[k++ % 2]->data());
+    if (free_bufs.empty()) {
+      if (absl::Status s = finish_oldest(); !s.ok()) return s;
+    }
+    char* buf = free_bufs.back();
+    free_bufs.pop_back();
     if (w.chain[0] == my_rank) {
-      if (absl::Status s = pack(w, buf); !s.ok()) return s;
-      kernels::DigestSums sent = kernels::DigestPartial(buf, w.bytes, 0);
+      auto sent = pack(w, buf);
+      if (!sent.ok()) return sent.status();
       absl::MutexLock lock(&mu_);
-      p->result.sums.push_back({wi, "", sent.s1, sent.s2, 0, 0, 0});
+      p->result.sums.push_back({wi, "", sent->s1, sent->s2, 0, 0, 0});
       if (w.chain.size() > 1) p->result.bytes_sent += w.bytes;
     } else {
       absl::MutexLock lock(&mu_);
       p->result.bytes_received += w.bytes;
     }
-    std::unique_ptr<transport::Transfer> t;
+    InFlight f{wi, buf, nullptr};
     if (w.chain.size() > 1) {
       auto x = comm->StartChain(buf, w.bytes, w.chain, static_cast<uint32_t>(wi), options_.chunk_bytes);
       if (!x.ok()) return on_wire(wi, w, x.status());
-      t = std::move(*x);
+      f.transfer = std::move(*x);
     }
-    if (absl::Status s = finish_pending(); !s.ok()) return s;
-    pending = std::move(t);
-    pending_w = &w;
-    pending_wire = wi;
-    pending_buf = buf;
+    in_flight.push_back(std::move(f));
+    if (in_flight.size() >= kWireBuffers) {
+      if (absl::Status s = finish_oldest(); !s.ok()) return s;
+    }
     if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
   }
-  if (absl::Status s = finish_pending(); !s.ok()) return s;
+  while (!in_flight.empty()) {
+    if (absl::Status s = finish_oldest(); !s.ok()) return s;
+  }
+  drained = true;
   // Local LoRA math (adapter_only, unmerge) once the operands are here.
   for (size_t wi = 0; wi < d.wires.size(); ++wi) {
     const Wire& w = d.wires[wi];

@@ -49,7 +49,7 @@ void Merge(kernels::BoxCopyOp* op, bool has_src) {
 
 kernels::BoxCopyOp LowerFillImpl(const FillOp& f, const ShardView& dst, bool merge);
 
-kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardView& dst) {
+kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardView& dst, bool merge) {
   int64_t ss[kMaxDims], ds[kMaxDims];
   Strides(src, ss);
   Strides(dst, ds);
@@ -72,7 +72,7 @@ kernels::BoxCopyOp LowerCopy(const CopyOp& c, const ShardView& src, const ShardV
     n = 1;
   }
   op.ndim = n;
-  Merge(&op, true);
+  if (merge) Merge(&op, true);
   return op;
 }
 

@@ -20,8 +20,11 @@ struct ShardView {
 };
 
 // The kernel op copying `op`. Adjacent dimensions that are contiguous on
-// both sides are merged, so whole-row runs become one long row.
-kernels::BoxCopyOp LowerCopy(const CopyOp& op, const ShardView& src, const ShardView& dst);
+// both sides are merged, so whole-row runs become one long row. Unmerged
+// (merge = false) it has the dimensions of LowerBox(op.dst_box, dst), so
+// kernels::BoxCopyDigestCpu of it digests what BoxDigestCpu of that box
+// would.
+kernels::BoxCopyOp LowerCopy(const CopyOp& op, const ShardView& src, const ShardView& dst, bool merge = true);
 
 // The kernel op zero-filling `fill`.
 kernels::BoxCopyOp LowerFill(const FillOp& fill, const ShardView& dst);

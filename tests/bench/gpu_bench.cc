@@ -26,6 +26,7 @@
 #include "kernels/box_copy_cuda.h"
 #include "kernels/device_info.h"
 #include "tests/testing/gpu_child.h"
+#include "tests/testing/model_proto.h"
 
 namespace wsync {
 namespace {
@@ -232,16 +233,7 @@ testing::GpuScenario Scenario(const std::string& name, uint64_t) {
   auto tensors = layout::CanonicalTensors(*config, layout::DType::kBF16);
   auto spec = layout::ModelSpec::Create(*tensors);
   if (trainer) {
-    v1::RegisterModelRequest m;
-    m.set_model_id("llama7b");
-    auto* c = m.mutable_config();
-    c->set_family("llama");
-    c->set_hidden_size(config->hidden_size);
-    c->set_num_attention_heads(config->num_attention_heads);
-    c->set_num_key_value_heads(config->num_key_value_heads);
-    c->set_intermediate_size(config->intermediate_size);
-    c->set_vocab_size(config->vocab_size);
-    c->set_num_hidden_layers(config->num_hidden_layers);
+    v1::RegisterModelRequest m = testing::ModelRequest("llama7b", *config);
     sc.model = m;
   }
   for (int r = 0; r < tp; ++r) {

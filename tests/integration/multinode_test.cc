@@ -20,6 +20,7 @@
 #include "daemon/layout/layout_testing.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
+#include "tests/testing/model_proto.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/process.h"
 
@@ -137,23 +138,8 @@ struct Cluster {
   std::string coordinator() { return daemons["t0"]->address; }
 
   v1::RegisterModelRequest ModelRequest(const std::string& session) {
-    v1::RegisterModelRequest m;
+    v1::RegisterModelRequest m = testing::ModelRequest("moe", config);
     m.set_session_id(session);
-    m.set_model_id("moe");
-    v1::ModelConfig* c = m.mutable_config();
-    c->set_family(config.family);
-    c->set_hidden_size(config.hidden_size);
-    c->set_num_attention_heads(config.num_attention_heads);
-    c->set_num_key_value_heads(config.num_key_value_heads);
-    c->set_head_dim(config.head_dim);
-    c->set_intermediate_size(config.intermediate_size);
-    c->set_vocab_size(config.vocab_size);
-    c->set_num_hidden_layers(config.num_hidden_layers);
-    c->set_tie_word_embeddings(config.tie_word_embeddings);
-    c->set_qk_norm(config.qk_norm);
-    c->set_num_experts(config.num_experts);
-    c->set_moe_intermediate_size(config.moe_intermediate_size);
-    c->set_decoder_sparse_step(config.decoder_sparse_step);
     for (const auto& ad : adapters) {
       v1::LoraAdapter* a = m.add_lora_adapters();
       a->set_base_tensor(ad.base);

@@ -5,8 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -14,6 +14,12 @@
 
 namespace wsync::testing {
 namespace {
+
+// The helpers serve tests and benchmarks alike, so they do not use Catch.
+[[noreturn]] void Die(const char* what) {
+  std::perror(what);
+  std::abort();
+}
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -35,7 +41,7 @@ std::string MakeTempDir() {
   // $TEST_TMPDIR is deep inside Bazel's output base; Unix socket paths must
   // stay under 108 bytes, so use /tmp.
   char tmpl[] = "/tmp/wsync-test-XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
+  if (mkdtemp(tmpl) == nullptr) Die("mkdtemp");
   return tmpl;
 }
 
@@ -45,7 +51,7 @@ Process::Process(std::vector<std::string> argv) {
   out_path_ = dir + "/stdout." + std::to_string(counter);
   err_path_ = dir + "/stderr." + std::to_string(counter++);
   pid_ = fork();
-  REQUIRE(pid_ >= 0);
+  if (pid_ < 0) Die("fork");
   if (pid_ == 0) {
     int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int err = open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -20,7 +20,7 @@ std::string MakeTempDir();
 class Process {
  public:
   // Starts `argv[0]` (a path, or a name looked up in PATH) with `argv`.
-  // Aborts the test (REQUIRE) if fork fails.
+  // Aborts the process if fork fails.
   explicit Process(std::vector<std::string> argv);
   ~Process();  // SIGKILLs the child if it still runs.
 
