@@ -269,6 +269,9 @@ struct CoreOptions {
   std::string data_host = "127.0.0.1";
   // Bytes per chunk of a chain broadcast.
   uint64_t chunk_bytes = 4ull << 20;
+  // Fault injection for tests: flip the first byte of multi-node wire
+  // bucket N as this daemon receives it (-1 = off).
+  int64_t fault_corrupt_wire = -1;
 };
 
 // Thread-safe: every method may be called from any thread. Methods that wait

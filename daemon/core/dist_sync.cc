@@ -698,6 +698,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       absl::Status s = f.transfer->Wait();
       f.transfer.reset();
       if (!s.ok()) return on_wire(f.wire, w, s);
+      if (options_.fault_corrupt_wire == static_cast<int64_t>(f.wire) && w.chain[0] != my_rank && w.bytes > 0) {
+        f.buf[0] ^= 0x5a;
+        log_->warn("fault injection: corrupted wire bucket {} as received", f.wire);
+      }
     }
     return unpack(f.wire, w, f.buf);
   };

@@ -75,6 +75,9 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--fault-bucket-delay-ms", o.fault_bucket_delay_ms,
                  "fault injection for tests: sleep after every sync bucket (0 = off)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--fault-corrupt-wire", o.fault_corrupt_wire,
+                 "fault injection for tests: flip a byte of multi-node wire bucket N on receipt (-1 = off)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40));
   app.add_option("--log-level", o.log.level,
                  "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

@@ -55,6 +55,8 @@ struct Options {
   int copy_threads = 2;
   // Fault injection (tests only): delay after every sync bucket.
   int64_t fault_bucket_delay_ms = 0;
+  // Fault injection (tests only): corrupt received multi-node wire bucket N.
+  int64_t fault_corrupt_wire = -1;
   LogOptions log;
 };
 

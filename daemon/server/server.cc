@@ -246,6 +246,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   core_options.default_bucket_bytes = static_cast<uint64_t>(options.bucket_mib) << 20;
   core_options.copy_threads = options.copy_threads;
   core_options.fault_bucket_delay_ms = static_cast<uint64_t>(options.fault_bucket_delay_ms);
+  core_options.fault_corrupt_wire = options.fault_corrupt_wire;
   auto log = Logger("server");
   log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
             options.daemon_id, getpid());

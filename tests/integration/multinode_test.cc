@@ -89,7 +89,8 @@ struct Rank {
 };
 
 struct ClusterOptions {
-  std::vector<std::string> trainer_flags;  // extra wsyncd flags of t0 and t1
+  std::vector<std::string> trainer_flags;    // extra wsyncd flags of t0 and t1
+  std::vector<std::string> generator_flags;  // extra wsyncd flags of g0 and g1
   bool lora = false;  // q_proj and o_proj adapters (rank 4), held whole by trainer tp0 pp0
   bool mtls = false;  // peers authenticate with certificates of a test CA
 };
@@ -132,7 +133,8 @@ struct Cluster {
   }
   void StartDaemon(const std::string& id) {
     std::vector<std::string> flags = {"--peers", coordinator()};
-    if (id[0] == 't') flags.insert(flags.end(), options.trainer_flags.begin(), options.trainer_flags.end());
+    const auto& extra = id[0] == 't' ? options.trainer_flags : options.generator_flags;
+    flags.insert(flags.end(), extra.begin(), extra.end());
     daemons[id] = std::make_unique<Daemon>(id, dir, flags, pki);
   }
   std::string coordinator() { return daemons["t0"]->address; }
@@ -417,7 +419,9 @@ TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep thei
 }
 
 TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W + s*B@A from their base") {
-  Cluster c({{}, /*lora=*/true});
+  ClusterOptions o;
+  o.lora = true;
+  Cluster c(o);
   c.RegisterAll();
   auto full = c.Sync(1);
   INFO(full.status().ToString());
@@ -459,6 +463,25 @@ TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W 
   c.CheckTargets("g0", &merged);
   c.CheckTargets("g1", &merged);
   CHECK(c.Replica("g0", "gen-a").version() == 4);
+}
+
+TEST_CASE("bytes corrupted on a generator node: DATA_LOSS before anything commits") {
+  ClusterOptions o;
+  o.generator_flags = {"--fault-corrupt-wire", "3"};
+  Cluster c(o);
+  c.RegisterAll();
+  auto r = c.Sync(1);
+  INFO(r.status().ToString());
+  REQUIRE(!r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kDataLoss);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("wire bucket 3"));
+  for (const auto& [d, rep] : {std::pair<std::string, std::string>{"g0", "gen-a"}, {"g1", "gen-b"}}) {
+    CHECK(c.Replica(d, rep).version() == 0);
+    for (const Rank& rank : c.ranks[d]) {  // live memory untouched (staged)
+      for (const auto& b : rank.bufs) CHECK(static_cast<const uint8_t*>(b.data)[0] == 0x5a);
+    }
+  }
+  for (const char* d : {"t0", "t1", "g0", "g1"}) CHECK(c.Idle(d));
 }
 
 TEST_CASE("the coordinator killed mid-sync: participants abort, keep their version and return to idle") {
@@ -558,7 +581,9 @@ TEST_CASE("a peer that stops answering (SIGSTOP): the sync aborts naming it, and
 }
 
 TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a foreign certificate cannot join") {
-  Cluster c({{}, false, /*mtls=*/true});
+  ClusterOptions o;
+  o.mtls = true;
+  Cluster c(o);
   c.RegisterAll();
   auto r = c.Sync(1);
   INFO(r.status().ToString());
