@@ -285,6 +285,18 @@ struct Cluster {
     return c->Sync(req, nullptr);
   }
 
+  // A sync that must succeed, after which both generators hold `want`
+  // (default: the sources' data).
+  v1::SyncResult SyncOk(uint64_t version, v1::LoraMode lora = v1::NONE,
+                        const layout::testing::CanonicalData* want = nullptr) {
+    auto r = Sync(version, 0, lora);
+    INFO(r.status().ToString() << "\nt0 stderr:\n" << daemons["t0"]->proc->Stderr());
+    REQUIRE(r.ok());
+    CheckTargets("g0", want);
+    CheckTargets("g1", want);
+    return *r;
+  }
+
   v1::ReplicaStatus Replica(const std::string& daemon, const std::string& replica) {
     auto c = daemons[daemon]->Attach("status");
     auto st = c->GetStatus();
@@ -347,12 +359,7 @@ struct Cluster {
 TEST_CASE("four daemons: TP2xPP2 megatron sources sync an MoE model to vllm TP4 and TP2 replicas over gloo") {
   Cluster c;
   c.RegisterAll();
-  auto r = c.Sync(1);
-  INFO(r.status().ToString() << "\nt0:\n" << c.daemons["t0"]->proc->Stderr());
-  REQUIRE(r.ok());
-  CHECK(r->version() == 1);
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  CHECK(c.SyncOk(1).version() == 1);
   const auto a = c.Replica("g0", "gen-a");
   const auto b = c.Replica("g1", "gen-b");
   CHECK(a.version() == 1);
@@ -362,11 +369,7 @@ TEST_CASE("four daemons: TP2xPP2 megatron sources sync an MoE model to vllm TP4 
 
   // New weights, version 2; a retry of version 2 moves nothing.
   c.UpdateSources(11);
-  auto r2 = c.Sync(2);
-  INFO(r2.status().ToString());
-  REQUIRE(r2.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  c.SyncOk(2);
   CHECK(c.Replica("g1", "gen-b").version() == 2);
   auto again = c.Sync(2);
   REQUIRE(again.ok());
@@ -411,11 +414,7 @@ TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep thei
   c.ranks["g1"].clear();
   c.StartDaemon("g1");
   c.RegisterGenerators("g1");
-  auto ok = c.Sync(2);
-  INFO(ok.status().ToString());
-  REQUIRE(ok.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  c.SyncOk(2);
 }
 
 TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W + s*B@A from their base") {
@@ -423,20 +422,12 @@ TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W 
   o.lora = true;
   Cluster c(o);
   c.RegisterAll();
-  auto full = c.Sync(1);
-  INFO(full.status().ToString());
-  REQUIRE(full.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  auto full = c.SyncOk(1);
 
   auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
-  auto only = c.Sync(2, 0, v1::ADAPTER_ONLY);
-  INFO(only.status().ToString());
-  REQUIRE(only.ok());
-  CHECK(only->bytes() > 0);
-  CHECK(only->bytes() * 4 < full->bytes());  // adapters, not weights
-  c.CheckTargets("g0", &merged);
-  c.CheckTargets("g1", &merged);
+  auto only = c.SyncOk(2, v1::ADAPTER_ONLY, &merged);
+  CHECK(only.bytes() > 0);
+  CHECK(only.bytes() * 4 < full.bytes());  // adapters, not weights
 
   // The trainer changes one B; the next adapter_only sync starts again from
   // the pristine base, not from the merged weights.
@@ -450,18 +441,10 @@ TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W 
     std::memcpy(first.bufs[i].data, bytes.data(), bytes.size());
   }
   merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
-  auto again = c.Sync(3, 0, v1::ADAPTER_ONLY);
-  INFO(again.status().ToString());
-  REQUIRE(again.ok());
-  c.CheckTargets("g0", &merged);
-  c.CheckTargets("g1", &merged);
+  c.SyncOk(3, v1::ADAPTER_ONLY, &merged);
 
   // A merge sync of the same weights writes the same bytes.
-  auto merge = c.Sync(4, 0, v1::MERGE);
-  INFO(merge.status().ToString());
-  REQUIRE(merge.ok());
-  c.CheckTargets("g0", &merged);
-  c.CheckTargets("g1", &merged);
+  c.SyncOk(4, v1::MERGE, &merged);
   CHECK(c.Replica("g0", "gen-a").version() == 4);
 }
 
@@ -536,11 +519,7 @@ TEST_CASE("the coordinator stops answering mid-sync (SIGSTOP): the watchdog abor
   INFO(r.status().ToString());
   CHECK(!r.ok());
   CHECK(testing::WaitFor([&] { return c.Ranks("t0") == 10; }, 60000));
-  auto ok = c.Sync(2);
-  INFO(ok.status().ToString() << "\nt0 stderr:\n" << c.daemons["t0"]->proc->Stderr());
-  REQUIRE(ok.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  c.SyncOk(2);
 }
 
 TEST_CASE("a peer that stops answering (SIGSTOP): the sync aborts naming it, and recovers after SIGCONT") {
@@ -573,11 +552,7 @@ TEST_CASE("a peer that stops answering (SIGSTOP): the sync aborts naming it, and
   CHECK(c.Idle("g1"));
   CHECK(c.Replica("g1", "gen-b").version() == 1);
   CHECK(testing::WaitFor([&] { return c.HasReplica("t0", "gen-b"); }, 60000));
-  auto ok = c.Sync(2);
-  INFO(ok.status().ToString() << "\ng1 stderr:\n" << c.daemons["g1"]->proc->Stderr());
-  REQUIRE(ok.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  c.SyncOk(2);
 }
 
 TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a foreign certificate cannot join") {
@@ -585,11 +560,7 @@ TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a fore
   o.mtls = true;
   Cluster c(o);
   c.RegisterAll();
-  auto r = c.Sync(1);
-  INFO(r.status().ToString());
-  REQUIRE(r.ok());
-  c.CheckTargets("g0");
-  c.CheckTargets("g1");
+  c.SyncOk(1);
 
   // A daemon whose certificate another CA signed: the coordinator refuses it.
   const std::string rogue = c.dir + "/rogue";
