@@ -23,6 +23,9 @@ absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedFie
                                              const std::string& field);
 absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field);
 void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out);
+// A shard as a BufferSpec without memory; pieces name tensors through
+// `tensor_names` (indexed by the pieces' tensor ids).
+void ToProto(const layout::ShardSpec& s, const std::vector<std::string>& tensor_names, v1::BufferSpec* out);
 absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const std::string& model_id);
 core::LoraAdapterArg FromProto(const v1::LoraAdapter& l);
 

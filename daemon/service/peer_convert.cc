@@ -22,20 +22,6 @@ void BoxProto(const layout::Box& b, v1::Box* out) {
   }
 }
 
-// A shard as a BufferSpec without memory; pieces name tensors through
-// `names` (indexed by the pieces' tensor ids).
-void ShardProto(const layout::ShardSpec& s, const std::vector<std::string>& names, v1::BufferSpec* out) {
-  out->set_name(s.name);
-  for (int i = 0; i < s.shape.ndim; ++i) out->add_shape(s.shape.d[i]);
-  out->set_dtype(DTypeProto(s.dtype));
-  for (const layout::Piece& p : s.pieces) {
-    v1::Piece* q = out->add_pieces();
-    q->set_tensor(p.tensor >= 0 && p.tensor < static_cast<int32_t>(names.size()) ? names[p.tensor] : "");
-    BoxProto(p.canonical, q->mutable_canonical());
-    BoxProto(p.shard, q->mutable_shard());
-  }
-}
-
 // The inverse: tensor names become indexes into `names` (appended when new).
 absl::StatusOr<layout::ShardSpec> ShardFromProto(const v1::BufferSpec& b, std::vector<std::string>* names,
                                                  const std::string& where) {
@@ -66,7 +52,7 @@ void EndpointProto(const core::PlanEndpoint& e, const std::vector<std::string>& 
   out->set_replica_id(e.replica_id);
   ToProto(e.rank, out->mutable_rank());
   out->set_update_mode(ToProto(e.mode));
-  for (const auto& s : e.shards) ShardProto(s, names, out->add_buffers());
+  for (const auto& s : e.shards) ToProto(s, names, out->add_buffers());
 }
 
 absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in, std::vector<std::string>* names) {
@@ -86,6 +72,18 @@ absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in,
 }
 
 }  // namespace
+
+void ToProto(const layout::ShardSpec& s, const std::vector<std::string>& names, v1::BufferSpec* out) {
+  out->set_name(s.name);
+  for (int i = 0; i < s.shape.ndim; ++i) out->add_shape(s.shape.d[i]);
+  out->set_dtype(DTypeProto(s.dtype));
+  for (const layout::Piece& p : s.pieces) {
+    v1::Piece* q = out->add_pieces();
+    q->set_tensor(p.tensor >= 0 && p.tensor < static_cast<int32_t>(names.size()) ? names[p.tensor] : "");
+    BoxProto(p.canonical, q->mutable_canonical());
+    BoxProto(p.shard, q->mutable_shard());
+  }
+}
 
 v1::Role ToProto(core::Role r) { return r == core::Role::kSource ? v1::SOURCE : v1::TARGET; }
 core::Role FromProto(v1::Role r) { return r == v1::TARGET ? core::Role::kTarget : core::Role::kSource; }
@@ -151,7 +149,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
   ToProto(in.rank, out->mutable_rank());
   out->set_recipe(in.recipe);
   out->set_update_mode(ToProto(in.mode));
-  for (const auto& s : in.shards) ShardProto(s, names, out->add_buffers());
+  for (const auto& s : in.shards) ToProto(s, names, out->add_buffers());
 }
 
 absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in) {

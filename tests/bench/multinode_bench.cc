@@ -37,6 +37,7 @@
 #include "client/cpp/wsync_client.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
+#include "daemon/service/convert.h"
 #include "tests/testing/model_proto.h"
 #include "tests/testing/process.h"
 
@@ -197,10 +198,9 @@ Rank Register(Daemon& d, const layout::ModelSpec& spec, const layout::ModelConfi
     if (!b.ok()) Die(b.status().ToString());
     std::memset(b->data, source ? 0x3c : 0, bytes);
     v1::BufferSpec* bs = req.add_buffers();
-    bs->set_name(s.name);
+    service::ToProto(s, {}, bs);
+    bs->clear_pieces();  // the recipe's
     *bs->mutable_memory() = b->Ref();
-    for (int i = 0; i < s.shape.ndim; ++i) bs->add_shape(s.shape.d[i]);
-    bs->set_dtype(v1::BFLOAT16);
     r.bufs.push_back(*b);
   }
   if (auto s = r.client->RegisterShards(req); !s.ok()) Die(s.status().ToString());
