@@ -4,8 +4,8 @@
 // member runs its part: sources pack their buckets (regroup + cast) into
 // wire buffers, the bytes travel over Gloo as chain broadcasts (one hop per
 // daemon, so k replicas cost about one), targets unpack into staging or
-// live memory, double-buffered so packing bucket i+1 overlaps the transfer
-// of bucket i.
+// live memory. Three wire buffers per model keep packing, the wire and
+// unpacking overlapped.
 #include <algorithm>
 #include <deque>
 #include <optional>
@@ -239,6 +239,20 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
 namespace {
 // Wire buffers per model and daemon (each as large as the biggest bucket).
 constexpr size_t kWireBuffers = 3;
+
+// "tensors a, b and 3 more": what wire `w` carries, for error messages.
+std::string WireTensors(const DistPlan& d, const Wire& w, const layout::ModelSpec& spec) {
+  const layout::Plan& pl = w.gather ? d.gather : d.plan;
+  std::vector<std::string> names;
+  for (const WireOp& o : w.ops) {
+    const std::string& n = spec.tensor(pl.ops[o.op].tensor).name;
+    if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+  }
+  const size_t shown = std::min<size_t>(names.size(), 2);
+  std::string out = absl::StrCat("tensors ", absl::StrJoin(names.begin(), names.begin() + shown, ", "));
+  if (names.size() > shown) absl::StrAppend(&out, " and ", names.size() - shown, " more");
+  return out;
+}
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<transport::Communicator>> CoreImpl::NewCommunicator(
@@ -1226,8 +1240,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
       auto it = sent.find(key.first);
       if (it == sent.end() || it->second.s1 != s.s1 || it->second.s2 != s.s2) {
         return fail(absl::DataLossError(absl::StrCat(
-            "wire bucket ", key.first, " (", w.bytes, " bytes from daemon '", part.members[w.chain[0]].daemon_id,
-            "') arrived corrupted at ", key.second, ": sent ",
+            "wire bucket ", key.first, " (", w.bytes, " bytes of ", WireTensors(*dist, w, model->spec),
+            ", from daemon '", part.members[w.chain[0]].daemon_id, "') arrived corrupted at ", key.second,
+            " (nothing was committed; retry the sync): sent ",
             it == sent.end() ? "nothing" : kernels::DigestFinish({it->second.s1, it->second.s2}, w.bytes).Hex(),
             ", received ", kernels::DigestFinish({s.s1, s.s2}, w.bytes).Hex())));
       }

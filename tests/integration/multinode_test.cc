@@ -20,6 +20,7 @@
 #include "daemon/layout/layout_testing.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
+#include "daemon/service/convert.h"
 #include "tests/testing/model_proto.h"
 #include "tests/testing/pki.h"
 #include "tests/testing/process.h"
@@ -197,18 +198,9 @@ struct Cluster {
     req.set_coordinator(coordinator());
     for (const layout::ShardSpec& s : r.shards) {
       v1::BufferSpec* bs = req.add_buffers();
-      if (static_cast<size_t>(req.buffers_size()) > recipe_shards) {
-        for (const layout::Piece& p : s.pieces) {
-          v1::Piece* pp = bs->add_pieces();
-          pp->set_tensor(spec.tensor(p.tensor).name);
-          for (int d = 0; d < p.canonical.ndim; ++d) {
-            pp->mutable_canonical()->add_offsets(p.canonical.off[d]);
-            pp->mutable_canonical()->add_sizes(p.canonical.size[d]);
-            pp->mutable_shard()->add_offsets(p.shard.off[d]);
-            pp->mutable_shard()->add_sizes(p.shard.size[d]);
-          }
-        }
-      }
+      service::ToProto(s, TensorNames(), bs);
+      // The recipe generates the pieces of its own buffers.
+      if (static_cast<size_t>(req.buffers_size()) <= recipe_shards) bs->clear_pieces();
       const uint64_t bytes = s.shape.NumElements() * kernels::DTypeSize(s.dtype);
       auto b = r.client->Allocate(bytes);
       REQUIRE(b.ok());
@@ -218,10 +210,7 @@ struct Cluster {
       } else {
         std::memset(b->data, 0x5a, bytes);
       }
-      bs->set_name(s.name);
       *bs->mutable_memory() = b->Ref();
-      for (int i = 0; i < s.shape.ndim; ++i) bs->add_shape(s.shape.d[i]);
-      bs->set_dtype(dtype == layout::DType::kF32 ? v1::FLOAT32 : v1::BFLOAT16);
       r.bufs.push_back(*b);
     }
     auto got = r.client->RegisterShards(req);
@@ -308,6 +297,12 @@ struct Cluster {
     }
     FAIL("no replica " << replica << " on " << daemon);
     return {};
+  }
+
+  std::vector<std::string> TensorNames() const {
+    std::vector<std::string> names;
+    for (int32_t t = 0; t < spec.size(); ++t) names.push_back(spec.tensor(t).name);
+    return names;
   }
 
   // Whether `daemon` knows replica `replica` of the model.
@@ -458,6 +453,7 @@ TEST_CASE("bytes corrupted on a generator node: DATA_LOSS before anything commit
   REQUIRE(!r.ok());
   CHECK(r.status().code() == absl::StatusCode::kDataLoss);
   CHECK_THAT(std::string(r.status().message()), Catch::Contains("wire bucket 3"));
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("tensors model."));
   for (const auto& [d, rep] : {std::pair<std::string, std::string>{"g0", "gen-a"}, {"g1", "gen-b"}}) {
     CHECK(c.Replica(d, rep).version() == 0);
     for (const Rank& rank : c.ranks[d]) {  // live memory untouched (staged)
@@ -584,10 +580,9 @@ TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a fore
     auto b = client->Allocate(s.shape.NumElements() * 2);
     REQUIRE(b.ok());
     v1::BufferSpec* bs = req.add_buffers();
-    bs->set_name(s.name);
+    service::ToProto(s, {}, bs);
+    bs->clear_pieces();  // the recipe's
     *bs->mutable_memory() = b->Ref();
-    for (int i = 0; i < s.shape.ndim; ++i) bs->add_shape(s.shape.d[i]);
-    bs->set_dtype(v1::BFLOAT16);
   }
   auto got = client->RegisterShards(req);
   INFO(got.status().ToString());
