@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -284,6 +285,10 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     if (base == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",
                                                      ad.base_tensor, "', which is not a tensor of the model"));
+    }
+    if (!std::isfinite(ad.scaling)) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",
+                                                     ad.base_tensor, "': scaling ", ad.scaling, " is not finite"));
     }
     if (base->shape.ndim != 2 || ad.rank < 1) {
       return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",

@@ -18,6 +18,7 @@
 #include "daemon/core/executor.h"
 #include "daemon/core/dist_plan.h"
 #include "daemon/core/peer.h"
+#include "daemon/core/recent.h"
 #include "daemon/transport/communicator_cache.h"
 #include "daemon/layout/lowering.h"
 #include "daemon/layout/planner.h"
@@ -316,7 +317,9 @@ class CoreImpl final : public Core {
   std::vector<Withdrawal> withdrawals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Part>> parts_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> comm_store_ ABSL_GUARDED_BY(mu_);  // comm key -> coordinator address
-  std::map<std::string, bool> outcomes_ ABSL_GUARDED_BY(mu_);  // finished part -> committed
+  // Finished parts -> committed, so that a retried Prepare or Commit of a
+  // recent job still gets its answer.
+  RecentMap<bool> outcomes_ ABSL_GUARDED_BY(mu_){256};
   uint64_t comm_generation_ ABSL_GUARDED_BY(mu_) = 0;
   transport::CommunicatorCache comms_;
   bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -439,6 +439,29 @@ TEST_CASE("a trainer that goes away mid-sync aborts it, naming the client") {
         "tp1/2 pp0/2 ep0/1 etp0/1 dp0/1");
 }
 
+TEST_CASE("a failed sync reports its real code and message: the result, last_error, the SyncFailed event") {
+  World w;
+  std::vector<layout::Endpoint> e;
+  auto m = w.Replica("gen", 1, UpdateMode::kInPlace, &e);
+  w.clients.back()->sink.set_ack(false);  // the generator never acknowledges the pause
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().ToString());
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK_THAT(std::string(r.status().message()), !Catch::Contains("accessed after move"));
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("pause"));
+  const DaemonStatus st = w.core->GetStatus();
+  CHECK(st.models.at(0).last_error == r.status().message());
+  bool failed_event = false;
+  for (const Event& ev : w.clients.back()->sink.events()) {
+    if (ev.kind != Event::Kind::kFailed) continue;
+    failed_event = true;
+    CHECK(ev.code == static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+    CHECK(ev.message == r.status().message());
+  }
+  CHECK(failed_event);
+}
+
 TEST_CASE("a second sync of a running model is refused; other models sync meanwhile") {
   World w;
   std::vector<layout::Endpoint> e;

@@ -285,7 +285,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
     absl::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
     ReapParts();
-    if (parts_.count(plan.job_id) || outcomes_.count(plan.job_id)) {
+    if (parts_.count(plan.job_id) || outcomes_.Contains(plan.job_id)) {
       return absl::AlreadyExistsError(absl::StrCat("job ", plan.job_id, " was already distributed here"));
     }
     auto mit = models_.find(plan.model_id);
@@ -906,8 +906,7 @@ void CoreImpl::FinishPart(Part* p) {
     log_->warn("job {} of model '{}' version {}: aborted here ({}); replicas keep their version{}", plan.job_id,
                plan.model_id, plan.version, std::string(status.message()), p->live_written.empty() ? "" : " (in_place ones written so far are poisoned)");
   }
-  outcomes_[plan.job_id] = p->state == Part::State::kCommitted;
-  if (outcomes_.size() > 256) outcomes_.erase(outcomes_.begin());
+  outcomes_.Put(plan.job_id, p->state == Part::State::kCommitted);
   p->model->part = nullptr;
   jobs_.erase(absl::StrCat("part:", plan.job_id));
   p->job = nullptr;
@@ -929,10 +928,10 @@ absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, u
   absl::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
-    auto o = outcomes_.find(job_id);
-    if (o == outcomes_.end()) return absl::NotFoundError(absl::StrCat("job ", job_id, " is unknown on daemon '", options_.daemon_id, "'"));
+    const bool* o = outcomes_.Find(job_id);
+    if (o == nullptr) return absl::NotFoundError(absl::StrCat("job ", job_id, " is unknown on daemon '", options_.daemon_id, "'"));
     PrepareResult r;
-    r.error = o->second ? absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already committed"))
+    r.error = *o ? absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already committed"))
                         : absl::AbortedError(absl::StrCat("job ", job_id, " was aborted on daemon '", options_.daemon_id, "'"));
     return r;
   }
@@ -954,10 +953,10 @@ absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
   absl::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
-    auto o = outcomes_.find(job_id);
-    if (o != outcomes_.end() && o->second) return absl::OkStatus();
+    const bool* o = outcomes_.Find(job_id);
+    if (o != nullptr && *o) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " cannot commit on daemon '", options_.daemon_id,
-                                                      "': ", o == outcomes_.end() ? "unknown job" : "it was aborted"));
+                                                      "': ", o == nullptr ? "unknown job" : "it was aborted"));
   }
   Part* p = it->second.get();
   if (p->plan.version != version) {
@@ -1124,6 +1123,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     }
     jobs_.erase(part.job_id);
   });
+  // The job's steps run in `steps`, and `status` is set from their result
+  // here, so no return statement moves it away before `finish` reads it.
+  auto steps = [&]() -> absl::StatusOr<SyncOutcome> {
   auto fail = [&](absl::Status s) {
     status = absl::Status(s.code(), absl::StrCat("model '", args.model_id, "' version ", v, ": ", s.message()));
     return status;
@@ -1317,6 +1319,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
              part.job_id, args.model_id, v, part.members.size(), moved / 1048576.0, out.buckets, out.times.total_ms,
              out.times.plan_ms, out.times.transfer_ms, out.times.verify_ms, out.times.commit_ms, out.digest);
   return out;
+  };
+  absl::StatusOr<SyncOutcome> result = steps();
+  status = result.status();
+  return result;
 }
 
 }  // namespace wsync::core::internal

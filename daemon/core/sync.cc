@@ -315,7 +315,6 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
     if (done.has_value()) return *std::move(done);
     adapters = model->adapters;
-    const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
     // Endpoints.
     for (auto& [key, r] : model->sources) {
       src_ids.push_back(absl::StrCat("source/", key));
@@ -386,6 +385,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       log_->warn("sync of model '{}' version {} failed: {}", args.model_id, v, status.ToString());
     }
   });
+  // The job's steps run in `steps`, and `status` is set from their result
+  // here, so no return statement moves it away before `finish` reads it.
+  auto steps = [&]() -> absl::StatusOr<SyncOutcome> {
 
   auto src_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return src_ranks[e]->shards[s]; };
   auto dst_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return dst_side[e].rank->shards[s]; };
@@ -833,6 +835,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
              job->id, args.model_id, v, out.bytes / 1048576.0, out.buckets, out.times.total_ms,
              out.times.plan_ms, out.times.transfer_ms, out.times.verify_ms, out.times.commit_ms, out.digest);
   return out;
+  };
+  absl::StatusOr<SyncOutcome> result = steps();
+  status = result.status();
+  return result;
 }
 
 absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,

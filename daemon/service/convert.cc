@@ -1,19 +1,11 @@
 #include "daemon/service/convert.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 
 namespace wsync::service {
 namespace {
-
-absl::StatusOr<layout::DType> DTypeOf(v1::DType d, const std::string& field) {
-  switch (d) {
-    case v1::FLOAT32: return layout::DType::kF32;
-    case v1::BFLOAT16: return layout::DType::kBF16;
-    case v1::FLOAT16: return layout::DType::kF16;
-    case v1::FLOAT8_E4M3: return layout::DType::kF8E4M3;
-    default: return absl::InvalidArgumentError(absl::StrCat(field, ": dtype must be set"));
-  }
-}
 
 template <typename R>
 absl::StatusOr<layout::Shape> ShapeOf(const R& dims, const std::string& field) {
@@ -70,7 +62,6 @@ v1::SyncPhase PhaseOf(const std::string& p) {
 
 }  // namespace
 
-absl::StatusOr<layout::DType> FromProto(v1::DType d, const std::string& field) { return DTypeOf(d, field); }
 absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims,
                                              const std::string& field) {
   return ShapeOf(dims, field);
@@ -97,14 +88,19 @@ absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const
   const std::string field = absl::StrCat("model '", model_id, "' tensor '", t.name(), "'");
   auto shape = ShapeOf(t.shape(), field);
   if (!shape.ok()) return shape.status();
-  auto dt = DTypeOf(t.dtype(), field);
+  auto dt = DTypeFromProto(t.dtype(), field);
   if (!dt.ok()) return dt.status();
   return layout::TensorSpec{t.name(), *shape, *dt};
 }
 
-core::LoraAdapterArg FromProto(const v1::LoraAdapter& l) {
-  return {l.base_tensor(), l.a_tensor(), l.b_tensor(), l.rank(), l.scaling(),
-          l.convention() == v1::DEEPSPEED ? core::LoraConvention::kDeepSpeed : core::LoraConvention::kPeft};
+absl::StatusOr<core::LoraAdapterArg> FromProto(const v1::LoraAdapter& l, const std::string& model_id) {
+  const std::string field = absl::StrCat("model '", model_id, "' LoRA adapter on '", l.base_tensor(), "'");
+  auto convention = LoraConventionFromProto(l.convention(), field);
+  if (!convention.ok()) return convention.status();
+  if (!std::isfinite(l.scaling())) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": scaling ", l.scaling(), " is not a finite number"));
+  }
+  return core::LoraAdapterArg{l.base_tensor(), l.a_tensor(), l.b_tensor(), l.rank(), l.scaling(), *convention};
 }
 
 absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest& in) {
@@ -135,7 +131,11 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     a.config.shared_expert_intermediate_size = c.shared_expert_intermediate_size();
     a.config.decoder_sparse_step = c.decoder_sparse_step() > 0 ? c.decoder_sparse_step() : 1;
   }
-  for (const auto& l : in.lora_adapters()) a.adapters.push_back(FromProto(l));
+  for (const auto& l : in.lora_adapters()) {
+    auto ad = FromProto(l, in.model_id());
+    if (!ad.ok()) return ad.status();
+    a.adapters.push_back(*std::move(ad));
+  }
   return a;
 }
 
@@ -143,15 +143,17 @@ absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsReque
   core::RegisterShardsArgs a;
   a.session_id = in.session_id();
   a.model_id = in.model_id();
-  if (in.role() == v1::ROLE_UNSPECIFIED) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", in.model_id(), "': role must be SOURCE or TARGET"));
-  }
-  a.role = in.role() == v1::SOURCE ? core::Role::kSource : core::Role::kTarget;
+  const std::string where = absl::StrCat("model '", in.model_id(), "'");
+  auto role = RoleFromProto(in.role(), where);
+  if (!role.ok()) return role.status();
+  a.role = *role;
   a.replica_id = in.replica_id();
   a.rank = FromProto(in.rank());
   a.recipe = in.recipe().name();
   for (const auto& [k, v] : in.recipe().options()) a.recipe_options[k] = v;
-  a.mode = FromProto(in.update_mode());
+  auto mode = UpdateModeFromProto(in.update_mode(), where);
+  if (!mode.ok()) return mode.status();
+  a.mode = *mode;
   a.coordinator = in.coordinator();
   for (const auto& b : in.buffers()) {
     const std::string field = absl::StrCat("model '", in.model_id(), "' buffer '", b.name(), "'");
@@ -174,7 +176,7 @@ absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsReque
     if (!shape.ok()) return shape.status();
     buf.shape = *shape;
     buf.strides.assign(b.strides().begin(), b.strides().end());
-    auto dt = DTypeOf(b.dtype(), field);
+    auto dt = DTypeFromProto(b.dtype(), field);
     if (!dt.ok()) return dt.status();
     buf.dtype = *dt;
     for (const auto& p : b.pieces()) {
@@ -193,7 +195,9 @@ absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in) {
   core::SyncArgs a;
   a.model_id = in.model_id();
   a.version = in.version();
-  a.lora = FromProto(in.lora().mode());
+  auto lora = LoraModeFromProto(in.lora().mode(), absl::StrCat("model '", in.model_id(), "' sync"));
+  if (!lora.ok()) return lora.status();
+  a.lora = *lora;
   a.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
   a.replicas.assign(in.target_replicas().begin(), in.target_replicas().end());
   a.deadline_ms = in.deadline_ms();

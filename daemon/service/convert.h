@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/core/core.h"
 #include "daemon/core/peer.h"
+#include "daemon/service/enums.h"
 #include "wsync/v1/peer.pb.h"
 #include "wsync/v1/wsync.pb.h"
 
@@ -18,7 +19,6 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
 absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsRequest& in);
 absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in);
 layout::RankCoords FromProto(const v1::RankCoordinates& in);
-absl::StatusOr<layout::DType> FromProto(v1::DType d, const std::string& field);
 absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims,
                                              const std::string& field);
 absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field);
@@ -27,7 +27,8 @@ void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out);
 // `tensor_names` (indexed by the pieces' tensor ids).
 void ToProto(const layout::ShardSpec& s, const std::vector<std::string>& tensor_names, v1::BufferSpec* out);
 absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const std::string& model_id);
-core::LoraAdapterArg FromProto(const v1::LoraAdapter& l);
+// Refuses an unknown convention and a scaling that is not finite.
+absl::StatusOr<core::LoraAdapterArg> FromProto(const v1::LoraAdapter& l, const std::string& model_id);
 
 // The peer service's messages (peer_convert.cc).
 void ToProto(const core::PeerMember& in, v1::Member* out);
@@ -38,12 +39,6 @@ void ToProto(const core::PlanPart& in, v1::PlanPart* out);
 absl::StatusOr<core::PlanPart> FromProto(const v1::PlanPart& in);
 void ToProto(const core::PrepareResult& in, v1::PrepareResponse* out);
 core::PrepareResult FromProto(const v1::PrepareResponse& in);
-v1::Role ToProto(core::Role r);
-core::Role FromProto(v1::Role r);
-v1::LoraMode ToProto(core::LoraMode m);
-core::LoraMode FromProto(v1::LoraMode m);  // UNSPECIFIED = NONE
-v1::UpdateMode ToProto(core::UpdateMode m);
-core::UpdateMode FromProto(v1::UpdateMode m);  // UNSPECIFIED = STAGED
 
 void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out);
 void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out);

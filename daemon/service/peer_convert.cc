@@ -5,16 +5,6 @@
 namespace wsync::service {
 namespace {
 
-v1::DType DTypeProto(layout::DType d) {
-  switch (d) {
-    case layout::DType::kF32: return v1::FLOAT32;
-    case layout::DType::kBF16: return v1::BFLOAT16;
-    case layout::DType::kF16: return v1::FLOAT16;
-    case layout::DType::kF8E4M3: return v1::FLOAT8_E4M3;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
 void BoxProto(const layout::Box& b, v1::Box* out) {
   for (int i = 0; i < b.ndim; ++i) {
     out->add_offsets(b.off[i]);
@@ -31,7 +21,7 @@ absl::StatusOr<layout::ShardSpec> ShardFromProto(const v1::BufferSpec& b, std::v
   auto shape = ShapeFromProto(b.shape(), field);
   if (!shape.ok()) return shape.status();
   s.shape = *shape;
-  auto dt = FromProto(b.dtype(), field);
+  auto dt = DTypeFromProto(b.dtype(), field);
   if (!dt.ok()) return dt.status();
   s.dtype = *dt;
   for (const v1::Piece& p : b.pieces()) {
@@ -58,11 +48,15 @@ void EndpointProto(const core::PlanEndpoint& e, const std::vector<std::string>& 
 absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in, std::vector<std::string>* names) {
   core::PlanEndpoint e;
   e.daemon_id = in.daemon_id();
-  e.role = FromProto(in.role());
   e.replica_id = in.replica_id();
   e.rank = FromProto(in.rank());
-  e.mode = FromProto(in.update_mode());
   const std::string where = absl::StrCat("plan endpoint on '", in.daemon_id(), "' ", e.rank.ToString());
+  auto role = RoleFromProto(in.role(), where);
+  if (!role.ok()) return role.status();
+  e.role = *role;
+  auto mode = UpdateModeFromProto(in.update_mode(), where);
+  if (!mode.ok()) return mode.status();
+  e.mode = *mode;
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, names, where);
     if (!s.ok()) return s.status();
@@ -76,40 +70,13 @@ absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in,
 void ToProto(const layout::ShardSpec& s, const std::vector<std::string>& names, v1::BufferSpec* out) {
   out->set_name(s.name);
   for (int i = 0; i < s.shape.ndim; ++i) out->add_shape(s.shape.d[i]);
-  out->set_dtype(DTypeProto(s.dtype));
+  out->set_dtype(ToProto(s.dtype));
   for (const layout::Piece& p : s.pieces) {
     v1::Piece* q = out->add_pieces();
     q->set_tensor(p.tensor >= 0 && p.tensor < static_cast<int32_t>(names.size()) ? names[p.tensor] : "");
     BoxProto(p.canonical, q->mutable_canonical());
     BoxProto(p.shard, q->mutable_shard());
   }
-}
-
-v1::Role ToProto(core::Role r) { return r == core::Role::kSource ? v1::SOURCE : v1::TARGET; }
-core::Role FromProto(v1::Role r) { return r == v1::TARGET ? core::Role::kTarget : core::Role::kSource; }
-
-v1::LoraMode ToProto(core::LoraMode m) {
-  switch (m) {
-    case core::LoraMode::kMerge: return v1::MERGE;
-    case core::LoraMode::kAdapterOnly: return v1::ADAPTER_ONLY;
-    case core::LoraMode::kUnmerge: return v1::UNMERGE;
-    case core::LoraMode::kNone: break;
-  }
-  return v1::NONE;
-}
-
-core::LoraMode FromProto(v1::LoraMode m) {
-  switch (m) {
-    case v1::MERGE: return core::LoraMode::kMerge;
-    case v1::ADAPTER_ONLY: return core::LoraMode::kAdapterOnly;
-    case v1::UNMERGE: return core::LoraMode::kUnmerge;
-    default: return core::LoraMode::kNone;
-  }
-}
-
-v1::UpdateMode ToProto(core::UpdateMode m) { return m == core::UpdateMode::kInPlace ? v1::IN_PLACE : v1::STAGED; }
-core::UpdateMode FromProto(v1::UpdateMode m) {
-  return m == v1::IN_PLACE ? core::UpdateMode::kInPlace : core::UpdateMode::kStaged;
 }
 
 void ToProto(const core::PeerMember& in, v1::Member* out) {
@@ -132,7 +99,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
     v1::CanonicalTensor* c = out->add_tensors();
     c->set_name(t.name);
     for (int i = 0; i < t.shape.ndim; ++i) c->add_shape(t.shape.d[i]);
-    c->set_dtype(DTypeProto(t.dtype));
+    c->set_dtype(ToProto(t.dtype));
     names.push_back(t.name);
   }
   for (const auto& a : in.adapters) {
@@ -142,7 +109,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
     l->set_b_tensor(a.b_tensor);
     l->set_rank(a.rank);
     l->set_scaling(a.scaling);
-    l->set_convention(a.convention == core::LoraConvention::kDeepSpeed ? v1::DEEPSPEED : v1::PEFT);
+    l->set_convention(ToProto(a.convention));
   }
   out->set_role(ToProto(in.role));
   out->set_replica_id(in.replica_id);
@@ -164,12 +131,21 @@ absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in)
     a.tensors.push_back(*std::move(spec));
     names.push_back(t.name());
   }
-  for (const auto& l : in.lora_adapters()) a.adapters.push_back(FromProto(l));
-  a.role = FromProto(in.role());
+  const std::string where = absl::StrCat("model '", in.model_id(), "' announced by '", in.daemon_id(), "'");
+  for (const auto& l : in.lora_adapters()) {
+    auto ad = FromProto(l, in.model_id());
+    if (!ad.ok()) return ad.status();
+    a.adapters.push_back(*std::move(ad));
+  }
+  auto role = RoleFromProto(in.role(), where);
+  if (!role.ok()) return role.status();
+  a.role = *role;
   a.replica_id = in.replica_id();
   a.rank = FromProto(in.rank());
   a.recipe = in.recipe();
-  a.mode = FromProto(in.update_mode());
+  auto mode = UpdateModeFromProto(in.update_mode(), where);
+  if (!mode.ok()) return mode.status();
+  a.mode = *mode;
   const size_t known = names.size();
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, &names, absl::StrCat("model '", in.model_id(), "' announced by '", in.daemon_id(), "'"));
@@ -212,7 +188,9 @@ absl::StatusOr<core::PlanPart> FromProto(const v1::PlanPart& in) {
   p.model_id = in.model_id();
   p.version = in.version();
   p.plan_hash = in.plan_hash();
-  p.lora = FromProto(in.lora().mode());
+  auto lora = LoraModeFromProto(in.lora().mode(), absl::StrCat("plan of job '", in.job_id(), "'"));
+  if (!lora.ok()) return lora.status();
+  p.lora = *lora;
   p.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
   if (in.transport() != "gloo") {
     return absl::InvalidArgumentError(absl::StrCat("plan of job '", in.job_id(), "': transport '", in.transport(),

@@ -34,8 +34,10 @@ class PeerService final : public v1::WsyncPeer::Service {
     return ToGrpcStatus(core_->AcceptRanks(*a));
   }
   grpc::Status WithdrawRanks(grpc::ServerContext*, const v1::WithdrawRequest* req, v1::WithdrawResponse*) override {
-    return ToGrpcStatus(core_->WithdrawRanks(req->daemon_id(), req->model_id(), FromProto(req->role()),
-                                             req->replica_id(), FromProto(req->rank())));
+    auto role = RoleFromProto(req->role(), absl::StrCat("withdrawal of model '", req->model_id(), "'"));
+    if (!role.ok()) return ToGrpcStatus(role.status());
+    return ToGrpcStatus(
+        core_->WithdrawRanks(req->daemon_id(), req->model_id(), *role, req->replica_id(), FromProto(req->rank())));
   }
   grpc::Status DistributePlan(grpc::ServerContext*, const v1::PlanPart* req, v1::PlanAck* resp) override {
     auto part = FromProto(*req);

@@ -155,9 +155,15 @@ class PublicService final : public v1::Wsync::Service {
 
   grpc::Status Unregister(grpc::ServerContext*, const v1::UnregisterRequest* req,
                           v1::UnregisterResponse* resp) override {
-    core::Role role = req->role() == v1::TARGET ? core::Role::kTarget : core::Role::kSource;
-    layout::RankCoords rank = FromProto(req->rank());
+    // One rank when both role and rank are given; else a replica or the model.
     const bool one_rank = req->role() != v1::ROLE_UNSPECIFIED && req->has_rank();
+    core::Role role = core::Role::kSource;
+    if (req->role() != v1::ROLE_UNSPECIFIED) {
+      auto r = RoleFromProto(req->role(), absl::StrCat("unregister of model '", req->model_id(), "'"));
+      if (!r.ok()) return ToGrpcStatus(r.status());
+      role = *r;
+    }
+    layout::RankCoords rank = FromProto(req->rank());
     auto r = core_->Unregister(req->model_id(), req->replica_id(), one_rank ? &role : nullptr,
                                one_rank ? &rank : nullptr);
     if (!r.ok()) return ToGrpcStatus(r.status());
