@@ -171,9 +171,12 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
   if (st.sessions().empty()) {
     out << "  (none attached)\n";
   } else {
-    rows = {{"SESSION", "CLIENT", "PID"}};
+    // Session ids are capabilities: the daemon shows only the caller's own
+    // (every one to administrators).
+    rows = {{"CLIENT", "PID", "UID", "SESSION"}};
     for (const auto& s : st.sessions()) {
-      rows.push_back({s.session_id(), s.client_name(), absl::StrCat(s.pid())});
+      rows.push_back({s.client_name(), absl::StrCat(s.pid()), s.uid() < 0 ? "-" : absl::StrCat(s.uid()),
+                      s.session_id().empty() ? "(not yours)" : s.session_id()});
     }
     PrintTable(out, rows);
   }

@@ -100,6 +100,7 @@ absl::Status CoreImpl::AcceptRanks(const RankAnnouncement& a) {
     }
   }
   RegisterModelArgs ma;
+  ma.announced = true;
   ma.model_id = a.model_id;
   ma.tensors = a.tensors;
   ma.adapters = a.adapters;

@@ -1,11 +1,13 @@
 #include "daemon/core/core.h"
 
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/common/build_info.h"
@@ -26,12 +28,74 @@ const char* LoraModeName(LoraMode m) {
   return "?";
 }
 
+Caller Caller::Local(int64_t uid, int64_t gid, int64_t pid, bool admin) {
+  Caller c;
+  c.kind = Kind::kLocal;
+  c.uid = uid;
+  c.gid = gid;
+  c.pid = pid;
+  c.admin = admin;
+  c.may_write = true;
+  return c;
+}
+
+Caller Caller::Certificate(std::string subject, bool admin) {
+  Caller c;
+  c.kind = Kind::kCertificate;
+  c.subject = std::move(subject);
+  c.admin = admin;
+  c.may_write = true;
+  return c;
+}
+
+Caller Caller::Anonymous(bool may_write) {
+  Caller c;
+  c.may_write = may_write;
+  return c;
+}
+
+std::string Caller::Key() const {
+  switch (kind) {
+    case Kind::kLocal: return absl::StrCat("uid:", uid);
+    case Kind::kCertificate: return absl::StrCat("cert:", subject);
+    case Kind::kAnonymous: break;
+  }
+  return "anonymous";
+}
+
+std::string Caller::ToString() const {
+  switch (kind) {
+    case Kind::kLocal: return absl::StrCat("uid ", uid);
+    case Kind::kCertificate: return absl::StrCat("certificate '", subject, "'");
+    case Kind::kAnonymous: break;
+  }
+  return "an anonymous caller";
+}
+
 std::unique_ptr<Core> Core::Create(const CoreOptions& options) {
   return std::make_unique<internal::CoreImpl>(options);
 }
 
 namespace internal {
 namespace {
+
+// 128 random bits from the kernel's CSPRNG, as 32 hex digits.
+std::string RandomId() {
+  unsigned char b[16];
+  size_t got = 0;
+  while (got < sizeof(b)) {
+    ssize_t n = getrandom(b + got, sizeof(b) - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : b) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
 
 bool ValidId(const std::string& id) {
   if (id.empty() || id.size() > 128) return false;
@@ -40,6 +104,7 @@ bool ValidId(const std::string& id) {
   }
   return true;
 }
+
 
 absl::Status CheckCoords(const layout::RankCoords& r) {
   const std::tuple<int, int, const char*> dims[] = {{r.tp, r.tp_size, "tp"}, {r.pp, r.pp_size, "pp"},
@@ -70,15 +135,40 @@ bool SameSizes(const layout::RankCoords& a, const layout::RankCoords& b) {
          a.etp_size == b.etp_size && a.dp_size == b.dp_size;
 }
 
-// Elements a buffer with `shape` and `strides` spans (max offset + 1).
-int64_t SpanElements(const layout::Shape& shape, const std::vector<int64_t>& strides) {
-  if (strides.empty()) return shape.NumElements();
-  int64_t span = 1;
-  for (int i = 0; i < shape.ndim; ++i) span += (shape.d[i] - 1) * strides[i];
-  return span;
+// Bytes a buffer with a valid `shape` (layout::CheckShape), `strides` and
+// `dtype` spans (max offset + 1 element); INVALID_ARGUMENT naming `what` when
+// that overflows or exceeds layout::kMaxShapeBytes.
+absl::StatusOr<uint64_t> SpanBytes(const layout::Shape& shape, const std::vector<int64_t>& strides,
+                                   layout::DType dtype, const std::string& what) {
+  const uint64_t esize = kernels::DTypeSize(dtype);
+  if (strides.empty()) return static_cast<uint64_t>(shape.NumElements()) * esize;
+  uint64_t span = 1;
+  for (int i = 0; i < shape.ndim; ++i) {
+    uint64_t term = 0;
+    if (__builtin_mul_overflow(static_cast<uint64_t>(shape.d[i] - 1), static_cast<uint64_t>(strides[i]), &term) ||
+        __builtin_add_overflow(span, term, &span) || __builtin_mul_overflow(span, esize, &term) ||
+        term > layout::kMaxShapeBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", shape.ToString(), " with strides [",
+                                                     absl::StrJoin(strides, ", "), "] spans more than ",
+                                                     layout::kMaxShapeBytes, " bytes"));
+    }
+  }
+  return span * esize;
 }
 
 }  // namespace
+
+// A client-given string as errors quote it: whole when short, else its
+// first 48 bytes and its length, so that no error grows with the request.
+std::string Quoted(const std::string& s) {
+  if (s.size() <= 64) return absl::StrCat("'", s, "'");
+  return absl::StrCat("'", s.substr(0, 48), "...' (", s.size(), " bytes)");
+}
+
+absl::Status CheckModelId(const std::string& id) {
+  if (ValidId(id)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("model id ", Quoted(id), " must match [A-Za-z0-9._-]{1,128}"));
+}
 
 std::string CoordsKey(const layout::RankCoords& r) {
   return absl::StrCat(r.tp, ".", r.pp, ".", r.ep, ".", r.etp, ".", r.dp);
@@ -90,7 +180,7 @@ std::string SizesString(const layout::RankCoords& r) {
 }
 
 std::string Session::Label() const {
-  return absl::StrCat("client '", client.name, "' (session ", id, ", pid ", client.pid, ")");
+  return absl::StrCat("client '", client.name, "' (pid ", client.pid, ", ", client.caller.ToString(), ")");
 }
 
 std::string RankReg::Label() const {
@@ -146,13 +236,15 @@ absl::StatusOr<std::string> CoreImpl::OpenSession(const ClientInfo& client, Even
   absl::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
   auto s = std::make_unique<Session>();
-  s->id = absl::StrCat("s-", next_id_++);
+  s->id = RandomId();
   s->client = client;
   s->sink = sink;
-  s->lease = memory::HostLease::Create(client.uid, absl::StrCat("client '", client.name, "'"));
+  // Host memory is checked against the owner's uid: only local callers have one.
+  const int64_t uid = client.caller.kind == Caller::Kind::kLocal ? client.caller.uid : -1;
+  s->lease = memory::HostLease::Create(uid, absl::StrCat("client '", client.name, "'"));
   s->cuda = memory::CudaLease::Create(absl::StrCat("client '", client.name, "'"));
   s->attached = absl::Now();
-  log_->info("{} attached (uid {})", s->Label(), client.uid);
+  log_->info("{} attached", s->Label());
   std::string id = s->id;
   sessions_[id] = std::move(s);
   return id;
@@ -253,14 +345,56 @@ absl::Status CoreImpl::AckPause(const std::string& session_id, const std::string
   return absl::OkStatus();
 }
 
+absl::Status CoreImpl::Authorize(const Caller& caller, const Model& model, const char* action) const {
+  if (!caller.may_write) {
+    return absl::PermissionDeniedError(absl::StrCat(caller.ToString(), " may not ", action, " model '", model.id,
+                                                    "': anonymous callers may only read status"));
+  }
+  if (caller.admin || model.owner == caller.Key()) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      caller.ToString(), " may not ", action, " model '", model.id, "': it belongs to ",
+      model.owner.empty() ? std::string("the daemons that announced it") : model.owner_label,
+      " (only its owner and administrators may)"));
+}
+
+absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std::string& session_id) {
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end() || it->second->closing) {
+    return absl::NotFoundError(absl::StrCat("session ", Quoted(session_id),
+                                            " is not attached (call Attach first and pass its session id)"));
+  }
+  if (it->second->client.caller.Key() != caller.Key()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(caller.ToString(), " may not use a session opened by another identity"));
+  }
+  return it->second.get();
+}
+
 absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs& a) {
-  if (!ValidId(a.model_id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model id '", a.model_id, "' must match [A-Za-z0-9._-]{1,128}"));
+  if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
+  if (!a.caller.may_write && !a.announced) {
+    return absl::PermissionDeniedError(absl::StrCat(a.caller.ToString(), " may not register model '", a.model_id,
+                                                    "': anonymous callers may only read status"));
+  }
+  const int64_t max_tensors = options_.limits.max_tensors_per_model;
+  if (static_cast<int64_t>(a.tensors.size() + 2 * a.adapters.size()) > max_tensors) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", a.tensors.size(), " tensors and ",
+                                                   a.adapters.size(), " LoRA adapters exceed the limit of ",
+                                                   max_tensors, " tensors per model (--max-tensors-per-model)"));
   }
   std::vector<layout::TensorSpec> tensors = a.tensors;
   layout::ModelConfig config = a.config;
   if (a.has_config) {
+    // Bound what the config would generate before generating it: at most 16
+    // tensors per layer besides 3 per expert, and 3 more.
+    const int64_t layers = config.num_hidden_layers, experts = std::max<int64_t>(config.num_experts, 0);
+    if (layers > max_tensors || experts > max_tensors ||
+        layers * (16 + 3 * experts) + 3 + 2 * static_cast<int64_t>(a.adapters.size()) > max_tensors) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", a.model_id, "': a config with ", layers, " layers and ", experts,
+          " experts makes more tensors than the limit of ", max_tensors,
+          " per model (--max-tensors-per-model)"));
+    }
     if (absl::Status s = layout::NormalizeConfig(&config); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
     }
@@ -326,14 +460,28 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
   }
   ModelRegistered out{a.model_id, m->spec.size(), m->spec.TotalBytes()};
 
+  if (!a.announced) {
+    m->owner = a.caller.Key();
+    m->owner_label = a.caller.ToString();
+  }
+
   absl::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
-  if (!a.session_id.empty() && !sessions_.count(a.session_id)) {
-    return absl::NotFoundError(absl::StrCat("session '", a.session_id, "' is not attached"));
+  if (!a.session_id.empty()) {
+    if (auto s = CallerSession(a.caller, a.session_id); !s.ok()) return s.status();
   }
   auto it = models_.find(a.model_id);
   if (it != models_.end()) {
-    const Model& old = *it->second;
+    Model& old = *it->second;
+    // A model known only from peers' announcements is claimed by the first
+    // local registrant.
+    if (!a.announced) {
+      if (old.owner.empty()) {
+        old.owner = m->owner;
+        old.owner_label = m->owner_label;
+      }
+      if (absl::Status s = Authorize(a.caller, old, "register"); !s.ok()) return s;
+    }
     bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
     for (int32_t i = 0; same && i < old.spec.size(); ++i) {
       same = old.spec.tensor(i).name == m->spec.tensor(i).name &&
@@ -352,6 +500,22 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
   return out;
 }
 
+absl::Status CoreImpl::CheckMemory(const std::set<std::string>& sessions) {
+  absl::MutexLock lock(&mu_);
+  for (const std::string& sid : sessions) {
+    auto it = sessions_.find(sid);
+    if (it == sessions_.end()) continue;
+    if (absl::Status s = it->second->lease->CheckIntact(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+std::string CoreImpl::HolderLabel(const std::string& session_id) const {
+  if (absl::StartsWith(session_id, "peer:")) return absl::StrCat("daemon '", session_id.substr(5), "'");
+  auto it = sessions_.find(session_id);
+  return it == sessions_.end() ? std::string("a client that detached") : it->second->Label();
+}
+
 absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, UpdateMode mode,
                                  const std::string& who) {
   const std::string key = CoordsKey(rank->coords);
@@ -364,8 +528,8 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
     }
     auto old = model.sources.find(key);
     if (old != model.sources.end() && old->second->session_id != rank->session_id) {
-      return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
-                                                   old->second->session_id));
+      return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
+                                                   HolderLabel(old->second->session_id)));
     }
     model.source_recipe = rank->recipe;
     model.source_sizes = SizesOf(rank->coords);
@@ -393,8 +557,8 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
       }
       auto old = rep.ranks.find(key);
       if (old != rep.ranks.end() && old->second->session_id != rank->session_id) {
-        return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by session ",
-                                                     old->second->session_id));
+        return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
+                                                     HolderLabel(old->second->session_id)));
       }
     }
     rep.ranks[key] = std::move(rank);
@@ -421,7 +585,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
   if (!s.ok()) {
     layout::RankCoords c = coords;
     Role role = a.role;
-    Unregister(a.model_id, a.role == Role::kTarget ? a.replica_id : "", &role, &c).IgnoreError();
+    Unregister(a.caller, a.model_id, a.role == Role::kTarget ? a.replica_id : "", &role, &c).IgnoreError();
     return absl::Status(s.code(), absl::StrCat("model '", a.model_id, "' ", RoleName(a.role), " rank ",
                                                coords.ToString(), ": registered here but the coordinator at ",
                                                a.coordinator, " could not be told, so the registration was undone: ",
@@ -431,30 +595,29 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
 }
 
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterShardsArgs& a) {
+  if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
   layout::RankCoords coords = Normalized(a.rank);
   if (absl::Status s = CheckCoords(coords); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
   }
   if (a.role == Role::kTarget && !ValidId(a.replica_id)) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': target replica id '",
-                                                   a.replica_id, "' must match [A-Za-z0-9._-]{1,128}"));
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': target replica id ",
+                                                   Quoted(a.replica_id), " must match [A-Za-z0-9._-]{1,128}"));
   }
   if (a.buffers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': no buffers to register"));
   }
   absl::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
-  auto sit = sessions_.find(a.session_id);
-  if (sit == sessions_.end() || sit->second->closing) {
-    return absl::NotFoundError(absl::StrCat("session '", a.session_id,
-                                            "' is not attached (call Attach first and pass its session id)"));
-  }
-  Session* session = sit->second.get();
+  auto sit = CallerSession(a.caller, a.session_id);
+  if (!sit.ok()) return sit.status();
+  Session* session = *sit;
   auto mit = models_.find(a.model_id);
   if (mit == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' is not registered"));
   }
   Model& model = *mit->second;
+  if (absl::Status s = Authorize(a.caller, model, "register ranks of"); !s.ok()) return s;
   if (model.running != nullptr || model.part != nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", a.model_id, "' has a sync running (version ",
@@ -528,7 +691,9 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
         if (st < 1) return absl::InvalidArgumentError(absl::StrCat(bw, ": strides must be >= 1"));
       }
     }
-    const uint64_t need = SpanElements(b.shape, b.strides) * kernels::DTypeSize(b.dtype);
+    auto span = SpanBytes(b.shape, b.strides, b.dtype, bw);
+    if (!span.ok()) return span.status();
+    const uint64_t need = *span;
     if (b.nbytes < need) {
       return absl::InvalidArgumentError(absl::StrCat(bw, ": ", b.nbytes, " bytes registered but shape ",
                                                      b.shape.ToString(), " of ", kernels::DTypeName(b.dtype),
@@ -536,11 +701,17 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     }
     void* ptr = nullptr;
     int device = -1;
+    RankReg::Extent extent;
     if (b.memory == BufferArg::Memory::kHostShm) {
-      auto p = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw);
+      auto p = session->lease->Resolve(b.shm_name, b.offset, b.nbytes, bw, /*reserve=*/a.role == Role::kTarget);
       if (!p.ok()) return p.status();
-      ptr = *p;
+      ptr = p->ptr;
+      extent = {p->object, b.offset, b.offset + need, absl::StrCat("shm object ", b.shm_name)};
     } else {
+      if (a.caller.kind != Caller::Kind::kLocal) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            bw, ": GPU memory is registered over the daemon's Unix socket only, not by ", a.caller.ToString()));
+      }
       rank->cuda = session->cuda.get();
       auto r = session->cuda->Acquire(b.cuda_handle, b.device_uuid, b.offset, b.nbytes, bw);
       if (!r.ok()) return r.status();
@@ -561,7 +732,12 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
           bw, " is in ", where(device), " but buffer '", rank->shards[0].name, "' of this rank is in ",
           where(rank->device), "; every buffer of a rank must be in the same place"));
     }
+    if (device >= 0) {
+      const uint64_t at = reinterpret_cast<uintptr_t>(ptr);
+      extent = {absl::StrCat("cuda:", device), at, at + need, absl::StrCat("GPU ", device, " memory")};
+    }
     rank->device = device;
+    rank->extents.push_back(std::move(extent));
     rank->shards.push_back(std::move(shard));
     rank->live.push_back(ptr);
     rank->strides.push_back(b.strides);
@@ -595,6 +771,19 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
         who, ": names coordinator '", coord.empty() ? "this daemon" : coord, "', but other ranks of the model here "
         "named '", model.coordinator.empty() ? "this daemon" : model.coordinator, "'"));
   }
+  {
+    const RankReg* replaced = nullptr;
+    const std::string key = CoordsKey(rank->coords);
+    if (a.role == Role::kSource) {
+      auto it = model.sources.find(key);
+      if (it != model.sources.end()) replaced = it->second.get();
+    } else if (auto rit = model.replicas.find(rank->replica_id); rit != model.replicas.end()) {
+      auto it = rit->second.ranks.find(key);
+      if (it != rit->second.ranks.end()) replaced = it->second.get();
+    }
+    if (replaced != nullptr && replaced->session_id != rank->session_id) replaced = nullptr;  // StoreRank refuses
+    if (absl::Status s = CheckOverlaps(*rank, replaced, who); !s.ok()) return s;
+  }
   ShardsRegistered out;
   out.num_buffers = static_cast<int64_t>(rank->shards.size());
   for (const auto& s : rank->shards) out.num_pieces += static_cast<int64_t>(s.pieces.size());
@@ -607,15 +796,69 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
   return out;
 }
 
-absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
+absl::Status CoreImpl::CheckOverlaps(const RankReg& rank, const RankReg* replaced, const std::string& who) const {
+  struct Held {
+    const RankReg::Extent* extent;
+    Role role;
+    std::string label;  // "model 'm' source rank ... buffer 'b'"
+  };
+  std::map<std::string, std::vector<Held>> by_object;
+  auto add = [&](const Model& m, const RankReg& r) {
+    if (&r == replaced || !r.daemon.empty()) return;
+    for (size_t i = 0; i < r.extents.size(); ++i) {
+      by_object[r.extents[i].object].push_back(
+          {&r.extents[i], r.role, absl::StrCat("model '", m.id, "' ", r.Label(), " buffer '", r.shards[i].name, "'")});
+    }
+  };
+  for (const auto& [id, m] : models_) {
+    for (const auto& [k, r] : m->sources) add(*m, *r);
+    for (const auto& [rid, rep] : m->replicas) {
+      for (const auto& [k, r] : rep.ranks) add(*m, *r);
+    }
+  }
+  auto refuse = [&](size_t i, const RankReg::Extent& other, const std::string& other_label) {
+    const RankReg::Extent& e = rank.extents[i];
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, " buffer '", rank.shards[i].name, "' (bytes [", e.begin, ", ", e.end, ") of ", e.where,
+        ") shares bytes with ", other_label, " (bytes [", other.begin, ", ", other.end, ") of ", other.where,
+        "); a target's memory may share no byte with any other registered buffer, nor a source's with a "
+        "target's"));
+  };
+  auto overlap = [](const RankReg::Extent& x, const RankReg::Extent& y) {
+    return x.object == y.object && x.begin < y.end && y.begin < x.end;
+  };
+  for (size_t i = 0; i < rank.extents.size(); ++i) {
+    const RankReg::Extent& e = rank.extents[i];
+    // Sources may share bytes with sources (both are only read).
+    auto it = by_object.find(e.object);
+    if (it != by_object.end()) {
+      for (const Held& h : it->second) {
+        if ((rank.role == Role::kTarget || h.role == Role::kTarget) && overlap(e, *h.extent)) {
+          return refuse(i, *h.extent, h.label);
+        }
+      }
+    }
+    if (rank.role != Role::kTarget) continue;
+    for (size_t j = 0; j < i; ++j) {
+      if (overlap(e, rank.extents[j])) {
+        return refuse(i, rank.extents[j], absl::StrCat("buffer '", rank.shards[j].name, "' of the same rank"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::string& model_id,
                                              const std::string& replica_id, const Role* role,
                                              const layout::RankCoords* rank) {
+  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
   }
   Model& m = *mit->second;
+  if (absl::Status s = Authorize(caller, m, "unregister"); !s.ok()) return s;
   if (m.running != nullptr || m.part != nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));
@@ -650,7 +893,7 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
   } else if (!replica_id.empty()) {
     auto rit = m.replicas.find(replica_id);
     if (rit == m.replicas.end()) {
-      return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica '", replica_id, "'"));
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica ", Quoted(replica_id)));
     }
     released = static_cast<int64_t>(rit->second.ranks.size());
     withdraw_replica(rit->second);
@@ -670,7 +913,7 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const std::string& model_id,
   return released;
 }
 
-DaemonStatus CoreImpl::GetStatus() const {
+DaemonStatus CoreImpl::GetStatus(const Caller& viewer) const {
   DaemonStatus st;
   st.daemon_id = options_.daemon_id;
   st.version = Version();
@@ -681,6 +924,14 @@ DaemonStatus CoreImpl::GetStatus() const {
   absl::MutexLock lock(&mu_);
   st.serving = serving_;
   st.endpoints = endpoints_;
+  // Session ids are capabilities: a viewer sees only its own, an
+  // administrator every one.
+  const std::string me = viewer.Key();
+  auto sees = [&](const std::string& sid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (viewer.admin) return true;
+    auto it = sessions_.find(sid);
+    return it != sessions_.end() && viewer.kind != Caller::Kind::kAnonymous && it->second->client.caller.Key() == me;
+  };
   auto client_of = [this](const std::string& sid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = sessions_.find(sid);
     return it == sessions_.end() ? std::string() : it->second->client.name;
@@ -696,7 +947,7 @@ DaemonStatus CoreImpl::GetStatus() const {
       ri.role = r.role;
       ri.replica_id = r.replica_id;
       ri.rank = r.coords;
-      ri.session_id = r.session_id;
+      ri.session_id = sees(r.session_id) ? r.session_id : "";
       ri.client_name = client_of(r.session_id);
       ri.num_buffers = static_cast<int64_t>(r.shards.size());
       ri.bytes = r.bytes;
@@ -728,8 +979,8 @@ DaemonStatus CoreImpl::GetStatus() const {
                         u.daemon_id.empty() ? 0 : absl::ToDoubleMilliseconds(now - u.last_ok), u.lost});
   }
   for (const auto& [id, s] : sessions_) {
-    st.sessions.push_back({id, s->client.name, s->client.pid, s->client.uid,
-                           absl::ToDoubleMilliseconds(absl::Now() - s->attached)});
+    st.sessions.push_back({sees(id) ? id : "", s->client.name, s->client.pid, s->client.caller.uid,
+                           s->client.caller.ToString(), absl::ToDoubleMilliseconds(absl::Now() - s->attached)});
   }
   return st;
 }
@@ -752,12 +1003,26 @@ void CoreImpl::BeginShutdown() {
 
 absl::Status CoreImpl::KvSet(const std::string& job, const std::string& key, const std::string& value) {
   constexpr size_t kMaxKeys = 100000;
+  const Limits& lim = options_.limits;
+  if (value.size() > lim.max_kv_value_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("rendezvous value for key ", Quoted(key), " is ", value.size(),
+                                                     " bytes; the limit is ", lim.max_kv_value_bytes,
+                                                     " (--max-kv-value-bytes)"));
+  }
+  const std::string k = job + '\0' + key;
   absl::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
-  if (kv_.size() >= kMaxKeys && !kv_.count(job + '\0' + key)) {
+  auto it = kv_.find(k);
+  const uint64_t old = it == kv_.end() ? 0 : k.size() + it->second.size();
+  if (it == kv_.end() && kv_.size() >= kMaxKeys) {
     return absl::ResourceExhaustedError(absl::StrCat("rendezvous store is full (", kMaxKeys, " keys)"));
   }
-  kv_[job + '\0' + key] = value;
+  if (kv_bytes_ - old + k.size() + value.size() > lim.max_kv_total_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("rendezvous store is full (", kv_bytes_, " of ",
+                                                     lim.max_kv_total_bytes, " bytes held)"));
+  }
+  kv_bytes_ = kv_bytes_ - old + k.size() + value.size();
+  kv_[k] = value;
   return absl::OkStatus();
 }
 

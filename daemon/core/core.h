@@ -36,11 +36,44 @@ struct EndpointInfo {
   bool tls = false;
 };
 
-// Who is calling: from SO_PEERCRED on the Unix socket (uid -1 over TCP).
+// Who makes a call (docs/security.md). The service layer establishes it
+// for every RPC: the Unix peer's credentials (SO_PEERCRED) on the local
+// socket, the client certificate's name over mTLS, anonymous otherwise.
+struct Caller {
+  enum class Kind { kAnonymous, kLocal, kCertificate };
+  Kind kind = Kind::kAnonymous;
+  int64_t uid = -1, gid = -1, pid = 0;  // kLocal
+  std::string subject;                  // kCertificate: CN, else the first SAN
+  // Administrators (the daemon's uid, --admin-group) act on every model and
+  // see every session.
+  bool admin = false;
+  // Whether the caller may change anything; false only for anonymous
+  // callers without --allow-anonymous-writes.
+  bool may_write = false;
+
+  static Caller Local(int64_t uid, int64_t gid, int64_t pid, bool admin);
+  static Caller Certificate(std::string subject, bool admin = false);
+  static Caller Anonymous(bool may_write);
+  // What sessions and models are bound to: "uid:1000", "cert:trainer",
+  // "anonymous".
+  std::string Key() const;
+  // For messages: "uid 1000", "certificate 'trainer'", "an anonymous caller".
+  std::string ToString() const;
+};
+
+// A client opening a session.
 struct ClientInfo {
   std::string name;  // from Hello; shown in status and errors
-  int64_t pid = 0;
-  int64_t uid = -1;
+  int64_t pid = 0;   // SO_PEERCRED's where known, else the client's word
+  Caller caller;
+};
+
+// What one request may make the daemon hold.
+struct Limits {
+  int64_t max_tensors_per_model = 1 << 20;
+  uint64_t max_kv_value_bytes = 1 << 20;
+  // The rendezvous store in all.
+  uint64_t max_kv_total_bytes = 256ull << 20;
 };
 
 // Something the daemon tells an attached client.
@@ -73,6 +106,10 @@ struct LoraAdapterArg {
 };
 
 struct RegisterModelArgs {
+  Caller caller;
+  // From a peer daemon's rank announcement (peers are authenticated by the
+  // service): the model gets no owner until a local client registers it.
+  bool announced = false;
   std::string session_id;
   std::string model_id;
   std::vector<layout::TensorSpec> tensors;  // empty = generate from config
@@ -108,6 +145,7 @@ struct BufferArg {
 };
 
 struct RegisterShardsArgs {
+  Caller caller;
   std::string session_id;
   std::string model_id;
   Role role = Role::kSource;
@@ -128,6 +166,7 @@ struct ShardsRegistered {
 };
 
 struct SyncArgs {
+  Caller caller;
   std::string model_id;
   uint64_t version = 0;
   LoraMode lora = LoraMode::kNone;
@@ -169,7 +208,7 @@ struct RankInfo {
   Role role = Role::kSource;
   std::string replica_id;
   layout::RankCoords rank;
-  std::string session_id, client_name;
+  std::string session_id, client_name;  // session_id: as in SessionInfo
   int64_t num_buffers = 0;
   uint64_t bytes = 0;
   UpdateMode mode = UpdateMode::kStaged;
@@ -203,9 +242,10 @@ struct JobInfo {
 };
 
 struct SessionInfo {
-  std::string session_id;
+  std::string session_id;  // empty unless the viewer owns it or is an administrator
   std::string client_name;
   int64_t pid = 0, uid = -1;
+  std::string identity;  // Caller::ToString()
   double attached_ms = 0;
 };
 
@@ -269,6 +309,7 @@ struct CoreOptions {
   std::string data_host = "127.0.0.1";
   // Bytes per chunk of a chain broadcast.
   uint64_t chunk_bytes = 4ull << 20;
+  Limits limits;
   // Fault injection for tests: flip the first byte of multi-node wire
   // bucket N as this daemon receives it (-1 = off).
   int64_t fault_corrupt_wire = -1;
@@ -288,7 +329,9 @@ class Core {
   virtual const std::string& daemon_id() const = 0;
 
   // Opens a session (lease) for a client; events go to `sink`, which must
-  // stay valid until CloseSession returns. UNAVAILABLE while shutting down.
+  // stay valid until CloseSession returns. The session id is 128 random bits
+  // and valid only for calls from client.caller's identity. UNAVAILABLE while
+  // shutting down.
   virtual absl::StatusOr<std::string> OpenSession(const ClientInfo& client, EventSink* sink) = 0;
 
   // Ends a lease: aborts running syncs that touch the session (ABORTED,
@@ -300,13 +343,20 @@ class Core {
   virtual absl::Status AckPause(const std::string& session_id, const std::string& model_id,
                                 const std::string& replica_id, uint64_t version) = 0;
 
-  // Declares a model. Idempotent for identical requests.
+  // Declares a model, owned by the caller's identity. Idempotent for
+  // identical requests from the owner or an administrator; PERMISSION_DENIED
+  // for read-only callers, another identity's model or session.
   virtual absl::StatusOr<ModelRegistered> RegisterModel(const RegisterModelArgs& args) = 0;
 
-  // Registers one rank's buffers; all or nothing.
+  // Registers one rank's buffers; all or nothing. The session must be the
+  // caller's and the model the caller's (or the caller an administrator):
+  // PERMISSION_DENIED otherwise. Target memory may share no byte with any
+  // other registered buffer, nor a source with a target (INVALID_ARGUMENT
+  // naming both buffers).
   virtual absl::StatusOr<ShardsRegistered> RegisterShards(const RegisterShardsArgs& args) = 0;
 
-  // Runs a sync to completion. `progress` is called from the calling thread
+  // Runs a sync to completion, for the model's owner or an administrator
+  // (PERMISSION_DENIED otherwise). `progress` is called from the calling thread
   // as buckets complete; `client_gone` is polled, and a true result cancels.
   virtual absl::StatusOr<SyncOutcome> Sync(const SyncArgs& args,
                                            const std::function<void(const Progress&)>& progress,
@@ -318,19 +368,22 @@ class Core {
                                                   uint64_t min_version, uint64_t timeout_ms,
                                                   const std::function<bool()>& client_gone) = 0;
 
-  // Releases a model, a replica (replica_id set) or one rank (rank set).
-  // Returns the number of ranks released.
-  virtual absl::StatusOr<int64_t> Unregister(const std::string& model_id,
+  // Releases a model, a replica (replica_id set) or one rank (rank set), for
+  // the model's owner or an administrator. Returns the number of ranks
+  // released.
+  virtual absl::StatusOr<int64_t> Unregister(const Caller& caller, const std::string& model_id,
                                              const std::string& replica_id, const Role* role,
                                              const layout::RankCoords* rank) = 0;
 
-  // Cancels the running sync of a model (version 0 = whichever). Returns
-  // its job id.
-  virtual absl::StatusOr<std::string> CancelSync(const std::string& model_id,
+  // Cancels the running sync of a model (version 0 = whichever), for the
+  // model's owner or an administrator. Returns its job id.
+  virtual absl::StatusOr<std::string> CancelSync(const Caller& caller, const std::string& model_id,
                                                  uint64_t version) = 0;
 
-  // A consistent snapshot of identity, endpoints, models, jobs and sessions.
-  virtual DaemonStatus GetStatus() const = 0;
+  // A consistent snapshot of identity, endpoints, models, jobs and sessions
+  // as `viewer` may see it: session ids only of the viewer's own sessions
+  // (every one for administrators).
+  virtual DaemonStatus GetStatus(const Caller& viewer) const = 0;
 
   // Stops accepting new work (UNAVAILABLE), cancels running syncs and wakes
   // waiters. Idempotent.
@@ -346,8 +399,9 @@ class Core {
   // incarnation (the caller must rejoin).
   virtual bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) = 0;
 
-  // The rendezvous store, scoped by job: Set replaces, Get waits up to
-  // timeout_ms for the key (DEADLINE_EXCEEDED naming it).
+  // The rendezvous store, scoped by job: Set replaces (RESOURCE_EXHAUSTED
+  // past Limits), Get waits up to timeout_ms for the key (DEADLINE_EXCEEDED
+  // naming it).
   virtual absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) = 0;
   virtual absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key,
                                             uint64_t timeout_ms, const std::function<bool()>& client_gone) = 0;

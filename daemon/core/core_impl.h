@@ -36,7 +36,9 @@ struct Session {
   std::unique_ptr<memory::CudaLease> cuda;
   absl::Time attached;
   bool closing = false;
-  std::string Label() const;  // "client 'trainer-0' (session s-3, pid 1234)"
+  // For messages others may read: never the session id, which is a
+  // capability. "client 'trainer-0' (pid 1234, uid 1000)"
+  std::string Label() const;
 };
 
 // One registered rank: a source rank, or a rank of a target replica.
@@ -52,6 +54,14 @@ struct RankReg {
   std::string recipe;
   std::vector<layout::ShardSpec> shards;
   std::vector<void*> live;                     // per shard: client memory
+  // Per shard: the client memory's identity and byte range, for overlap
+  // checks ("shm:<dev>:<ino>" or "cuda:<ordinal>"; begin, end).
+  struct Extent {
+    std::string object;
+    uint64_t begin = 0, end = 0;
+    std::string where;  // for messages: "shm object /x" or "GPU 0 memory"
+  };
+  std::vector<Extent> extents;
   std::vector<std::vector<int64_t>> strides;   // per shard: empty = dense
   uint64_t bytes = 0;
   // Where the buffers live: -1 host shared memory, else the CUDA ordinal
@@ -104,6 +114,10 @@ struct Job {
 struct Model {
   std::string id;
   std::string owner_session;
+  // The identity that registered it (Caller::Key; "" for a model known only
+  // from peers' announcements, which the first local registrant claims).
+  std::string owner;
+  std::string owner_label;  // Caller::ToString()
   layout::ModelSpec spec;
   bool has_config = false;
   layout::ModelConfig config;
@@ -174,6 +188,12 @@ struct Part {
 
 std::string CoordsKey(const layout::RankCoords& r);
 
+// A client-given string as errors quote it: whole when short, else its first
+// 48 bytes and its length, so that no error grows with the request.
+std::string Quoted(const std::string& s);
+// INVALID_ARGUMENT (quoting the id) unless it matches [A-Za-z0-9._-]{1,128}.
+absl::Status CheckModelId(const std::string& id);
+
 // The kernel op of a LoRA merge over one copy op: W (rows x cols of the
 // canonical box) plus scale * B @ A, written to `dst`. A and B are the
 // adapter's whole fp32 tensors.
@@ -202,10 +222,12 @@ class CoreImpl final : public Core {
                                           const std::string& replica_id, uint64_t min_version,
                                           uint64_t timeout_ms,
                                           const std::function<bool()>& client_gone) override;
-  absl::StatusOr<int64_t> Unregister(const std::string& model_id, const std::string& replica_id,
-                                     const Role* role, const layout::RankCoords* rank) override;
-  absl::StatusOr<std::string> CancelSync(const std::string& model_id, uint64_t version) override;
-  DaemonStatus GetStatus() const override;
+  absl::StatusOr<int64_t> Unregister(const Caller& caller, const std::string& model_id,
+                                     const std::string& replica_id, const Role* role,
+                                     const layout::RankCoords* rank) override;
+  absl::StatusOr<std::string> CancelSync(const Caller& caller, const std::string& model_id,
+                                         uint64_t version) override;
+  DaemonStatus GetStatus(const Caller& viewer) const override;
   void BeginShutdown() override;
   std::pair<uint64_t, std::vector<Member>> Join(const Member& m) override;
   bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) override;
@@ -235,6 +257,27 @@ class CoreImpl final : public Core {
   absl::Status CheckJob(Job* job, absl::Time deadline, const char* phase,
                         const std::function<bool()>& client_gone);
   void SetProgress(Job* job, const Progress& p);
+  // Whether `caller` may change `model` (its owner, or an administrator),
+  // and may write at all. PERMISSION_DENIED naming the caller, the model and
+  // `action` otherwise.
+  absl::Status Authorize(const Caller& caller, const Model& model, const char* action) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The caller's attached session `session_id`: NOT_FOUND when unknown or
+  // closing, PERMISSION_DENIED when it belongs to another identity.
+  absl::StatusOr<Session*> CallerSession(const Caller& caller, const std::string& session_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Refuses a rank whose memory shares bytes with registered memory it may
+  // not share: a target with anything, a source with a target. `replaced`
+  // is the rank the new one replaces, if any. Requires mu_.
+  absl::Status CheckOverlaps(const RankReg& rank, const RankReg* replaced, const std::string& who) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the host memory of `sessions` is still whole (HostLease::
+  // CheckIntact). Called before a job writes anything, after its transfer
+  // and after its commit copy.
+  absl::Status CheckMemory(const std::set<std::string>& sessions) ABSL_LOCKS_EXCLUDED(mu_);
+  // Who holds registrations of `session_id`, for messages: the client's
+  // label (never the session id) or the peer daemon.
+  std::string HolderLabel(const std::string& session_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes ranks owned by `session_id` from every model. Requires mu_.
   void DropSessionRanks(const std::string& session_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<ShardsRegistered> RegisterShardsLocal(const RegisterShardsArgs& a);
@@ -295,6 +338,7 @@ class CoreImpl final : public Core {
   std::map<std::string, std::unique_ptr<Model>> models_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t kv_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // keys and values held in kv_
   std::map<std::string, Member> members_ ABSL_GUARDED_BY(mu_);
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);  // "job\0key" -> value

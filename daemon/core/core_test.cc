@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -45,6 +46,10 @@ struct Shm {
 
 using Sink = PauseAcker;
 
+// The test process as the daemon would see it over its socket: a local
+// caller, not an administrator.
+Caller Me() { return Caller::Local(getuid(), getgid(), getpid(), false); }
+
 // A client process in miniature: a session and the shm it registered.
 struct Client {
   Core* core;
@@ -52,7 +57,7 @@ struct Client {
   Sink sink;
   std::vector<std::unique_ptr<Shm>> shms;
   Client(Core* c, const std::string& name) : core(c), sink(c, &session) {
-    auto s = core->OpenSession({name, getpid(), static_cast<int64_t>(getuid())}, &sink);
+    auto s = core->OpenSession({name, getpid(), Me()}, &sink);
     REQUIRE(s.ok());
     session = *s;
   }
@@ -64,6 +69,7 @@ struct Client {
                               layout::RankCoords rank, UpdateMode mode = UpdateMode::kStaged,
                               const layout::ModelSpec* spec = nullptr, size_t recipe_shards = SIZE_MAX) {
     RegisterShardsArgs a;
+    a.caller = Me();
     a.session_id = session;
     a.model_id = model;
     a.role = role;
@@ -111,6 +117,7 @@ struct World {
   explicit World(bool lora = false) {
     clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
     RegisterModelArgs m;
+    m.caller = Me();
     m.session_id = clients[0]->session;
     m.model_id = "m";
     m.has_config = true;
@@ -208,6 +215,7 @@ bool Matches(const World& w, const std::vector<layout::Endpoint>& eps,
 
 SyncArgs Args(uint64_t v) {
   SyncArgs a;
+  a.caller = Me();
   a.model_id = "m";
   a.version = v;
   return a;
@@ -244,7 +252,7 @@ TEST_CASE("staged and in-place replicas receive every byte, versions are monoton
   }
   // The in-place replica was paused (and acked by nobody: the test's sink
   // does not ack, so give the ack ourselves before syncing again).
-  auto status = w.core->GetStatus();
+  auto status = w.core->GetStatus(Me());
   REQUIRE(status.models.size() == 1);
   for (const auto& rep : status.models[0].replicas) CHECK(rep.version == 1);
 
@@ -391,12 +399,12 @@ TEST_CASE("cancel mid-sync: staged targets keep their version and bytes, in-plac
     }
   }
   auto r = w.core->Sync(Args(2), [&](const Progress& p) {
-    if (p.buckets_done == 1) (void)w.core->CancelSync("m", 2);
+    if (p.buckets_done == 1) (void)w.core->CancelSync(Me(), "m", 2);
   }, nullptr);
   CHECK(r.status().code() == absl::StatusCode::kCancelled);
   CHECK(r.status().message() == "sync of model 'm' version 2 cancelled during transfer");
   CHECK(Snapshot(es, ms) == before);
-  auto st = w.core->GetStatus();
+  auto st = w.core->GetStatus(Me());
   for (const auto& rep : st.models[0].replicas) {
     CHECK(rep.version == 1);
     CHECK(rep.poisoned == (rep.replica_id == "inplace"));
@@ -420,7 +428,7 @@ TEST_CASE("a trainer that goes away mid-sync aborts it, naming the client") {
       closer = std::thread([&] { w.core->CloseSession(w.clients[1]->session, "disconnected"); });
       // Give CloseSession time to flag the job before the next bucket.
       for (int i = 0; i < 200; ++i) {
-        if (!w.core->GetStatus().jobs.empty() && w.core->GetStatus().sessions.size() < 7) break;
+        if (!w.core->GetStatus(Me()).jobs.empty() && w.core->GetStatus(Me()).sessions.size() < 7) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -429,7 +437,7 @@ TEST_CASE("a trainer that goes away mid-sync aborts it, naming the client") {
   closer.join();
   CHECK(r.status().code() == absl::StatusCode::kAborted);
   CHECK_THAT(std::string(r.status().message()),
-             Catch::Contains("client 'trainer' (session " + w.clients[1]->session) &&
+             Catch::Contains("client 'trainer' (pid ") && !Catch::Contains(w.clients[1]->session) &&
                  Catch::Contains("disconnected"));
   // Its ranks are gone: the next sync names the missing one.
   auto next = w.core->Sync(Args(1), nullptr, nullptr);
@@ -450,7 +458,7 @@ TEST_CASE("a failed sync reports its real code and message: the result, last_err
   CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
   CHECK_THAT(std::string(r.status().message()), !Catch::Contains("accessed after move"));
   CHECK_THAT(std::string(r.status().message()), Catch::Contains("pause"));
-  const DaemonStatus st = w.core->GetStatus();
+  const DaemonStatus st = w.core->GetStatus(Me());
   CHECK(st.models.at(0).last_error == r.status().message());
   bool failed_event = false;
   for (const Event& ev : w.clients.back()->sink.events()) {
@@ -462,12 +470,118 @@ TEST_CASE("a failed sync reports its real code and message: the result, last_err
   CHECK(failed_event);
 }
 
+// Shrinks every shm object `c` registered to `bytes` (a client's ftruncate).
+void Truncate(Client& c, off_t bytes) {
+  for (const auto& shm : c.shms) {
+    int fd = shm_open(shm->name.c_str(), O_RDWR, 0);
+    REQUIRE(fd >= 0);
+    REQUIRE(ftruncate(fd, bytes) == 0);
+    close(fd);
+  }
+}
+
+TEST_CASE("a client that shrinks its shm fails the sync naming the object; the daemon lives on") {
+  World w;
+  std::vector<layout::Endpoint> e;
+  auto m = w.Replica("gen", 2, UpdateMode::kStaged, &e);
+  REQUIRE(w.core->Sync(Args(1), nullptr, nullptr).ok());
+
+  SECTION("shrunk before the sync: refused before anything is written") {
+    Truncate(*w.clients[1], 0);
+    auto r = w.core->Sync(Args(2), nullptr, nullptr);
+    INFO(r.status().ToString());
+    CHECK(r.status().code() == absl::StatusCode::kFailedPrecondition);
+    CHECK_THAT(std::string(r.status().message()),
+               Catch::Contains("shm object /wsync-core-test-") && Catch::Contains("of client 'trainer'") &&
+                   Catch::Contains("shrank from"));
+  }
+  SECTION("shrunk in the middle of the sync: its pages fault, nothing is committed") {
+    bool done = false;
+    auto r = w.core->Sync(Args(2), [&](const Progress& p) {
+      if (!done && p.buckets_done == 1) {
+        done = true;
+        Truncate(*w.clients[1], 0);
+        Truncate(*w.clients[2], 0);
+        Truncate(*w.clients[3], 0);
+      }
+    }, nullptr);
+    INFO(r.status().ToString());
+    REQUIRE(done);
+    CHECK(r.status().code() == absl::StatusCode::kDataLoss);
+    CHECK_THAT(std::string(r.status().message()), Catch::Contains("lost a page"));
+  }
+  // Either way the replica keeps version 1 and its bytes.
+  const DaemonStatus st = w.core->GetStatus(Me());
+  CHECK(st.models.at(0).replicas.at(0).version == 1);
+  CHECK(Matches(w, e, m));
+}
+
+TEST_CASE("an in-place target shrunk mid-sync is poisoned, not committed") {
+  World w;
+  std::vector<layout::Endpoint> e;
+  auto m = w.Replica("gen", 1, UpdateMode::kInPlace, &e);
+  bool done = false;
+  auto r = w.core->Sync(Args(1), [&](const Progress& p) {
+    if (!done && p.buckets_done == 1) {
+      done = true;
+      Truncate(*w.clients.back(), 0);
+    }
+  }, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(done);
+  CHECK(r.status().code() == absl::StatusCode::kDataLoss);
+  const DaemonStatus st = w.core->GetStatus(Me());
+  CHECK(st.models.at(0).replicas.at(0).version == 0);
+  CHECK(st.models.at(0).replicas.at(0).poisoned);
+}
+
+TEST_CASE("target memory that /dev/shm cannot back is refused at registration") {
+  World w;
+  Client c(w.core.get(), "gen");
+  struct statvfs vfs;
+  REQUIRE(statvfs("/dev/shm", &vfs) == 0);
+  // A sparse object larger than the free space: registering it as a target
+  // would leave pages that fault on first write.
+  const int64_t elems = static_cast<int64_t>((vfs.f_bavail * vfs.f_frsize) / 4 + (1 << 28));
+  RegisterModelArgs big;
+  big.caller = Me();
+  big.session_id = c.session;
+  big.model_id = "big";
+  big.tensors = {{"t", layout::Shape::Of({elems}), DType::kF32}};
+  REQUIRE(w.core->RegisterModel(big).ok());
+  const std::string name = absl::StrCat("/wsync-core-test-big-", getpid());
+  int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, elems * 4) == 0);
+  close(fd);
+  RegisterShardsArgs a;
+  a.caller = Me();
+  a.session_id = c.session;
+  a.model_id = "big";
+  a.role = Role::kTarget;
+  a.replica_id = "r";
+  BufferArg b;
+  b.name = "t";
+  b.shm_name = name;
+  b.nbytes = static_cast<uint64_t>(elems) * 4;
+  b.shape = layout::Shape::Of({elems});
+  b.dtype = DType::kF32;
+  b.pieces.push_back({"t", layout::Box::Whole(b.shape), layout::Box::Whole(b.shape)});
+  a.buffers = {b};
+  auto r = w.core->RegisterShards(a);
+  shm_unlink(name.c_str());
+  INFO(r.status().ToString());
+  CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("cannot reserve") && Catch::Contains(name));
+}
+
 TEST_CASE("a second sync of a running model is refused; other models sync meanwhile") {
   World w;
   std::vector<layout::Endpoint> e;
   auto m = w.Replica("gen", 2, UpdateMode::kStaged, &e);
   // A second model on the same daemon, one replica, explicit whole-tensor pieces.
   RegisterModelArgs other;
+  other.caller = Me();
   other.session_id = w.clients[0]->session;
   other.model_id = "other";
   other.tensors = {{"t", layout::Shape::Of({64, 64}), DType::kF32}};
@@ -485,6 +599,7 @@ TEST_CASE("a second sync of a running model is refused; other models sync meanwh
     checked = true;
     second = w.core->Sync(Args(1), nullptr, nullptr).status();
     SyncArgs o;
+    o.caller = Me();
     o.model_id = "other";
     o.version = 1;
     concurrent = w.core->Sync(o, nullptr, nullptr).status();
@@ -508,7 +623,7 @@ TEST_CASE("an fp32 source to an fp8 target is refused before anything is written
                  Catch::EndsWith("fp8_e4m3 buffers are copied only to fp8_e4m3 buffers"));
   // Nothing was written and the replica is not poisoned.
   CHECK(static_cast<unsigned char*>(m[0][0])[0] == 0xab);
-  CHECK_FALSE(w.core->GetStatus().models[0].replicas[0].poisoned);
+  CHECK_FALSE(w.core->GetStatus(Me()).models[0].replicas[0].poisoned);
 }
 
 TEST_CASE("bad registrations get precise errors") {
@@ -516,6 +631,7 @@ TEST_CASE("bad registrations get precise errors") {
   Client c(w.core.get(), "gen");
   Shm shm(4096);
   RegisterShardsArgs a;
+  a.caller = Me();
   a.session_id = c.session;
   a.model_id = "m";
   a.role = Role::kTarget;
@@ -538,8 +654,8 @@ TEST_CASE("bad registrations get precise errors") {
   auto oob = a;
   oob.buffers[0].offset = 4090;
   CHECK(w.core->RegisterShards(oob).status().message() ==
-        "model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer 'model.norm.weight': bytes "
-        "[4090, 4122) are outside shm object " + shm.name + " (4096 bytes)");
+        "model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer 'model.norm.weight': "
+        "32 bytes at offset 4090 are outside shm object " + shm.name + " (4096 bytes)");
 
   auto shape = a;
   shape.buffers[0].shape = layout::Shape::Of({8});
@@ -558,10 +674,13 @@ TEST_CASE("bad registrations get precise errors") {
   CHECK_THAT(std::string(w.core->RegisterShards(missing).status().message()),
              Catch::Contains("of the vllm layout was not registered"));
 
+  // Another uid, even an administrator, cannot register this uid's shm.
   Sink other_sink(w.core.get(), nullptr);
-  auto intruder = w.core->OpenSession({"intruder", 1, static_cast<int64_t>(getuid()) + 1}, &other_sink);
+  const Caller admin = Caller::Local(getuid() + 1, getgid(), 1, /*admin=*/true);
+  auto intruder = w.core->OpenSession({"intruder", 1, admin}, &other_sink);
   REQUIRE(intruder.ok());
   auto foreign = a;
+  foreign.caller = admin;
   foreign.session_id = *intruder;
   auto fr = w.core->RegisterShards(foreign);
   CHECK(fr.status().code() == absl::StatusCode::kPermissionDenied);
@@ -586,7 +705,7 @@ TEST_CASE("bad registrations get precise errors") {
   INFO(sr.status().ToString());
   CHECK((sr.status().code() == absl::StatusCode::kInvalidArgument ||
          sr.status().code() == absl::StatusCode::kFailedPrecondition));
-  const DaemonStatus st = w.core->GetStatus();
+  const DaemonStatus st = w.core->GetStatus(Me());
   for (const RankInfo& r : st.models.at(0).ranks) CHECK(r.role == Role::kSource);
 }
 

@@ -781,7 +781,11 @@ absl::Status CoreImpl::TransferPart(Part* p) {
 
 void CoreImpl::RunPart(Part* p) {
   const absl::Time t0 = absl::Now();
-  absl::Status s = TransferPart(p);
+  // Host memory is checked before anything is written and after the
+  // transfer (a page that vanished meanwhile was served from a zero page).
+  absl::Status s = CheckMemory(p->job->sessions);
+  if (s.ok()) s = TransferPart(p);
+  if (s.ok()) s = CheckMemory(p->job->sessions);
   {
     absl::MutexLock lock(&mu_);
     p->state = s.ok() ? Part::State::kPrepared : Part::State::kFailed;
@@ -844,6 +848,7 @@ void CoreImpl::FinishPart(Part* p) {
         auto ctx = host_exec_->NewContext();
         status = ctx.ok() ? (*ctx)->Copy(-1, ops.data(), ops.size()) : ctx.status();
         if (status.ok()) status = (*ctx)->Finish(0).status();
+        if (status.ok()) status = CheckMemory(p->job->sessions);
       }
     }
   }
@@ -1015,6 +1020,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     auto mit = models_.find(args.model_id);
     if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     model = mit->second.get();
+    if (absl::Status s = Authorize(args.caller, *model, "sync"); !s.ok()) return s;
     if (!model->coordinator.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", args.model_id, "' is coordinated by the daemon at ", model->coordinator,

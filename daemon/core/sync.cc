@@ -152,7 +152,7 @@ absl::Status CoreImpl::PauseTargets(Job* job, const SessionReplicas& sessions, c
   for (const std::string& s : job->pause_sessions) {
     if (!job->acks.count(s)) {
       auto it = sessions_.find(s);
-      late.push_back(it == sessions_.end() ? s : it->second->Label());
+      late.push_back(it == sessions_.end() ? std::string("a client that detached") : it->second->Label());
     }
   }
   if (!late.empty()) {
@@ -267,11 +267,15 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
 absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                            const std::function<void(const Progress&)>& progress,
                                            const std::function<bool()>& client_gone) {
+  if (absl::Status s = CheckModelId(args.model_id); !s.ok()) return s;
   bool distributed = false;
   {
     absl::MutexLock lock(&mu_);
     auto mit = models_.find(args.model_id);
-    distributed = mit != models_.end() && IsDistributed(*mit->second);
+    if (mit != models_.end()) {
+      if (absl::Status s = Authorize(args.caller, *mit->second, "sync"); !s.ok()) return s;
+      distributed = IsDistributed(*mit->second);
+    }
   }
   if (distributed) return SyncDistributed(args, progress, client_gone);
   const absl::Time t0 = absl::Now();
@@ -310,6 +314,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     }
     model = mit->second.get();
+    if (absl::Status s = Authorize(args.caller, *model, "sync"); !s.ok()) return s;
     std::vector<Replica*> todo;
     std::optional<SyncOutcome> done;
     if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
@@ -602,6 +607,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
 
   // ---- Pause in-place targets before their live memory is written.
   if (absl::Status s = CheckJob(job, deadline, "planning", client_gone); !s.ok()) return status = s;
+  if (absl::Status s = CheckMemory(job->sessions); !s.ok()) return fail(s);
   if (!inplace_sessions.empty()) {
     SetProgress(job, {"PAUSING", 0, 0, 0, 0, 0});
     status = PauseTargets(job, inplace_sessions, args.model_id, v, deadline);
@@ -763,6 +769,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     all.s2 += got.s2;
   }
   if (absl::Status s = CheckJob(job, deadline, "verify", client_gone); !s.ok()) return status = s;
+  // A page that vanished during the transfer was served from a private
+  // zero page: the digests agree with each other, but not with the memory.
+  if (absl::Status s = CheckMemory(job->sessions); !s.ok()) return fail(s);
   const absl::Time t_verify = absl::Now();
 
   // ---- Commit.
@@ -788,6 +797,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     }
     if (absl::Status s = copy_by_device(ops, ops_dev); !s.ok()) return fail(s);
     if (auto done = ctx->Finish(0); !done.ok()) return fail(done.status());
+    if (absl::Status s = CheckMemory(job->sessions); !s.ok()) return fail(s);
   }
   const absl::Time t_commit = absl::Now();
 
@@ -845,6 +855,10 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
                                                   const std::string& replica_id, uint64_t min_version,
                                                   uint64_t timeout_ms,
                                                   const std::function<bool()>& client_gone) {
+  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  if (replica_id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat("replica id ", Quoted(replica_id), " is longer than 128 bytes"));
+  }
   const absl::Time until = absl::Now() + absl::Milliseconds(timeout_ms);
   absl::MutexLock lock(&mu_);
   auto replica = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> const Replica* {
@@ -879,9 +893,14 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
   }
 }
 
-absl::StatusOr<std::string> CoreImpl::CancelSync(const std::string& model_id, uint64_t version) {
+absl::StatusOr<std::string> CoreImpl::CancelSync(const Caller& caller, const std::string& model_id,
+                                                 uint64_t version) {
+  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
+  if (mit != models_.end()) {
+    if (absl::Status s = Authorize(caller, *mit->second, "cancel a sync of"); !s.ok()) return s;
+  }
   if (mit == models_.end() || mit->second->running == nullptr) {
     return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is running"));
   }

@@ -81,7 +81,8 @@ Box Box::Intersect(const Box& o) const {
 bool Box::InsideShape(const Shape& shape) const {
   if (shape.ndim != ndim) return false;
   for (int i = 0; i < ndim; ++i) {
-    if (off[i] < 0 || size[i] < 1 || off[i] + size[i] > shape.d[i]) return false;
+    // Written so that no sum can overflow, whatever a client sent.
+    if (off[i] < 0 || size[i] < 1 || size[i] > shape.d[i] || off[i] > shape.d[i] - size[i]) return false;
   }
   return true;
 }
@@ -123,23 +124,36 @@ void SubtractBox(const Box& outer, const Box& inner, std::vector<Box>* out) {
   }
 }
 
+absl::Status CheckShape(const Shape& shape, DType dtype, const std::string& what) {
+  if (shape.ndim < 1 || shape.ndim > kMaxDims) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": rank ", shape.ndim, " outside [1, ", kMaxDims, "]"));
+  }
+  uint64_t bytes = kernels::DTypeSize(dtype);
+  if (bytes == 0) return absl::InvalidArgumentError(absl::StrCat(what, ": unknown dtype"));
+  for (int d = 0; d < shape.ndim; ++d) {
+    if (shape.d[d] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", shape.ToString(), " has a dimension < 1"));
+    }
+    if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(shape.d[d]), &bytes) || bytes > kMaxShapeBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", shape.ToString(), " of ",
+                                                     kernels::DTypeName(dtype), " is larger than ", kMaxShapeBytes,
+                                                     " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
   ModelSpec m;
+  uint64_t total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorSpec& t = tensors[i];
     if (t.name.empty()) return absl::InvalidArgumentError(absl::StrCat("tensor #", i, " has no name"));
-    if (t.shape.ndim < 1 || t.shape.ndim > kMaxDims) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': rank ", t.shape.ndim,
-                                                     " outside [1, ", kMaxDims, "]"));
-    }
-    for (int d = 0; d < t.shape.ndim; ++d) {
-      if (t.shape.d[d] < 1) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor '", t.name, "': shape ", t.shape.ToString(), " has a dimension < 1"));
-      }
-    }
-    if (kernels::DTypeSize(t.dtype) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': unknown dtype"));
+    if (absl::Status s = CheckShape(t.shape, t.dtype, absl::StrCat("tensor '", t.name, "'")); !s.ok()) return s;
+    total += static_cast<uint64_t>(t.shape.NumElements()) * kernels::DTypeSize(t.dtype);
+    if (total > kMaxShapeBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("the model's tensors up to '", t.name, "' hold more than ",
+                                                     kMaxShapeBytes, " bytes"));
     }
     if (!m.index_.emplace(t.name, static_cast<int32_t>(i)).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name '", t.name, "'"));
@@ -175,19 +189,7 @@ int NonUnit(const Box& b, int64_t* sizes) {
 
 absl::Status ValidateShard(const ModelSpec& model, const ShardSpec& shard) {
   const std::string where = absl::StrCat("shard '", shard.name, "'");
-  if (shard.shape.ndim < 1 || shard.shape.ndim > kMaxDims) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": rank ", shard.shape.ndim, " outside [1, ", kMaxDims, "]"));
-  }
-  for (int d = 0; d < shard.shape.ndim; ++d) {
-    if (shard.shape.d[d] < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": shape ", shard.shape.ToString(), " has a dimension < 1"));
-    }
-  }
-  if (kernels::DTypeSize(shard.dtype) == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": unknown dtype"));
-  }
+  if (absl::Status s = CheckShape(shard.shape, shard.dtype, where); !s.ok()) return s;
   for (size_t i = 0; i < shard.pieces.size(); ++i) {
     const Piece& p = shard.pieces[i];
     if (p.tensor < 0 || p.tensor >= model.size()) {

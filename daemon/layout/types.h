@@ -24,6 +24,10 @@ namespace wsync::layout {
 using kernels::DType;
 
 inline constexpr int kMaxDims = 4;
+// The most bytes one tensor, shard or model may hold (4 EiB): far above any
+// real model, and low enough that no sum or product of sizes, offsets and
+// element sizes below it overflows 64 bits.
+inline constexpr uint64_t kMaxShapeBytes = uint64_t{1} << 62;
 
 // A tensor shape of up to kMaxDims dimensions, each >= 1.
 struct Shape {
@@ -83,14 +87,20 @@ struct ShardSpec {
   std::vector<Piece> pieces;
 };
 
+// Checks a shape: 1 to kMaxDims dimensions, each >= 1, a known dtype, and
+// at most kMaxShapeBytes bytes (checked without overflow). INVALID_ARGUMENT
+// starting with `what`.
+absl::Status CheckShape(const Shape& shape, DType dtype, const std::string& what);
+
 // The canonical tensors of a model, looked up by index or name.
 // Immutable once created; thread-safe.
 class ModelSpec {
  public:
   ModelSpec() = default;
 
-  // Rejects empty or duplicate names, bad shapes and reserved dtypes with
-  // INVALID_ARGUMENT naming the tensor.
+  // Rejects empty or duplicate names, bad shapes (CheckShape), reserved
+  // dtypes and models over kMaxShapeBytes in all with INVALID_ARGUMENT naming
+  // the tensor.
   static absl::StatusOr<ModelSpec> Create(std::vector<TensorSpec> tensors);
 
   int32_t size() const { return static_cast<int32_t>(tensors_.size()); }

@@ -95,8 +95,8 @@ class CudaLeaseImpl final : public CudaLease {
     }
     if (offset > h.size || nbytes > h.size - offset) {
       if (fresh) Close(h);
-      return absl::InvalidArgumentError(absl::StrCat(what, ": bytes [", offset, ", ", offset + nbytes,
-                                                     ") are outside the CUDA allocation of ", h.size,
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", nbytes, " bytes at offset ", offset,
+                                                     " are outside the CUDA allocation of ", h.size,
                                                      " bytes (handle ", HandleId(handle), ")"));
     }
     if (fresh) {

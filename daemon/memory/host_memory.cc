@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/logging.h"
+#include "daemon/memory/fault_guard.h"
 
 namespace wsync::memory {
 namespace {
@@ -17,6 +19,10 @@ namespace {
 struct Mapping {
   void* addr = nullptr;
   uint64_t size = 0;
+  std::string object;
+  int fd = -1;          // kept open: fstat tells whether the object shrank
+  std::string first;    // the first buffer registered in it, for messages
+  std::unique_ptr<GuardedRange> guard;
 };
 
 class HostLeaseImpl final : public HostLease {
@@ -25,14 +31,18 @@ class HostLeaseImpl final : public HostLease {
 
   ~HostLeaseImpl() override {
     absl::MutexLock lock(&mu_);
-    for (auto& [name, m] : maps_) munmap(m.addr, m.size);
+    for (auto& [name, m] : maps_) {
+      m.guard.reset();
+      munmap(m.addr, m.size);
+      close(m.fd);
+    }
     if (!maps_.empty()) {
       Logger("memory")->info("unmapped {} shm object(s) of {}", maps_.size(), client_);
     }
   }
 
-  absl::StatusOr<void*> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
-                                const std::string& what) override {
+  absl::StatusOr<Resolved> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
+                                   const std::string& what, bool reserve) override {
     if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos ||
         name.size() > 255) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -43,15 +53,41 @@ class HostLeaseImpl final : public HostLease {
     if (it == maps_.end()) {
       auto m = Map(name, what);
       if (!m.ok()) return m.status();
-      it = maps_.emplace(name, *m).first;
+      it = maps_.emplace(name, std::move(*m)).first;
+      it->second.first = what;
     }
     const Mapping& m = it->second;
     if (offset > m.size || nbytes > m.size - offset) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": bytes [", offset, ", ", offset + nbytes,
-                                                     ") are outside shm object ", name, " (",
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", nbytes, " bytes at offset ", offset,
+                                                     " are outside shm object ", name, " (",
                                                      m.size, " bytes)"));
     }
-    return static_cast<char*>(m.addr) + offset;
+    if (reserve && nbytes > 0) {
+      if (absl::Status s = Reserve(m, name, offset, nbytes, what); !s.ok()) return s;
+    }
+    return Resolved{static_cast<char*>(m.addr) + offset, m.object};
+  }
+
+  absl::Status CheckIntact() const override {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, m] : maps_) {
+      if (m.guard->faulted()) {
+        return absl::DataLossError(absl::StrCat(
+            "shm object ", name, " (", m.first, ", of ", client_, ") lost a page while the daemon used it (it shrank, "
+            "or /dev/shm could not back it); bytes read from or written to it are not trusted: attach again and "
+            "re-register"));
+      }
+      struct stat st;
+      if (fstat(m.fd, &st) != 0) {
+        return absl::InternalError(absl::StrCat("fstat shm object ", name, ": ", std::strerror(errno)));
+      }
+      if (static_cast<uint64_t>(st.st_size) < m.size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "shm object ", name, " (", m.first, ", of ", client_, ") shrank from ", m.size, " to ", st.st_size,
+            " bytes since it was registered; attach again and re-register"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   size_t num_mappings() const override {
@@ -99,13 +135,43 @@ class HostLeaseImpl final : public HostLease {
       return absl::InvalidArgumentError(absl::StrCat(what, ": shm object ", name, " is empty"));
     }
     void* addr = mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);  // the mapping stays; no descriptor is kept
     if (addr == MAP_FAILED) {
+      const int err = errno;
+      close(fd);
       return absl::ResourceExhaustedError(
-          absl::StrCat("mmap ", name, " (", st.st_size, " bytes): ", std::strerror(errno)));
+          absl::StrCat("mmap ", name, " (", st.st_size, " bytes): ", std::strerror(err)));
     }
     Logger("memory")->debug("mapped {} ({} bytes) for {}", name, st.st_size, client_);
-    return Mapping{addr, static_cast<uint64_t>(st.st_size)};
+    Mapping m;
+    m.addr = addr;
+    m.size = static_cast<uint64_t>(st.st_size);
+    m.object = absl::StrCat("shm:", st.st_dev, ":", st.st_ino);
+    m.fd = fd;
+    m.guard = GuardedRange::Guard(addr, m.size);
+    return m;
+  }
+
+  // Allocates the pages of [offset, offset + nbytes) of `m`, refusing at
+  // once when the filesystem has clearly too little room (posix_fallocate on
+  // tmpfs would fill memory before failing).
+  absl::Status Reserve(const Mapping& m, const std::string& name, uint64_t offset, uint64_t nbytes,
+                       const std::string& what) const {
+    struct stat st;
+    struct statvfs vfs;
+    if (fstat(m.fd, &st) == 0 && fstatvfs(m.fd, &vfs) == 0) {
+      const uint64_t held = static_cast<uint64_t>(st.st_blocks) * 512;
+      const uint64_t room = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      if (nbytes > held && nbytes - held > room) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            what, ": cannot reserve ", nbytes, " bytes of shm object ", name, ": its filesystem (/dev/shm) has ",
+            room, " bytes free"));
+      }
+    }
+    if (int err = posix_fallocate(m.fd, static_cast<off_t>(offset), static_cast<off_t>(nbytes)); err != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(what, ": cannot reserve ", nbytes, " bytes of shm object ",
+                                                       name, ": ", std::strerror(err)));
+    }
+    return absl::OkStatus();
   }
 
   const int64_t uid_;

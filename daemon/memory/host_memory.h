@@ -26,13 +26,31 @@ class HostLease {
   // Unmaps every object.
   virtual ~HostLease() = default;
 
+  struct Resolved {
+    void* ptr = nullptr;
+    // The object's identity, the same in every lease that maps it:
+    // "shm:<st_dev>:<st_ino>".
+    std::string object;
+  };
   // Returns the address of bytes [offset, offset + nbytes) of shm object
-  // `name` ("/wsync-123-0"), mapping it on first use. Errors name `what`
-  // (the buffer) and the object: INVALID_ARGUMENT for a malformed name or a
-  // range outside the object, NOT_FOUND when it does not exist,
-  // PERMISSION_DENIED when the calling client's uid does not own it.
-  virtual absl::StatusOr<void*> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
-                                        const std::string& what) = 0;
+  // `name` ("/wsync-123-0"), mapping it on first use (the mapping is under a
+  // GuardedRange: a page that vanishes later faults into a private page, not
+  // a crash). With `reserve` (memory the daemon will write), the range's
+  // pages are allocated now (posix_fallocate), so that a full /dev/shm fails
+  // here and not in the middle of a sync. Errors name `what` (the buffer)
+  // and the object: INVALID_ARGUMENT for a malformed name or a range outside
+  // the object, NOT_FOUND when it does not exist, PERMISSION_DENIED when the
+  // calling client's uid does not own it, RESOURCE_EXHAUSTED when its pages
+  // cannot be reserved.
+  virtual absl::StatusOr<Resolved> Resolve(const std::string& name, uint64_t offset, uint64_t nbytes,
+                                           const std::string& what, bool reserve = false) = 0;
+
+  // Whether every mapped object is still whole: FAILED_PRECONDITION when an
+  // object shrank below its mapped size (a client's ftruncate), DATA_LOSS
+  // when a page of it faulted since it was mapped (the bytes that went
+  // through it are wrong). Either names the object and a buffer in it, and
+  // stays so until the session ends: the client must attach again.
+  virtual absl::Status CheckIntact() const = 0;
 
   // Objects currently mapped, and their total size.
   virtual size_t num_mappings() const = 0;

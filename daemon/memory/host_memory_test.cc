@@ -41,8 +41,10 @@ TEST_CASE("an object is mapped once per lease, bounds-checked, and unmapped with
     auto b = lease->Resolve(name, 4096, 4096, "buffer 'b'");
     REQUIRE(a.ok());
     REQUIRE(b.ok());
-    CHECK(static_cast<char*>(*b) - static_cast<char*>(*a) == 4096);
-    CHECK(*static_cast<unsigned char*>(*b) == 0x42);
+    CHECK(static_cast<char*>(b->ptr) - static_cast<char*>(a->ptr) == 4096);
+    CHECK(*static_cast<unsigned char*>(b->ptr) == 0x42);
+    CHECK(a->object == b->object);
+    CHECK_THAT(a->object, Catch::StartsWith("shm:"));
     CHECK(lease->num_mappings() == 1);
     CHECK(lease->mapped_bytes() == 8192);
     CHECK(MapsMentioning(name) == 1);
@@ -50,7 +52,7 @@ TEST_CASE("an object is mapped once per lease, bounds-checked, and unmapped with
     auto out = lease->Resolve(name, 4096, 4097, "buffer 'c'");
     CHECK(out.status().code() == absl::StatusCode::kInvalidArgument);
     CHECK(out.status().message() ==
-          "buffer 'c': bytes [4096, 8193) are outside shm object " + name + " (8192 bytes)");
+          "buffer 'c': 4097 bytes at offset 4096 are outside shm object " + name + " (8192 bytes)");
     CHECK_FALSE(lease->Resolve(name, 1ull << 63, 1ull << 63, "buffer 'd'").ok());
   }
   CHECK(MapsMentioning(name) == 0);

@@ -72,6 +72,24 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--copy-threads", o.copy_threads, "CPU threads for host-memory copies")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  app.add_option("--admin-group", o.admin_group,
+                 "members of this group (name or gid) are administrators, like the daemon's own uid: they may "
+                 "act on every model and see every session (docs/security.md)");
+  app.add_flag("--allow-anonymous-writes", o.allow_anonymous_writes,
+               "let TCP callers without a client certificate register, sync, cancel and unregister (default: "
+               "they may only read health and status)");
+  app.add_option("--peer-identities", o.peer_identities,
+                 "comma-separated certificate names (CN or SAN) of the daemons allowed on the peer service over "
+                 "mTLS; other callers are refused");
+  app.add_option("--max-tensors-per-model", o.max_tensors_per_model,
+                 "most canonical tensors one model may declare or its config may generate")
+      ->capture_default_str();
+  app.add_option("--max-name-bytes", o.max_name_bytes,
+                 "longest id or name (model, replica, tensor, buffer, client, recipe option) a request may carry")
+      ->capture_default_str();
+  app.add_option("--max-kv-value-bytes", o.max_kv_value_bytes,
+                 "largest value a peer may store in the rendezvous store")
+      ->capture_default_str();
   app.add_option("--fault-bucket-delay-ms", o.fault_bucket_delay_ms,
                  "fault injection for tests: sleep after every sync bucket (0 = off)")
       ->check(CLI::NonNegativeNumber);
@@ -186,6 +204,13 @@ absl::Status ValidateOptions(const Options& o) {
   }
   if (o.heartbeat_ms <= 0 || o.peer_timeout_ms <= o.heartbeat_ms) {
     return absl::InvalidArgumentError("--peer-timeout-ms must exceed --heartbeat-ms, and both must be positive");
+  }
+  if (o.max_tensors_per_model < 1 || o.max_name_bytes < 16 || o.max_kv_value_bytes < 1024) {
+    return absl::InvalidArgumentError(
+        "--max-tensors-per-model must be >= 1, --max-name-bytes >= 16 and --max-kv-value-bytes >= 1024");
+  }
+  if (!o.peer_identities.empty() && (o.tls_client_ca.empty() || o.listen.empty())) {
+    return absl::InvalidArgumentError("--peer-identities needs mTLS on --listen (--tls-client-ca)");
   }
   if (o.max_message_bytes <= 0 || o.max_message_bytes > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError("--max-message-bytes must be in [1, 2^31-1]");

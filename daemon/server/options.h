@@ -53,6 +53,20 @@ struct Options {
   int64_t pause_timeout_ms = 10000;
   int64_t bucket_mib = 64;
   int copy_threads = 2;
+  // Authorization (docs/security.md). Members of this group (name or gid)
+  // are administrators, like the daemon's own uid; "" = none.
+  std::string admin_group;
+  // Let anonymous callers (TCP without a client certificate) register, sync,
+  // cancel and unregister. Off: they may only read health and status.
+  bool allow_anonymous_writes = false;
+  // Identities (certificate CN or DNS/URI SAN) of the daemons allowed on the
+  // peer service over mTLS, comma-separated. With --insecure peers are not
+  // authenticated at all.
+  std::string peer_identities;
+  // What one request may make the daemon hold.
+  int64_t max_tensors_per_model = 1 << 20;
+  int64_t max_name_bytes = 1024;
+  int64_t max_kv_value_bytes = 1 << 20;
   // Fault injection (tests only): delay after every sync bucket.
   int64_t fault_bucket_delay_ms = 0;
   // Fault injection (tests only): corrupt received multi-node wire bucket N.

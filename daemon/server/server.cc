@@ -9,6 +9,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/build_info.h"
@@ -74,11 +75,27 @@ class ServerImpl final : public Server {
 
   absl::Status Init() {
     grpc::EnableDefaultHealthCheckService(true);
-    public_service_ = service::NewPublicService(core_.get(), [this](const std::string& peer) {
+    service::Authenticator::Options ao;
+    ao.admin_group = options_.admin_group;
+    ao.anonymous_writes = options_.allow_anonymous_writes;
+    ao.peer_identities = absl::StrSplit(options_.peer_identities, ',', absl::SkipEmpty());
+    ao.insecure_peers = options_.insecure;
+    auto auth = service::Authenticator::Create(ao, [this](const std::string& peer) -> std::optional<service::UnixCred> {
+      if (!absl::StartsWith(peer, "fd:")) return std::nullopt;  // only the local socket hands gRPC descriptors
       PeerCred c = uds_ ? uds_->Lookup(peer) : PeerCred{};
-      return std::make_pair(c.pid, c.uid);
+      return service::UnixCred{c.pid, c.uid, c.gid};
     });
-    peer_service_ = service::NewPeerService(core_.get());
+    if (!auth.ok()) return auth.status();
+    auth_ = std::move(*auth);
+    if (options_.allow_anonymous_writes) {
+      log_->warn("--allow-anonymous-writes: callers without a client certificate may register, sync, cancel and "
+                 "unregister models{}", options_.listen.empty() ? "" : absl::StrCat(" over ", options_.listen));
+    }
+    if (!options_.tls_client_ca.empty() && ao.peer_identities.empty()) {
+      log_->warn("mTLS is on but --peer-identities is empty: no daemon may use this daemon's peer service");
+    }
+    public_service_ = service::NewPublicService(core_.get(), auth_.get(), static_cast<size_t>(options_.max_name_bytes));
+    peer_service_ = service::NewPeerService(core_.get(), auth_.get());
 
     grpc::ServerBuilder builder;
     builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
@@ -167,7 +184,7 @@ class ServerImpl final : public Server {
     health->SetServingStatus(kPublicServiceName, true);
     health->SetServingStatus(kPeerServiceName, true);
 
-    for (const core::EndpointInfo& e : core_->GetStatus().endpoints) {
+    for (const core::EndpointInfo& e : core_->GetStatus(core::Caller::Anonymous(false)).endpoints) {
       log_->info("listening on {} {}{}", e.kind, e.address, e.kind == "tcp" ? (e.tls ? " (TLS)" : " (plaintext)") : "");
     }
     return absl::OkStatus();
@@ -206,7 +223,7 @@ class ServerImpl final : public Server {
   }
 
   std::vector<core::EndpointInfo> endpoints() const override {
-    return core_->GetStatus().endpoints;
+    return core_->GetStatus(core::Caller::Anonymous(false)).endpoints;
   }
 
   absl::Status ReloadLogging(const LogOptions& log) override {
@@ -220,6 +237,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<core::PeerLink> peers_;  // outlives core_
   std::unique_ptr<core::Core> core_;
   std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<service::Authenticator> auth_;
   std::unique_ptr<v1::Wsync::Service> public_service_;
   std::unique_ptr<v1::WsyncPeer::Service> peer_service_;
   std::unique_ptr<SocketClaim> socket_;
@@ -247,6 +265,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   core_options.copy_threads = options.copy_threads;
   core_options.fault_bucket_delay_ms = static_cast<uint64_t>(options.fault_bucket_delay_ms);
   core_options.fault_corrupt_wire = options.fault_corrupt_wire;
+  core_options.limits.max_tensors_per_model = options.max_tensors_per_model;
+  core_options.limits.max_kv_value_bytes = static_cast<uint64_t>(options.max_kv_value_bytes);
   auto log = Logger("server");
   log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
             options.daemon_id, getpid());

@@ -1,5 +1,7 @@
 #include "daemon/server/unix_socket.h"
 
+#include <algorithm>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -152,6 +154,26 @@ absl::Status SocketClaim::SecureSocket(const std::string& group) {
   if (chown(path_.c_str(), static_cast<uid_t>(-1), gid) != 0) {
     return absl::PermissionDeniedError(
         absl::StrCat("chgrp ", group, " ", path_, ": ", ErrnoText(errno)));
+  }
+  // The group must also reach the socket: a private directory of the
+  // daemon's (others may not enter it, as the 0750 one made at start) is
+  // handed to the group, which may enter it but not write there.
+  const std::string dir = path_.substr(0, std::max<size_t>(path_.find_last_of('/'), 1));
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0) {
+    return absl::InternalError(absl::StrCat("stat ", dir, ": ", ErrnoText(errno)));
+  }
+  if ((st.st_mode & S_IXOTH) == 0 && !(st.st_gid == gid && (st.st_mode & S_IXGRP))) {
+    if (st.st_uid != geteuid()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--socket-group ", group, ": members cannot enter ", dir, ", which this daemon does not own; "
+          "give it to the group (g+x) or put the socket elsewhere"));
+    }
+    if (chown(dir.c_str(), static_cast<uid_t>(-1), gid) != 0 ||
+        chmod(dir.c_str(), (st.st_mode & 07777 & ~S_IWGRP) | S_IXGRP | S_IRGRP) != 0) {
+      return absl::PermissionDeniedError(absl::StrCat("chgrp ", group, " ", dir, ": ", ErrnoText(errno)));
+    }
+    Logger("server")->info("socket directory {} now belongs to group {} (members may enter it)", dir, group);
   }
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/logging.h"
 #include "daemon/service/convert.h"
+#include "daemon/service/request_limits.h"
 #include "daemon/service/status_mapping.h"
 
 namespace wsync::service {
@@ -41,9 +42,13 @@ class QueueSink final : public core::EventSink {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Largest bytes field (CUDA IPC handles are 64 bytes).
+constexpr size_t kMaxBytesField = 4096;
+
 class PublicService final : public v1::Wsync::Service {
  public:
-  PublicService(core::Core* core, PeerLookup peers) : core_(core), peers_(std::move(peers)) {}
+  PublicService(core::Core* core, const Authenticator* auth, size_t max_name_bytes)
+      : core_(core), auth_(auth), max_name_bytes_(max_name_bytes) {}
 
   grpc::Status Attach(grpc::ServerContext* ctx,
                       grpc::ServerReaderWriter<v1::AttachEvent, v1::AttachRequest>* stream) override {
@@ -52,11 +57,11 @@ class PublicService final : public v1::Wsync::Service {
     if (!first.has_hello()) {
       return ToGrpcStatus(absl::InvalidArgumentError("the first Attach message must be hello"));
     }
+    if (absl::Status s = Limits(first); !s.ok()) return ToGrpcStatus(s);
     core::ClientInfo client;
     client.name = first.hello().client_name().empty() ? "unnamed" : first.hello().client_name();
-    auto [pid, uid] = peers_(ctx->peer());
-    client.pid = pid > 0 ? pid : first.hello().pid();
-    client.uid = uid;
+    client.caller = auth_->Identify(*ctx);
+    client.pid = client.caller.pid > 0 ? client.caller.pid : first.hello().pid();
     QueueSink sink;
     auto session = core_->OpenSession(client, &sink);
     if (!session.ok()) return ToGrpcStatus(session.status());
@@ -86,10 +91,12 @@ class PublicService final : public v1::Wsync::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RegisterModel(grpc::ServerContext*, const v1::RegisterModelRequest* req,
+  grpc::Status RegisterModel(grpc::ServerContext* ctx, const v1::RegisterModelRequest* req,
                              v1::RegisterModelResponse* resp) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
     auto args = FromProto(*req);
     if (!args.ok()) return ToGrpcStatus(args.status());
+    args->caller = auth_->Identify(*ctx);
     auto r = core_->RegisterModel(*args);
     if (!r.ok()) return ToGrpcStatus(r.status());
     resp->set_model_id(r->model_id);
@@ -98,10 +105,12 @@ class PublicService final : public v1::Wsync::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status RegisterShards(grpc::ServerContext*, const v1::RegisterShardsRequest* req,
+  grpc::Status RegisterShards(grpc::ServerContext* ctx, const v1::RegisterShardsRequest* req,
                               v1::RegisterShardsResponse* resp) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
     auto args = FromProto(*req);
     if (!args.ok()) return ToGrpcStatus(args.status());
+    args->caller = auth_->Identify(*ctx);
     auto r = core_->RegisterShards(*args);
     if (!r.ok()) return ToGrpcStatus(r.status());
     resp->set_num_buffers(r->num_buffers);
@@ -112,8 +121,10 @@ class PublicService final : public v1::Wsync::Service {
 
   grpc::Status Sync(grpc::ServerContext* ctx, const v1::SyncRequest* req,
                     grpc::ServerWriter<v1::SyncProgress>* writer) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
     auto args = FromProto(*req);
     if (!args.ok()) return ToGrpcStatus(args.status());
+    args->caller = auth_->Identify(*ctx);
     auto last = std::chrono::steady_clock::now() - std::chrono::seconds(1);
     auto progress = [&](const core::Progress& p) {
       auto now = std::chrono::steady_clock::now();
@@ -133,6 +144,7 @@ class PublicService final : public v1::Wsync::Service {
 
   grpc::Status WaitVersion(grpc::ServerContext* ctx, const v1::WaitVersionRequest* req,
                            v1::WaitVersionResponse* resp) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
     auto r = core_->WaitVersion(req->model_id(), req->replica_id(), req->min_version(),
                                 req->timeout_ms(), [ctx] { return ctx->IsCancelled(); });
     if (!r.ok()) return ToGrpcStatus(r.status());
@@ -141,20 +153,21 @@ class PublicService final : public v1::Wsync::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
+  grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest*,
                          v1::GetStatusResponse* response) override {
-    ToProto(core_->GetStatus(), response);
+    ToProto(core_->GetStatus(auth_->Identify(*ctx)), response);
     return grpc::Status::OK;
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* response) override {
-    ToProto(core_->GetStatus().models, response);
+    ToProto(core_->GetStatus(auth_->Identify(*ctx)).models, response);
     return grpc::Status::OK;
   }
 
-  grpc::Status Unregister(grpc::ServerContext*, const v1::UnregisterRequest* req,
+  grpc::Status Unregister(grpc::ServerContext* ctx, const v1::UnregisterRequest* req,
                           v1::UnregisterResponse* resp) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
     // One rank when both role and rank are given; else a replica or the model.
     const bool one_rank = req->role() != v1::ROLE_UNSPECIFIED && req->has_rank();
     core::Role role = core::Role::kSource;
@@ -164,30 +177,37 @@ class PublicService final : public v1::Wsync::Service {
       role = *r;
     }
     layout::RankCoords rank = FromProto(req->rank());
-    auto r = core_->Unregister(req->model_id(), req->replica_id(), one_rank ? &role : nullptr,
+    auto r = core_->Unregister(auth_->Identify(*ctx), req->model_id(), req->replica_id(), one_rank ? &role : nullptr,
                                one_rank ? &rank : nullptr);
     if (!r.ok()) return ToGrpcStatus(r.status());
     resp->set_released_ranks(*r);
     return grpc::Status::OK;
   }
 
-  grpc::Status CancelSync(grpc::ServerContext*, const v1::CancelSyncRequest* req,
+  grpc::Status CancelSync(grpc::ServerContext* ctx, const v1::CancelSyncRequest* req,
                           v1::CancelSyncResponse* resp) override {
-    auto r = core_->CancelSync(req->model_id(), req->version());
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
+    auto r = core_->CancelSync(auth_->Identify(*ctx), req->model_id(), req->version());
     if (!r.ok()) return ToGrpcStatus(r.status());
     resp->set_job_id(*r);
     return grpc::Status::OK;
   }
 
  private:
+  absl::Status Limits(const google::protobuf::Message& m) const {
+    return CheckRequestLimits(m, max_name_bytes_, kMaxBytesField);
+  }
+
   core::Core* const core_;
-  const PeerLookup peers_;
+  const Authenticator* const auth_;
+  const size_t max_name_bytes_;
 };
 
 }  // namespace
 
-std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core, PeerLookup peers) {
-  return std::make_unique<PublicService>(core, std::move(peers));
+std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core, const Authenticator* auth,
+                                                     size_t max_name_bytes) {
+  return std::make_unique<PublicService>(core, auth, max_name_bytes);
 }
 
 }  // namespace wsync::service

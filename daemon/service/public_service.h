@@ -6,16 +6,17 @@
 #include <string>
 
 #include "daemon/core/core.h"
+#include "daemon/service/auth.h"
 #include "wsync/v1/wsync.grpc.pb.h"
 
 namespace wsync::service {
 
-// The caller's pid and uid for a gRPC peer string (uid -1 when unknown).
-using PeerLookup = std::function<std::pair<int64_t, int64_t>(const std::string& peer)>;
-
-// Creates the wsync.v1.Wsync service: thin adapters that convert protos to
-// core calls and back. `core` must outlive the service. Thread-safe.
-std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core, PeerLookup peers);
+// Creates the wsync.v1.Wsync service: thin adapters that check a request's
+// sizes (no string over `max_name_bytes`), identify its caller through
+// `auth`, convert the proto to a core call and the result back. `core` and
+// `auth` must outlive the service. Thread-safe.
+std::unique_ptr<v1::Wsync::Service> NewPublicService(core::Core* core, const Authenticator* auth,
+                                                     size_t max_name_bytes);
 
 }  // namespace wsync::service
 

@@ -26,6 +26,10 @@ using namespace wsync;
 
 namespace {
 
+// The bench process as a local, non-administrator caller.
+wsync::core::Caller Me() { return wsync::core::Caller::Local(getuid(), getgid(), getpid(), false); }
+
+
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -66,6 +70,7 @@ void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelC
     s.arenas.push_back(std::make_unique<Arena>(total));
     Arena& a = *s.arenas.back();
     core::RegisterShardsArgs args;
+    args.caller = Me();
     args.session_id = s.session;
     args.model_id = "bench";
     args.role = role;
@@ -108,8 +113,9 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket) {
   o.default_bucket_bytes = bucket;
   s.core = core::Core::Create(o);
   s.sink = std::make_unique<core::PauseAcker>(s.core.get(), &s.session);
-  s.session = *s.core->OpenSession({"bench", getpid(), static_cast<int64_t>(getuid())}, s.sink.get());
+  s.session = *s.core->OpenSession({"bench", getpid(), Me()}, s.sink.get());
   core::RegisterModelArgs m;
+  m.caller = Me();
   m.session_id = s.session;
   m.model_id = "bench";
   m.has_config = true;
@@ -155,6 +161,7 @@ int main(int argc, char** argv) {
       std::memcpy(b.data(), a.data(), bytes);
       mem.push_back(Now() - t0);
       core::SyncArgs args;
+      args.caller = Me();
       args.model_id = "bench";
       args.version = v;
       t0 = Now();
@@ -199,6 +206,7 @@ int main(int argc, char** argv) {
   core::SyncOutcome last;
   for (int v = 1; v <= 3; ++v) {
     core::SyncArgs args;
+    args.caller = Me();
     args.model_id = "bench";
     args.version = v;
     double t0 = Now();

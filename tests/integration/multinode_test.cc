@@ -23,6 +23,7 @@
 #include "daemon/service/convert.h"
 #include "tests/testing/model_proto.h"
 #include "tests/testing/pki.h"
+#include <tuple>
 #include "tests/testing/process.h"
 
 namespace wsync {
@@ -41,7 +42,7 @@ constexpr char kConfig[] = R"({"model_type": "qwen3_moe", "hidden_size": 16,
 std::vector<std::string> Security(const std::string& pki, const std::string& id) {
   if (pki.empty()) return {"--insecure"};
   return {"--tls-cert", pki + "/" + id + ".pem", "--tls-key", pki + "/" + id + ".key", "--tls-client-ca",
-          pki + "/ca.pem"};
+          pki + "/ca.pem", "--peer-identities", "t0,t1,g0,g1"};
 }
 
 struct Daemon {
@@ -105,7 +106,7 @@ struct Cluster {
     if (o.mtls) {
       pki = dir + "/pki";
       REQUIRE(mkdir(pki.c_str(), 0700) == 0);
-      const std::string err = testing::MakeTestPki(pki, {"t0", "t1", "g0", "g1"});
+      const std::string err = testing::MakeTestPki(pki, {"t0", "t1", "g0", "g1", "intruder"});
       INFO(err);
       REQUIRE(err.empty());
     }
@@ -558,38 +559,44 @@ TEST_CASE("mTLS between peers: certificates of one CA sync; a daemon with a fore
   c.RegisterAll();
   c.SyncOk(1);
 
-  // A daemon whose certificate another CA signed: the coordinator refuses it.
+  // A daemon whose certificate another CA signed, and one whose certificate
+  // the same CA signed but whose name is not in --peer-identities: the
+  // coordinator refuses both.
   const std::string rogue = c.dir + "/rogue";
   REQUIRE(mkdir(rogue.c_str(), 0700) == 0);
   REQUIRE(testing::MakeTestPki(rogue, {"x0"}).empty());
-  Daemon x("x0", c.dir, {}, rogue);
-  auto client = x.Attach("gen-x");
-  REQUIRE(client->RegisterModel(c.ModelRequest(client->session_id())).ok());
-  v1::RegisterShardsRequest req;
-  req.set_session_id(client->session_id());
-  req.set_model_id("moe");
-  req.set_role(v1::TARGET);
-  req.set_replica_id("gen-x");
-  req.mutable_rank()->set_tp_size(1);
-  req.mutable_rank()->set_pp_size(1);
-  req.mutable_recipe()->set_name("vllm");
-  req.set_coordinator(c.coordinator());
-  layout::RankCoords one;
-  auto shards = *layout::BuildShards(c.spec, c.config, "vllm", {}, one, layout::DType::kBF16);
-  for (const auto& s : shards) {
-    auto b = client->Allocate(s.shape.NumElements() * 2);
-    REQUIRE(b.ok());
-    v1::BufferSpec* bs = req.add_buffers();
-    service::ToProto(s, {}, bs);
-    bs->clear_pieces();  // the recipe's
-    *bs->mutable_memory() = b->Ref();
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"x0", rogue, "certificate verify failed"}, {"intruder", c.pki, "is not a peer daemon's"}};
+  for (const auto& [id, pki, why] : cases) {
+    Daemon x(id, c.dir, {}, pki);
+    auto client = x.Attach("gen-x");
+    REQUIRE(client->RegisterModel(c.ModelRequest(client->session_id())).ok());
+    v1::RegisterShardsRequest req;
+    req.set_session_id(client->session_id());
+    req.set_model_id("moe");
+    req.set_role(v1::TARGET);
+    req.set_replica_id("gen-x");
+    req.mutable_rank()->set_tp_size(1);
+    req.mutable_rank()->set_pp_size(1);
+    req.mutable_recipe()->set_name("vllm");
+    req.set_coordinator(c.coordinator());
+    layout::RankCoords one;
+    auto shards = *layout::BuildShards(c.spec, c.config, "vllm", {}, one, layout::DType::kBF16);
+    for (const auto& s : shards) {
+      auto b = client->Allocate(s.shape.NumElements() * 2);
+      REQUIRE(b.ok());
+      v1::BufferSpec* bs = req.add_buffers();
+      service::ToProto(s, {}, bs);
+      bs->clear_pieces();  // the recipe's
+      *bs->mutable_memory() = b->Ref();
+    }
+    auto got = client->RegisterShards(req);
+    INFO(got.status().ToString());
+    REQUIRE(!got.ok());
+    CHECK_THAT(std::string(got.status().message()), Catch::Contains(c.coordinator()) && Catch::Contains(why));
+    // Nothing of it reached the coordinator.
+    CHECK(!c.HasReplica("t0", "gen-x"));
   }
-  auto got = client->RegisterShards(req);
-  INFO(got.status().ToString());
-  REQUIRE(!got.ok());
-  CHECK_THAT(std::string(got.status().message()), Catch::Contains(c.coordinator()));
-  // Nothing of it reached the coordinator.
-  CHECK(!c.HasReplica("t0", "gen-x"));
 }
 
 }  // namespace

@@ -273,7 +273,8 @@ import wsync
 from wsync.v1 import types_pb2, wsync_pb2
 os.setgid(65534); os.setuid(65534)
 c = wsync.Client(sys.argv[1], name="nobody")
-req = wsync_pb2.RegisterShardsRequest(session_id=c.session_id, model_id="m", role=types_pb2.SOURCE)
+c.register_model("nobodys", tensors=[("w", [8, 4], "fp32")])  # its own model; root's memory
+req = wsync_pb2.RegisterShardsRequest(session_id=c.session_id, model_id="nobodys", role=types_pb2.SOURCE)
 b = req.buffers.add(name="w", shape=[8, 4], dtype=types_pb2.FLOAT32,
                     memory=types_pb2.MemoryRef(host_shm=types_pb2.HostShm(name=sys.argv[3]), offset=0, nbytes=128))
 b.pieces.add(tensor="w", canonical=types_pb2.Box(offsets=[0, 0], sizes=[8, 4]),
