@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <thread>
 
@@ -573,6 +574,122 @@ TEST_CASE("target memory that /dev/shm cannot back is refused at registration") 
   INFO(r.status().ToString());
   CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
   CHECK_THAT(std::string(r.status().message()), Catch::Contains("cannot reserve") && Catch::Contains(name));
+}
+
+TEST_CASE("hostile sizes, offsets, ids and counts are INVALID_ARGUMENT with short messages, never a crash") {
+  World w;
+  Client c(w.core.get(), "gen");
+  // Shapes whose byte size overflows.
+  RegisterModelArgs huge;
+  huge.caller = Me();
+  huge.model_id = "huge";
+  huge.tensors = {{"t", layout::Shape::Of({int64_t{1} << 62, 4}), DType::kF32}};
+  auto hr = w.core->RegisterModel(huge);
+  CHECK(hr.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(hr.status().message()), Catch::Contains("tensor 't'") && Catch::Contains("larger than"));
+  // A config that would make millions of tensors is refused before any is made.
+  RegisterModelArgs deep;
+  deep.caller = Me();
+  deep.model_id = "deep";
+  deep.has_config = true;
+  deep.config = w.config;
+  deep.config.num_hidden_layers = 3000000;
+  CHECK(w.core->RegisterModel(deep).status().code() == absl::StatusCode::kInvalidArgument);
+  deep.config.num_hidden_layers = int64_t{1} << 62;
+  CHECK(w.core->RegisterModel(deep).status().code() == absl::StatusCode::kInvalidArgument);
+  // A 100k-character id is quoted by a short prefix only.
+  RegisterModelArgs longid = huge;
+  longid.model_id = std::string(100000, 'x');
+  auto lr = w.core->RegisterModel(longid);
+  CHECK(lr.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(lr.status().message().size() < 200);
+  SyncArgs ls = Args(1);
+  ls.model_id = longid.model_id;
+  CHECK(w.core->Sync(ls, nullptr, nullptr).status().message().size() < 200);
+
+  // A model with one 2-d tensor, registered with explicit pieces.
+  RegisterModelArgs small;
+  small.caller = Me();
+  small.model_id = "small";
+  small.tensors = {{"t", layout::Shape::Of({16, 16}), DType::kF32}};
+  REQUIRE(w.core->RegisterModel(small).ok());
+  Shm shm(4096);
+  auto piece_at = [](int64_t off0) {
+    PieceArg p;
+    p.tensor = "t";
+    p.canonical = layout::Box::Whole(layout::Shape::Of({16, 16}));
+    p.shard = p.canonical;
+    p.shard.off[0] = off0;
+    return p;
+  };
+  auto request = [&](const std::string& replica, int64_t off0, uint64_t offset, Role role = Role::kTarget) {
+    RegisterShardsArgs a;
+    a.caller = Me();
+    a.session_id = c.session;
+    a.model_id = "small";
+    a.role = role;
+    a.replica_id = replica;
+    BufferArg b;
+    b.name = "t";
+    b.shm_name = shm.name;
+    b.offset = offset;
+    b.nbytes = 1024;
+    b.shape = layout::Shape::Of({16, 16});
+    b.dtype = DType::kF32;
+    b.pieces = {piece_at(off0)};
+    a.buffers = {b};
+    return a;
+  };
+  // A shard offset of INT64_MAX (offset + size wraps).
+  auto wrap = w.core->RegisterShards(request("r0", std::numeric_limits<int64_t>::max(), 0));
+  CHECK(wrap.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(wrap.status().message()), Catch::Contains("outside the shard's shape"));
+  // Strides whose span overflows.
+  auto strided = request("r0", 0, 0);
+  strided.buffers[0].strides = {std::numeric_limits<int64_t>::max() / 2, 1};
+  auto sr = w.core->RegisterShards(strided);
+  CHECK(sr.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(sr.status().message()), Catch::Contains("spans more than"));
+  // An offset near 2^64 in the shm object.
+  auto far = w.core->RegisterShards(request("r0", 0, ~uint64_t{0} - 8));
+  CHECK(far.status().code() == absl::StatusCode::kInvalidArgument);
+
+  // Overlapping memory: a target over bytes another target holds, within a
+  // replica, across replicas, and over a source's bytes.
+  REQUIRE(w.core->RegisterShards(request("r0", 0, 0)).ok());
+  auto across = w.core->RegisterShards(request("r1", 0, 512));
+  CHECK(across.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(across.status().message()),
+             Catch::Contains("replica 'r1'") && Catch::Contains("shares bytes with model 'small' replica 'r0'") &&
+                 Catch::Contains("bytes [512, 1536)") && Catch::Contains(shm.name));
+  auto src_over = w.core->RegisterShards(request("", 0, 0, Role::kSource));
+  CHECK(src_over.status().code() == absl::StatusCode::kInvalidArgument);
+  auto two = request("r2", 0, 2048);
+  two.buffers.push_back(two.buffers[0]);
+  two.buffers[1].name = "u";
+  two.buffers[1].offset = 2048 + 1020;
+  auto tr = w.core->RegisterShards(two);
+  CHECK(tr.status().code() == absl::StatusCode::kInvalidArgument);
+  // Disjoint bytes of the same object are fine; re-registering a rank over
+  // its own previous memory too.
+  CHECK(w.core->RegisterShards(request("r1", 0, 1024)).ok());
+  CHECK(w.core->RegisterShards(request("r0", 0, 0)).ok());
+  // A target over a source of another model (the trainer's memory).
+  RegisterShardsArgs over_trainer = request("r3", 0, 0);
+  over_trainer.session_id = w.clients[0]->session;
+  over_trainer.buffers[0].shm_name = w.clients[0]->shms[0]->name;
+  over_trainer.buffers[0].nbytes = 16;
+  over_trainer.buffers[0].shape = layout::Shape::Of({2, 2});
+  over_trainer.buffers[0].pieces[0].canonical = layout::Box::Whole(layout::Shape::Of({2, 2}));
+  over_trainer.buffers[0].pieces[0].shard = layout::Box::Whole(layout::Shape::Of({2, 2}));
+  auto ot = w.core->RegisterShards(over_trainer);
+  INFO(ot.status().ToString());
+  CHECK(ot.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(ot.status().message()), Catch::Contains("shares bytes with model 'm' source rank"));
+
+  // The rendezvous store bounds what a peer may store.
+  CHECK(w.core->KvSet("j", "k", std::string(32 << 20, 'v')).code() == absl::StatusCode::kResourceExhausted);
+  CHECK(w.core->KvSet("j", "k", "small").ok());
 }
 
 TEST_CASE("a second sync of a running model is refused; other models sync meanwhile") {
