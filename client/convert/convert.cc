@@ -11,6 +11,9 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <tuple>
+#include <set>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "client/convert/files.h"
 #include "client/convert/safetensors.h"
 #include "daemon/layout/lowering.h"
 #include "daemon/layout/model_config.h"
@@ -41,27 +45,6 @@ constexpr char kManifest[] = "wsync_layout.json";
 bool Exists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
 }
 
 absl::Status MakeDirs(const std::string& dir) {
@@ -108,7 +91,7 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
   std::vector<std::string> names;
   const std::string index = Join(o.in_dir, "model.safetensors.index.json");
   if (Exists(index)) {
-    auto text = ReadText(index);
+    auto text = ReadRegularFile(index);
     if (!text.ok()) return text.status();
     nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
     if (j.is_discarded() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
@@ -170,34 +153,129 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
   return absl::OkStatus();
 }
 
-absl::Status CheckManifest(const ConvertOptions& o) {
+// A sharded checkpoint's wsync_layout.json, checked field by field: no
+// field of the wrong type, no file name outside the directory, every rank of
+// the layout exactly once.
+struct Manifest {
+  std::string recipe;
+  RankCoords sizes;
+  DType dtype = DType::kF32;
+  std::map<std::string, std::string> files;  // CoordsKey -> file name
+};
+
+std::string CoordsOf(const RankCoords& r) { return absl::StrCat(r.tp, ".", r.pp, ".", r.ep, ".", r.etp, ".", r.dp); }
+
+absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::string& text) {
+  auto bad = [&](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(path, ": ", what)); };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  auto str = [&](const char* key) -> absl::StatusOr<std::string> {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string()) return bad(absl::StrCat("'", key, "' must be a string"));
+    return it->get<std::string>();
+  };
+  auto format = str("format");
+  if (!format.ok()) return format.status();
+  if (*format != "wsync.sharded-safetensors") {
+    return bad(absl::StrCat("'format' is '", format->substr(0, 64), "', not 'wsync.sharded-safetensors'"));
+  }
+  auto version = j.find("version");
+  if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != 1) {
+    return bad("'version' must be the integer 1");
+  }
+  Manifest m;
+  auto recipe = str("recipe");
+  if (!recipe.ok()) return recipe.status();
+  m.recipe = *recipe;
+  auto dtype = str("dtype");
+  if (!dtype.ok()) return dtype.status();
+  auto dt = layout::ParseDType(*dtype);
+  if (!dt.ok()) return bad(absl::StrCat("'dtype': ", dt.status().message()));
+  m.dtype = *dt;
+  if (auto it = j.find("options"); it != j.end()) {
+    if (!it->is_object()) return bad("'options' must be an object of strings");
+    for (auto o = it->begin(); o != it->end(); ++o) {
+      if (!o->is_string()) return bad(absl::StrCat("'options.", o.key(), "' must be a string"));
+    }
+  }
+  auto sizes = j.find("sizes");
+  if (sizes == j.end() || !sizes->is_object()) return bad("'sizes' must be an object");
+  auto dim = [&](const nlohmann::json& obj, const char* key, int def, int lo, int hi, const std::string& where,
+                 int* out) -> absl::Status {
+    auto it = obj.find(key);
+    if (it == obj.end()) {
+      *out = def;
+      return absl::OkStatus();
+    }
+    if (!it->is_number_integer() || it->get<int64_t>() < lo || it->get<int64_t>() > hi) {
+      return bad(absl::StrCat("'", where, key, "' must be an integer in [", lo, ", ", hi, "]"));
+    }
+    *out = static_cast<int>(it->get<int64_t>());
+    return absl::OkStatus();
+  };
+  RankCoords& sz = m.sizes;
+  for (auto [key, field] : {std::pair{"tp", &sz.tp_size}, {"pp", &sz.pp_size}, {"ep", &sz.ep_size},
+                            {"etp", &sz.etp_size}, {"dp", &sz.dp_size}}) {
+    if (absl::Status s = dim(*sizes, key, 1, 1, 1 << 16, "sizes.", field); !s.ok()) return s;
+  }
+  uint64_t want = 1;
+  for (int v : {sz.tp_size, sz.pp_size, sz.ep_size, sz.etp_size, sz.dp_size}) want *= static_cast<uint64_t>(v);
+  auto ranks = j.find("ranks");
+  if (ranks == j.end() || !ranks->is_array()) return bad("'ranks' must be an array");
+  if (ranks->size() != want) {
+    return bad(absl::StrCat("'ranks' lists ", ranks->size(), " ranks but the sizes make ", want));
+  }
+  std::set<std::string> names;
+  for (size_t i = 0; i < ranks->size(); ++i) {
+    const nlohmann::json& r = (*ranks)[i];
+    const std::string where = absl::StrCat("ranks[", i, "].");
+    if (!r.is_object()) return bad(absl::StrCat("'ranks[", i, "]' must be an object"));
+    auto f = r.find("file");
+    if (f == r.end() || !f->is_string()) return bad(absl::StrCat("'", where, "file' must be a string"));
+    const std::string file = f->get<std::string>();
+    if (file.empty() || file.size() > 255 || file.find('/') != std::string::npos || file == "." || file == "..") {
+      return bad(absl::StrCat("'", where, "file' must name a file in the checkpoint's directory"));
+    }
+    if (!names.insert(file).second) return bad(absl::StrCat("'", where, "file' ", file, " is listed twice"));
+    RankCoords c = sz;
+    for (auto [key, field, n] : {std::tuple{"tp", &c.tp, sz.tp_size}, {"pp", &c.pp, sz.pp_size},
+                                 {"ep", &c.ep, sz.ep_size}, {"etp", &c.etp, sz.etp_size}, {"dp", &c.dp, sz.dp_size}}) {
+      if (absl::Status s = dim(r, key, 0, 0, n - 1, where, field); !s.ok()) return s;
+    }
+    if (!m.files.emplace(CoordsOf(c), file).second) {
+      return bad(absl::StrCat("'ranks[", i, "]' repeats rank ", c.ToString()));
+    }
+  }
+  return m;
+}
+
+// The manifest of a sharded input, if it has one, checked against --from.
+absl::StatusOr<std::optional<Manifest>> ReadManifest(const ConvertOptions& o) {
   const std::string path = Join(o.in_dir, kManifest);
-  if (!Exists(path)) return absl::OkStatus();
-  auto text = ReadText(path);
+  if (!Exists(path)) return std::optional<Manifest>();
+  auto text = ReadRegularFile(path);
   if (!text.ok()) return text.status();
-  nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  }
+  auto m = ParseManifest(path, *text);
+  if (!m.ok()) return m.status();
   const RankCoords& s = o.from.sizes;
-  bool same = j.value("recipe", "") == o.from.recipe;
-  const std::pair<const char*, int> sizes[] = {{"tp", s.tp_size}, {"pp", s.pp_size},
-                                               {"ep", s.ep_size}, {"etp", s.etp_size},
-                                               {"dp", s.dp_size}};
-  for (auto [k, v] : sizes) same = same && j["sizes"].value(k, 1) == std::max(1, v);
-  if (!same) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", j.value("recipe", "?"), " ",
-                                                   j["sizes"].dump(), ", but --from says ",
-                                                   o.from.ToString()));
+  const RankCoords& t = m->sizes;
+  if (m->recipe != o.from.recipe || t.tp_size != std::max(1, s.tp_size) || t.pp_size != std::max(1, s.pp_size) ||
+      t.ep_size != std::max(1, s.ep_size) || t.etp_size != std::max(1, s.etp_size) ||
+      t.dp_size != std::max(1, s.dp_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", m->recipe, " tp=", t.tp_size, ",pp=",
+                                                   t.pp_size, ",ep=", t.ep_size, ",etp=", t.etp_size, ",dp=",
+                                                   t.dp_size, ", but --from says ", o.from.ToString()));
   }
-  return absl::OkStatus();
+  return std::optional<Manifest>(std::move(*m));
 }
 
 absl::Status LoadShardedInputs(const ConvertOptions& o, const ModelSpec& model,
                                const layout::ModelConfig& config, Inputs* in) {
-  if (absl::Status s = CheckManifest(o); !s.ok()) return s;
+  auto manifest = ReadManifest(o);
+  if (!manifest.ok()) return manifest.status();
   for (const RankCoords& r : layout::AllRanks(o.from.sizes)) {
-    const std::string path = Join(o.in_dir, RankFileName(r));
+    const std::string path =
+        Join(o.in_dir, manifest->has_value() ? (*manifest)->files.at(CoordsOf(r)) : RankFileName(r));
     if (!Exists(path)) {
       return absl::NotFoundError(absl::StrCat("rank file missing from the sharded set: ", path, " (",
                                               RankLabel(o.from, r), ")"));
@@ -244,7 +322,7 @@ absl::Status LoadShardedInputs(const ConvertOptions& o, const ModelSpec& model,
 absl::Status LoadAdapters(const ConvertOptions& o, const ModelSpec& model, Inputs* in,
                           std::map<int32_t, Adapter>* out) {
   const std::string cfg_path = Join(o.lora_dir, "adapter_config.json");
-  auto text = ReadText(cfg_path);
+  auto text = ReadRegularFile(cfg_path);
   if (!text.ok()) return text.status();
   nlohmann::json cfg = nlohmann::json::parse(*text, nullptr, false);
   if (cfg.is_discarded() || !cfg.is_object()) {
@@ -366,11 +444,17 @@ std::string RankFileName(const RankCoords& r) {
                       ".safetensors");
 }
 
-absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
+// The conversion; every output file it puts in place is added to *written.
+static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::vector<std::string>* written) {
   const auto start = std::chrono::steady_clock::now();
-  if (o.in_dir == o.out_dir) {
-    return absl::InvalidArgumentError("--out must differ from --in");
+  if (o.in_dir == o.out_dir || SameDirectory(o.in_dir, o.out_dir)) {
+    return absl::InvalidArgumentError(absl::StrCat("--out ", o.out_dir, " is the input directory"));
   }
+  auto write_text = [&](const std::string& path, const std::string& text) {
+    absl::Status st = WriteFileAtomically(path, text);
+    if (st.ok()) written->push_back(path);
+    return st;
+  };
   if (o.lora_mode != "merge" && o.lora_mode != "unmerge") {
     return absl::InvalidArgumentError(
         absl::StrCat("--lora-mode '", o.lora_mode, "' must be merge or unmerge"));
@@ -379,7 +463,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("bucket size (--bucket-mib) must be at least 4096 bytes, got ", o.bucket_bytes));
   }
-  auto config_text = ReadText(o.model_config);
+  auto config_text = ReadRegularFile(o.model_config);
   if (!config_text.ok()) return config_text.status();
   auto config = layout::ParseHfConfig(*config_text);
   if (!config.ok()) {
@@ -463,6 +547,9 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
 
   // Output files: (endpoint, shard) -> (file, tensor index).
   if (absl::Status s = MakeDirs(o.out_dir); !s.ok()) return s;
+  if (SameDirectory(o.in_dir, o.out_dir)) {  // e.g. --out $IN/ or a symlink to it
+    return absl::InvalidArgumentError(absl::StrCat("--out ", o.out_dir, " is the input directory"));
+  }
   struct OutFile {
     std::string name;
     std::vector<std::pair<uint32_t, uint32_t>> shards;  // (endpoint, shard)
@@ -602,6 +689,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
       report.tensors_written++;
     }
     if (absl::Status st = (*writer)->Commit(); !st.ok()) return st;
+    written->push_back(path);
     report.files_written++;
     if (!o.quiet) std::fprintf(stderr, "wrote %s (%zu tensors)\n", path.c_str(), of.shards.size());
   }
@@ -615,13 +703,13 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
       for (const OutFile& of : files) {
         for (auto [e, s] : of.shards) idx["weight_map"][targets[e].shards[s].name] = of.name;
       }
-      if (absl::Status st = WriteTextAtomically(Join(o.out_dir, "model.safetensors.index.json"),
+      if (absl::Status st = write_text(Join(o.out_dir, "model.safetensors.index.json"),
                                                 idx.dump(2) + "\n");
           !st.ok()) {
         return st;
       }
     }
-    if (absl::Status st = WriteTextAtomically(Join(o.out_dir, "config.json"), *config_text); !st.ok()) {
+    if (absl::Status st = write_text(Join(o.out_dir, "config.json"), *config_text); !st.ok()) {
       return st;
     }
   } else {
@@ -642,7 +730,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
                             {"etp", r.etp}, {"dp", r.dp}});
     }
     m["model_config"] = nlohmann::ordered_json::parse(*config_text, nullptr, false);
-    if (absl::Status st = WriteTextAtomically(Join(o.out_dir, kManifest), m.dump(2) + "\n"); !st.ok()) {
+    if (absl::Status st = write_text(Join(o.out_dir, kManifest), m.dump(2) + "\n"); !st.ok()) {
       return st;
     }
   }
@@ -650,6 +738,21 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   report.peak_rss_kib = PeakRssKib();
   return report;
+}
+
+absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
+  std::vector<std::string> written;
+  absl::StatusOr<ConvertReport> r = absl::InternalError("conversion did not run");
+  try {
+    r = ConvertInto(o, &written);
+  } catch (const std::exception& e) {  // none should reach here; never across the module boundary
+    r = absl::InternalError(absl::StrCat("conversion failed: ", e.what()));
+  }
+  if (!r.ok()) {
+    // A failed conversion leaves nothing that looks like a complete output.
+    for (const std::string& path : written) unlink(path.c_str());
+  }
+  return r;
 }
 
 }  // namespace wsync::convert

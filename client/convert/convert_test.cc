@@ -2,10 +2,13 @@
 #include "client/convert/convert.h"
 
 #include <dirent.h>
+#include <sys/resource.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -241,6 +244,121 @@ TEST_CASE("bad inputs are errors naming the file and tensor") {
   }
   // No partial output is ever left under a final name.
   CHECK(access((c.dir + "/out/model.safetensors").c_str(), F_OK) != 0);
+}
+
+// The names in a directory (no "." or "..").
+std::vector<std::string> Listing(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST_CASE("every field of a bad wsync_layout.json is a clear error, never an abort") {
+  Checkpoint c = MakeHf(kDense, true, 4);
+  Run(Opts(c, "hf", "megatron:tp=2,pp=2", "hf", "meg"));
+  const std::string manifest = c.dir + "/meg/wsync_layout.json";
+  std::ifstream in(manifest);
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ConvertOptions o = Opts(c, "megatron:tp=2,pp=2", "hf", "meg", "out");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string text = good;
+    const size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, from.size(), to);
+    std::ofstream(manifest, std::ios::trunc) << text;
+    return Error(o);
+  };
+  using Catch::Contains;
+  CHECK_THAT(with(R"("recipe": "megatron")", R"("recipe": null)"), Contains("'recipe' must be a string"));
+  CHECK_THAT(with(R"("tp": 2)", R"("tp": "2")"), Contains("'sizes.tp' must be an integer"));
+  CHECK_THAT(with(R"("sizes": {)", R"("sizez": {)"), Contains("'sizes' must be an object"));
+  CHECK_THAT(with(R"("format": "wsync.sharded-safetensors")", R"("format": 7)"), Contains("'format' must be a string"));
+  CHECK_THAT(with(R"("format": "wsync.sharded-safetensors")", R"("format": "other")"), Contains("not 'wsync.sharded"));
+  CHECK_THAT(with(R"("version": 1)", R"("version": 2)"), Contains("'version' must be the integer 1"));
+  CHECK_THAT(with(R"("ranks": [)", R"("ranks": 5, "x": [)"), Contains("'ranks' must be an array"));
+  CHECK_THAT(with(R"("file": "rank-tp0-pp0-ep0-etp0-dp0.safetensors")", R"("file": "../../etc/passwd")"),
+             Contains("must name a file in the checkpoint's directory"));
+  CHECK_THAT(with(R"("file": "rank-tp0-pp0-ep0-etp0-dp0.safetensors")", R"("file": null)"),
+             Contains("'ranks[0].file' must be a string"));
+  CHECK_THAT(with(R"("dtype": "fp32")", R"("dtype": "int4")"), Contains("'dtype'"));
+  CHECK_THAT(with(R"("dtype": "fp32")", R"("dtype": [])"), Contains("'dtype' must be a string"));
+  CHECK_THAT(with(R"("tp": 1,)", R"("tp": 7,)"), Contains("].tp' must be an integer in [0, 1]"));
+  CHECK_THAT(with("{", "["), Contains("not a JSON object"));
+  // Through wsyncctl: exit 1 and one line, not SIGABRT.
+  with(R"("recipe": "megatron")", R"("recipe": null)");
+  auto r = testing::Run({testing::Runfile("client/cli/wsyncctl"), "convert", "--model-config", c.config, "--from",
+                         "megatron:tp=2,pp=2", "--to", "hf", "--in", c.dir + "/meg", "--out", c.dir + "/out"});
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.err, Contains("'recipe' must be a string"));
+}
+
+TEST_CASE("outputs follow no planted symlink, never land in the input, and inputs must be regular files") {
+  Checkpoint c = MakeHf(kDense, true, 4);
+  const std::string out = c.dir + "/out";
+  REQUIRE(mkdir(out.c_str(), 0777) == 0);
+  const std::string victim = c.dir + "/victim";
+  std::ofstream(victim) << "precious";
+  // Every name a careless writer might use, planted as symlinks to the victim.
+  for (const char* n : {"model.safetensors", "model.safetensors.tmp", "config.json", "config.json.tmp"}) {
+    REQUIRE(symlink(victim.c_str(), (out + "/" + n).c_str()) == 0);
+  }
+  Run(Opts(c, "hf", "hf", "hf", "out"));
+  std::ifstream v(victim);
+  const std::string kept((std::istreambuf_iterator<char>(v)), std::istreambuf_iterator<char>());
+  CHECK(kept == "precious");
+  struct stat st;
+  REQUIRE(lstat((out + "/model.safetensors").c_str(), &st) == 0);
+  CHECK(S_ISREG(st.st_mode));
+
+  // --out naming the input directory another way.
+  CHECK_THAT(Error(Opts(c, "hf", "vllm:tp=2", "hf", "hf/")), Catch::Contains("is the input directory"));
+  REQUIRE(symlink((c.dir + "/hf").c_str(), (c.dir + "/alias").c_str()) == 0);
+  CHECK_THAT(Error(Opts(c, "hf", "vllm:tp=2", "hf", "alias")), Catch::Contains("is the input directory"));
+
+  // A FIFO where a checkpoint file belongs is refused at once, not waited on.
+  const std::string fifo_dir = c.dir + "/fifo";
+  REQUIRE(mkdir(fifo_dir.c_str(), 0755) == 0);
+  REQUIRE(mkfifo((fifo_dir + "/model.safetensors").c_str(), 0644) == 0);
+  CHECK_THAT(Error(Opts(c, "hf", "vllm:tp=2", "fifo", "v")), Catch::Contains("is not a regular file"));
+  ConvertOptions fifo_config = Opts(c, "hf", "vllm:tp=2", "hf", "v");
+  fifo_config.model_config = fifo_dir + "/model.safetensors";
+  CHECK_THAT(Error(fifo_config), Catch::Contains("is not a regular file"));
+}
+
+TEST_CASE("a conversion that fails midway leaves no file that looks complete") {
+  Checkpoint c = MakeHf(kDense, true, 4);
+  ConvertOptions o = Opts(c, "hf", "megatron:tp=2,pp=2", "hf", "meg");
+  REQUIRE(mkdir(o.out_dir.c_str(), 0755) == 0);
+  SECTION("the disk is full from the start (a file-size limit stands in for ENOSPC)") {
+    signal(SIGXFSZ, SIG_IGN);
+    rlimit old{};
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    rlimit small = old;
+    small.rlim_cur = 4096;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+    auto r = Convert(o);
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, SIG_DFL);
+    INFO(r.status().ToString());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+    CHECK(Listing(o.out_dir).empty());  // not even a temporary
+  }
+  SECTION("the last rank file cannot be put in place: the ones before it are taken back") {
+    const std::string last = o.out_dir + "/rank-tp1-pp1-ep0-etp0-dp0.safetensors";
+    REQUIRE(mkdir(last.c_str(), 0755) == 0);  // rename onto a directory fails
+    auto r = Convert(o);
+    INFO(r.status().ToString());
+    REQUIRE_FALSE(r.ok());
+    CHECK(Listing(o.out_dir) == std::vector<std::string>{"rank-tp1-pp1-ep0-etp0-dp0.safetensors"});
+  }
 }
 
 TEST_CASE("HF shape mismatch and extra tensors") {

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "client/convert/files.h"
+
 #include "absl/strings/str_cat.h"
 
 namespace wsync::convert {
@@ -45,13 +47,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   auto bad = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
   };
-  f->fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f->fd_ < 0) {
-    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  }
-  struct stat st;
-  if (fstat(f->fd_, &st) != 0) return bad(std::strerror(errno));
-  f->size_ = static_cast<size_t>(st.st_size);
+  uint64_t size = 0;
+  auto fd = OpenRegularFile(path, &size);
+  if (!fd.ok()) return fd.status();
+  f->fd_ = *fd;
+  f->size_ = static_cast<size_t>(size);
   if (f->size_ < 8) return bad(absl::StrCat("truncated: ", f->size_, " bytes, no header length"));
   f->map_ = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
   if (f->map_ == MAP_FAILED) {
@@ -101,8 +101,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     uint64_t elems = 1;
     for (const auto& d : shape) {
       if (!d.is_number_unsigned()) return tbad("shape entries must be non-negative integers");
-      t.shape.d[t.shape.ndim++] = d.get<int64_t>();
-      elems *= d.get<uint64_t>();
+      const uint64_t v = d.get<uint64_t>();
+      if (v > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(elems, v, &elems) ||
+          elems > layout::kMaxShapeBytes) {
+        return tbad("shape holds more than 2^62 elements");
+      }
+      t.shape.d[t.shape.ndim++] = static_cast<int64_t>(v);
     }
     if (t.shape.ndim == 0) t.shape = layout::Shape::Of({1});  // scalar
     const auto& off = e["data_offsets"];
@@ -170,7 +174,6 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
     const std::map<std::string, std::string>& metadata) {
   std::unique_ptr<SafetensorsWriter> w(new SafetensorsWriter());
   w->path_ = path;
-  w->tmp_ = path + ".tmp";
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
@@ -193,18 +196,23 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   }
   std::string header = j.dump();
   while (header.size() % 8 != 0) header.push_back(' ');
-  w->fd_ = open(w->tmp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (w->fd_ < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", w->tmp_, ": ", std::strerror(errno)));
-  }
+  auto fd = CreateTemporaryBeside(path, &w->tmp_);
+  if (!fd.ok()) return fd.status();
+  w->fd_ = *fd;
   unsigned char len[8];
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
   w->data_start_ = 8 + n;
-  if (pwrite(w->fd_, len, 8, 0) != 8 ||
-      pwrite(w->fd_, header.data(), n, 8) != static_cast<ssize_t>(n) ||
-      ftruncate(w->fd_, static_cast<off_t>(w->data_start_ + at)) != 0) {
+  // The whole file's blocks are allocated now, so that a full disk fails
+  // here and not halfway through the data.
+  const off_t total = static_cast<off_t>(w->data_start_ + at);
+  int err = posix_fallocate(w->fd_, 0, total);
+  if (err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) err = ftruncate(w->fd_, total) == 0 ? 0 : errno;
+  if (err != 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", total, " bytes for ", w->tmp_, ": ", std::strerror(err)));
+  }
+  if (pwrite(w->fd_, len, 8, 0) != 8 || pwrite(w->fd_, header.data(), n, 8) != static_cast<ssize_t>(n)) {
     return absl::InternalError(absl::StrCat("writing ", w->tmp_, ": ", std::strerror(errno)));
   }
   return w;
@@ -212,7 +220,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
 
 absl::Status SafetensorsWriter::Write(size_t index, uint64_t offset, const void* bytes, size_t n) {
   const TensorInfo& t = tensors_.at(index);
-  if (offset + n > t.end - t.begin) {
+  if (offset > t.end - t.begin || n > t.end - t.begin - offset) {
     return absl::InternalError(absl::StrCat("write past the end of tensor '", t.name, "'"));
   }
   const char* p = static_cast<const char*>(bytes);

@@ -65,8 +65,10 @@ class SafetensorsFile {
 };
 
 // Writes a safetensors file whose layout is fixed up front, then filled in
-// any order with Write. The file is created as "<path>.tmp" and renamed to
-// `path` by Commit, so an interrupted conversion never leaves a file that
+// any order with Write. The file is created under a fresh name beside
+// `path` (CreateTemporaryBeside: O_EXCL, no symlink followed), allocated in
+// full at once (a full disk fails at Create), and renamed to `path` by
+// Commit, so an interrupted or failed conversion never leaves a file that
 // looks complete. Not thread-safe.
 class SafetensorsWriter {
  public:

@@ -1,5 +1,7 @@
 #include "client/convert/safetensors.h"
 
+#include <dirent.h>
+
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -53,6 +55,14 @@ TEST_CASE("a hand-made file reads back") {
   CHECK((*f)->metadata().at("format") == "pt");
 }
 
+size_t Entries(const std::string& dir) {
+  size_t n = 0;
+  DIR* d = opendir(dir.c_str());
+  while (dirent* e = readdir(d)) n += std::string(e->d_name) != "." && std::string(e->d_name) != "..";
+  closedir(d);
+  return n;
+}
+
 TEST_CASE("the writer lays out, pads and renames atomically") {
   std::string dir = testing::MakeTempDir();
   std::string path = dir + "/w.safetensors";
@@ -61,7 +71,7 @@ TEST_CASE("the writer lays out, pads and renames atomically") {
   {
     auto w = SafetensorsWriter::Create(path, t, {{"k", "v"}});
     REQUIRE(w.ok());
-    CHECK(access((path + ".tmp").c_str(), F_OK) == 0);
+    CHECK(Entries(dir) == 1);                  // a temporary under a fresh name
     CHECK(access(path.c_str(), F_OK) != 0);  // nothing that looks complete yet
     uint16_t x[3] = {1, 2, 3};
     float y[4] = {1, 2, 3, 4};
@@ -71,7 +81,7 @@ TEST_CASE("the writer lays out, pads and renames atomically") {
     CHECK_FALSE((*w)->Write(0, 4, x, 4).ok());  // past the end of x
     REQUIRE((*w)->Commit().ok());
   }
-  CHECK(access((path + ".tmp").c_str(), F_OK) != 0);
+  CHECK(Entries(dir) == 1);  // the file itself, no temporary left
   auto f = SafetensorsFile::Open(path);
   REQUIRE(f.ok());
   const TensorInfo* y = (*f)->Find("y");
@@ -140,6 +150,15 @@ TEST_CASE("corrupt and truncated files are rejected with the file and tensor nam
 
   p = Write(dir, "meta.safetensors", hdr(R"("__metadata__":{"n":1})"), "");
   CHECK(OpenError(p) == p + ": __metadata__.n must be a string");
+
+  // A shape whose element count overflows 64 bits (2^32 * 2^32 * 2 wraps
+  // to 0, which would match an empty data range).
+  p = Write(dir, "overflow.safetensors",
+            hdr(R"("a":{"dtype":"F32","shape":[4294967296,4294967296,2],"data_offsets":[0,0]})"), "");
+  CHECK(OpenError(p) == p + ": tensor 'a': shape holds more than 2^62 elements");
+  p = Write(dir, "negative.safetensors",
+            hdr(R"("a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,0]})"), "");
+  CHECK(OpenError(p) == p + ": tensor 'a': shape holds more than 2^62 elements");
 
   auto missing = SafetensorsFile::Open(dir + "/nope.safetensors");
   CHECK(missing.status().code() == absl::StatusCode::kNotFound);
