@@ -1,10 +1,13 @@
 """A session with a local wsyncd: shared-memory buffers, registration, syncs, versions."""
+import logging
 import mmap
 import os
 import queue
 import secrets
 import sys
 import threading
+import time
+import weakref
 
 import grpc
 import numpy as np
@@ -20,6 +23,25 @@ DTYPES = {
 }
 _ALIGN = 256
 _ARENA = 256 << 20
+
+log = logging.getLogger("wsync")
+
+# Clients of this process, so that a forked child can disown its copies.
+_clients = weakref.WeakSet()
+
+
+def _disown_after_fork():
+    """In a forked child: every Client copied from the parent shares the
+    parent's connection (the same socket). Any gRPC traffic from the child on
+    it (a call, closing the channel) would break the parent's connection and
+    end its sessions, so the child's copies are disowned: they refuse every
+    call and close() does nothing to the connection or the shared memory."""
+    for c in list(_clients):
+        c._owner_pid = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _is_cuda_tensor(x):
@@ -119,58 +141,187 @@ class Client:
     Pause requests from the daemon (in-place targets, and staged commits) are
     acknowledged automatically after calling `on_pause(model, replica,
     version)` if given; use it to stop reading weights until `on_resume`.
+
+    If the daemon goes away (a restart, a crash), the client notices the lost
+    event stream and logs it (logger "wsync"). Replicas it had paused for a
+    sync that never resumed may hold half old and half new bytes: they are
+    reported through `on_resume(model, replica, version, poisoned=True)`, put
+    in `poisoned` and dropped from `committed`. With `reconnect` (the default)
+    it then attaches to the daemon again (retrying for `reconnect_timeout`
+    seconds), re-registers every model and rank it had registered, and calls
+    `on_reconnect(client)`. A poisoned replica is whole again once a version
+    is committed to it.
+
+    A Client belongs to the process that created it. A forked child (a
+    DataLoader worker, say) must not use it: its calls raise WsyncError and its
+    close() leaves the parent's connection alone. Create a new Client in the
+    child if it needs one (with the "spawn" start method: gRPC does not
+    support using it in a forked child).
     """
 
     def __init__(self, socket="/run/wsync/wsyncd.sock", name=None, on_pause=None, on_resume=None,
-                 on_commit=None, connect_timeout=5.0):
+                 on_commit=None, connect_timeout=5.0, on_reconnect=None, reconnect=True,
+                 reconnect_timeout=60.0):
         self.socket = socket
         self.name = name or f"{os.path.basename(sys.argv[0]) or 'python'}-{os.getpid()}"
         self._on_pause, self._on_resume, self._on_commit = on_pause, on_resume, on_commit
-        self._channel = grpc.insecure_channel(
-            "unix:" + socket, options=[("grpc.max_receive_message_length", 64 << 20)])
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise WsyncError(grpc.StatusCode.UNAVAILABLE,
-                             f"no wsyncd answered at unix:{socket} within {connect_timeout} s") from None
-        self.stub = wsync_pb2_grpc.WsyncStub(self._channel)
+        self._on_reconnect = on_reconnect
+        self._reconnect, self._reconnect_timeout = reconnect, reconnect_timeout
+        self._owner_pid = os.getpid()
+        self._closed = False
         self._arenas = []
         self._arrays = {}  # id(array) -> (arena, offset, nbytes, dtype)
-        self._requests = queue.Queue()
-        self._requests.put(wsync_pb2.AttachRequest(
-            hello=wsync_pb2.Hello(client_name=self.name, pid=os.getpid())))
-        self._events = self.stub.Attach(iter(self._requests.get, None))
-        first = _call(next, self._events)
-        self.session_id = first.attached.session_id
-        self.daemon_id = first.attached.daemon_id
+        self._registrations = []  # ("model" | "shards", request), in order, for re-registration
+        self._paused = {}  # (model, replica) -> version: paused, not resumed yet
         self._lock = threading.Condition()
         self.committed = {}  # (model, replica) -> version
-        self._thread = threading.Thread(target=self._event_loop, daemon=True)
+        self.poisoned = set()  # (model, replica) whose memory a lost sync may have half written
+        self.reconnects = 0
+        self._attach(connect_timeout)
+        _clients.add(self)
+        # Shared memory is unlinked when the client closes or the process
+        # exits (a SIGKILLed process leaves /dev/shm/wsync-<pid>-*).
+        self._finalizer = weakref.finalize(self, Client._unlink_all, self._arenas, os.getpid())
+
+    @staticmethod
+    def _unlink_all(arenas, owner_pid):
+        if os.getpid() == owner_pid:  # never from a forked child
+            for arena in arenas:
+                arena.unlink()
+
+    def _check_owner(self):
+        if self._owner_pid != os.getpid():
+            raise WsyncError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"this wsync.Client belongs to another process (it was created before a fork); "
+                             f"process {os.getpid()} must create its own Client")
+
+    def _attach(self, timeout):
+        channel = grpc.insecure_channel(
+            "unix:" + self.socket, options=[("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise WsyncError(grpc.StatusCode.UNAVAILABLE,
+                             f"no wsyncd answered at unix:{self.socket} within {timeout} s") from None
+        stub = wsync_pb2_grpc.WsyncStub(channel)
+        requests = queue.Queue()
+        requests.put(wsync_pb2.AttachRequest(hello=wsync_pb2.Hello(client_name=self.name, pid=os.getpid())))
+        events = stub.Attach(iter(requests.get, None))
+        try:
+            first = _call(next, events)
+        except WsyncError:
+            channel.close()
+            raise
+        self._channel, self.stub, self._requests, self._events = channel, stub, requests, events
+        self.session_id = first.attached.session_id
+        self.daemon_id = first.attached.daemon_id
+        self._thread = threading.Thread(target=self._event_loop, args=(events,), daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------- events
-    def _event_loop(self):
+    def _event_loop(self, events):
+        error = "the daemon closed the stream"
         try:
-            for ev in self._events:
-                kind = ev.WhichOneof("event")
-                if kind == "pause_requested":
-                    p = ev.pause_requested
-                    if self._on_pause:
-                        self._on_pause(p.model_id, p.replica_id, p.version)
-                    self._requests.put(wsync_pb2.AttachRequest(pause_ack=wsync_pb2.PauseAck(
-                        model_id=p.model_id, replica_id=p.replica_id, version=p.version)))
-                elif kind == "resume" and self._on_resume:
-                    r = ev.resume
-                    self._on_resume(r.model_id, r.replica_id, r.version, r.poisoned)
-                elif kind == "version_committed":
-                    c = ev.version_committed
-                    with self._lock:
-                        self.committed[(c.model_id, c.replica_id)] = c.version
-                        self._lock.notify_all()
-                    if self._on_commit:
-                        self._on_commit(c.model_id, c.replica_id, c.version, c.digest)
-        except grpc.RpcError:
-            pass
+            for ev in events:
+                self._handle(ev)
+        except grpc.RpcError as e:
+            error = f"{e.code().name}: {e.details()}"
+        except Exception as e:  # a callback raised: the stream is gone all the same
+            error = f"{type(e).__name__} in a callback: {e}"
+        if self._closed or self._owner_pid != os.getpid() or events is not self._events:
+            return
+        self._lost(error)
+
+    def _handle(self, ev):
+        kind = ev.WhichOneof("event")
+        if kind == "pause_requested":
+            p = ev.pause_requested
+            with self._lock:
+                self._paused[(p.model_id, p.replica_id)] = p.version
+            if self._on_pause:
+                self._on_pause(p.model_id, p.replica_id, p.version)
+            self._requests.put(wsync_pb2.AttachRequest(pause_ack=wsync_pb2.PauseAck(
+                model_id=p.model_id, replica_id=p.replica_id, version=p.version)))
+        elif kind == "resume":
+            r = ev.resume
+            with self._lock:
+                self._paused.pop((r.model_id, r.replica_id), None)
+                if r.poisoned:
+                    self.poisoned.add((r.model_id, r.replica_id))
+            if self._on_resume:
+                self._on_resume(r.model_id, r.replica_id, r.version, r.poisoned)
+        elif kind == "version_committed":
+            c = ev.version_committed
+            with self._lock:
+                self.committed[(c.model_id, c.replica_id)] = c.version
+                self.poisoned.discard((c.model_id, c.replica_id))
+                self._lock.notify_all()
+            if self._on_commit:
+                self._on_commit(c.model_id, c.replica_id, c.version, c.digest)
+
+    def _lost(self, error):
+        """The event stream ended while the client was open: the daemon went away."""
+        with self._lock:
+            paused, self._paused = self._paused, {}
+            for key in paused:
+                self.poisoned.add(key)
+                self.committed.pop(key, None)
+            self._lock.notify_all()
+        log.warning("wsync client %r lost its session with wsyncd at unix:%s (%s)%s", self.name, self.socket,
+                    error, "; replicas paused mid-sync are poisoned: " +
+                    ", ".join(f"{m}/{r} (version {v})" for (m, r), v in paused.items()) if paused else "")
+        for (m, r), v in paused.items():
+            if self._on_resume:
+                self._on_resume(m, r, v, True)
+        if not self._reconnect:
+            return
+        deadline = time.monotonic() + self._reconnect_timeout
+        delay = 0.1
+        while not self._closed and self._owner_pid == os.getpid():
+            try:
+                old = self._channel
+                self._attach(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                old.close()
+                break
+            except WsyncError as e:
+                if time.monotonic() >= deadline:
+                    log.error("wsync client %r could not re-attach to wsyncd at unix:%s within %.0f s: %s",
+                              self.name, self.socket, self._reconnect_timeout, e)
+                    return
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+        if self._closed:
+            return
+        self.reconnects += 1
+        failed = self._reregister(deadline)
+        log.warning("wsync client %r re-attached to wsyncd %r; re-registered %d model(s) and %d rank(s)%s",
+                    self.name, self.daemon_id, sum(k == "model" for k, _ in self._registrations),
+                    sum(k == "shards" for k, _ in self._registrations) - len(failed),
+                    "; failed: " + "; ".join(failed) if failed else "")
+        if self._on_reconnect:
+            self._on_reconnect(self)
+
+    def _reregister(self, deadline):
+        """Replays every registration under the new session. A rank whose model
+        is not there yet (its owner has not re-attached) is retried until
+        `deadline`. Returns the errors left."""
+        pending = list(self._registrations)
+        errors = []
+        while pending:
+            errors, retry = [], []
+            for kind, req in pending:
+                req.session_id = self.session_id
+                try:
+                    _call(self.stub.RegisterModel if kind == "model" else self.stub.RegisterShards, req)
+                except WsyncError as e:
+                    (retry if e.code == grpc.StatusCode.NOT_FOUND else errors).append((kind, req, e))
+            if not retry or time.monotonic() >= deadline or self._closed:
+                errors += retry
+                break
+            pending = [(k, r) for k, r, _ in retry]
+            time.sleep(0.2)
+        return [f"{req.model_id}: {e.message}" for _, req, e in errors]
 
     # ------------------------------------------------------------- memory
     def empty(self, shape, dtype="bf16"):
@@ -239,7 +390,10 @@ class Client:
                 base_tensor=a["base"], a_tensor=a["a"], b_tensor=a["b"], rank=a["rank"],
                 scaling=a["scaling"],
                 convention=types_pb2.DEEPSPEED if a.get("convention") == "deepspeed" else types_pb2.PEFT)
-        return _call(self.stub.RegisterModel, req)
+        self._check_owner()
+        resp = _call(self.stub.RegisterModel, req)
+        self._registrations.append(("model", req))
+        return resp
 
     def register_shards(self, model_id, role, buffers, rank=None, recipe="", recipe_options=None,
                         replica=None, update_mode="staged", pieces=None, ready_event=None):
@@ -273,10 +427,13 @@ class Client:
             req.buffers.append(spec)
             if not _is_cuda_tensor(arr):
                 used.add(id(self._arrays[id(arr)][0]))
+        self._check_owner()
         resp = _call(self.stub.RegisterShards, req)
-        for arena in self._arenas:
-            if id(arena) in used:
-                arena.unlink()  # the daemon has mapped it: nothing is left in /dev/shm
+        self._registrations.append(("shards", req))
+        if not self._reconnect:
+            for arena in self._arenas:
+                if id(arena) in used:
+                    arena.unlink()  # the daemon has mapped it: nothing is left in /dev/shm
         return resp
 
     # --------------------------------------------------------------- sync
@@ -292,6 +449,7 @@ class Client:
                                     max_bucket_bytes=bucket_bytes, target_replicas=replicas or [])
         req.lora.mode = modes[lora]
         req.lora.base_tensors.extend(lora_bases or [])
+        self._check_owner()
         if progress is None:
             progress = _bar if sys.stderr.isatty() else False
         result = None
@@ -310,26 +468,37 @@ class Client:
         return result
 
     def wait_version(self, model_id, replica, min_version, timeout_ms=0):
+        self._check_owner()
         return _call(self.stub.WaitVersion, wsync_pb2.WaitVersionRequest(
             model_id=model_id, replica_id=replica, min_version=min_version, timeout_ms=timeout_ms))
 
     def cancel(self, model_id, version=0):
+        self._check_owner()
         return _call(self.stub.CancelSync, wsync_pb2.CancelSyncRequest(model_id=model_id, version=version))
 
     def status(self):
+        self._check_owner()
         return _call(self.stub.GetStatus, wsync_pb2.GetStatusRequest())
 
     def unregister(self, model_id, replica=None):
+        self._check_owner()
+        self._registrations = [(k, r) for k, r in self._registrations
+                               if r.model_id != model_id or (replica and getattr(r, "replica_id", "") != replica)]
         return _call(self.stub.Unregister, wsync_pb2.UnregisterRequest(
             session_id=self.session_id, model_id=model_id, replica_id=replica or ""))
 
     # ------------------------------------------------------------ closing
     def close(self):
-        """Ends the session: the daemon releases its registrations."""
+        """Ends the session: the daemon releases its registrations. In a forked
+        child it only forgets the parent's client."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owner_pid != os.getpid():
+            return
         self._requests.put(None)
         self._channel.close()
-        for arena in self._arenas:
-            arena.unlink()
+        self._finalizer()
 
     def __enter__(self):
         return self
