@@ -428,18 +428,21 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
       return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': LoRA adapter on '",
                                                      ad.base_tensor, "' needs a 2-d base and rank >= 1"));
     }
-    const int64_t out = base->shape.d[0], in = base->shape.d[1];
+    // Copies: adding A or B to `tensors` below may move the base.
+    const layout::Shape base_shape = base->shape;
+    const layout::DType base_dtype = base->dtype;
+    const int64_t out = base_shape.d[0], in = base_shape.d[1];
     const bool peft = ad.convention == LoraConvention::kPeft;
     layout::Shape want_a = peft ? layout::Shape::Of({ad.rank, in}) : layout::Shape::Of({in, ad.rank});
     layout::Shape want_b = peft ? layout::Shape::Of({out, ad.rank}) : layout::Shape::Of({ad.rank, out});
     for (auto [name, want] : {std::pair{ad.a_tensor, want_a}, {ad.b_tensor, want_b}}) {
       const layout::TensorSpec* t = find(name);
       if (t == nullptr) {
-        tensors.push_back({name, want, base->dtype});
+        tensors.push_back({name, want, base_dtype});
       } else if (t->shape != want) {
         return absl::InvalidArgumentError(absl::StrCat(
             "model '", a.model_id, "': LoRA tensor '", name, "' has shape ", t->shape.ToString(),
-            "; rank ", ad.rank, " on '", ad.base_tensor, "' ", base->shape.ToString(), " needs ",
+            "; rank ", ad.rank, " on '", ad.base_tensor, "' ", base_shape.ToString(), " needs ",
             want.ToString()));
       }
     }

@@ -98,7 +98,12 @@ bool Box::operator==(const Box& o) const {
 std::string Box::ToString() const {
   std::string s = "[";
   for (int i = 0; i < ndim; ++i) {
-    absl::StrAppend(&s, i ? ", " : "", off[i], ":", off[i] + size[i]);
+    int64_t end;
+    if (__builtin_add_overflow(off[i], size[i], &end)) {
+      absl::StrAppend(&s, i ? ", " : "", off[i], ":+", size[i]);  // a hostile box: no wrapped end
+    } else {
+      absl::StrAppend(&s, i ? ", " : "", off[i], ":", end);
+    }
   }
   return s + "]";
 }

@@ -70,6 +70,7 @@ class HostLeaseImpl final : public HostLease {
 
   absl::Status CheckIntact() const override {
     absl::MutexLock lock(&mu_);
+    // A fault (bytes already went through a zero page) outranks a shrink.
     for (const auto& [name, m] : maps_) {
       if (m.guard->faulted()) {
         return absl::DataLossError(absl::StrCat(
@@ -77,6 +78,8 @@ class HostLeaseImpl final : public HostLease {
             "or /dev/shm could not back it); bytes read from or written to it are not trusted: attach again and "
             "re-register"));
       }
+    }
+    for (const auto& [name, m] : maps_) {
       struct stat st;
       if (fstat(m.fd, &st) != 0) {
         return absl::InternalError(absl::StrCat("fstat shm object ", name, ": ", std::strerror(errno)));
