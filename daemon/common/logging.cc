@@ -15,6 +15,7 @@
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync {
 namespace {
@@ -143,7 +144,7 @@ class Registry {
   absl::Status Configure(const LogOptions& options) {
     Parsed parsed;
     if (absl::Status s = Parse(options, &parsed); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     parsed_ = parsed;
     format_ = options.format;
     for (auto& [name, logger] : loggers_) Apply(name, logger.get());
@@ -151,7 +152,7 @@ class Registry {
   }
 
   std::shared_ptr<spdlog::logger> Logger(const std::string& component) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = loggers_.find(component);
     if (it != loggers_.end()) return it->second;
     auto logger = std::make_shared<spdlog::logger>(component, sink_);
@@ -178,7 +179,7 @@ class Registry {
     }
   }
 
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   spdlog::sink_ptr sink_;
   Parsed parsed_ ABSL_GUARDED_BY(mu_);
   LogFormat format_ ABSL_GUARDED_BY(mu_) = LogFormat::kText;

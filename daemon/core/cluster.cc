@@ -6,6 +6,7 @@
 #include "absl/time/clock.h"
 #include "daemon/common/build_info.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core::internal {
 
@@ -27,7 +28,7 @@ bool CoreImpl::IsDistributed(const Model& m) const {
 }
 
 std::pair<uint64_t, std::vector<Core::Member>> CoreImpl::Join(const Member& m) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = members_.find(m.daemon_id);
   if (it == members_.end() || it->second.incarnation != m.incarnation || it->second.address != m.address) {
     if (it != members_.end() && it->second.incarnation != m.incarnation) {
@@ -45,7 +46,7 @@ std::pair<uint64_t, std::vector<Core::Member>> CoreImpl::Join(const Member& m) {
 }
 
 bool CoreImpl::Heartbeat(const std::string& daemon_id, uint64_t incarnation) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = members_.find(daemon_id);
   if (it == members_.end() || it->second.incarnation != incarnation) return false;
   last_seen_[daemon_id] = absl::Now();
@@ -91,7 +92,7 @@ void CoreImpl::DropDaemon(const std::string& daemon_id, const std::string& why) 
 
 absl::Status CoreImpl::AcceptRanks(const RankAnnouncement& a) {
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = members_.find(a.daemon_id);
     if (it == members_.end() || it->second.incarnation != a.incarnation) {
       return absl::FailedPreconditionError(absl::StrCat("daemon '", a.daemon_id, "' (incarnation ", a.incarnation,
@@ -109,7 +110,7 @@ absl::Status CoreImpl::AcceptRanks(const RankAnnouncement& a) {
     return absl::Status(reg.status().code(), absl::StrCat("rank announced by daemon '", a.daemon_id,
                                                           "': ", reg.status().message()));
   }
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto mit = models_.find(a.model_id);
   if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' went away"));
   Model& model = *mit->second;
@@ -150,7 +151,7 @@ absl::Status CoreImpl::AcceptRanks(const RankAnnouncement& a) {
 
 absl::Status CoreImpl::WithdrawRanks(const std::string& daemon_id, const std::string& model_id, Role role,
                                      const std::string& replica_id, const layout::RankCoords& rank) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit == models_.end()) return absl::OkStatus();
   Model& m = *mit->second;
@@ -195,7 +196,7 @@ RankAnnouncement CoreImpl::MakeAnnouncement(const Model& m, const RankReg& r, Up
 }
 
 std::vector<RankAnnouncement> CoreImpl::LocalAnnouncements(const std::string& address) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   std::vector<RankAnnouncement> out;
   for (const auto& [mid, mp] : models_) {
     const Model& m = *mp;
@@ -213,7 +214,7 @@ std::vector<RankAnnouncement> CoreImpl::LocalAnnouncements(const std::string& ad
 }
 
 void CoreImpl::RecordJoin(const std::string& address, const PeerLink::Joined& j) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   Upstream& u = upstream_[address];
   u.daemon_id = j.daemon_id;
   u.last_ok = absl::Now();
@@ -225,7 +226,7 @@ absl::Status CoreImpl::AnnounceRank(const std::string& coordinator, const std::s
   bool joined = false;
   std::optional<RankAnnouncement> ann;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = upstream_.find(coordinator);
     joined = it != upstream_.end() && !it->second.daemon_id.empty() && !it->second.lost;
     auto mit = models_.find(model_id);
@@ -264,17 +265,17 @@ absl::Status CoreImpl::AnnounceRank(const std::string& coordinator, const std::s
 }
 
 std::string CoreImpl::PeerAddress() const {
-  absl::MutexLock lock(&addr_mu_);
+  wsync::MutexLock lock(&addr_mu_);
   return peer_address_;
 }
 
 void CoreImpl::StartCluster(const std::string& peer_address) {
   {
-    absl::MutexLock lock(&addr_mu_);
+    wsync::MutexLock lock(&addr_mu_);
     peer_address_ = peer_address;
   }
   if (options_.peers == nullptr) return;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   for (const std::string& addr : options_.join) upstream_.try_emplace(addr);
   if (cluster_thread_.joinable()) return;
   cluster_thread_ = std::thread([this] { ClusterLoop(); });
@@ -282,7 +283,7 @@ void CoreImpl::StartCluster(const std::string& peer_address) {
 }
 
 void CoreImpl::WatchdogLoop() {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return cluster_stop_; };
   while (!mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100))) {
     const absl::Time now = absl::Now();
@@ -305,7 +306,7 @@ void CoreImpl::ClusterLoop() {
     std::map<std::string, Upstream> ups;
     std::vector<Withdrawal> withdrawals;
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return cluster_stop_; };
       mu_.AwaitWithTimeout(absl::Condition(&stop), period);
       if (cluster_stop_) return;
@@ -342,12 +343,12 @@ void CoreImpl::ClusterLoop() {
         auto hb = options_.peers->Heartbeat(addr, options_.daemon_id, options_.incarnation);
         if (hb.ok()) {
           rejoin = *hb;
-          absl::MutexLock lock(&mu_);
+          wsync::MutexLock lock(&mu_);
           upstream_[addr].last_ok = absl::Now();
           if (upstream_[addr].lost) log_->info("coordinator at {} answers again", addr);
           upstream_[addr].lost = false;
         } else {
-          absl::MutexLock lock(&mu_);
+          wsync::MutexLock lock(&mu_);
           Upstream& x = upstream_[addr];
           if (!x.lost && absl::Now() - x.last_ok > timeout) {
             x.lost = true;

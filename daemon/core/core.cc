@@ -13,6 +13,7 @@
 #include "daemon/common/build_info.h"
 #include "daemon/common/logging.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core {
 
@@ -206,7 +207,7 @@ CoreImpl::~CoreImpl() {
   BeginShutdown();
   std::vector<std::unique_ptr<Part>> parts;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     cluster_stop_ = true;
     for (auto& [id, p] : parts_) {
       if (!p->decided) {
@@ -218,7 +219,7 @@ CoreImpl::~CoreImpl() {
   if (cluster_thread_.joinable()) cluster_thread_.join();
   if (watchdog_thread_.joinable()) watchdog_thread_.join();
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (auto& [id, p] : parts_) parts.push_back(std::move(p));
     parts_.clear();
   }
@@ -228,12 +229,12 @@ CoreImpl::~CoreImpl() {
 }
 
 void CoreImpl::AddEndpoint(const EndpointInfo& endpoint) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   endpoints_.push_back(endpoint);
 }
 
 absl::StatusOr<std::string> CoreImpl::OpenSession(const ClientInfo& client, EventSink* sink) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
   auto s = std::make_unique<Session>();
   s->id = RandomId();
@@ -293,7 +294,7 @@ void CoreImpl::DropSessionRanks(const std::string& session_id) {
 void CoreImpl::CloseSession(const std::string& session_id, const std::string& reason) {
   std::unique_ptr<Session> gone;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = sessions_.find(session_id);
     if (it == sessions_.end()) return;
     Session* s = it->second.get();
@@ -324,7 +325,7 @@ void CoreImpl::CloseSession(const std::string& session_id, const std::string& re
 
 absl::Status CoreImpl::AckPause(const std::string& session_id, const std::string& model_id,
                                 const std::string& replica_id, uint64_t version) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto m = models_.find(model_id);
   if (m == models_.end() || (m->second->running == nullptr && m->second->part == nullptr)) {
     return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is waiting for a pause"));
@@ -468,7 +469,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     m->owner_label = a.caller.ToString();
   }
 
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
   if (!a.session_id.empty()) {
     if (auto s = CallerSession(a.caller, a.session_id); !s.ok()) return s.status();
@@ -504,7 +505,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
 }
 
 absl::Status CoreImpl::CheckMemory(const std::set<std::string>& sessions) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   for (const std::string& sid : sessions) {
     auto it = sessions_.find(sid);
     if (it == sessions_.end()) continue;
@@ -610,7 +611,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
   if (a.buffers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': no buffers to register"));
   }
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
   auto sit = CallerSession(a.caller, a.session_id);
   if (!sit.ok()) return sit.status();
@@ -855,7 +856,7 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::st
                                              const std::string& replica_id, const Role* role,
                                              const layout::RankCoords* rank) {
   if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
@@ -924,7 +925,7 @@ DaemonStatus CoreImpl::GetStatus(const Caller& viewer) const {
   st.uptime_s = absl::ToDoubleSeconds(absl::Now() - started_);
   st.pid = getpid();
   st.gpus = options_.gpus;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   st.serving = serving_;
   st.endpoints = endpoints_;
   // Session ids are capabilities: a viewer sees only its own, an
@@ -989,7 +990,7 @@ DaemonStatus CoreImpl::GetStatus(const Caller& viewer) const {
 }
 
 void CoreImpl::BeginShutdown() {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (!serving_) return;
   serving_ = false;
   for (auto& [id, job] : jobs_) {
@@ -1013,7 +1014,7 @@ absl::Status CoreImpl::KvSet(const std::string& job, const std::string& key, con
                                                      " (--max-kv-value-bytes)"));
   }
   const std::string k = job + '\0' + key;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
   auto it = kv_.find(k);
   const uint64_t old = it == kv_.end() ? 0 : k.size() + it->second.size();
@@ -1033,7 +1034,7 @@ absl::StatusOr<std::string> CoreImpl::KvGet(const std::string& job, const std::s
                                             const std::function<bool()>& client_gone) {
   const std::string k = job + '\0' + key;
   const absl::Time until = absl::Now() + absl::Milliseconds(timeout_ms);
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return kv_.count(k) > 0 || !serving_; };
   while (!ready()) {
     if (absl::Now() >= until) {
@@ -1048,7 +1049,7 @@ absl::StatusOr<std::string> CoreImpl::KvGet(const std::string& job, const std::s
 }
 
 void CoreImpl::Notify(const std::set<std::string>& sessions, const Event& e) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   for (const std::string& sid : sessions) {
     auto it = sessions_.find(sid);
     if (it != sessions_.end() && it->second->sink != nullptr) it->second->sink->Push(e);

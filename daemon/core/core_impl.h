@@ -25,6 +25,7 @@
 #include "daemon/memory/cuda_memory.h"
 #include "daemon/memory/host_memory.h"
 #include "spdlog/logger.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core::internal {
 
@@ -331,7 +332,7 @@ class CoreImpl final : public Core {
   const std::unique_ptr<Executor> host_exec_;
   absl::StatusOr<std::unique_ptr<Executor>> cuda_exec_;
   std::shared_ptr<spdlog::logger> log_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   bool serving_ ABSL_GUARDED_BY(mu_) = true;
   std::vector<EndpointInfo> endpoints_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
@@ -367,7 +368,7 @@ class CoreImpl final : public Core {
   uint64_t comm_generation_ ABSL_GUARDED_BY(mu_) = 0;
   transport::CommunicatorCache comms_;
   bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;
-  mutable absl::Mutex addr_mu_;
+  mutable wsync::Mutex addr_mu_;
   std::string peer_address_ ABSL_GUARDED_BY(addr_mu_);
   std::thread cluster_thread_, watchdog_thread_;
 };

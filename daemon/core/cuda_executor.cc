@@ -14,6 +14,7 @@
 #include "daemon/memory/cuda_memory.h"
 #include "kernels/box_copy_cuda.h"
 #include "kernels/cuda_status.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core {
 namespace {
@@ -244,7 +245,7 @@ class CudaContext final : public ExecContext {
 class CudaExecutor final : public Executor {
  public:
   ~CudaExecutor() override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (auto& [device, st] : streams_) {
       cudaSetDevice(device);
       cudaStreamDestroy(st);
@@ -258,7 +259,7 @@ class CudaExecutor final : public Executor {
   // The device's stream, created on first use (non-blocking: it never
   // waits for the legacy default stream).
   absl::StatusOr<cudaStream_t> StreamFor(int device) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = streams_.find(device);
     if (it != streams_.end()) return it->second;
     if (absl::Status s = CudaStatus(cudaSetDevice(device), absl::StrCat("cudaSetDevice(", device, ")")); !s.ok()) {
@@ -274,7 +275,7 @@ class CudaExecutor final : public Executor {
   }
 
  private:
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   std::map<int, cudaStream_t> streams_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -18,6 +18,7 @@
 #include "daemon/core/core_impl.h"
 #include "daemon/layout/lowering.h"
 #include "kernels/digest.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core::internal {
 namespace {
@@ -259,7 +260,7 @@ absl::StatusOr<std::unique_ptr<transport::Communicator>> CoreImpl::NewCommunicat
     const std::vector<std::string>& members, int rank, const std::string& key) {
   std::string coordinator;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     coordinator = comm_store_[key];
   }
   std::unique_ptr<transport::KvStore> store;
@@ -282,7 +283,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   Model* model = nullptr;
   uint64_t generation = 0;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
     ReapParts();
     if (parts_.count(plan.job_id) || outcomes_.Contains(plan.job_id)) {
@@ -359,7 +360,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   p->full = p->dist->full;
   p->deadline = absl::FromUnixMillis(static_cast<int64_t>(plan.deadline_unix_ms));
   const std::string hash = p->dist->hash;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (model->part != nullptr || model->generation != generation) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", plan.model_id, "' on daemon '", options_.daemon_id,
@@ -469,7 +470,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   bool drained = false;  // every posted transfer completed
   auto give_back = absl::MakeCleanup([&] {
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       p->comm = nullptr;
     }
     // Receives still posted could land in a later sync: never reuse it.
@@ -480,17 +481,17 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     // Tells NewCommunicator (the cache's factory) where to rendezvous.
     const std::string key = transport::CommunicatorCache::Key(comm_kind, 0, ids);
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       comm_store_[key] = plan.coordinator_address;
     }
     auto c = comms_.Take(comm_kind, 0, ids, absl::StrCat(me, "@", options_.incarnation));
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       comm_store_.erase(key);
     }
     if (!c.ok()) return c.status();
     comm = std::move(*c);
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     p->comm = comm.get();
     if (!job->abort_reason.empty()) comm->Abort(job->abort_reason);
   }
@@ -601,7 +602,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       if (absl::Status s = ctx->Copy(-1, ops.data(), ops.size()); !s.ok()) return s;
       auto got = got_of();
       if (!got.ok()) return got.status();
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       p->result.sums.push_back({wi, "*", got->s1, got->s2, 0, 0, 0});
       return absl::OkStatus();
     }
@@ -675,7 +676,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         if (!g.ok()) return g.status();
         got = *g;
       }
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       p->result.sums.push_back({wi, plan.targets[j].replica_id, got.s1, got.s2, (*sums)[0].s1, (*sums)[0].s2,
                                 word - w.word_base});
     }
@@ -732,11 +733,11 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (w.chain[0] == my_rank) {
       auto sent = pack(w, buf);
       if (!sent.ok()) return sent.status();
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       p->result.sums.push_back({wi, "", sent->s1, sent->s2, 0, 0, 0});
       if (w.chain.size() > 1) p->result.bytes_sent += w.bytes;
     } else {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       p->result.bytes_received += w.bytes;
     }
     InFlight f{wi, buf, nullptr};
@@ -787,7 +788,7 @@ void CoreImpl::RunPart(Part* p) {
   if (s.ok()) s = TransferPart(p);
   if (s.ok()) s = CheckMemory(p->job->sessions);
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     p->state = s.ok() ? Part::State::kPrepared : Part::State::kFailed;
     p->error = s;
     p->result.ready = s.ok();
@@ -816,7 +817,7 @@ void CoreImpl::FinishPart(Part* p) {
   absl::Status status;
   bool commit;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     commit = p->commit && p->state == Part::State::kPrepared;
   }
   SessionReplicas targets;
@@ -855,7 +856,7 @@ void CoreImpl::FinishPart(Part* p) {
   std::set<std::string> replicas;
   for (const auto& [sid, reps] : targets) replicas.insert(reps.begin(), reps.end());
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (commit && status.ok()) {
       for (const std::string& rid : replicas) {
         Replica& rep = p->model->replicas[rid];
@@ -903,7 +904,7 @@ void CoreImpl::FinishPart(Part* p) {
       Notify({sid}, e);
     }
   }
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   if (p->state == Part::State::kCommitted) {
     log_->info("job {} of model '{}': committed version {} on {}", plan.job_id, plan.model_id, plan.version,
                absl::StrJoin(replicas, ", "));
@@ -930,7 +931,7 @@ void CoreImpl::ReapParts() {
 }
 
 absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, uint64_t timeout_ms) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
     const bool* o = outcomes_.Find(job_id);
@@ -955,7 +956,7 @@ absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, u
 
 absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
                                   const std::map<std::string, std::string>& digests) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
     const bool* o = outcomes_.Find(job_id);
@@ -980,7 +981,7 @@ absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
 }
 
 absl::Status CoreImpl::AbortPart(const std::string& job_id, const std::string& reason) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) return absl::OkStatus();
   Part* p = it->second.get();
@@ -1015,7 +1016,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   std::vector<std::string> replica_ids;
   std::map<std::string, std::string> address;  // member -> peer address
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
     auto mit = models_.find(args.model_id);
     if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
@@ -1116,7 +1117,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   };
   auto finish = absl::MakeCleanup([&] {
     if (!status.ok()) call_abort(std::string(status.message()));
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!status.ok()) {
       model->last_error = std::string(status.message());
       comm_generation_++;  // members rebuild their communicators
@@ -1158,7 +1159,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   SetProgress(job, prog);
   if (progress) progress(prog);
   // Prepare: every member reports when its transfer ends.
-  absl::Mutex pm;
+  wsync::Mutex pm;
   std::map<std::string, PrepareResult> results;
   absl::Status first_error;
   std::atomic<bool> stop{false};
@@ -1168,7 +1169,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
       while (!stop.load()) {
         auto r = id == options_.daemon_id ? PreparePart(part.job_id, 500)
                                           : options_.peers->Prepare(address[id], part.job_id, 500);
-        absl::MutexLock lock(&pm);
+        wsync::MutexLock lock(&pm);
         if (!r.ok()) {
           // No answer within the call's deadline: the peer hangs or died.
           const absl::StatusCode c = r.status().code();
@@ -1193,18 +1194,18 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   }
   while (true) {
     {
-      absl::MutexLock lock(&pm);
+      wsync::MutexLock lock(&pm);
       if (!first_error.ok() || results.size() == part.members.size()) break;
     }
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) {
-      absl::MutexLock lock(&pm);
+      wsync::MutexLock lock(&pm);
       if (first_error.ok()) first_error = s;
       break;
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
   {
-    absl::MutexLock lock(&pm);
+    wsync::MutexLock lock(&pm);
     if (!first_error.ok()) {
       stop.store(true);
       // A member that fails mid-transfer aborts the sync; other codes stand.
@@ -1276,13 +1277,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   std::vector<std::string> commit_errors;
   {
     std::vector<std::thread> cs;
-    absl::Mutex em;
+    wsync::Mutex em;
     for (const PeerMember& m : part.members) {
       cs.emplace_back([&, id = m.daemon_id] {
         absl::Status s = id == options_.daemon_id ? CommitPart(part.job_id, v, digests)
                                                   : options_.peers->Commit(address[id], part.job_id, v, digests);
         if (!s.ok()) {
-          absl::MutexLock lock(&em);
+          wsync::MutexLock lock(&em);
           commit_errors.push_back(absl::StrCat(id, ": ", s.message()));
         }
       });
@@ -1307,7 +1308,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),
                Ms(absl::Now() - t0)};
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (const std::string& rid : replica_ids) {
       auto it = model->replicas.find(rid);
       if (it == model->replicas.end()) continue;

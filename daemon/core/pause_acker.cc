@@ -1,4 +1,5 @@
 #include "daemon/core/pause_acker.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core {
 
@@ -7,25 +8,25 @@ PauseAcker::PauseAcker(Core* core, const std::string* session_id)
 
 PauseAcker::~PauseAcker() {
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     done_ = true;
   }
   thread_.join();
 }
 
 void PauseAcker::Push(const Event& e) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   events_.push_back(e);
   if (e.kind == Event::Kind::kPause && ack_) pending_.push_back(e);
 }
 
 void PauseAcker::set_ack(bool ack) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   ack_ = ack;
 }
 
 std::vector<Event> PauseAcker::events() const {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   return events_;
 }
 
@@ -33,7 +34,7 @@ void PauseAcker::Run() {
   while (true) {
     Event e;
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ || !pending_.empty(); };
       mu_.Await(absl::Condition(&ready));
       if (done_) return;

@@ -8,6 +8,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/core.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core {
 
@@ -32,7 +33,7 @@ class PauseAcker final : public EventSink {
 
   Core* const core_;
   const std::string* const session_id_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   std::vector<Event> events_ ABSL_GUARDED_BY(mu_);
   std::vector<Event> pending_ ABSL_GUARDED_BY(mu_);
   bool ack_ ABSL_GUARDED_BY(mu_) = true;

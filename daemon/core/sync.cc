@@ -13,6 +13,7 @@
 #include "kernels/box_copy.h"
 #include "kernels/digest.h"
 #include "kernels/lora.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::core::internal {
 namespace {
@@ -87,14 +88,14 @@ kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad
 }
 
 void CoreImpl::SetProgress(Job* job, const Progress& p) {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   job->progress = p;
 }
 
 absl::Status CoreImpl::CheckJob(Job* job, absl::Time deadline, const char* phase,
                                 const std::function<bool()>& client_gone) {
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!job->abort_reason.empty()) {
       return absl::Status(job->abort_code, absl::StrCat("sync of model '", job->model_id, "' version ",
                                                         job->version, " aborted during ", phase, ": ",
@@ -120,7 +121,7 @@ absl::Status CoreImpl::CheckJob(Job* job, absl::Time deadline, const char* phase
 absl::Status CoreImpl::PauseTargets(Job* job, const SessionReplicas& sessions, const std::string& model_id,
                                     uint64_t version, absl::Time deadline) {
   if (sessions.empty()) return absl::OkStatus();
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   job->pause_sessions.clear();
   for (const auto& [sid, reps] : sessions) job->pause_sessions.insert(sid);
   job->pause_version = version;
@@ -270,7 +271,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   if (absl::Status s = CheckModelId(args.model_id); !s.ok()) return s;
   bool distributed = false;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto mit = models_.find(args.model_id);
     if (mit != models_.end()) {
       if (absl::Status s = Authorize(args.caller, *mit->second, "sync"); !s.ok()) return s;
@@ -307,7 +308,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   const layout::Plan* plan = nullptr;
   std::string plan_key;
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
     auto mit = models_.find(args.model_id);
     if (mit == models_.end()) {
@@ -359,7 +360,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   SyncOutcome out;
   auto finish = absl::MakeCleanup([&] {
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       for (const std::string& rid : replica_ids) {
         auto it = model->replicas.find(rid);
         if (it != model->replicas.end() && !status.ok() && poison[rid]) it->second.poisoned = true;
@@ -476,7 +477,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
         return status;
       }
     }
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     model->plan = std::make_unique<layout::Plan>(std::move(*built));
     model->plan_key = plan_key;
     plan = model->plan.get();
@@ -813,7 +814,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),
                Ms(absl::Now() - t0)};
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (const std::string& rid : replica_ids) {
       Replica& rep = model->replicas[rid];
       rep.version = v;
@@ -834,7 +835,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       e.replica_id = rid;
       e.version = v;
       {
-        absl::MutexLock lock(&mu_);
+        wsync::MutexLock lock(&mu_);
         e.digest = model->replicas[rid].digest;
       }
       Notify({sid}, e);
@@ -860,7 +861,7 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
     return absl::InvalidArgumentError(absl::StrCat("replica id ", Quoted(replica_id), " is longer than 128 bytes"));
   }
   const absl::Time until = absl::Now() + absl::Milliseconds(timeout_ms);
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto replica = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> const Replica* {
     auto mit = models_.find(model_id);
     if (mit == models_.end()) return nullptr;
@@ -896,7 +897,7 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
 absl::StatusOr<std::string> CoreImpl::CancelSync(const Caller& caller, const std::string& model_id,
                                                  uint64_t version) {
   if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit != models_.end()) {
     if (absl::Status s = Authorize(caller, *mit->second, "cancel a sync of"); !s.ok()) return s;

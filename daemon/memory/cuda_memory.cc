@@ -13,6 +13,7 @@
 #include "daemon/common/logging.h"
 #include "kernels/cuda_status.h"
 #include "kernels/device_info.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::memory {
 namespace {
@@ -29,7 +30,7 @@ struct OpenHandle {
   int leases = 0;
 };
 
-absl::Mutex g_mu;
+wsync::Mutex g_mu;
 std::map<std::string, OpenHandle>& Handles() ABSL_EXCLUSIVE_LOCKS_REQUIRED(g_mu) {
   static auto* m = new std::map<std::string, OpenHandle>;
   return *m;
@@ -60,7 +61,7 @@ class CudaLeaseImpl final : public CudaLease {
   explicit CudaLeaseImpl(std::string client) : client_(std::move(client)) {}
 
   ~CudaLeaseImpl() override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (const auto& [handle, refs] : refs_) CloseLocked(handle);
     for (const auto& [handle, ev] : events_) {
       cudaSetDevice(ev.second);
@@ -76,8 +77,8 @@ class CudaLeaseImpl final : public CudaLease {
     }
     auto device = DeviceOrdinal(device_uuid);
     if (!device.ok()) return absl::Status(device.status().code(), absl::StrCat(what, ": ", device.status().message()));
-    absl::MutexLock lock(&mu_);
-    absl::MutexLock g(&g_mu);
+    wsync::MutexLock lock(&mu_);
+    wsync::MutexLock g(&g_mu);
     auto it = Handles().find(handle);
     const bool fresh = it == Handles().end();
     OpenHandle h;
@@ -109,7 +110,7 @@ class CudaLeaseImpl final : public CudaLease {
   }
 
   void Release(const std::string& handle) override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = refs_.find(handle);
     if (it == refs_.end()) return;
     if (--it->second > 0) return;
@@ -122,7 +123,7 @@ class CudaLeaseImpl final : public CudaLease {
       return absl::InvalidArgumentError(absl::StrCat(what, ": a CUDA IPC event handle has ",
                                                      sizeof(cudaIpcEventHandle_t), " bytes, got ", handle.size()));
     }
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = events_.find(handle);
     if (it != events_.end()) return it->second.first;
     if (absl::Status s = CudaStatus(cudaSetDevice(device), absl::StrCat(what, ": cudaSetDevice")); !s.ok()) return s;
@@ -141,7 +142,7 @@ class CudaLeaseImpl final : public CudaLease {
   }
 
   size_t num_handles() const override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     return refs_.size();
   }
 
@@ -184,7 +185,7 @@ class CudaLeaseImpl final : public CudaLease {
 
   // Gives up this lease's share of `handle`.
   void CloseLocked(const std::string& handle) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    absl::MutexLock g(&g_mu);
+    wsync::MutexLock g(&g_mu);
     auto it = Handles().find(handle);
     if (it == Handles().end() || --it->second.leases > 0) return;
     if (!Close(it->second)) {
@@ -196,7 +197,7 @@ class CudaLeaseImpl final : public CudaLease {
   }
 
   const std::string client_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   std::map<std::string, int> refs_ ABSL_GUARDED_BY(mu_);  // handle -> buffers of this lease
   std::map<std::string, std::pair<void*, int>> events_ ABSL_GUARDED_BY(mu_);  // handle -> (event, device)
 };

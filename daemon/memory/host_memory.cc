@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/common/logging.h"
 #include "daemon/memory/fault_guard.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::memory {
 namespace {
@@ -30,7 +31,7 @@ class HostLeaseImpl final : public HostLease {
   HostLeaseImpl(int64_t uid, std::string client) : uid_(uid), client_(std::move(client)) {}
 
   ~HostLeaseImpl() override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (auto& [name, m] : maps_) {
       m.guard.reset();
       munmap(m.addr, m.size);
@@ -48,7 +49,7 @@ class HostLeaseImpl final : public HostLease {
       return absl::InvalidArgumentError(absl::StrCat(
           what, ": shm name '", name, "' must be '/' followed by a name without '/'"));
     }
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = maps_.find(name);
     if (it == maps_.end()) {
       auto m = Map(name, what);
@@ -69,7 +70,7 @@ class HostLeaseImpl final : public HostLease {
   }
 
   absl::Status CheckIntact() const override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     // A fault (bytes already went through a zero page) outranks a shrink.
     for (const auto& [name, m] : maps_) {
       if (m.guard->faulted()) {
@@ -94,12 +95,12 @@ class HostLeaseImpl final : public HostLease {
   }
 
   size_t num_mappings() const override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     return maps_.size();
   }
 
   uint64_t mapped_bytes() const override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     uint64_t total = 0;
     for (const auto& [n, m] : maps_) total += m.size;
     return total;
@@ -179,7 +180,7 @@ class HostLeaseImpl final : public HostLease {
 
   const int64_t uid_;
   const std::string client_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   std::map<std::string, Mapping> maps_ ABSL_GUARDED_BY(mu_);
 };
 

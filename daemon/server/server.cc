@@ -24,6 +24,7 @@
 
 #ifdef WSYNC_WITH_CUDA
 #include "kernels/device_info.h"
+#include "daemon/common/mutex.h"
 #endif
 
 namespace wsync::server {
@@ -192,7 +193,7 @@ class ServerImpl final : public Server {
 
   void Shutdown() override {
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       if (shutdown_started_) {
         mu_.Await(absl::Condition(&shutdown_done_));
         return;
@@ -213,12 +214,12 @@ class ServerImpl final : public Server {
     }
     if (socket_) socket_->Release();
     if (server_ != nullptr) log_->info("wsyncd stopped");
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     shutdown_done_ = true;
   }
 
   void Wait() override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(&shutdown_done_));
   }
 
@@ -243,7 +244,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<SocketClaim> socket_;
   std::unique_ptr<UdsListener> uds_;
   std::unique_ptr<grpc::Server> server_;
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_done_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/common/logging.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::server {
 
@@ -61,7 +62,7 @@ void UdsListener::Loop(grpc::Server* server) {
       pc = {cred.pid, cred.uid, cred.gid};
     }
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       creds_[c] = pc;  // a reused descriptor number replaces the old entry
     }
     log->debug("connection fd {} from pid {} uid {}", c, pc.pid, pc.uid);
@@ -73,7 +74,7 @@ PeerCred UdsListener::Lookup(const std::string& peer) const {
   absl::string_view rest = peer;
   int fd;
   if (!absl::ConsumePrefix(&rest, "fd:") || !absl::SimpleAtoi(rest, &fd)) return {};
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   auto it = creds_.find(fd);
   return it == creds_.end() ? PeerCred{} : it->second;
 }

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::server {
 
@@ -49,7 +50,7 @@ class UdsListener {
   int fd_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   std::map<int, PeerCred> creds_ ABSL_GUARDED_BY(mu_);
 };
 

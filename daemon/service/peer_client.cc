@@ -12,6 +12,7 @@
 #include "daemon/service/convert.h"
 #include "daemon/service/status_mapping.h"
 #include "wsync/v1/peer.grpc.pb.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::service {
 namespace {
@@ -161,7 +162,7 @@ class GrpcPeerLink final : public core::PeerLink {
 
  private:
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto it = channels_.find(address);
     if (it != channels_.end()) return it->second;
     grpc::ChannelArguments args;
@@ -192,7 +193,7 @@ class GrpcPeerLink final : public core::PeerLink {
 
   const PeerLinkOptions options_;
   const std::shared_ptr<grpc::ChannelCredentials> creds_;
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };
 

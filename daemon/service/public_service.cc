@@ -10,6 +10,7 @@
 #include "daemon/service/convert.h"
 #include "daemon/service/request_limits.h"
 #include "daemon/service/status_mapping.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::service {
 namespace {
@@ -18,12 +19,12 @@ namespace {
 class QueueSink final : public core::EventSink {
  public:
   void Push(const core::Event& e) override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!closed_) q_.push_back(e);
   }
   // Blocks for the next event; false once closed and drained.
   bool Pop(core::Event* e) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || !q_.empty(); };
     mu_.Await(absl::Condition(&ready));
     if (q_.empty()) return false;
@@ -32,12 +33,12 @@ class QueueSink final : public core::EventSink {
     return true;
   }
   void Close() {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     closed_ = true;
   }
 
  private:
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   std::deque<core::Event> q_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::transport {
 
@@ -21,7 +22,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorCache::Take(const std:
   }
   const std::string key = Key(kind, epoch, members);
   {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto found = idle_.find(key);
     if (found != idle_.end()) {
       std::unique_ptr<Communicator> c = std::move(found->second);
@@ -34,12 +35,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorCache::Take(const std:
 
 void CommunicatorCache::Put(const std::string& key, std::unique_ptr<Communicator> comm) {
   if (comm == nullptr || !comm->error().ok()) return;  // errored: never reused
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   idle_[key] = std::move(comm);
 }
 
 size_t CommunicatorCache::size() const {
-  absl::MutexLock lock(&mu_);
+  wsync::MutexLock lock(&mu_);
   return idle_.size();
 }
 

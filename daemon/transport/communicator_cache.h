@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/transport/communicator.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::transport {
 
@@ -44,7 +45,7 @@ class CommunicatorCache {
 
  private:
   Factory factory_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   std::map<std::string, std::unique_ptr<Communicator>> idle_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/logging.h"
 #include "daemon/transport/communicator.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::transport {
 namespace {
@@ -21,12 +22,12 @@ namespace {
 class InMemoryStore final : public KvStore {
  public:
   absl::Status Set(const std::string& key, const std::string& value) override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     kv_[key] = value;
     return absl::OkStatus();
   }
   absl::StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     auto has = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return kv_.count(key) > 0; };
     if (!mu_.AwaitWithTimeout(absl::Condition(&has), absl::FromChrono(timeout))) {
       return absl::DeadlineExceededError(absl::StrCat("rendezvous key '", key, "' did not appear within ",
@@ -36,7 +37,7 @@ class InMemoryStore final : public KvStore {
   }
 
  private:
-  absl::Mutex mu_;
+  wsync::Mutex mu_;
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -75,12 +76,12 @@ class GlooCommunicator final : public Communicator {
   int rank() const override { return ctx_->rank; }
   int size() const override { return ctx_->size; }
   absl::Status error() const override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     return error_;
   }
 
   void Abort(const std::string& reason) override {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (!error_.ok()) return;
     error_ = absl::AbortedError(absl::StrCat("rank ", ctx_->rank, ": transfer aborted: ", reason));
     Logger("transport")->warn("communicator aborted: {}", reason);
@@ -145,7 +146,7 @@ class GlooCommunicator final : public Communicator {
                                                        uint64_t slot) {
     auto b = ctx_->createUnboundBuffer(data, bytes);
     {
-      absl::MutexLock lock(&mu_);
+      wsync::MutexLock lock(&mu_);
       pending_.insert(b.get());
     }
     if (kind == P2P::Kind::kSend) {
@@ -176,12 +177,12 @@ class GlooCommunicator final : public Communicator {
   }
 
   void Forget(const std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>>& bufs) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     for (const auto& b : bufs) pending_.erase(b.get());
   }
 
   absl::Status Fail(absl::Status s) {
-    absl::MutexLock lock(&mu_);
+    wsync::MutexLock lock(&mu_);
     if (error_.ok()) {
       error_ = s;
       Logger("transport")->warn("communicator poisoned: {}", s.ToString());
@@ -198,7 +199,7 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<gloo::rendezvous::Context> ctx_;
   std::shared_ptr<gloo::transport::Device> dev_;
   std::chrono::milliseconds timeout_;
-  mutable absl::Mutex mu_;
+  mutable wsync::Mutex mu_;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   std::set<gloo::transport::UnboundBuffer*> pending_ ABSL_GUARDED_BY(mu_);
 };

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/logging.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::transport {
 namespace {
@@ -49,7 +50,7 @@ class NcclCommunicator final : public Communicator {
   absl::Status error() const override { return error_; }
 
   void Abort(const std::string& reason) override {
-    absl::MutexLock lock(&abort_mu_);
+    wsync::MutexLock lock(&abort_mu_);
     if (abort_reason_.empty()) abort_reason_ = reason;
     aborted_.store(true);
   }
@@ -125,7 +126,7 @@ class NcclCommunicator final : public Communicator {
     ncclCommAbort(comm_);
     comm_ = nullptr;
     if (aborted_.load()) {
-      absl::MutexLock lock(&abort_mu_);
+      wsync::MutexLock lock(&abort_mu_);
       return Fail(absl::AbortedError(absl::StrCat("rank ", rank_, ": ", what, " aborted (", abort_reason_,
                                                   "); the NCCL communicator was aborted")));
     }
@@ -153,7 +154,7 @@ class NcclCommunicator final : public Communicator {
   NcclOptions options_;
   absl::Status error_;
   std::atomic<bool> aborted_{false};
-  absl::Mutex abort_mu_;
+  wsync::Mutex abort_mu_;
   std::string abort_reason_ ABSL_GUARDED_BY(abort_mu_);
 };
 

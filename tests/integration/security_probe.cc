@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
     v1::KvSetRequest r;
     r.set_job_id("j");
     r.set_key("k");
-    r.set_value(std::string(32 << 20, 'x'));
+    r.set_value(std::string(2 << 20, 'x'));  // over --max-kv-value-bytes too
     grpc::ClientContext ctx;
     v1::KvSetResponse resp;
     Print("peer_kvset", peer->KvSet(&ctx, r, &resp));

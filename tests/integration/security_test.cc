@@ -132,7 +132,8 @@ TEST_CASE("another Unix user is refused every action on root's model and session
   REQUIRE(reg.ok());
 
   auto probe = testing::Run({Runfile("tests/integration/security_probe"), kUser, d.socket, "secret",
-                             (*root)->session_id(), shm->shm_name});
+                             (*root)->session_id(), shm->shm_name},
+                            /*timeout_ms=*/120000);
   INFO("probe stdout:\n" << probe.out << "\nprobe stderr:\n" << probe.err << "\nwsyncd:\n" << d.proc->Stderr());
   REQUIRE(probe.exit_code == 0);
   std::map<std::string, std::string> got;  // probe -> "CODE message"
