@@ -740,6 +740,10 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::v
   return report;
 }
 
+absl::Status ValidateLayoutManifest(const std::string& path, const std::string& text) {
+  return ParseManifest(path, text).status();
+}
+
 absl::StatusOr<ConvertReport> Convert(const ConvertOptions& o) {
   std::vector<std::string> written;
   absl::StatusOr<ConvertReport> r = absl::InternalError("conversion did not run");

@@ -62,6 +62,11 @@ struct ConvertReport {
 // produced bucket by bucket into temporary files renamed when complete.
 absl::StatusOr<ConvertReport> Convert(const ConvertOptions& options);
 
+// Checks the text of a sharded checkpoint's wsync_layout.json field by field
+// (docs/convert.md); INVALID_ARGUMENT starting with `path` and naming the
+// field otherwise. Never throws.
+absl::Status ValidateLayoutManifest(const std::string& path, const std::string& text);
+
 // The file name of a rank in the sharded layouts.
 std::string RankFileName(const layout::RankCoords& rank);
 

@@ -255,7 +255,7 @@ void CoreImpl::DropSessionRanks(const std::string& session_id) {
   for (auto mit = models_.begin(); mit != models_.end();) {
     Model& m = *mit->second;
     size_t before = m.sources.size();
-    auto withdraw = [&](const RankReg& r) {
+    auto withdraw = [&](const RankReg& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       if (!m.coordinator.empty()) withdrawals_.push_back({m.coordinator, m.id, r.role, r.replica_id, r.coords});
     };
     for (auto it = m.sources.begin(); it != m.sources.end();) {
@@ -868,12 +868,12 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::st
         absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));
   }
   // Local ranks of a model coordinated elsewhere are withdrawn there too.
-  auto withdraw = [&](const RankReg& r) {
+  auto withdraw = [&](const RankReg& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!m.coordinator.empty() && r.daemon.empty()) {
       withdrawals_.push_back({m.coordinator, m.id, r.role, r.replica_id, r.coords});
     }
   };
-  auto withdraw_replica = [&](const Replica& rep) {
+  auto withdraw_replica = [&](const Replica& rep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     for (const auto& [k, r] : rep.ranks) withdraw(*r);
   };
   int64_t released = 0;

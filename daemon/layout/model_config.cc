@@ -1,6 +1,7 @@
 #include "daemon/layout/model_config.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -41,6 +42,30 @@ absl::Status NormalizeConfig(ModelConfig* c) {
         "architectures send explicit pieces)"));
   }
   const std::string& f = c->family;
+  // Bounds first, so that no loop, product or allocation below can run away
+  // on a hostile config.
+  constexpr int64_t kMaxDim = int64_t{1} << 31, kMaxCount = int64_t{1} << 16;
+  for (auto [v, name, max] : {std::tuple{c->hidden_size, "hidden_size", kMaxDim},
+                              {c->num_attention_heads, "num_attention_heads", kMaxCount},
+                              {c->num_key_value_heads, "num_key_value_heads", kMaxCount},
+                              {c->head_dim, "head_dim", kMaxDim},
+                              {c->intermediate_size, "intermediate_size", kMaxDim},
+                              {c->vocab_size, "vocab_size", kMaxDim},
+                              {c->num_hidden_layers, "num_hidden_layers", kMaxCount},
+                              {c->num_experts, "num_experts", kMaxCount},
+                              {c->moe_intermediate_size, "moe_intermediate_size", kMaxDim},
+                              {c->shared_expert_intermediate_size, "shared_expert_intermediate_size", kMaxDim},
+                              {c->decoder_sparse_step, "decoder_sparse_step", kMaxCount}}) {
+    if (v < 0 || v > max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model config (", f, "): '", name, "' = ", v, " is outside [0, ", max, "]"));
+    }
+  }
+  if (static_cast<int64_t>(c->mlp_only_layers.size()) > c->num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("model config (", f, "): 'mlp_only_layers' lists ",
+                                                   c->mlp_only_layers.size(), " layers of ",
+                                                   c->num_hidden_layers));
+  }
   for (auto [v, name] : {std::pair{c->hidden_size, "hidden_size"},
                          {c->num_attention_heads, "num_attention_heads"},
                          {c->vocab_size, "vocab_size"},
