@@ -1,18 +1,41 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything (CUDA code too, where nvcc is
-# present) and runs every CPU test. GPU tests: scripts/gpu.sh on a GPU machine.
+# present) and runs every CPU test: the Bazel tests, the same core, layout,
+# transport and integration tests under ASan+UBSan and under TSan, each fuzz
+# target for FUZZ_SECONDS (default 30) from its seed corpus, the Python
+# tests, and a bounded load-and-fault soak (SOAK_SECONDS, default 20).
+# GPU tests: scripts/gpu.sh on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-set +e
-bazel test //... 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
-set -e
-passed=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log" || true)
-failed=$(grep -cE '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|INCOMPLETE)' "$log" || true)
+trap 'rm -f "$log" "$log".*' EXIT
+passed=0
+failed=0
+rc=0
+# Runs `bazel test` with the given flags and adds up its targets.
+bazel_test() {
+  set +e
+  bazel test "$@" 2>&1 | tee "$log"
+  local r=${PIPESTATUS[0]}
+  set -e
+  passed=$((passed + $(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log" || true)))
+  failed=$((failed + $(grep -cE '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|NO STATUS|INCOMPLETE)' "$log" || true)))
+  ((r == 0)) || rc=1
+}
+
+bazel_test //...
+
+# Sanitizers over the threaded and memory-handling code (docs/building.md).
+sanitized=(//daemon/... //tests/integration/... //client/... //kernels/... //tests/fuzz/...)
+bazel_test --config=asan "${sanitized[@]}"
+bazel_test --config=tsan \
+  --test_env=TSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/tsan.supp:second_deadlock_stack=1" \
+  //daemon/... //tests/integration/...
+
+# Fuzzing, bounded: every parser and validator that takes outside bytes.
+if bash scripts/fuzz.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); rc=1; fi
 
 # Python tests (Debian's python3 + .venv for PyPI-only test packages).
 python=$(bash scripts/pyenv.sh)
@@ -23,8 +46,18 @@ prc=${PIPESTATUS[0]}
 set -e
 ppassed=$(grep -oE '[0-9]+ passed' "$log.py" | tail -1 | grep -oE '[0-9]+' || echo 0)
 pfailed=$( (grep -oE '[0-9]+ (failed|error)' "$log.py" || true) | awk '{s+=$1} END {print s+0}')
-rm -f "$log.py"
 ((prc == 0)) || rc=1
-echo "bazel: ${passed} test targets passed, ${failed} failed; pytest: ${ppassed} passed, ${pfailed} failed"
+
+# The soak: concurrent clients syncing, cancelling and dying; every version a
+# generator reports committed is checked byte for byte.
+if "$python" tests/soak/soak.py --wsyncd "$(bazel info bazel-bin 2>/dev/null)/daemon/wsyncd" \
+    --seconds "${SOAK_SECONDS:-20}"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  rc=1
+fi
+
+echo "bazel, fuzz and soak: ${passed} passed, ${failed} failed; pytest: ${ppassed} passed, ${pfailed} failed"
 echo "$((passed + ppassed)) passed, $((failed + pfailed)) failed"
 exit "$rc"
