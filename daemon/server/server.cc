@@ -1,5 +1,6 @@
 #include "daemon/server/server.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -271,6 +272,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   auto log = Logger("server");
   log->info("wsyncd {} ({}) starting as '{}', pid {}", Version(), BuildDescription(),
             options.daemon_id, getpid());
+  // A descriptor is kept per registered shm object (to notice shrinking):
+  // allow as many as the hard limit does.
+  if (rlimit nofile{}; getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) == 0) log->debug("open file limit raised to {}", nofile.rlim_cur);
+  }
   for (const std::string& g : core_options.gpus) log->info("gpu {}", g);
 
   std::unique_ptr<core::PeerLink> peers;
