@@ -11,7 +11,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "daemon/common/logging.h"
 #include "daemon/core/core.h"
@@ -73,6 +76,20 @@ struct World {
   std::string shm[2];
 };
 
+// The core's arguments for a request the service layer would pass on (parsed,
+// within the request limits, converted), from `w`'s caller and session.
+template <typename Request>
+auto Accepted(const std::string& bytes, World* w)
+    -> std::optional<typename decltype(wsync::service::FromProto(std::declval<Request>()))::value_type> {
+  Request req;
+  if (!req.ParseFromString(bytes) || !wsync::service::CheckRequestLimits(req, 1024, 4096).ok()) return std::nullopt;
+  auto args = wsync::service::FromProto(req);
+  if (!args.ok()) return std::nullopt;
+  args->caller = w->me;
+  if constexpr (!std::is_same_v<Request, wsync::v1::SyncRequest>) args->session_id = w->session;
+  return *std::move(args);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -80,42 +97,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::string bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0] % 3) {
-    case 0: {
-      wsync::v1::RegisterModelRequest req;
-      if (!req.ParseFromString(bytes) || !wsync::service::CheckRequestLimits(req, 1024, 4096).ok()) return 0;
-      auto args = wsync::service::FromProto(req);
-      if (!args.ok()) return 0;
-      args->caller = w->me;
-      args->session_id = w->session;
-      if (args->model_id != "m") {
-        auto r = w->core->RegisterModel(*args);
-        if (r.ok()) (void)w->core->Unregister(w->me, args->model_id, "", nullptr, nullptr);
+    case 0:
+      if (auto args = Accepted<wsync::v1::RegisterModelRequest>(bytes, w); args && args->model_id != "m") {
+        if (w->core->RegisterModel(*args).ok()) {
+          (void)w->core->Unregister(w->me, args->model_id, "", nullptr, nullptr);
+        }
       }
       break;
-    }
-    case 1: {
-      wsync::v1::RegisterShardsRequest req;
-      if (!req.ParseFromString(bytes) || !wsync::service::CheckRequestLimits(req, 1024, 4096).ok()) return 0;
-      auto args = wsync::service::FromProto(req);
-      if (!args.ok()) return 0;
-      args->caller = w->me;
-      args->session_id = w->session;
-      args->coordinator.clear();
-      for (auto& b : args->buffers) b.shm_name = w->shm[b.shm_name.size() % 2];
-      auto r = w->core->RegisterShards(*args);
-      if (r.ok()) (void)w->core->Unregister(w->me, args->model_id, "", nullptr, nullptr);
+    case 1:
+      if (auto args = Accepted<wsync::v1::RegisterShardsRequest>(bytes, w)) {
+        args->coordinator.clear();
+        for (auto& b : args->buffers) b.shm_name = w->shm[b.shm_name.size() % 2];
+        if (w->core->RegisterShards(*args).ok()) {  // leave the model as it was: drop just this rank
+          (void)w->core->Unregister(w->me, args->model_id, args->replica_id, &args->role, &args->rank);
+        }
+      }
       break;
-    }
-    case 2: {
-      wsync::v1::SyncRequest req;
-      if (!req.ParseFromString(bytes) || !wsync::service::CheckRequestLimits(req, 1024, 4096).ok()) return 0;
-      auto args = wsync::service::FromProto(req);
-      if (!args.ok()) return 0;
-      args->caller = w->me;
-      args->deadline_ms = 1000;
-      (void)w->core->Sync(*args, nullptr, nullptr);
+    case 2:
+      if (auto args = Accepted<wsync::v1::SyncRequest>(bytes, w)) {
+        args->deadline_ms = 1000;
+        (void)w->core->Sync(*args, nullptr, nullptr);
+      }
       break;
-    }
   }
   return 0;
 }
