@@ -16,7 +16,8 @@ base="${HOME}/.cache/wsync-bazel-fuzz"
 mkdir -p "$artifacts"
 targets=()
 for n in "${names[@]}"; do targets+=("//tests/fuzz:${n}_fuzzer"); done
-bazel --output_base="$base" build --config=fuzz "${targets[@]}"
+# --symlink_prefix=/: leave the workspace's bazel-* links to the default output base.
+bazel --output_base="$base" build --config=fuzz --symlink_prefix=/ "${targets[@]}"
 bin=$(bazel --output_base="$base" info --config=fuzz bazel-bin 2>/dev/null)
 rc=0
 for n in "${names[@]}"; do
