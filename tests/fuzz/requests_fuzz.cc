@@ -69,9 +69,11 @@ struct World {
       if (fd < 0 || ftruncate(fd, 1 << 16) != 0) std::abort();
       close(fd);
     }
-  }
-  ~World() {
-    for (const std::string& n : shm) shm_unlink(n.c_str());
+    // libFuzzer ends with exit(): the objects go with the process.
+    static const std::string* names = shm;
+    std::atexit([] {
+      for (int i = 0; i < 2; ++i) shm_unlink(names[i].c_str());
+    });
   }
   std::string shm[2];
 };
