@@ -587,16 +587,33 @@ TEST_CASE("hostile sizes, offsets, ids and counts are INVALID_ARGUMENT with shor
   auto hr = w.core->RegisterModel(huge);
   CHECK(hr.status().code() == absl::StatusCode::kInvalidArgument);
   CHECK_THAT(std::string(hr.status().message()), Catch::Contains("tensor 't'") && Catch::Contains("larger than"));
-  // A config that would make millions of tensors is refused before any is made.
+  // A config with millions of layers is refused by the config's own bounds;
+  // one within them that makes more tensors than --max-tensors-per-model is
+  // refused as soon as generation passes the limit.
   RegisterModelArgs deep;
   deep.caller = Me();
   deep.model_id = "deep";
   deep.has_config = true;
   deep.config = w.config;
-  deep.config.num_hidden_layers = 3000000;
-  CHECK(w.core->RegisterModel(deep).status().code() == absl::StatusCode::kInvalidArgument);
-  deep.config.num_hidden_layers = int64_t{1} << 62;
-  CHECK(w.core->RegisterModel(deep).status().code() == absl::StatusCode::kInvalidArgument);
+  for (int64_t layers : {int64_t{3000000}, int64_t{1} << 62}) {
+    deep.config.num_hidden_layers = layers;
+    auto dr = w.core->RegisterModel(deep);
+    CHECK(dr.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(dr.status().message()), Catch::Contains("'num_hidden_layers'"));
+  }
+  CoreOptions small_limit;
+  small_limit.daemon_id = "limited";
+  small_limit.limits.max_tensors_per_model = 100;
+  auto limited = Core::Create(small_limit);
+  deep.session_id.clear();
+  deep.config.num_hidden_layers = 2;  // 47 tensors
+  CHECK(limited->RegisterModel(deep).ok());
+  deep.model_id = "deeper";
+  deep.config.num_hidden_layers = 10;  // 223 tensors
+  auto lim = limited->RegisterModel(deep);
+  CHECK(lim.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(lim.status().message()),
+             Catch::Contains("more than 100 tensors") && Catch::Contains("--max-tensors-per-model"));
   // A 100k-character id is quoted by a short prefix only.
   RegisterModelArgs longid = huge;
   longid.model_id = std::string(100000, 'x');

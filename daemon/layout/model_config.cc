@@ -194,7 +194,8 @@ MoeNames MoeNamesFor(const ModelConfig& c, int64_t l) {
   return n;
 }
 
-absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& input, DType dtype) {
+absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& input, DType dtype,
+                                                         int64_t max_tensors) {
   ModelConfig c = input;
   if (absl::Status s = NormalizeConfig(&c); !s.ok()) return s;
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
@@ -202,7 +203,13 @@ absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& inpu
   std::vector<TensorSpec> t;
   auto add = [&](std::string name, Shape shape) { t.push_back({std::move(name), shape, dtype}); };
   add("model.embed_tokens.weight", Shape::Of({c.vocab_size, H}));
+  auto too_many = [&] {
+    return absl::InvalidArgumentError(absl::StrCat("model config (", c.family, "): ", c.num_hidden_layers,
+                                                   " layers and ", c.num_experts, " experts make more than ",
+                                                   max_tensors, " tensors"));
+  };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (static_cast<int64_t>(t.size()) > max_tensors) return too_many();
     const std::string p = absl::StrCat("model.layers.", l, ".");
     add(p + "input_layernorm.weight", Shape::Of({H}));
     add(p + "self_attn.q_proj.weight", Shape::Of({nh * hd, H}));
@@ -245,6 +252,7 @@ absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& inpu
   }
   add("model.norm.weight", Shape::Of({H}));
   if (!c.tie_word_embeddings) add("lm_head.weight", Shape::Of({c.vocab_size, H}));
+  if (static_cast<int64_t>(t.size()) > max_tensors) return too_many();
   return t;
 }
 

@@ -57,8 +57,10 @@ struct MoeNames {
 MoeNames MoeNamesFor(const ModelConfig& config, int64_t layer);
 
 // The canonical (Hugging Face) tensors of the model, in checkpoint order,
-// all of dtype `dtype`.
-absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& config, DType dtype);
+// all of dtype `dtype`. INVALID_ARGUMENT as soon as the config makes more
+// than `max_tensors`, before any more are generated.
+absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& config, DType dtype,
+                                                         int64_t max_tensors = INT64_MAX);
 
 }  // namespace wsync::layout
 
