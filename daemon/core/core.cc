@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
@@ -40,11 +41,10 @@ Caller Caller::Local(int64_t uid, int64_t gid, int64_t pid, bool admin) {
   return c;
 }
 
-Caller Caller::Certificate(std::string subject, bool admin) {
+Caller Caller::Certificate(std::string subject) {
   Caller c;
   c.kind = Kind::kCertificate;
   c.subject = std::move(subject);
-  c.admin = admin;
   c.may_write = true;
   return c;
 }
@@ -346,16 +346,19 @@ absl::Status CoreImpl::AckPause(const std::string& session_id, const std::string
   return absl::OkStatus();
 }
 
-absl::Status CoreImpl::Authorize(const Caller& caller, const Model& model, const char* action) const {
+absl::Status CoreImpl::Authorize(const Caller& caller, const std::string& model_id, const Model* model,
+                                 const char* action) const {
   if (!caller.may_write) {
-    return absl::PermissionDeniedError(absl::StrCat(caller.ToString(), " may not ", action, " model '", model.id,
-                                                    "': anonymous callers may only read status"));
+    return absl::PermissionDeniedError(absl::StrCat(
+        caller.ToString(), " may not ", action, " model '", model_id,
+        "': anonymous callers (TCP without a client certificate) may only read status; use the Unix socket, "
+        "an mTLS client certificate, or start wsyncd with --allow-anonymous-writes"));
   }
-  if (caller.admin || model.owner == caller.Key()) return absl::OkStatus();
+  if (model == nullptr || caller.admin || model->owner == caller.Key()) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(
-      caller.ToString(), " may not ", action, " model '", model.id, "': it belongs to ",
-      model.owner.empty() ? std::string("the daemons that announced it") : model.owner_label,
-      " (only its owner and administrators may)"));
+      caller.ToString(), " may not ", action, " model '", model_id, "': it belongs to ",
+      model->owner.empty() ? std::string("the daemons that announced it") : model->owner_label,
+      " (only its owner and administrators, the daemon's uid and members of --admin-group, may)"));
 }
 
 absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std::string& session_id) {
@@ -373,9 +376,8 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
 
 absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs& a) {
   if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
-  if (!a.caller.may_write && !a.announced) {
-    return absl::PermissionDeniedError(absl::StrCat(a.caller.ToString(), " may not register model '", a.model_id,
-                                                    "': anonymous callers may only read status"));
+  if (!a.announced) {
+    if (absl::Status s = Authorize(a.caller, a.model_id, nullptr, "register"); !s.ok()) return s;
   }
   const int64_t max_tensors = options_.limits.max_tensors_per_model;
   if (static_cast<int64_t>(a.tensors.size() + 2 * a.adapters.size()) > max_tensors) {
@@ -479,7 +481,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
         old.owner = m->owner;
         old.owner_label = m->owner_label;
       }
-      if (absl::Status s = Authorize(a.caller, old, "register"); !s.ok()) return s;
+      if (absl::Status s = Authorize(a.caller, old.id, &old, "register"); !s.ok()) return s;
     }
     bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
     for (int32_t i = 0; same && i < old.spec.size(); ++i) {
@@ -616,7 +618,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' is not registered"));
   }
   Model& model = *mit->second;
-  if (absl::Status s = Authorize(a.caller, model, "register ranks of"); !s.ok()) return s;
+  if (absl::Status s = Authorize(a.caller, model.id, &model, "register ranks of"); !s.ok()) return s;
   if (model.running != nullptr || model.part != nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", a.model_id, "' has a sync running (version ",
@@ -796,18 +798,16 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
 }
 
 absl::Status CoreImpl::CheckOverlaps(const RankReg& rank, const RankReg* replaced, const std::string& who) const {
+  // Registered buffers by memory object; labels are made only for an error.
   struct Held {
-    const RankReg::Extent* extent;
-    Role role;
-    std::string label;  // "model 'm' source rank ... buffer 'b'"
+    const Model* model;
+    const RankReg* rank;
+    size_t shard;
   };
-  std::map<std::string, std::vector<Held>> by_object;
+  std::map<std::string_view, std::vector<Held>> by_object;
   auto add = [&](const Model& m, const RankReg& r) {
     if (&r == replaced || !r.daemon.empty()) return;
-    for (size_t i = 0; i < r.extents.size(); ++i) {
-      by_object[r.extents[i].object].push_back(
-          {&r.extents[i], r.role, absl::StrCat("model '", m.id, "' ", r.Label(), " buffer '", r.shards[i].name, "'")});
-    }
+    for (size_t i = 0; i < r.extents.size(); ++i) by_object[r.extents[i].object].push_back({&m, &r, i});
   };
   for (const auto& [id, m] : models_) {
     for (const auto& [k, r] : m->sources) add(*m, *r);
@@ -832,8 +832,10 @@ absl::Status CoreImpl::CheckOverlaps(const RankReg& rank, const RankReg* replace
     auto it = by_object.find(e.object);
     if (it != by_object.end()) {
       for (const Held& h : it->second) {
-        if ((rank.role == Role::kTarget || h.role == Role::kTarget) && overlap(e, *h.extent)) {
-          return refuse(i, *h.extent, h.label);
+        const RankReg::Extent& other = h.rank->extents[h.shard];
+        if ((rank.role == Role::kTarget || h.rank->role == Role::kTarget) && overlap(e, other)) {
+          return refuse(i, other, absl::StrCat("model '", h.model->id, "' ", h.rank->Label(), " buffer '",
+                                               h.rank->shards[h.shard].name, "'"));
         }
       }
     }
@@ -857,7 +859,7 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::st
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
   }
   Model& m = *mit->second;
-  if (absl::Status s = Authorize(caller, m, "unregister"); !s.ok()) return s;
+  if (absl::Status s = Authorize(caller, m.id, &m, "unregister"); !s.ok()) return s;
   if (m.running != nullptr || m.part != nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));

@@ -52,7 +52,7 @@ struct Caller {
   bool may_write = false;
 
   static Caller Local(int64_t uid, int64_t gid, int64_t pid, bool admin);
-  static Caller Certificate(std::string subject, bool admin = false);
+  static Caller Certificate(std::string subject);
   static Caller Anonymous(bool may_write);
   // What sessions and models are bound to: "uid:1000", "cert:trainer",
   // "anonymous".

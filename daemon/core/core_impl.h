@@ -258,11 +258,11 @@ class CoreImpl final : public Core {
   absl::Status CheckJob(Job* job, absl::Time deadline, const char* phase,
                         const std::function<bool()>& client_gone);
   void SetProgress(Job* job, const Progress& p);
-  // Whether `caller` may change `model` (its owner, or an administrator),
-  // and may write at all. PERMISSION_DENIED naming the caller, the model and
-  // `action` otherwise.
-  absl::Status Authorize(const Caller& caller, const Model& model, const char* action) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `caller` may write at all and, for an existing `model` (null for
+  // a new one), is its owner or an administrator. PERMISSION_DENIED naming
+  // the caller, the model, `action` and what would allow it otherwise.
+  absl::Status Authorize(const Caller& caller, const std::string& model_id, const Model* model,
+                         const char* action) const;
   // The caller's attached session `session_id`: NOT_FOUND when unknown or
   // closing, PERMISSION_DENIED when it belongs to another identity.
   absl::StatusOr<Session*> CallerSession(const Caller& caller, const std::string& session_id)

@@ -1021,7 +1021,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     auto mit = models_.find(args.model_id);
     if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     model = mit->second.get();
-    if (absl::Status s = Authorize(args.caller, *model, "sync"); !s.ok()) return s;
+    if (absl::Status s = Authorize(args.caller, args.model_id, model, "sync"); !s.ok()) return s;
     if (!model->coordinator.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", args.model_id, "' is coordinated by the daemon at ", model->coordinator,

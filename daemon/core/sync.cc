@@ -274,7 +274,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     wsync::MutexLock lock(&mu_);
     auto mit = models_.find(args.model_id);
     if (mit != models_.end()) {
-      if (absl::Status s = Authorize(args.caller, *mit->second, "sync"); !s.ok()) return s;
+      if (absl::Status s = Authorize(args.caller, args.model_id, mit->second.get(), "sync"); !s.ok()) return s;
       distributed = IsDistributed(*mit->second);
     }
   }
@@ -315,7 +315,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
       return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     }
     model = mit->second.get();
-    if (absl::Status s = Authorize(args.caller, *model, "sync"); !s.ok()) return s;
+    if (absl::Status s = Authorize(args.caller, args.model_id, model, "sync"); !s.ok()) return s;
     std::vector<Replica*> todo;
     std::optional<SyncOutcome> done;
     if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
@@ -900,7 +900,7 @@ absl::StatusOr<std::string> CoreImpl::CancelSync(const Caller& caller, const std
   wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit != models_.end()) {
-    if (absl::Status s = Authorize(caller, *mit->second, "cancel a sync of"); !s.ok()) return s;
+    if (absl::Status s = Authorize(caller, model_id, mit->second.get(), "cancel a sync of"); !s.ok()) return s;
   }
   if (mit == models_.end() || mit->second->running == nullptr) {
     return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is running"));
