@@ -5,10 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "daemon/common/mutex.h"
 
 namespace wsync::service {
 namespace {
@@ -41,8 +45,7 @@ class AuthenticatorImpl final : public Authenticator {
   core::Caller Identify(const grpc::ServerContext& ctx) const override {
     if (auto cred = lookup_(ctx.peer()); cred.has_value()) {
       if (cred->uid < 0) return core::Caller::Anonymous(false);  // SO_PEERCRED failed: trust nothing
-      const bool admin = cred->uid == static_cast<int64_t>(daemon_uid_) ||
-                         (admin_gid_.has_value() && InGroup(cred->uid, cred->gid, *admin_gid_));
+      const bool admin = cred->uid == static_cast<int64_t>(daemon_uid_) || IsAdminMember(cred->uid, cred->gid);
       return core::Caller::Local(cred->uid, cred->gid, cred->pid, admin);
     }
     if (std::string name = CertificateName(ctx); !name.empty()) return core::Caller::Certificate(name);
@@ -74,6 +77,19 @@ class AuthenticatorImpl final : public Authenticator {
   }
 
  private:
+  // Membership of --admin-group, looked up in the user and group databases
+  // at most once a minute per (uid, gid), not on every call.
+  bool IsAdminMember(int64_t uid, int64_t gid) const {
+    if (!admin_gid_.has_value()) return false;
+    const absl::Time now = absl::Now();
+    MutexLock lock(&mu_);
+    auto it = admin_cache_.find({uid, gid});
+    if (it != admin_cache_.end() && now - it->second.second < absl::Minutes(1)) return it->second.first;
+    const bool member = InGroup(uid, gid, *admin_gid_);
+    admin_cache_[{uid, gid}] = {member, now};
+    return member;
+  }
+
   // Every name of the verified client certificate: CN first, then SANs.
   static std::vector<std::string> Names(const grpc::ServerContext& ctx) {
     std::vector<std::string> out;
@@ -93,6 +109,8 @@ class AuthenticatorImpl final : public Authenticator {
   const CredLookup lookup_;
   const std::optional<gid_t> admin_gid_;
   const uid_t daemon_uid_;
+  mutable Mutex mu_;
+  mutable std::map<std::pair<int64_t, int64_t>, std::pair<bool, absl::Time>> admin_cache_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
