@@ -160,3 +160,20 @@ def test_a_forked_child_cannot_break_the_parents_session(daemon):
         assert c.reconnects == 0
     finally:
         c.close()
+
+
+def test_remove_stale_shm_removes_only_what_dead_processes_left():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    paths = {p: f"/dev/shm/wsync-{p}-{os.getpid()}-test" for p in (dead.pid, os.getpid())}
+    for path in paths.values():
+        open(path, "wb").close()
+    try:
+        removed = wsync.remove_stale_shm()
+        assert os.path.basename(paths[dead.pid]) in removed
+        assert os.path.exists(paths[os.getpid()])  # this process still runs
+        assert wsync.remove_stale_shm(os.getpid()) == [os.path.basename(paths[os.getpid()])]
+    finally:
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)

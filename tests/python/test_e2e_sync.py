@@ -29,13 +29,6 @@ def small_config(**kw):
     return c
 
 
-def forget_shm(pid):
-    """Removes what a SIGKILLed client left in /dev/shm (docs/operations.md)."""
-    for name in os.listdir("/dev/shm"):
-        if name.startswith(f"wsync-{pid}-"):
-            os.unlink(os.path.join("/dev/shm", name))
-
-
 class Proc:
     def __init__(self, argv, log):
         self.p = subprocess.Popen([PY, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -52,7 +45,7 @@ class Proc:
     def kill(self):
         self.p.kill()
         self.p.wait()
-        forget_shm(self.p.pid)
+        wsync.remove_stale_shm(self.p.pid)
 
     def stop(self):
         if self.p.poll() is None:
@@ -200,7 +193,7 @@ def test_trainer_killed_mid_sync(daemon, cluster_factory):
             if p.phase == wsync.client.types_pb2.TRANSFERRING and p.buckets_done >= 2 and victim.p.poll() is None:
                 victim.p.send_signal(signal.SIGKILL)
                 victim.p.wait()
-                forget_shm(victim.p.pid)
+                wsync.remove_stale_shm(victim.p.pid)
                 time.sleep(0.3)  # the daemon notices the broken stream
 
         with pytest.raises(wsync.WsyncError) as e:

@@ -116,10 +116,8 @@ class Child:
     def kill(self):
         self.p.send_signal(signal.SIGKILL)
         self.p.wait()
-        # A SIGKILLed client cannot unlink its shared memory (docs/operations.md).
-        for name in os.listdir("/dev/shm"):
-            if name.startswith(f"wsync-{self.p.pid}-"):
-                os.unlink(os.path.join("/dev/shm", name))
+        import wsync
+        wsync.remove_stale_shm(self.p.pid)  # a SIGKILLed client cannot unlink its own
 
     def close(self):
         if self.p.poll() is None:

@@ -2,7 +2,7 @@
 
 The main entry point is :class:`Client`. See client/python/README.md.
 """
-from wsync.client import Client, WsyncError, DTYPES
+from wsync.client import Client, WsyncError, DTYPES, remove_stale_shm
 
-__all__ = ["Client", "WsyncError", "DTYPES"]
+__all__ = ["Client", "WsyncError", "DTYPES", "remove_stale_shm"]
 __version__ = "0.1.0"

@@ -86,6 +86,35 @@ def cuda_buffer_spec(name, tensor, ready_event=None):
     return spec
 
 
+def remove_stale_shm(pid=None):
+    """Removes the shared memory that killed clients left in /dev/shm
+    (`wsync-<pid>-*`, from this package and from the C++ client): that of
+    process `pid`, or, by default, of every process that no longer runs.
+    Returns the names removed."""
+    removed = []
+    for name in os.listdir("/dev/shm"):
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "wsync" or not parts[1].isdigit():
+            continue
+        owner = int(parts[1])
+        if pid is not None and owner != pid:
+            continue
+        if pid is None:
+            try:
+                os.kill(owner, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # running, as another user
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 class WsyncError(RuntimeError):
     """A wsyncd call failed. `code` is the grpc.StatusCode, `message` the daemon's words."""
 
