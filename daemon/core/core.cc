@@ -354,10 +354,12 @@ absl::Status CoreImpl::Authorize(const Caller& caller, const std::string& model_
         "': anonymous callers (TCP without a client certificate) may only read status; use the Unix socket, "
         "an mTLS client certificate, or start wsyncd with --allow-anonymous-writes"));
   }
-  if (model == nullptr || caller.admin || model->owner == caller.Key()) return absl::OkStatus();
+  if (model == nullptr || caller.admin || (model->owner && model->owner->Key() == caller.Key())) {
+    return absl::OkStatus();
+  }
   return absl::PermissionDeniedError(absl::StrCat(
       caller.ToString(), " may not ", action, " model '", model_id, "': it belongs to ",
-      model->owner.empty() ? std::string("the daemons that announced it") : model->owner_label,
+      model->owner ? model->owner->ToString() : std::string("the daemons that announced it"),
       " (only its owner and administrators, the daemon's uid and members of --admin-group, may)"));
 }
 
@@ -462,8 +464,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
   ModelRegistered out{a.model_id, m->spec.size(), m->spec.TotalBytes()};
 
   if (!a.announced) {
-    m->owner = a.caller.Key();
-    m->owner_label = a.caller.ToString();
+    m->owner = a.caller;
   }
 
   wsync::MutexLock lock(&mu_);
@@ -477,10 +478,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     // A model known only from peers' announcements is claimed by the first
     // local registrant.
     if (!a.announced) {
-      if (old.owner.empty()) {
-        old.owner = m->owner;
-        old.owner_label = m->owner_label;
-      }
+      if (!old.owner) old.owner = m->owner;
       if (absl::Status s = Authorize(a.caller, old.id, &old, "register"); !s.ok()) return s;
     }
     bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();

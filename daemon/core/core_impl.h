@@ -115,10 +115,9 @@ struct Job {
 struct Model {
   std::string id;
   std::string owner_session;
-  // The identity that registered it (Caller::Key; "" for a model known only
-  // from peers' announcements, which the first local registrant claims).
-  std::string owner;
-  std::string owner_label;  // Caller::ToString()
+  // The identity that registered it; none for a model known only from
+  // peers' announcements, which the first local registrant claims.
+  std::optional<Caller> owner;
   layout::ModelSpec spec;
   bool has_config = false;
   layout::ModelConfig config;
