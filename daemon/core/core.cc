@@ -371,7 +371,8 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
   }
   if (it->second->client.caller.Key() != caller.Key()) {
     return absl::PermissionDeniedError(
-        absl::StrCat(caller.ToString(), " may not use a session opened by another identity"));
+        absl::StrCat(caller.ToString(), " may not use a session opened by another identity; pass the session id "
+                     "your own Attach returned"));
   }
   return it->second.get();
 }
