@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "client/convert/convert.h"
 #include "client/cpp/connection.h"
+#include "daemon/service/convert.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "wsync/v1/wsync.grpc.pb.h"
 
@@ -127,8 +128,7 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
       const auto& c = r.rank();
       rows.push_back({m.model_id(), r.role() == v1::SOURCE ? "source" : "target",
                       r.replica_id().empty() ? "-" : r.replica_id(),
-                      absl::StrFormat("tp%d/%d pp%d/%d ep%d/%d", c.tp(), c.tp_size(), c.pp(),
-                                      c.pp_size(), c.ep(), c.ep_size()),
+                      service::FromProto(c).ToString(),
                       r.client_name(), absl::StrCat(r.num_buffers()), HumanBytes(r.bytes()),
                       r.role() == v1::SOURCE ? "-" : (r.update_mode() == v1::IN_PLACE ? "in_place" : "staged")});
     }

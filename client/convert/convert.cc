@@ -83,11 +83,14 @@ struct Adapter {
 };
 
 std::string RankLabel(const LayoutSpec& l, const RankCoords& r) {
-  return absl::StrCat(l.recipe, " rank ", r.ToString());
+  return absl::StrCat(l.recipe, " ", r.ToString());
 }
 
+// Reads a Hugging Face checkpoint with MoE experts per expert (Transformers
+// v4) or fused (v5), as `experts` in --from's options says, else as its
+// tensor names say; *fused_out tells which.
 absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
-                          const layout::ModelConfig& config, Inputs* in) {
+                          const layout::ModelConfig& config, Inputs* in, bool* fused_out) {
   std::vector<std::string> names;
   const std::string index = Join(o.in_dir, "model.safetensors.index.json");
   if (Exists(index)) {
@@ -114,11 +117,6 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
     auto f = SafetensorsFile::Open(Join(o.in_dir, n));
     if (!f.ok()) return f.status();
     for (const TensorInfo& t : (*f)->tensors()) {
-      if (model.Find(t.name) < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            (*f)->path(), ": extra tensor '", t.name, "' is not part of the ", config.family,
-            " model described by ", o.model_config));
-      }
       auto [it, fresh] = where.emplace(t.name, std::make_pair(f->get(), &t));
       if (!fresh) {
         return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' appears in both ",
@@ -128,27 +126,46 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
     }
     in->files.push_back(std::move(*f));
   }
+  layout::RecipeOptions options = o.from.options;
+  if (!options.count("experts")) {
+    bool fused = false;
+    for (const auto& [name, at] : where) fused |= absl::EndsWith(name, ".mlp.experts.gate_up_proj");
+    options["experts"] = fused ? "fused" : "per_expert";
+  }
+  *fused_out = options["experts"] == "fused";
+  auto shards = layout::BuildShards(model, config, "hf", options, RankCoords{}, DType::kF32);
+  if (!shards.ok()) return shards.status();
+  const std::string form =
+      config.IsMoe() ? absl::StrCat(" (experts read ", options["experts"], ")") : std::string();
   InputRank rank;
   rank.endpoint.id = "hf";
-  for (int32_t i = 0; i < model.size(); ++i) {
-    const layout::TensorSpec& t = model.tensor(i);
-    auto it = where.find(t.name);
+  std::set<std::string> expected;
+  for (ShardSpec& s : *shards) {
+    expected.insert(s.name);
+    auto it = where.find(s.name);
     if (it == where.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("missing tensor '", t.name, "': not in any of the ",
-                                                     names.size(), " safetensors file(s) in ", o.in_dir));
+      return absl::InvalidArgumentError(absl::StrCat("missing tensor '", s.name, "': not in any of the ",
+                                                     names.size(), " safetensors file(s) in ", o.in_dir,
+                                                     form));
     }
     const TensorInfo* info = it->second.second;
-    if (info->shape != t.shape) {
+    if (info->shape != s.shape) {
       return absl::InvalidArgumentError(absl::StrCat(
-          it->second.first->path(), ": tensor '", t.name, "' has shape ", info->shape.ToString(),
-          " but ", o.model_config, " gives ", t.shape.ToString()));
+          it->second.first->path(), ": tensor '", s.name, "' has shape ", info->shape.ToString(),
+          " but ", o.model_config, " gives ", s.shape.ToString()));
     }
-    ShardSpec s{t.name, t.shape, info->dtype, {}};
-    s.pieces.push_back({i, Box::Whole(t.shape), Box::Whole(t.shape)});
-    rank.endpoint.shards.push_back(std::move(s));
+    s.dtype = info->dtype;
     rank.file.push_back(it->second.first);
     rank.info.push_back(info);
   }
+  for (const auto& [name, at] : where) {
+    if (!expected.count(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          at.first->path(), ": extra tensor '", name, "' is not part of the ", config.family,
+          " model described by ", o.model_config, form));
+    }
+  }
+  rank.endpoint.shards = std::move(*shards);
   in->ranks.push_back(std::move(rank));
   return absl::OkStatus();
 }
@@ -158,12 +175,11 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
 // the layout exactly once.
 struct Manifest {
   std::string recipe;
-  RankCoords sizes;
+  layout::LayoutSizes sizes;
   DType dtype = DType::kF32;
-  std::map<std::string, std::string> files;  // CoordsKey -> file name
+  std::vector<RankCoords> ranks;  // by process rank, as the manifest records them
+  std::vector<std::string> files;  // by process rank
 };
-
-std::string CoordsOf(const RankCoords& r) { return absl::StrCat(r.tp, ".", r.pp, ".", r.ep, ".", r.etp, ".", r.dp); }
 
 absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::string& text) {
   auto bad = [&](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(path, ": ", what)); };
@@ -180,8 +196,12 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::strin
     return bad(absl::StrCat("'format' is '", format->substr(0, 64), "', not 'wsync.sharded-safetensors'"));
   }
   auto version = j.find("version");
-  if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != 1) {
-    return bad("'version' must be the integer 1");
+  if (version != j.end() && version->is_number_integer() && version->get<int64_t>() == 1) {
+    return bad("version 1 manifests (written before wsync numbered processes as the engines do) are not "
+               "read; convert the checkpoint again from its hf form");
+  }
+  if (version == j.end() || !version->is_number_integer() || version->get<int64_t>() != 2) {
+    return bad("'version' must be the integer 2");
   }
   Manifest m;
   auto recipe = str("recipe");
@@ -213,19 +233,23 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::strin
     *out = static_cast<int>(it->get<int64_t>());
     return absl::OkStatus();
   };
-  RankCoords& sz = m.sizes;
-  for (auto [key, field] : {std::pair{"tp", &sz.tp_size}, {"pp", &sz.pp_size}, {"ep", &sz.ep_size},
-                            {"etp", &sz.etp_size}, {"dp", &sz.dp_size}}) {
-    if (absl::Status s = dim(*sizes, key, 1, 1, 1 << 16, "sizes.", field); !s.ok()) return s;
+  layout::LayoutSizes& sz = m.sizes;
+  for (auto [key, field, lo] : {std::tuple{"tp", &sz.tp, 1}, {"cp", &sz.cp, 1}, {"dp", &sz.dp, 1},
+                                {"pp", &sz.pp, 1}, {"ep", &sz.ep, 0}, {"etp", &sz.etp, 0}}) {
+    if (absl::Status s = dim(*sizes, key, lo, lo, 1 << 16, "sizes.", field); !s.ok()) return s;
   }
-  uint64_t want = 1;
-  for (int v : {sz.tp_size, sz.pp_size, sz.ep_size, sz.etp_size, sz.dp_size}) want *= static_cast<uint64_t>(v);
+  auto grid = layout::EngineRanks(m.recipe, sz);
+  if (!grid.ok()) return bad(absl::StrCat("'sizes': ", grid.status().message()));
+  const RankCoords& shape = grid->front();
   auto ranks = j.find("ranks");
   if (ranks == j.end() || !ranks->is_array()) return bad("'ranks' must be an array");
-  if (ranks->size() != want) {
-    return bad(absl::StrCat("'ranks' lists ", ranks->size(), " ranks but the sizes make ", want));
+  if (ranks->size() != grid->size()) {
+    return bad(absl::StrCat("'ranks' lists ", ranks->size(), " processes but the sizes make ", grid->size()));
   }
+  m.ranks.resize(grid->size());
+  m.files.resize(grid->size());
   std::set<std::string> names;
+  std::set<int> seen;
   for (size_t i = 0; i < ranks->size(); ++i) {
     const nlohmann::json& r = (*ranks)[i];
     const std::string where = absl::StrCat("ranks[", i, "].");
@@ -237,13 +261,23 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::strin
       return bad(absl::StrCat("'", where, "file' must name a file in the checkpoint's directory"));
     }
     if (!names.insert(file).second) return bad(absl::StrCat("'", where, "file' ", file, " is listed twice"));
-    RankCoords c = sz;
-    for (auto [key, field, n] : {std::tuple{"tp", &c.tp, sz.tp_size}, {"pp", &c.pp, sz.pp_size},
-                                 {"ep", &c.ep, sz.ep_size}, {"etp", &c.etp, sz.etp_size}, {"dp", &c.dp, sz.dp_size}}) {
+    RankCoords c = shape;
+    for (auto [key, field, n] :
+         {std::tuple{"rank", &c.rank, shape.world_size}, {"tp", &c.tp, shape.tp_size}, {"cp", &c.cp, shape.cp_size},
+          {"dp", &c.dp, shape.dp_size}, {"pp", &c.pp, shape.pp_size}, {"etp", &c.etp, shape.etp_size},
+          {"ep", &c.ep, shape.ep_size}, {"edp", &c.edp, shape.edp_size}}) {
+      if (r.find(key) == r.end()) return bad(absl::StrCat("'", where, key, "' is missing"));
       if (absl::Status s = dim(r, key, 0, 0, n - 1, where, field); !s.ok()) return s;
     }
-    if (!m.files.emplace(CoordsOf(c), file).second) {
-      return bad(absl::StrCat("'ranks[", i, "]' repeats rank ", c.ToString()));
+    if (!seen.insert(c.rank).second) return bad(absl::StrCat("'", where, "rank' repeats process ", c.rank));
+    m.ranks[c.rank] = c;
+    m.files[c.rank] = file;
+  }
+  // Every process has its own place in each grid.
+  std::set<std::vector<int>> dense, expert;
+  for (const RankCoords& c : m.ranks) {
+    if (!dense.insert({c.tp, c.cp, c.dp, c.pp}).second || !expert.insert({c.etp, c.ep, c.edp, c.pp}).second) {
+      return bad(absl::StrCat("process ", c.ToString(), " shares its dense or expert coordinates with another"));
     }
   }
   return m;
@@ -257,14 +291,12 @@ absl::StatusOr<std::optional<Manifest>> ReadManifest(const ConvertOptions& o) {
   if (!text.ok()) return text.status();
   auto m = ParseManifest(path, *text);
   if (!m.ok()) return m.status();
-  const RankCoords& s = o.from.sizes;
-  const RankCoords& t = m->sizes;
-  if (m->recipe != o.from.recipe || t.tp_size != std::max(1, s.tp_size) || t.pp_size != std::max(1, s.pp_size) ||
-      t.ep_size != std::max(1, s.ep_size) || t.etp_size != std::max(1, s.etp_size) ||
-      t.dp_size != std::max(1, s.dp_size)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", m->recipe, " tp=", t.tp_size, ",pp=",
-                                                   t.pp_size, ",ep=", t.ep_size, ",etp=", t.etp_size, ",dp=",
-                                                   t.dp_size, ", but --from says ", o.from.ToString()));
+  auto want = layout::EngineRanks(o.from.recipe, o.from.sizes);
+  if (!want.ok()) return want.status();
+  if (m->recipe != o.from.recipe || !m->ranks.front().SameSizes(want->front())) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", m->recipe, " ",
+                                                   m->ranks.front().ToString(), " process grids, but --from says ",
+                                                   o.from.ToString()));
   }
   return std::optional<Manifest>(std::move(*m));
 }
@@ -273,9 +305,12 @@ absl::Status LoadShardedInputs(const ConvertOptions& o, const ModelSpec& model,
                                const layout::ModelConfig& config, Inputs* in) {
   auto manifest = ReadManifest(o);
   if (!manifest.ok()) return manifest.status();
-  for (const RankCoords& r : layout::AllRanks(o.from.sizes)) {
+  auto engine_ranks = layout::EngineRanks(o.from.recipe, o.from.sizes);
+  if (!engine_ranks.ok()) return engine_ranks.status();
+  const std::vector<RankCoords>& ranks = manifest->has_value() ? (*manifest)->ranks : *engine_ranks;
+  for (const RankCoords& r : ranks) {
     const std::string path =
-        Join(o.in_dir, manifest->has_value() ? (*manifest)->files.at(CoordsOf(r)) : RankFileName(r));
+        Join(o.in_dir, manifest->has_value() ? (*manifest)->files[r.rank] : RankFileName(r));
     if (!Exists(path)) {
       return absl::NotFoundError(absl::StrCat("rank file missing from the sharded set: ", path, " (",
                                               RankLabel(o.from, r), ")"));
@@ -394,11 +429,12 @@ int64_t PeakRssKib() {
 std::string LayoutSpec::ToString() const {
   std::string s = recipe;
   std::vector<std::string> parts;
-  const std::pair<const char*, int> sz[] = {{"tp", sizes.tp_size}, {"pp", sizes.pp_size},
-                                            {"ep", sizes.ep_size}, {"etp", sizes.etp_size},
-                                            {"dp", sizes.dp_size}};
+  const std::pair<const char*, int> sz[] = {{"tp", sizes.tp}, {"cp", sizes.cp}, {"dp", sizes.dp},
+                                            {"pp", sizes.pp}, {"ep", sizes.ep}, {"etp", sizes.etp}};
   for (auto [k, v] : sz) {
-    if (v > 1) parts.push_back(absl::StrCat(k, "=", v));
+    if (v > 1 || (v == 1 && (k == std::string("ep") || k == std::string("etp")))) {
+      parts.push_back(absl::StrCat(k, "=", v));
+    }
   }
   for (const auto& [k, v] : options) parts.push_back(absl::StrCat(k, "=", v));
   for (size_t i = 0; i < parts.size(); ++i) absl::StrAppend(&s, i ? "," : ":", parts[i]);
@@ -414,38 +450,42 @@ absl::StatusOr<LayoutSpec> ParseLayoutSpec(const std::string& text) {
     return absl::InvalidArgumentError(absl::StrCat("layout '", text, "': unknown recipe '", l.recipe,
                                                    "' (megatron, vllm, hf, fsdp)"));
   }
-  if (head.size() == 1 || head[1].empty()) return l;
-  for (absl::string_view item : absl::StrSplit(head[1], ',')) {
-    std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
-    if (kv.size() != 2 || kv[0].empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("layout '", text, "': expected key=value, got '", item, "'"));
+  if (head.size() > 1 && !head[1].empty()) {
+    for (absl::string_view item : absl::StrSplit(head[1], ',')) {
+      std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+      if (kv.size() != 2 || kv[0].empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("layout '", text, "': expected key=value, got '", item, "'"));
+      }
+      int* size = kv[0] == "tp"    ? &l.sizes.tp
+                  : kv[0] == "cp"  ? &l.sizes.cp
+                  : kv[0] == "dp"  ? &l.sizes.dp
+                  : kv[0] == "pp"  ? &l.sizes.pp
+                  : kv[0] == "ep"  ? &l.sizes.ep
+                  : kv[0] == "etp" ? &l.sizes.etp
+                                   : nullptr;
+      if (size == nullptr) {
+        l.options[kv[0]] = kv[1];
+        continue;
+      }
+      if (!absl::SimpleAtoi(kv[1], size) || *size < 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("layout '", text, "': ", kv[0], " must be a positive integer"));
+      }
     }
-    int* size = kv[0] == "tp"    ? &l.sizes.tp_size
-                : kv[0] == "pp"  ? &l.sizes.pp_size
-                : kv[0] == "ep"  ? &l.sizes.ep_size
-                : kv[0] == "etp" ? &l.sizes.etp_size
-                : kv[0] == "dp"  ? &l.sizes.dp_size
-                                 : nullptr;
-    if (size == nullptr) {
-      l.options[kv[0]] = kv[1];
-      continue;
-    }
-    if (!absl::SimpleAtoi(kv[1], size) || *size < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("layout '", text, "': ", kv[0], " must be a positive integer"));
-    }
+  }
+  if (auto ranks = layout::EngineRanks(l.recipe, l.sizes); !ranks.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("layout '", text, "': ", ranks.status().message()));
   }
   return l;
 }
 
-std::string RankFileName(const RankCoords& r) {
-  return absl::StrCat("rank-tp", r.tp, "-pp", r.pp, "-ep", r.ep, "-etp", r.etp, "-dp", r.dp,
-                      ".safetensors");
-}
+std::string RankFileName(const RankCoords& r) { return absl::StrFormat("rank-%05d.safetensors", r.rank); }
 
 // The conversion; every output file it puts in place is added to *written.
-static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::vector<std::string>* written) {
+static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
+                                                 std::vector<std::string>* written) {
+  ConvertOptions o = options;
   const auto start = std::chrono::steady_clock::now();
   if (o.in_dir == o.out_dir || SameDirectory(o.in_dir, o.out_dir)) {
     return absl::InvalidArgumentError(absl::StrCat("--out ", o.out_dir, " is the input directory"));
@@ -475,9 +515,14 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::v
   if (!model.ok()) return model.status();
 
   Inputs in;
-  absl::Status loaded = o.from.recipe == "hf" ? LoadHfInputs(o, *model, *config, &in)
+  bool fused_in = o.from.options.count("experts") && o.from.options.at("experts") == "fused";
+  absl::Status loaded = o.from.recipe == "hf" ? LoadHfInputs(o, *model, *config, &in, &fused_in)
                                               : LoadShardedInputs(o, *model, *config, &in);
   if (!loaded.ok()) return loaded;
+  // hf and fsdp outputs keep the input's expert form unless --to names one.
+  if ((o.to.recipe == "hf" || o.to.recipe == "fsdp") && config->IsMoe() && !o.to.options.count("experts")) {
+    o.to.options["experts"] = fused_in ? "fused" : "per_expert";
+  }
 
   // Output dtype.
   DType out_dtype;
@@ -519,7 +564,9 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::v
 
   // Targets.
   std::vector<Endpoint> targets;
-  std::vector<RankCoords> target_ranks = layout::AllRanks(o.to.sizes);
+  auto to_ranks = layout::EngineRanks(o.to.recipe, o.to.sizes);
+  if (!to_ranks.ok()) return to_ranks.status();
+  const std::vector<RankCoords>& target_ranks = *to_ranks;
   for (const RankCoords& r : target_ranks) {
     auto shards = layout::BuildShards(*model, *config, o.to.recipe, o.to.options, r, out_dtype);
     if (!shards.ok()) return shards.status();
@@ -715,19 +762,19 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& o, std::v
   } else {
     nlohmann::ordered_json m;
     m["format"] = "wsync.sharded-safetensors";
-    m["version"] = 1;
+    m["version"] = 2;
     m["recipe"] = o.to.recipe;
     m["options"] = nlohmann::ordered_json::object();
     for (const auto& [k, v] : o.to.options) m["options"][k] = v;
-    m["sizes"] = {{"tp", o.to.sizes.tp_size}, {"pp", o.to.sizes.pp_size},
-                  {"ep", o.to.sizes.ep_size}, {"etp", o.to.sizes.etp_size},
-                  {"dp", o.to.sizes.dp_size}};
+    m["sizes"] = {{"tp", o.to.sizes.tp}, {"cp", o.to.sizes.cp}, {"dp", o.to.sizes.dp},
+                  {"pp", o.to.sizes.pp}, {"ep", o.to.sizes.ep}, {"etp", o.to.sizes.etp}};
+    m["world_size"] = target_ranks.size();
     m["dtype"] = kernels::DTypeName(out_dtype);
     m["ranks"] = nlohmann::ordered_json::array();
     for (size_t i = 0; i < target_ranks.size(); ++i) {
       const RankCoords& r = target_ranks[i];
-      m["ranks"].push_back({{"file", files[i].name}, {"tp", r.tp}, {"pp", r.pp}, {"ep", r.ep},
-                            {"etp", r.etp}, {"dp", r.dp}});
+      m["ranks"].push_back({{"file", files[i].name}, {"rank", r.rank}, {"tp", r.tp}, {"cp", r.cp},
+                            {"dp", r.dp}, {"pp", r.pp}, {"etp", r.etp}, {"ep", r.ep}, {"edp", r.edp}});
     }
     m["model_config"] = nlohmann::ordered_json::parse(*config_text, nullptr, false);
     if (absl::Status st = write_text(Join(o.out_dir, kManifest), m.dump(2) + "\n"); !st.ok()) {

@@ -7,11 +7,11 @@
 // Layouts on disk:
 // - hf: a Hugging Face checkpoint: model.safetensors, or
 //   model-0000K-of-0000N.safetensors plus model.safetensors.index.json.
-// - megatron, vllm, fsdp: one file per rank,
-//   rank-tp{tp}-pp{pp}-ep{ep}-etp{etp}-dp{dp}.safetensors, holding that
-//   rank's buffers under the recipe's names, plus a manifest
-//   wsync_layout.json (recipe, options, sizes, dtype, rank files, and the
-//   model's config.json).
+// - megatron, vllm, fsdp: one file per process, rank-{rank:05}.safetensors,
+//   holding that process's buffers under the recipe's names, plus a
+//   manifest wsync_layout.json (version 2: recipe, options, sizes,
+//   world_size, dtype, each process's file and coordinates in the dense and
+//   expert grids, and the model's config.json).
 
 #include <cstdint>
 #include <string>
@@ -21,12 +21,13 @@
 
 namespace wsync::convert {
 
-// "megatron:tp=2,pp=2", "vllm:tp=4,ep=2", "hf", "fsdp:dp=8". Keys tp, pp,
-// ep, etp and dp set sizes; other keys are recipe options
-// ("megatron:tp=2,make_vocab_size_divisible_by=64").
+// "megatron:tp=2,pp=2", "megatron:tp=2,dp=2,ep=2,etp=1", "vllm:tp=4,ep=4",
+// "hf", "fsdp:dp=8". Keys tp, cp, dp, pp, ep and etp set the engine's
+// parallel sizes (layout::EngineRanks says what they mean per engine);
+// other keys are recipe options ("megatron:tp=2,spec=local").
 struct LayoutSpec {
   std::string recipe;
-  layout::RankCoords sizes;
+  layout::LayoutSizes sizes;
   layout::RecipeOptions options;
   std::string ToString() const;
 };
@@ -67,7 +68,7 @@ absl::StatusOr<ConvertReport> Convert(const ConvertOptions& options);
 // field otherwise. Never throws.
 absl::Status ValidateLayoutManifest(const std::string& path, const std::string& text);
 
-// The file name of a rank in the sharded layouts.
+// The file name of a process in the sharded layouts.
 std::string RankFileName(const layout::RankCoords& rank);
 
 }  // namespace wsync::convert

@@ -144,12 +144,43 @@ TEST_CASE("HF -> megatron(tp=2,pp=2) -> vllm(tp=4) -> HF is bit-identical in fp3
   CheckRoundTrip(c, "back");
 }
 
-TEST_CASE("MoE: HF -> megatron(tp=2,ep=2,etp=2) -> vllm(ep=2) -> fsdp(dp=3) -> HF") {
+TEST_CASE("MoE: HF -> megatron(tp=2,ep=2,etp=1) -> vllm(tp=2,ep=2) -> fsdp(dp=3, fused) -> megatron -> HF") {
   Checkpoint c = MakeHf(kMoe, false, 2);
-  Run(Opts(c, "hf", "megatron:tp=2,ep=2,etp=2", "hf", "meg"));
-  Run(Opts(c, "megatron:tp=2,ep=2,etp=2", "vllm:tp=2,ep=2", "meg", "vllm"));
-  Run(Opts(c, "vllm:tp=2,ep=2", "fsdp:dp=3", "vllm", "fsdp"));
-  Run(Opts(c, "fsdp:dp=3", "hf", "fsdp", "back"));
+  // Two processes: process r is dense TP rank r and expert EP rank r.
+  Run(Opts(c, "hf", "megatron:tp=2,ep=2,etp=1", "hf", "meg"));
+  {
+    auto p1 = SafetensorsFile::Open(c.dir + "/meg/rank-00001.safetensors");
+    REQUIRE(p1.ok());
+    CHECK((*p1)->Find("decoder.layers.0.mlp.experts.linear_fc1.weight3") != nullptr);  // experts 2, 3 of 4
+    CHECK((*p1)->Find("decoder.layers.0.mlp.experts.linear_fc1.weight1") == nullptr);
+    std::ifstream in(c.dir + "/meg/wsync_layout.json");
+    const std::string m((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK_THAT(m, Catch::Contains(R"("world_size": 2)"));
+  }
+  Run(Opts(c, "megatron:tp=2,ep=2,etp=1", "vllm:tp=2,ep=2,expert_placement=round_robin", "meg", "vllm"));
+  Run(Opts(c, "vllm:tp=2,ep=2,expert_placement=round_robin", "fsdp:dp=3,experts=fused", "vllm", "fsdp"));
+  Run(Opts(c, "fsdp:dp=3,experts=fused", "megatron:tp=2,dp=2,ep=2,etp=2,spec=local", "fsdp", "meg4"));
+  Run(Opts(c, "megatron:tp=2,dp=2,ep=2,etp=2,spec=local", "hf", "meg4", "back"));
+  CheckRoundTrip(c, "back");
+}
+
+TEST_CASE("Transformers v5 checkpoints: fused experts read and written, the form kept by default") {
+  Checkpoint c = MakeHf(kMoe, false, 3);
+  Run(Opts(c, "hf", "hf:experts=fused", "hf", "fused"));
+  auto f = SafetensorsFile::Open(c.dir + "/fused/model.safetensors");
+  REQUIRE(f.ok());
+  const TensorInfo* gu = (*f)->Find("model.layers.0.mlp.experts.gate_up_proj");
+  REQUIRE(gu != nullptr);
+  CHECK(gu->shape.ToString() == "[4, 16, 8]");
+  CHECK((*f)->Find("model.layers.0.mlp.experts.0.gate_proj.weight") == nullptr);
+  // The fused checkpoint is read as fused without being told, and a
+  // conversion from it to hf keeps that form.
+  Run(Opts(c, "hf", "vllm:tp=2", "fused", "vllm"));
+  Run(Opts(c, "hf", "hf", "fused", "fused2"));
+  auto f2 = SafetensorsFile::Open(c.dir + "/fused2/model.safetensors");
+  REQUIRE(f2.ok());
+  CHECK((*f2)->Find("model.layers.1.mlp.experts.down_proj") != nullptr);
+  Run(Opts(c, "vllm:tp=2", "hf:experts=per_expert", "vllm", "back"));
   CheckRoundTrip(c, "back");
 }
 
@@ -203,29 +234,29 @@ void Rewrite(const std::string& path, const std::string& drop, bool extra, bool 
 TEST_CASE("bad inputs are errors naming the file and tensor") {
   Checkpoint c = MakeHf(kDense, true, 4);
   Run(Opts(c, "hf", "megatron:tp=2,pp=2", "hf", "meg"));
-  const std::string rank1 = c.dir + "/meg/rank-tp1-pp1-ep0-etp0-dp0.safetensors";
+  const std::string rank1 = c.dir + "/meg/rank-00003.safetensors";
   ConvertOptions o = Opts(c, "megatron:tp=2,pp=2", "hf", "meg", "out");
 
   SECTION("missing tensor") {
-    Rewrite(rank1, "decoder.layers.1.mlp.linear_fc2.weight", false);
-    CHECK(Error(o) == rank1 + ": missing tensor 'decoder.layers.1.mlp.linear_fc2.weight' (expected "
-                              "by megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1)");
+    Rewrite(rank1, "decoder.layers.3.mlp.linear_fc2.weight", false);
+    CHECK(Error(o) == rank1 + ": missing tensor 'decoder.layers.3.mlp.linear_fc2.weight' (expected "
+                              "by megatron rank 3/4 (tp 1/2, pp 1/2))");
   }
   SECTION("extra tensor") {
     Rewrite(rank1, "", true);
     CHECK(Error(o) == rank1 + ": extra tensor 'decoder.layers.0.self_attention.extra_bias' is not "
-                              "part of megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1");
+                              "part of megatron rank 3/4 (tp 1/2, pp 1/2)");
   }
   SECTION("shape mismatch with the config") {
     Rewrite(rank1, "", false, /*reshape=*/true);
     CHECK(Error(o) == rank1 + ": tensor 'decoder.final_layernorm.weight' has shape [8] but megatron "
-                              "rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1 of the model in " + c.config +
+                              "rank 3/4 (tp 1/2, pp 1/2) of the model in " + c.config +
                               " expects [16]");
   }
   SECTION("rank file missing from the sharded set") {
     unlink(rank1.c_str());
     CHECK(Error(o) == "rank file missing from the sharded set: " + rank1 +
-                          " (megatron rank tp1/2 pp1/2 ep0/1 etp0/1 dp0/1)");
+                          " (megatron rank 3/4 (tp 1/2, pp 1/2))");
   }
   SECTION("truncated header") {
     REQUIRE(truncate(rank1.c_str(), 20) == 0);
@@ -281,11 +312,13 @@ TEST_CASE("every field of a bad wsync_layout.json is a clear error, never an abo
   CHECK_THAT(with(R"("sizes": {)", R"("sizez": {)"), Contains("'sizes' must be an object"));
   CHECK_THAT(with(R"("format": "wsync.sharded-safetensors")", R"("format": 7)"), Contains("'format' must be a string"));
   CHECK_THAT(with(R"("format": "wsync.sharded-safetensors")", R"("format": "other")"), Contains("not 'wsync.sharded"));
-  CHECK_THAT(with(R"("version": 1)", R"("version": 2)"), Contains("'version' must be the integer 1"));
+  CHECK_THAT(with(R"("version": 2)", R"("version": 3)"), Contains("'version' must be the integer 2"));
+  CHECK_THAT(with(R"("version": 2)", R"("version": 1)"), Contains("version 1 manifests"));
+  CHECK_THAT(with(R"("rank": 1,)", R"("rank": 0,)"), Contains("'ranks[1].rank' repeats process 0"));
   CHECK_THAT(with(R"("ranks": [)", R"("ranks": 5, "x": [)"), Contains("'ranks' must be an array"));
-  CHECK_THAT(with(R"("file": "rank-tp0-pp0-ep0-etp0-dp0.safetensors")", R"("file": "../../etc/passwd")"),
+  CHECK_THAT(with(R"("file": "rank-00000.safetensors")", R"("file": "../../etc/passwd")"),
              Contains("must name a file in the checkpoint's directory"));
-  CHECK_THAT(with(R"("file": "rank-tp0-pp0-ep0-etp0-dp0.safetensors")", R"("file": null)"),
+  CHECK_THAT(with(R"("file": "rank-00000.safetensors")", R"("file": null)"),
              Contains("'ranks[0].file' must be a string"));
   CHECK_THAT(with(R"("dtype": "fp32")", R"("dtype": "int4")"), Contains("'dtype'"));
   CHECK_THAT(with(R"("dtype": "fp32")", R"("dtype": [])"), Contains("'dtype' must be a string"));
@@ -352,12 +385,12 @@ TEST_CASE("a conversion that fails midway leaves no file that looks complete") {
     CHECK(Listing(o.out_dir).empty());  // not even a temporary
   }
   SECTION("the last rank file cannot be put in place: the ones before it are taken back") {
-    const std::string last = o.out_dir + "/rank-tp1-pp1-ep0-etp0-dp0.safetensors";
+    const std::string last = o.out_dir + "/rank-00003.safetensors";
     REQUIRE(mkdir(last.c_str(), 0755) == 0);  // rename onto a directory fails
     auto r = Convert(o);
     INFO(r.status().ToString());
     REQUIRE_FALSE(r.ok());
-    CHECK(Listing(o.out_dir) == std::vector<std::string>{"rank-tp1-pp1-ep0-etp0-dp0.safetensors"});
+    CHECK(Listing(o.out_dir) == std::vector<std::string>{"rank-00003.safetensors"});
   }
 }
 
@@ -454,7 +487,7 @@ TEST_CASE("a LoRA merge during conversion matches the kernels' merge reference")
   REQUIRE(report.ok());
   CHECK(report->lora_merged == 8);
   Run(Opts(c, "hf", "vllm:tp=2", "ref_hf", "want"));
-  for (const char* rank : {"rank-tp0-pp0-ep0-etp0-dp0.safetensors", "rank-tp1-pp0-ep0-etp0-dp0.safetensors"}) {
+  for (const char* rank : {"rank-00000.safetensors", "rank-00001.safetensors"}) {
     auto got = SafetensorsFile::Open(c.dir + "/merged/" + rank);
     auto want = SafetensorsFile::Open(c.dir + "/want/" + rank);
     REQUIRE(got.ok());
@@ -479,8 +512,8 @@ TEST_CASE("a LoRA merge during conversion matches the kernels' merge reference")
 TEST_CASE("layout specs parse, and bad ones are named") {
   auto l = ParseLayoutSpec("megatron:tp=2,pp=4,make_vocab_size_divisible_by=64");
   REQUIRE(l.ok());
-  CHECK(l->sizes.tp_size == 2);
-  CHECK(l->sizes.pp_size == 4);
+  CHECK(l->sizes.tp == 2);
+  CHECK(l->sizes.pp == 4);
   CHECK(l->options.at("make_vocab_size_divisible_by") == "64");
   CHECK(l->ToString() == "megatron:tp=2,pp=4,make_vocab_size_divisible_by=64");
   CHECK(ParseLayoutSpec("deepspeed:tp=2").status().message() ==

@@ -243,7 +243,7 @@ absl::Status CoreImpl::AnnounceRank(const std::string& coordinator, const std::s
     }
   }
   if (!ann.has_value()) {
-    return absl::NotFoundError(absl::StrCat("model '", model_id, "' ", RoleName(role), " rank ", rank.ToString(),
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' ", RoleName(role), " ", rank.ToString(),
                                             " went away before it could be announced"));
   }
   auto join = [&]() -> absl::Status {

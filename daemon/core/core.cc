@@ -107,33 +107,16 @@ bool ValidId(const std::string& id) {
 }
 
 
-absl::Status CheckCoords(const layout::RankCoords& r) {
-  const std::tuple<int, int, const char*> dims[] = {{r.tp, r.tp_size, "tp"}, {r.pp, r.pp_size, "pp"},
-                                                    {r.ep, r.ep_size, "ep"}, {r.etp, r.etp_size, "etp"},
-                                                    {r.dp, r.dp_size, "dp"}};
-  for (auto [i, n, name] : dims) {
-    if (n < 1 || i < 0 || i >= n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("rank coordinate ", name, " = ", i, " is outside [0, ", n, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-layout::RankCoords Normalized(layout::RankCoords r) {
-  for (int* s : {&r.tp_size, &r.pp_size, &r.ep_size, &r.etp_size, &r.dp_size}) *s = std::max(*s, 1);
+// The rank with what a caller may leave out filled in (layout::CompleteRank).
+absl::StatusOr<layout::RankCoords> Completed(layout::RankCoords r) {
+  if (absl::Status s = layout::CompleteRank(&r); !s.ok()) return s;
   return r;
 }
 
 layout::RankCoords SizesOf(const layout::RankCoords& r) {
   layout::RankCoords s = r;
-  s.tp = s.pp = s.ep = s.etp = s.dp = 0;
+  s.rank = s.tp = s.cp = s.dp = s.pp = s.etp = s.ep = s.edp = 0;
   return s;
-}
-
-bool SameSizes(const layout::RankCoords& a, const layout::RankCoords& b) {
-  return a.tp_size == b.tp_size && a.pp_size == b.pp_size && a.ep_size == b.ep_size &&
-         a.etp_size == b.etp_size && a.dp_size == b.dp_size;
 }
 
 // Bytes a buffer with a valid `shape` (layout::CheckShape), `strides` and
@@ -171,13 +154,19 @@ absl::Status CheckModelId(const std::string& id) {
   return absl::InvalidArgumentError(absl::StrCat("model id ", Quoted(id), " must match [A-Za-z0-9._-]{1,128}"));
 }
 
-std::string CoordsKey(const layout::RankCoords& r) {
-  return absl::StrCat(r.tp, ".", r.pp, ".", r.ep, ".", r.etp, ".", r.dp);
-}
+std::string CoordsKey(const layout::RankCoords& r) { return absl::StrCat("rank", r.rank); }
 
 std::string SizesString(const layout::RankCoords& r) {
-  return absl::StrCat("tp=", r.tp_size, ",pp=", r.pp_size, ",ep=", r.ep_size, ",etp=", r.etp_size,
-                      ",dp=", r.dp_size);
+  return absl::StrCat("world_size=", r.world_size, " (tp=", r.tp_size, ",cp=", r.cp_size, ",dp=", r.dp_size,
+                      ",pp=", r.pp_size, "; etp=", r.etp_size, ",ep=", r.ep_size, ",edp=", r.edp_size, ")");
+}
+
+std::string DenseCoords(const layout::RankCoords& r) {
+  return absl::StrCat("tp=", r.tp, ",cp=", r.cp, ",dp=", r.dp, ",pp=", r.pp);
+}
+
+std::string ExpertCoords(const layout::RankCoords& r) {
+  return absl::StrCat("etp=", r.etp, ",ep=", r.ep, ",edp=", r.edp, ",pp=", r.pp);
 }
 
 std::string Session::Label() const {
@@ -185,8 +174,8 @@ std::string Session::Label() const {
 }
 
 std::string RankReg::Label() const {
-  if (role == Role::kSource) return absl::StrCat("source rank ", coords.ToString());
-  return absl::StrCat("replica '", replica_id, "' rank ", coords.ToString());
+  if (role == Role::kSource) return absl::StrCat("source ", coords.ToString());
+  return absl::StrCat("replica '", replica_id, "' ", coords.ToString());
 }
 
 RankReg::~RankReg() {
@@ -516,12 +505,30 @@ std::string CoreImpl::HolderLabel(const std::string& session_id) const {
   return it == sessions_.end() ? std::string("a client that detached") : it->second->Label();
 }
 
+absl::Status CoreImpl::CheckGridPlace(const std::map<std::string, std::unique_ptr<RankReg>>& ranks,
+                                      const RankReg& rank, const std::string& who) const {
+  const std::string key = CoordsKey(rank.coords);
+  for (const auto& [k, other] : ranks) {
+    if (k == key) continue;
+    const layout::RankCoords& o = other->coords;
+    const bool dense = DenseCoords(o) == DenseCoords(rank.coords);
+    if (dense || ExpertCoords(o) == ExpertCoords(rank.coords)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": ", dense ? "dense coordinates " : "expert coordinates ",
+          dense ? DenseCoords(rank.coords) : ExpertCoords(rank.coords), " are already those of process ",
+          o.ToString(), " (registered by ", HolderLabel(other->session_id),
+          "); every process of a layout has its own place in each grid"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, UpdateMode mode,
                                  const std::string& who) {
   const std::string key = CoordsKey(rank->coords);
   if (rank->role == Role::kSource) {
     if (!model.sources.empty() && (model.source_recipe != rank->recipe ||
-                                   !SameSizes(model.source_sizes, rank->coords))) {
+                                   !model.source_sizes.SameSizes(rank->coords))) {
       return absl::InvalidArgumentError(absl::StrCat(
           who, ": sources of this model are registered as ", model.source_recipe, " ",
           SizesString(model.source_sizes), ", not ", rank->recipe, " ", SizesString(rank->coords)));
@@ -531,6 +538,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
       return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
                                                    HolderLabel(old->second->session_id)));
     }
+    if (absl::Status s = CheckGridPlace(model.sources, *rank, who); !s.ok()) return s;
     model.source_recipe = rank->recipe;
     model.source_sizes = SizesOf(rank->coords);
     model.sources[key] = std::move(rank);
@@ -549,7 +557,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
                                                        UpdateModeName(mode)));
       }
       if (model.replica_recipe[rank->replica_id] != rank->recipe ||
-          !SameSizes(model.replica_sizes[rank->replica_id], rank->coords)) {
+          !model.replica_sizes[rank->replica_id].SameSizes(rank->coords)) {
         return absl::InvalidArgumentError(absl::StrCat(
             who, ": replica '", rank->replica_id, "' is registered as ", model.replica_recipe[rank->replica_id],
             " ", SizesString(model.replica_sizes[rank->replica_id]), ", not ", rank->recipe, " ",
@@ -560,6 +568,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
         return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
                                                      HolderLabel(old->second->session_id)));
       }
+      if (absl::Status s = CheckGridPlace(rep.ranks, *rank, who); !s.ok()) return s;
     }
     rep.ranks[key] = std::move(rank);
     // New target memory holds unknown bytes: the replica needs a full sync.
@@ -580,13 +589,13 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
   if (RemoteCoordinator(a).empty()) return out;
   // The coordinator must know the rank before it can plan syncs with it;
   // if it cannot be told, the registration is undone.
-  const layout::RankCoords coords = Normalized(a.rank);
+  const layout::RankCoords coords = *Completed(a.rank);  // RegisterShardsLocal checked it
   absl::Status s = AnnounceRank(a.coordinator, a.model_id, a.role, a.replica_id, coords);
   if (!s.ok()) {
     layout::RankCoords c = coords;
     Role role = a.role;
     Unregister(a.caller, a.model_id, a.role == Role::kTarget ? a.replica_id : "", &role, &c).IgnoreError();
-    return absl::Status(s.code(), absl::StrCat("model '", a.model_id, "' ", RoleName(a.role), " rank ",
+    return absl::Status(s.code(), absl::StrCat("model '", a.model_id, "' ", RoleName(a.role), " ",
                                                coords.ToString(), ": registered here but the coordinator at ",
                                                a.coordinator, " could not be told, so the registration was undone: ",
                                                s.message()));
@@ -596,10 +605,11 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
 
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterShardsArgs& a) {
   if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
-  layout::RankCoords coords = Normalized(a.rank);
-  if (absl::Status s = CheckCoords(coords); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", s.message()));
+  auto completed = Completed(a.rank);
+  if (!completed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", completed.status().message()));
   }
+  layout::RankCoords coords = *completed;
   if (a.role == Role::kTarget && !ValidId(a.replica_id)) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': target replica id ",
                                                    Quoted(a.replica_id), " must match [A-Za-z0-9._-]{1,128}"));
@@ -874,7 +884,11 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::st
   };
   int64_t released = 0;
   if (rank != nullptr && role != nullptr) {
-    const std::string key = CoordsKey(Normalized(*rank));
+    auto coords = Completed(*rank);
+    if (!coords.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", model_id, "': ", coords.status().message()));
+    }
+    const std::string key = CoordsKey(*coords);
     if (*role == Role::kSource) {
       if (auto it = m.sources.find(key); it != m.sources.end()) withdraw(*it->second);
       released = static_cast<int64_t>(m.sources.erase(key));
@@ -887,8 +901,8 @@ absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::st
       }
     }
     if (released == 0) {
-      return absl::NotFoundError(absl::StrCat("model '", model_id, "': no ", RoleName(*role), " rank ",
-                                              Normalized(*rank).ToString(), " is registered"));
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "': no ", RoleName(*role), " ",
+                                              coords->ToString(), " is registered"));
     }
   } else if (!replica_id.empty()) {
     auto rit = m.replicas.find(replica_id);

@@ -200,6 +200,7 @@ absl::Status CheckModelId(const std::string& id);
 kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad, const layout::CopyOp& c,
                                 const float* A, const float* B, const layout::MatrixView& w, layout::DType w_dtype,
                                 const layout::MatrixView& dst, layout::DType dst_dtype, double scale);
+// "world_size=4 (tp=2,cp=1,dp=2,pp=1; etp=1,ep=2,edp=2)".
 std::string SizesString(const layout::RankCoords& r);
 
 class CoreImpl final : public Core {
@@ -292,6 +293,11 @@ class CoreImpl final : public Core {
   // Stores a validated rank in the model (consistency with the model's
   // other ranks, duplicates). Requires mu_.
   absl::Status StoreRank(Model& model, std::unique_ptr<RankReg> rank, UpdateMode mode, const std::string& who)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT when another process of `ranks` has `rank`'s dense
+  // coordinates or its expert coordinates. Requires mu_.
+  absl::Status CheckGridPlace(const std::map<std::string, std::unique_ptr<RankReg>>& ranks,
+                              const RankReg& rank, const std::string& who) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- Multi-node (cluster.cc, dist_sync.cc).

@@ -152,10 +152,11 @@ struct World {
     std::mt19937 rng(5);
     data = layout::testing::RandomCanonical(spec, rng);
     // Megatron TP=2 x PP=2 trainer ranks, fp32 (one session each).
-    layout::RankCoords sizes;
-    sizes.tp_size = 2;
-    sizes.pp_size = 2;
-    for (const layout::RankCoords& r : layout::AllRanks(sizes)) {
+    layout::LayoutSizes sizes;
+    sizes.tp = 2;
+    sizes.pp = 2;
+    const auto grid = layout::EngineRanks("megatron", sizes);
+    for (const layout::RankCoords& r : *grid) {
       if (r.tp != 0 || r.pp != 0) clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
       Client& c = *clients.back();
       auto shards = *layout::BuildShards(spec, config, "megatron", {}, r, DType::kF32);
@@ -440,12 +441,15 @@ TEST_CASE("a trainer that goes away mid-sync aborts it, naming the client") {
   CHECK_THAT(std::string(r.status().message()),
              Catch::Contains("client 'trainer' (pid ") && !Catch::Contains(w.clients[1]->session) &&
                  Catch::Contains("disconnected"));
-  // Its ranks are gone: the next sync names the missing one.
+  // Its ranks are gone: the next sync names the bytes nobody holds now
+  // (process 1, tp 1 of stage 0: the second half of layer 0's heads).
   auto next = w.core->Sync(Args(1), nullptr, nullptr);
   CHECK(next.status().code() == absl::StatusCode::kFailedPrecondition);
-  CHECK(next.status().message() ==
-        "model 'm': source ranks not registered yet (megatron tp=2,pp=2,ep=1,etp=1,dp=1): "
-        "tp1/2 pp0/2 ep0/1 etp0/1 dp0/1");
+  CHECK_THAT(std::string(next.status().message()),
+             Catch::StartsWith("model 'm': the registered source processes (megatron world_size=4 "
+                               "(tp=2,cp=1,dp=1,pp=2; etp=2,ep=1,edp=1), 3 registered) do not hold all of the "
+                               "model yet; no holder for tensor 'model.layers.0.self_attn.q_proj.weight' "
+                               "[8:16, 0:16]; "));
 }
 
 TEST_CASE("a failed sync reports its real code and message: the result, last_error, the SyncFailed event") {
@@ -788,20 +792,20 @@ TEST_CASE("bad registrations get precise errors") {
   auto oob = a;
   oob.buffers[0].offset = 4090;
   CHECK(w.core->RegisterShards(oob).status().message() ==
-        "model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer 'model.norm.weight': "
+        "model 'm' replica 'g' rank 0/4 (tp 0/4) buffer 'model.norm.weight': "
         "32 bytes at offset 4090 are outside shm object " + shm.name + " (4096 bytes)");
 
   auto shape = a;
   shape.buffers[0].shape = layout::Shape::Of({8});
   shape.buffers[0].nbytes = 16;
   CHECK(w.core->RegisterShards(shape).status().message() ==
-        "model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1: buffer 'model.norm.weight': shape "
+        "model 'm' replica 'g' rank 0/4 (tp 0/4): buffer 'model.norm.weight': shape "
         "[8] does not match the expected [16]");
 
   auto small = a;
   small.buffers[0].nbytes = 16;
   CHECK(w.core->RegisterShards(small).status().message() ==
-        "model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer 'model.norm.weight': 16 bytes "
+        "model 'm' replica 'g' rank 0/4 (tp 0/4) buffer 'model.norm.weight': 16 bytes "
         "registered but shape [16] of bf16 needs 32");
 
   auto missing = a;  // only one of the rank's buffers
@@ -830,7 +834,7 @@ TEST_CASE("bad registrations get precise errors") {
   auto gr = w.core->RegisterShards(gpu);
   REQUIRE_FALSE(gr.ok());
   CHECK_THAT(std::string(gr.status().message()),
-             Catch::StartsWith("model 'm' replica 'g' rank tp0/4 pp0/1 ep0/1 etp0/1 dp0/1 buffer "
+             Catch::StartsWith("model 'm' replica 'g' rank 0/4 (tp 0/4) buffer "
                                "'model.norm.weight': "));
   auto short_handle = gpu;
   short_handle.buffers[0].cuda_handle = "abc";

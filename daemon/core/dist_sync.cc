@@ -121,7 +121,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
       }
       if (recv.size() != group.size()) {
         return absl::InvalidArgumentError(absl::StrCat(what, ": replicas ", absl::StrJoin(group, ", "),
-                                                       " are grouped but do not all hold rank ", e.rank.ToString()));
+                                                       " are grouped but do not all hold ", e.rank.ToString()));
       }
       d.receivers.push_back(std::move(recv));
     }
@@ -302,7 +302,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
     }
     const std::string& me = options_.daemon_id;
     auto check = [&](const PlanEndpoint& e, RankReg* r) -> absl::Status {
-      const std::string who = absl::StrCat("model '", plan.model_id, "' ", RoleName(e.role), " rank ",
+      const std::string who = absl::StrCat("model '", plan.model_id, "' ", RoleName(e.role), " ",
                                            e.rank.ToString(), e.replica_id.empty() ? "" : " of replica '" + e.replica_id + "'",
                                            " on daemon '", me, "'");
       if (r == nullptr || !r->daemon.empty()) {

@@ -33,18 +33,30 @@ struct Written {
   layout::Box box;
 };
 
-std::string MissingRanks(const std::map<std::string, std::unique_ptr<RankReg>>& have,
-                         const layout::RankCoords& sizes) {
+// The processes of a layout of `world_size` that have not registered.
+std::string MissingRanks(const std::map<std::string, std::unique_ptr<RankReg>>& have, int world_size) {
   std::vector<std::string> missing;
-  for (const layout::RankCoords& r : layout::AllRanks(sizes)) {
-    if (!have.count(CoordsKey(r))) missing.push_back(r.ToString());
+  for (int r = 0; r < world_size; ++r) {
+    layout::RankCoords c;
+    c.rank = r;
+    if (have.count(CoordsKey(c))) continue;
+    if (missing.size() == 8) {
+      missing.push_back("...");
+      break;
+    }
+    missing.push_back(absl::StrCat(r));
   }
-  if (missing.size() > 8) {
-    size_t more = missing.size() - 8;
-    missing.resize(8);
-    missing.push_back(absl::StrCat("... and ", more, " more"));
+  return missing.empty() ? "" : absl::StrCat("process ranks ", absl::StrJoin(missing, ", "));
+}
+
+// Canonical bytes no registered source holds (up to 5 parts), or "".
+std::string UncoveredSources(const layout::ModelSpec& spec,
+                             const std::map<std::string, std::unique_ptr<RankReg>>& sources) {
+  std::vector<const layout::ShardSpec*> shards;
+  for (const auto& [k, r] : sources) {
+    for (const layout::ShardSpec& s : r->shards) shards.push_back(&s);
   }
-  return absl::StrJoin(missing, "; ");
+  return absl::StrJoin(layout::UncoveredParts(spec, shards, 5), "; ");
 }
 
 }  // namespace
@@ -180,11 +192,14 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
         absl::StrCat("model '", args.model_id, "' has no source ranks registered"));
   }
   if (!model->source_recipe.empty()) {
-    std::string missing = MissingRanks(model->sources, model->source_sizes);
-    if (!missing.empty()) {
+    // Data-parallel and expert-data-parallel copies are alternatives: the
+    // source is complete once every canonical byte has a holder.
+    std::string uncovered = UncoveredSources(model->spec, model->sources);
+    if (!uncovered.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "model '", args.model_id, "': source ranks not registered yet (", model->source_recipe, " ",
-          SizesString(model->source_sizes), "): ", missing));
+          "model '", args.model_id, "': the registered source processes (", model->source_recipe, " ",
+          SizesString(model->source_sizes), ", ", model->sources.size(),
+          " registered) do not hold all of the model yet; no holder for ", uncovered));
     }
   }
   std::vector<Replica*> selected;
@@ -212,7 +227,7 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
     if (r->version == v && !r->poisoned) continue;  // retry of a committed version
     const std::string& recipe = model->replica_recipe[r->id];
     if (!recipe.empty()) {
-      std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id]);
+      std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id].world_size);
       if (!missing.empty()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (", recipe,

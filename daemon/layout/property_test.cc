@@ -53,26 +53,42 @@ ModelConfig RandomConfig(std::mt19937& rng) {
 
 struct Layout {
   std::string recipe;
-  RankCoords sizes;
-  std::string ToString() const { return absl::StrCat(recipe, " ", sizes.ToString()); }
+  LayoutSizes sizes;
+  RecipeOptions options;
+  std::string ToString() const {
+    std::string o;
+    for (const auto& [k, v] : options) absl::StrAppend(&o, ",", k, "=", v);
+    return absl::StrCat(recipe, ":tp=", sizes.tp, ",cp=", sizes.cp, ",dp=", sizes.dp, ",pp=", sizes.pp,
+                        ",ep=", sizes.ep, ",etp=", sizes.etp, o);
+  }
 };
 
 Layout RandomLayout(std::mt19937& rng, bool source, bool moe) {
   Layout l;
   l.recipe = source ? Pick<std::string>(rng, {"megatron", "megatron", "megatron", "vllm", "fsdp", "hf"})
                     : Pick<std::string>(rng, {"vllm", "vllm", "vllm", "megatron", "fsdp", "hf"});
-  if (l.recipe == "hf") return l;
-  if (l.recipe == "fsdp") {
-    l.sizes.dp_size = Pick(rng, {1, 2, 3, 4});
+  if (l.recipe == "hf" || l.recipe == "fsdp") {
+    if (l.recipe == "fsdp") l.sizes.dp = Pick(rng, {1, 2, 3, 4});
+    if (moe && rng() % 2) l.options["experts"] = "fused";
     return l;
   }
-  l.sizes.tp_size = Pick(rng, {1, 2, 3, 4, 8});
-  l.sizes.pp_size = Pick(rng, {1, 1, 2, 4});
-  if (moe) {
-    l.sizes.ep_size = Pick(rng, {1, 1, 2, 4});
-    if (l.recipe == "megatron") l.sizes.etp_size = Pick(rng, {1, 2});
+  l.sizes.tp = Pick(rng, {1, 2, 3, 4, 8});
+  l.sizes.pp = Pick(rng, {1, 1, 2, 4});
+  l.sizes.dp = Pick(rng, {1, 1, 2});
+  if (l.recipe == "megatron") {
+    l.sizes.cp = Pick(rng, {1, 1, 2});
+    if (rng() % 2) l.options["spec"] = "local";
+    if (rng() % 3 == 0) l.options["vpp"] = "2";
+    if (moe) {
+      l.sizes.ep = Pick(rng, {0, 1, 2, 4});
+      l.sizes.etp = Pick(rng, {0, 1, 2});
+      if (rng() % 2) l.options["moe_layout"] = Pick<std::string>(rng, {"grouped", "sequential"});
+    }
+  } else if (moe) {
+    if (rng() % 2) l.sizes.ep = l.sizes.tp * l.sizes.dp;
+    if (rng() % 2) l.options["expert_placement"] = "round_robin";
+    if (rng() % 3 == 0) l.options["moe_names"] = "legacy";
   }
-  if (source) l.sizes.dp_size = Pick(rng, {1, 1, 2});
   return l;
 }
 
@@ -81,8 +97,14 @@ Layout RandomLayout(std::mt19937& rng, bool source, bool moe) {
 std::vector<Endpoint> Build(const ModelSpec& model, const ModelConfig& c, const Layout& l,
                             const std::string& prefix, DType dtype, std::mt19937& rng) {
   std::vector<Endpoint> out;
-  for (const RankCoords& r : AllRanks(l.sizes)) {
-    auto shards = BuildShards(model, c, l.recipe, {}, r, dtype);
+  auto ranks = EngineRanks(l.recipe, l.sizes);
+  if (!ranks.ok()) {
+    INFO(l.ToString() << ": " << ranks.status().ToString());
+    REQUIRE(ranks.status().code() == absl::StatusCode::kInvalidArgument);
+    return {};
+  }
+  for (const RankCoords& r : *ranks) {
+    auto shards = BuildShards(model, c, l.recipe, l.options, r, dtype);
     if (!shards.ok()) {
       INFO(l.ToString() << ": " << shards.status().ToString());
       REQUIRE(shards.status().code() == absl::StatusCode::kInvalidArgument);
@@ -146,7 +168,7 @@ TEST_CASE("random layouts reshard to random layouts, byte for byte") {
 
     // Round trip Megatron -> vLLM -> HF whenever both layouts apply.
     if (sl.recipe == "megatron" && tl.recipe == "vllm") {
-      Layout hf{"hf", {}};
+      Layout hf{"hf", {}, {}};
       auto back = Build(*model, c, hf, "hf", DType::kF32, rng);
       REQUIRE(!back.empty());
       auto plan2 = BuildPlan(*model, dst, back, options);

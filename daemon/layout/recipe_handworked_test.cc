@@ -78,10 +78,14 @@ struct Fixture {
     return Endpoint{absl::StrCat(recipe, "/", r.ToString()), {"n", -1}, Shards(recipe, r, options)};
   }
 
-  // Every rank of a layout with these sizes.
-  std::vector<Endpoint> Ranks(const std::string& recipe, RankCoords sizes) {
+  // Every process of a layout with these sizes.
+  std::vector<Endpoint> Ranks(const std::string& recipe, LayoutSizes sizes,
+                              const RecipeOptions& options = {}) {
+    auto ranks = EngineRanks(recipe, sizes);
+    INFO(ranks.status().ToString());
+    REQUIRE(ranks.ok());
     std::vector<Endpoint> out;
-    for (const RankCoords& r : AllRanks(sizes)) out.push_back(Rank(recipe, r));
+    for (const RankCoords& r : *ranks) out.push_back(Rank(recipe, r, options));
     return out;
   }
 
@@ -98,10 +102,16 @@ struct Fixture {
   }
 };
 
-RankCoords Tp(int size) {
-  RankCoords r;
-  r.tp_size = size;
-  return r;
+LayoutSizes Tp(int size) {
+  LayoutSizes s;
+  s.tp = size;
+  return s;
+}
+
+RankCoords Process(const std::string& recipe, LayoutSizes sizes, int rank) {
+  auto ranks = EngineRanks(recipe, sizes);
+  REQUIRE(ranks.ok());
+  return (*ranks)[rank];
 }
 
 const ShardSpec& Find(const std::vector<ShardSpec>& shards, const std::string& name) {
@@ -303,29 +313,29 @@ TEST_CASE("MoE: Megatron EP=2 to vLLM TP=2") {
   c.moe_intermediate_size = 4;
   Fixture f(c);
 
-  // Megatron EP rank 1 of 2 holds experts 2 and 3 whole: weight0 = expert 2.
-  RankCoords e1;
-  e1.ep = 1;
-  e1.ep_size = 2;
-  auto m = f.Shards("megatron", e1);
-  const ShardSpec& w0 = Find(m, "decoder.layers.0.mlp.experts.linear_fc1.weight0");
+  // Megatron dp=2, ep=2 (two processes; EP carved out of DP): process 1
+  // holds experts 2 and 3 whole, named by their global numbers.
+  LayoutSizes ep2;
+  ep2.dp = 2;
+  ep2.ep = 2;
+  auto m = f.Shards("megatron", Process("megatron", ep2, 1));
+  const ShardSpec& w0 = Find(m, "decoder.layers.0.mlp.experts.linear_fc1.weight2");
   CHECK(Col0(w0, testing::Materialize(f.model, w0, f.data)) ==
         std::vector<float>{3000, 3001, 3002, 3003, 3100, 3101, 3102, 3103});
-  const ShardSpec& d1 = Find(m, "decoder.layers.0.mlp.experts.linear_fc2.weight1");
+  const ShardSpec& d1 = Find(m, "decoder.layers.0.mlp.experts.linear_fc2.weight3");
   CHECK(Row0(d1, testing::Materialize(f.model, d1, f.data)) ==
         std::vector<float>{4200, 14200, 24200, 34200});
+  for (const ShardSpec& s : m) CHECK(s.name != "decoder.layers.0.mlp.experts.linear_fc1.weight0");
 
-  RankCoords ep2;
-  ep2.ep_size = 2;
   auto dst = f.Ranks("vllm", Tp(2));
   auto db = f.Run(f.Ranks("megatron", ep2), dst);
 
   // vLLM TP rank 1 holds every expert, intermediate rows 2..3 of each.
-  size_t w13 = Index(dst[1].shards, "model.layers.0.mlp.experts.w13_weight");
+  size_t w13 = Index(dst[1].shards, "model.layers.0.mlp.experts.routed_experts.w13_weight");
   CHECK(dst[1].shards[w13].shape == Shape::Of({4, 4, 2}));
   CHECK(Col0(dst[1].shards[w13], db[1][w13], 0) == std::vector<float>{1002, 1003, 1102, 1103});
   CHECK(Col0(dst[1].shards[w13], db[1][w13], 3) == std::vector<float>{4002, 4003, 4102, 4103});
-  size_t w2 = Index(dst[1].shards, "model.layers.0.mlp.experts.w2_weight");
+  size_t w2 = Index(dst[1].shards, "model.layers.0.mlp.experts.routed_experts.w2_weight");
   CHECK(dst[1].shards[w2].shape == Shape::Of({4, 2, 2}));
   // Expert 2 (base 3200), output row 0, intermediate columns 2 and 3.
   CHECK(Row0(dst[1].shards[w2], db[1][w2], 2) == std::vector<float>{23200, 33200});
@@ -345,16 +355,151 @@ TEST_CASE("vLLM EP places whole experts, the first ranks taking the remainder") 
   c.num_experts = 5;
   c.intermediate_size = 2;
   Fixture f(c);
-  // 5 experts over 2 ranks: rank 0 holds experts 0-2, rank 1 experts 3-4.
-  RankCoords r;
-  r.ep = 1;
-  r.ep_size = 2;
-  auto v = f.Shards("vllm", r);
-  const ShardSpec& w13 = Find(v, "model.layers.0.block_sparse_moe.experts.w13_weight");
+  // 5 experts over tp=2 with enable_expert_parallel (ep = tp x dp = 2):
+  // rank 0 holds experts 0-2, rank 1 experts 3-4.
+  LayoutSizes s;
+  s.tp = 2;
+  s.ep = 2;
+  auto v = f.Shards("vllm", Process("vllm", s, 1));
+  const ShardSpec& w13 = Find(v, "model.layers.0.block_sparse_moe.experts.routed_experts.w13_weight");
   CHECK(w13.shape == Shape::Of({2, 4, 2}));
   auto bytes = testing::Materialize(f.model, w13, f.data);
   CHECK(Col0(w13, bytes, 0) == std::vector<float>{4000, 4001, 4100, 4101});  // expert 3: w1, w3
   CHECK(Col0(w13, bytes, 1) == std::vector<float>{5000, 5001, 5100, 5101});
+
+  SECTION("round_robin: rank 1 of 2 holds experts 1 and 3") {
+    auto rr = f.Shards("vllm", Process("vllm", s, 1), {{"expert_placement", "round_robin"}});
+    const ShardSpec& w = Find(rr, "model.layers.0.block_sparse_moe.experts.routed_experts.w13_weight");
+    CHECK(w.shape == Shape::Of({2, 4, 2}));
+    auto b = testing::Materialize(f.model, w, f.data);
+    CHECK(Col0(w, b, 0) == std::vector<float>{2000, 2001, 2100, 2101});
+    CHECK(Col0(w, b, 1) == std::vector<float>{4000, 4001, 4100, 4101});
+  }
+  SECTION("moe_names=legacy: vLLM before the routed_experts module") {
+    auto old = f.Shards("vllm", Process("vllm", s, 0), {{"moe_names", "legacy"}});
+    CHECK(Find(old, "model.layers.0.block_sparse_moe.experts.w13_weight").shape == Shape::Of({3, 4, 2}));
+  }
+  SECTION("vLLM dp=2, tp=1, EP: the expert rank is dp * tp_size + tp") {
+    LayoutSizes d;
+    d.dp = 2;
+    d.ep = 2;
+    auto w = f.Shards("vllm", Process("vllm", d, 1));
+    CHECK(Find(w, "model.layers.0.block_sparse_moe.experts.routed_experts.w13_weight").shape ==
+          Shape::Of({2, 4, 2}));
+  }
+  SECTION("vLLM dp=2, tp=1 without EP: experts tensor-parallel over the 2 processes") {
+    LayoutSizes d;
+    d.dp = 2;
+    auto w = f.Shards("vllm", Process("vllm", d, 1));
+    const ShardSpec& w13 = Find(w, "model.layers.0.block_sparse_moe.experts.routed_experts.w13_weight");
+    CHECK(w13.shape == Shape::Of({5, 2, 2}));
+    // Expert 0's w1 row 1 and w3 row 1: the second half of intermediate rows.
+    CHECK(Col0(w13, testing::Materialize(f.model, w13, f.data), 0) == std::vector<float>{1001, 1101});
+  }
+}
+
+TEST_CASE("process grids as the engines number them") {
+  // Megatron-core, order tp-cp-ep-dp-pp, tp=2 dp=2 ep=2 etp=1 (4 processes):
+  // dense tp = r % 2, dp = r / 2; expert etp 0, ep = r % 2, edp = r / 2.
+  LayoutSizes m;
+  m.tp = 2;
+  m.dp = 2;
+  m.ep = 2;
+  m.etp = 1;
+  auto ranks = EngineRanks("megatron", m);
+  REQUIRE(ranks.ok());
+  REQUIRE(ranks->size() == 4);
+  const int want[4][5] = {{0, 0, 0, 0, 0}, {1, 0, 0, 1, 0}, {0, 1, 0, 0, 1}, {1, 1, 0, 1, 1}};
+  for (int r = 0; r < 4; ++r) {
+    const RankCoords& c = (*ranks)[r];
+    INFO(c.ToString());
+    CHECK(c.rank == r);
+    CHECK(c.world_size == 4);
+    CHECK(std::vector<int>{c.tp, c.dp, c.etp, c.ep, c.edp} ==
+          std::vector<int>{want[r][0], want[r][1], want[r][2], want[r][3], want[r][4]});
+    CHECK(c.ep_size == 2);
+    CHECK(c.edp_size == 2);
+  }
+  // The example: tp=2, ep=2 on 2 GPUs -> process r has tp r, ep r,
+  // and ETP defaults to TP, so with ep=2 the world of 2 cannot hold etp x ep = 4.
+  LayoutSizes two;
+  two.tp = 2;
+  two.ep = 2;
+  auto bad = EngineRanks("megatron", two);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message() ==
+        "megatron layout: etp x ep x pp = 2 x 2 x 1 does not divide the world of tp x cp x dp x pp = 2 "
+        "processes");
+  two.etp = 1;
+  auto ok = EngineRanks("megatron", two);
+  REQUIRE(ok.ok());
+  CHECK((*ok)[1].tp == 1);
+  CHECK((*ok)[1].ep == 1);
+  CHECK((*ok)[1].ToString() == "rank 1/2 (tp 1/2; ep 1/2)");
+  // cp sits between tp and dp: tp=2 cp=2 dp=2, process 5 = tp 1, cp 0, dp 1.
+  LayoutSizes c3;
+  c3.tp = 2;
+  c3.cp = 2;
+  c3.dp = 2;
+  auto r3 = EngineRanks("megatron", c3);
+  REQUIRE(r3.ok());
+  CHECK((*r3)[5].tp == 1);
+  CHECK((*r3)[5].cp == 0);
+  CHECK((*r3)[5].dp == 1);
+  // ETP defaults to TP, and EDP copies the experts over cp x dp.
+  CHECK((*r3)[5].etp == 1);
+  CHECK((*r3)[5].edp_size == 4);
+  CHECK((*r3)[5].edp == 2);
+
+  // vLLM: tp=2, dp=2, pp=2: rank = (dp * pp_size + pp) * tp_size + tp.
+  LayoutSizes v;
+  v.tp = 2;
+  v.dp = 2;
+  v.pp = 2;
+  auto vr = EngineRanks("vllm", v);
+  REQUIRE(vr.ok());
+  const RankCoords& p6 = (*vr)[6];  // dp 1, pp 1, tp 0
+  CHECK(std::vector<int>{p6.dp, p6.pp, p6.tp, p6.etp, p6.etp_size} == std::vector<int>{1, 1, 0, 2, 4});
+  v.ep = 4;
+  vr = EngineRanks("vllm", v);
+  REQUIRE(vr.ok());
+  CHECK((*vr)[6].ep == 2);
+  v.ep = 2;
+  CHECK(EngineRanks("vllm", v).status().message() ==
+        "vllm layout: ep=2 is not vLLM's expert-parallel size; with enable_expert_parallel it is tp x dp "
+        "= 4 (give ep=4, or no ep for tensor-parallel experts)");
+}
+
+TEST_CASE("registration checks: grids that do not cover the world, coordinates out of range") {
+  RankCoords r;
+  r.world_size = 4;
+  r.tp_size = 2;
+  CHECK(CompleteRank(&r).message() ==
+        "the dense grid tp x cp x dp x pp = 2 x 1 x 1 x 1 = 2 processes, but world_size is 4");
+  RankCoords e;
+  e.world_size = 2;
+  e.rank = 1;
+  e.tp = 1;
+  e.tp_size = 2;
+  e.ep_size = 4;
+  CHECK(CompleteRank(&e).message() ==
+        "the expert grid etp x ep x edp x pp = 1 x 4 x 1 x 1 = 4 processes, but world_size is 2 (both "
+        "grids cover the same processes)");
+  RankCoords o;
+  o.tp = 2;
+  o.tp_size = 2;
+  CHECK(CompleteRank(&o).message() == "rank coordinate tp = 2 is outside [0, 2)");
+  // Legacy callers: no world_size, and rank follows Megatron's order.
+  RankCoords l;
+  l.tp = 1;
+  l.tp_size = 2;
+  l.pp = 1;
+  l.pp_size = 2;
+  REQUIRE(CompleteRank(&l).ok());
+  CHECK(l.world_size == 4);
+  CHECK(l.rank == 3);
+  CHECK(l.etp_size == 2);
+  CHECK(l.etp == 1);
 }
 
 TEST_CASE("FSDP splits dim 0 like torch.chunk, with an uneven last shard") {
@@ -377,7 +522,7 @@ TEST_CASE("FSDP splits dim 0 like torch.chunk, with an uneven last shard") {
   for (const ShardSpec& sh : s) CHECK(sh.name != "model.layers.0.mlp.gate_proj.weight");
 }
 
-TEST_CASE("pipeline stages hold their layers with local names") {
+TEST_CASE("pipeline stages hold their layers under global layer numbers") {
   ModelConfig c = Dense(2, 2, 2);
   c.num_hidden_layers = 4;
   Fixture f(c);
@@ -385,12 +530,100 @@ TEST_CASE("pipeline stages hold their layers with local names") {
   r.pp = 1;
   r.pp_size = 2;
   auto s = f.Shards("megatron", r);
-  // Stage 1 of 2 holds global layers 2 and 3 as decoder.layers.0 and .1, the
-  // final norm and the output layer, and no embedding.
-  const ShardSpec& qkv = Find(s, "decoder.layers.1.self_attention.linear_qkv.weight");
+  // Stage 1 of 2 holds layers 2 and 3, the final norm and the output layer,
+  // and no embedding.
+  const ShardSpec& qkv = Find(s, "decoder.layers.3.self_attention.linear_qkv.weight");
   CHECK(f.model.tensor(qkv.pieces[0].tensor).name == "model.layers.3.self_attn.q_proj.weight");
   CHECK(Find(s, "output_layer.weight").shape == Shape::Of({128, 2}));
-  for (const ShardSpec& sh : s) CHECK(sh.name != "embedding.word_embeddings.weight");
+  for (const ShardSpec& sh : s) {
+    CHECK(sh.name != "embedding.word_embeddings.weight");
+    CHECK(sh.name.rfind("decoder.layers.0.", 0) != 0);
+  }
+  SECTION("virtual pipeline: stage 1 of 2 with vpp=2 holds layers 1 and 3") {
+    auto v = f.Shards("megatron", r, {{"vpp", "2"}});
+    std::vector<std::string> qkvs;
+    for (const ShardSpec& sh : v) {
+      if (sh.name.find("linear_qkv.weight") != std::string::npos) qkvs.push_back(sh.name);
+    }
+    CHECK(qkvs == std::vector<std::string>{"decoder.layers.1.self_attention.linear_qkv.weight",
+                                           "decoder.layers.3.self_attention.linear_qkv.weight"});
+  }
+}
+
+TEST_CASE("Megatron's two layer specs name the dense layer norms differently") {
+  Fixture f(Dense(2, 2, 2));
+  auto te = f.Shards("megatron", RankCoords{});
+  auto local = f.Shards("megatron", RankCoords{}, {{"spec", "local"}});
+  std::vector<std::string> te_norms, local_norms;
+  for (const ShardSpec& s : te) {
+    if (s.name.find("norm") != std::string::npos) te_norms.push_back(s.name);
+  }
+  for (const ShardSpec& s : local) {
+    if (s.name.find("norm") != std::string::npos) local_norms.push_back(s.name);
+  }
+  CHECK(te_norms == std::vector<std::string>{"decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+                                             "decoder.layers.0.mlp.linear_fc1.layer_norm_weight",
+                                             "decoder.final_layernorm.weight"});
+  CHECK(local_norms == std::vector<std::string>{"decoder.layers.0.input_layernorm.weight",
+                                                "decoder.layers.0.pre_mlp_layernorm.weight",
+                                                "decoder.final_layernorm.weight"});
+  auto bad = BuildShards(f.model, f.config, "megatron", {{"spec", "transformer_engine"}}, RankCoords{},
+                         DType::kF32);
+  CHECK(bad.status().message() == "megatron recipe option spec='transformer_engine' must be te or local");
+}
+
+TEST_CASE("Transformers v5 fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I]") {
+  ModelConfig c;
+  c.family = "qwen3_moe";
+  c.hidden_size = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.head_dim = 1;
+  c.vocab_size = 16;
+  c.num_hidden_layers = 1;
+  c.num_experts = 4;
+  c.moe_intermediate_size = 2;
+  Fixture f(c);
+  auto hf = f.Shards("hf", RankCoords{}, {{"experts", "fused"}});
+  const ShardSpec& gu = Find(hf, "model.layers.0.mlp.experts.gate_up_proj");
+  CHECK(gu.shape == Shape::Of({4, 4, 2}));
+  auto b = testing::Materialize(f.model, gu, f.data);
+  CHECK(Col0(gu, b, 2) == std::vector<float>{3000, 3001, 3100, 3101});  // expert 2: gate rows, up rows
+  const ShardSpec& dn = Find(hf, "model.layers.0.mlp.experts.down_proj");
+  CHECK(dn.shape == Shape::Of({4, 2, 2}));
+  CHECK(Row0(dn, testing::Materialize(f.model, dn, f.data), 1) == std::vector<float>{2200, 12200});
+  for (const ShardSpec& s : hf) CHECK(s.name.find("experts.0.") == std::string::npos);
+
+  // FSDP over 3 processes chunks the expert dimension: 2, 2, 0 experts.
+  std::vector<int64_t> experts;
+  for (int r = 0; r < 3; ++r) {
+    RankCoords rc;
+    rc.dp = r;
+    rc.dp_size = 3;
+    auto s = f.Shards("fsdp", rc, {{"experts", "fused"}});
+    int64_t n = 0;
+    for (const ShardSpec& sh : s) {
+      if (sh.name == "model.layers.0.mlp.experts.gate_up_proj") n = sh.shape.d[0];
+    }
+    experts.push_back(n);
+  }
+  CHECK(experts == std::vector<int64_t>{2, 2, 0});
+
+  // Round trip: per-expert hf -> fused fsdp over 3 -> fused hf, byte for byte.
+  auto src = f.Ranks("hf", LayoutSizes{});
+  LayoutSizes d3;
+  d3.dp = 3;
+  auto mid = f.Ranks("fsdp", d3, {{"experts", "fused"}});
+  auto mb = f.Run(src, mid);
+  auto back = f.Ranks("hf", LayoutSizes{}, {{"experts", "fused"}});
+  auto plan = BuildPlan(f.model, mid, back);
+  REQUIRE(plan.ok());
+  auto bb = testing::Garbage(back, 0x11);
+  testing::Execute(*plan, mid, mb, back, bb);
+  CHECK(bb == testing::MaterializeAll(f.model, back, f.data));
+  CHECK(Col0(back[0].shards[Index(back[0].shards, "model.layers.0.mlp.experts.gate_up_proj")],
+             bb[0][Index(back[0].shards, "model.layers.0.mlp.experts.gate_up_proj")], 3) ==
+        std::vector<float>{4000, 4001, 4100, 4101});
 }
 
 }  // namespace

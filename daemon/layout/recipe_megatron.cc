@@ -18,22 +18,32 @@ void GluFc1(Builder& b, size_t shard, const std::string& gate, const std::string
 absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const ModelConfig& c,
                                                 const RecipeOptions& options, const RankCoords& r,
                                                 DType dtype) {
-  if (absl::Status s = CheckOptions("megatron", options, {"make_vocab_size_divisible_by", "moe_layout"});
+  if (absl::Status s = CheckOptions("megatron", options,
+                                    {"make_vocab_size_divisible_by", "spec", "moe_layout", "vpp"});
       !s.ok()) {
     return s;
   }
-  std::string moe_layout = "grouped";
+  std::string spec = "te";
+  if (auto it = options.find("spec"); it != options.end()) spec = it->second;
+  if (spec != "te" && spec != "local") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("megatron recipe option spec='", spec, "' must be te or local"));
+  }
+  const bool te = spec == "te";
+  std::string moe_layout = te ? "grouped" : "sequential";
   if (auto it = options.find("moe_layout"); it != options.end()) moe_layout = it->second;
   if (moe_layout != "grouped" && moe_layout != "sequential") {
     return absl::InvalidArgumentError(absl::StrCat(
         "megatron recipe option moe_layout='", moe_layout, "' must be grouped or sequential"));
   }
+  auto vpp = IntOption(options, "vpp", 1);
+  if (!vpp.ok()) return vpp.status();
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
                 ng = c.num_key_value_heads, L = c.num_hidden_layers;
   const int tp = r.tp, T = r.tp_size;
   for (absl::Status s : {Divides(nh, T, "num_attention_heads", "megatron tp_size"),
                          Divides(ng, T, "num_key_value_heads (query groups)", "megatron tp_size"),
-                         Divides(L, r.pp_size, "num_hidden_layers", "megatron pp_size")}) {
+                         Divides(L, r.pp_size * *vpp, "num_hidden_layers", "megatron pp_size x vpp")}) {
     if (!s.ok()) return s;
   }
   auto padded = PaddedVocab("megatron", options, c.vocab_size, T);
@@ -46,16 +56,23 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
     b.Add("embedding.word_embeddings.weight", Shape::Of({Vp / T, H}));
     VocabRows(b, b.Last(), "model.embed_tokens.weight", c.vocab_size, Vp, tp, T, H);
   }
-  const int64_t per_stage = L / r.pp_size;
+  // Layers of this stage: with virtual pipelining, chunk v of stage pp holds
+  // layers (v * pp_size + pp) * per_chunk + j. Names carry global layer and
+  // expert numbers, so the chunks of one process never collide.
+  const int64_t per_chunk = L / (r.pp_size * *vpp);
   const int64_t q_per_group = nh / ng;
   const int64_t groups = ng / T;
   const int64_t block = (q_per_group + 2) * hd;  // rows of one query group in linear_qkv
-  for (int64_t j = 0; j < per_stage; ++j) {
-    const int64_t l = r.pp * per_stage + j;
+  for (int64_t chunk = 0; chunk < *vpp; ++chunk)
+  for (int64_t j = 0; j < per_chunk; ++j) {
+    const int64_t l = (chunk * r.pp_size + r.pp) * per_chunk + j;
     const std::string hf = absl::StrCat("model.layers.", l, ".");
-    const std::string mc = absl::StrCat("decoder.layers.", j, ".");
+    const std::string mc = absl::StrCat("decoder.layers.", l, ".");
 
-    b.Add(mc + "self_attention.linear_qkv.layer_norm_weight", Shape::Of({H}));
+    // The TE spec fuses the layer norms into the next linear layer; the
+    // local spec keeps them as modules of their own.
+    b.Add(mc + (te ? "self_attention.linear_qkv.layer_norm_weight" : "input_layernorm.weight"),
+          Shape::Of({H}));
     b.Map(b.Last(), hf + "input_layernorm.weight", Range(0, H), Range(0, H));
 
     b.Add(mc + "self_attention.linear_qkv.weight", Shape::Of({groups * block, H}));
@@ -97,7 +114,7 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
     if (!c.IsMoeLayer(l)) {
       const int64_t I = c.intermediate_size;
       if (absl::Status s = Divides(I, T, "intermediate_size", "megatron tp_size"); !s.ok()) return s;
-      b.Add(mc + "mlp.linear_fc1.layer_norm_weight", Shape::Of({H}));
+      b.Add(mc + (te ? "mlp.linear_fc1.layer_norm_weight" : "pre_mlp_layernorm.weight"), Shape::Of({H}));
       b.Map(b.Last(), hf + "post_attention_layernorm.weight", Range(0, H), Range(0, H));
       b.Add(mc + "mlp.linear_fc1.weight", Shape::Of({2 * I / T, H}));
       GluFc1(b, b.Last(), hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight", I, tp, T, H);
@@ -117,6 +134,8 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
     b.Map(b.Last(), hf + "post_attention_layernorm.weight", Range(0, H), Range(0, H));
     b.Add(mc + "mlp.router.weight", Shape::Of({E, H}));
     b.Map(b.Last(), n.router, Rows(0, E, H), Rows(0, E, H));
+    // Expert rank ep holds experts [ep * E/ep_size, (ep+1) * E/ep_size),
+    // each split over etp.
     const int64_t local_experts = E / r.ep_size;
     const int64_t Il = Ie / r.etp_size;
     for (int64_t i = 0; i < local_experts; ++i) {
@@ -124,11 +143,11 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
       const std::string ep = absl::StrCat(n.expert_prefix, e, ".");
       std::string fc1, fc2;
       if (moe_layout == "grouped") {
-        fc1 = absl::StrCat(mc, "mlp.experts.linear_fc1.weight", i);
-        fc2 = absl::StrCat(mc, "mlp.experts.linear_fc2.weight", i);
+        fc1 = absl::StrCat(mc, "mlp.experts.linear_fc1.weight", e);
+        fc2 = absl::StrCat(mc, "mlp.experts.linear_fc2.weight", e);
       } else {
-        fc1 = absl::StrCat(mc, "mlp.experts.local_experts.", i, ".linear_fc1.weight");
-        fc2 = absl::StrCat(mc, "mlp.experts.local_experts.", i, ".linear_fc2.weight");
+        fc1 = absl::StrCat(mc, "mlp.experts.local_experts.", e, ".linear_fc1.weight");
+        fc2 = absl::StrCat(mc, "mlp.experts.local_experts.", e, ".linear_fc2.weight");
       }
       b.Add(fc1, Shape::Of({2 * Il, H}));
       GluFc1(b, b.Last(), ep + n.gate + ".weight", ep + n.up + ".weight", Ie, r.etp, r.etp_size, H);

@@ -5,12 +5,21 @@
 namespace wsync::layout::internal {
 namespace {
 
-// vLLM's linear expert placement: rank r of n holds E/n experts, the first
-// E%n ranks one more.
-void ExpertRange(int64_t E, int rank, int size, int64_t* first, int64_t* count) {
+// The global experts expert rank `rank` of `size` holds, in local order
+// (vllm/model_executor/layers/fused_moe/expert_map_manager.py):
+// linear gives rank r E/n experts from r*(E/n) + min(r, E%n), the first E%n
+// ranks one more; round_robin gives it r, r+n, r+2n, ...
+std::vector<int64_t> LocalExperts(int64_t E, int rank, int size, bool round_robin) {
+  std::vector<int64_t> out;
+  if (round_robin) {
+    for (int64_t e = rank; e < E; e += size) out.push_back(e);
+    return out;
+  }
   const int64_t base = E / size, rem = E % size;
-  *count = base + (rank < rem ? 1 : 0);
-  *first = rank * base + std::min<int64_t>(rank, rem);
+  const int64_t count = base + (rank < rem ? 1 : 0);
+  const int64_t first = rank * base + std::min<int64_t>(rank, rem);
+  for (int64_t i = 0; i < count; ++i) out.push_back(first + i);
+  return out;
 }
 
 }  // namespace
@@ -18,7 +27,23 @@ void ExpertRange(int64_t E, int rank, int size, int64_t* first, int64_t* count) 
 absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelConfig& c,
                                             const RecipeOptions& options, const RankCoords& r,
                                             DType dtype) {
-  if (absl::Status s = CheckOptions("vllm", options, {"vocab_padding"}); !s.ok()) return s;
+  if (absl::Status s = CheckOptions("vllm", options, {"vocab_padding", "expert_placement", "moe_names"});
+      !s.ok()) {
+    return s;
+  }
+  std::string placement = "linear", moe_names = "routed_experts";
+  if (auto it = options.find("expert_placement"); it != options.end()) placement = it->second;
+  if (auto it = options.find("moe_names"); it != options.end()) moe_names = it->second;
+  if (placement != "linear" && placement != "round_robin") {
+    return absl::InvalidArgumentError(absl::StrCat("vllm recipe option expert_placement='", placement,
+                                                   "' must be linear or round_robin"));
+  }
+  if (moe_names != "routed_experts" && moe_names != "legacy") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vllm recipe option moe_names='", moe_names,
+        "' must be routed_experts (mlp.experts.routed_experts.w13_weight, vLLM >= 0.33) or legacy "
+        "(mlp.experts.w13_weight)"));
+  }
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
                 ng = c.num_key_value_heads, L = c.num_hidden_layers;
   const int tp = r.tp, T = r.tp_size;
@@ -98,27 +123,24 @@ absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelC
     const int64_t E = c.num_experts, Ie = c.ExpertSize();
     b.Add(moe + "gate.weight", Shape::Of({E, H}));
     b.Map(b.Last(), n.router, Rows(0, E, H), Rows(0, E, H));
-    // EP: whole experts spread over ep ranks. Otherwise every rank holds all
-    // experts, each split over tp.
-    int64_t e_first, e_count, Il, i_rank;
-    if (r.ep_size > 1) {
-      ExpertRange(E, r.ep, r.ep_size, &e_first, &e_count);
-      Il = Ie;
-      i_rank = 0;
-    } else {
-      if (absl::Status s = Divides(Ie, T, "moe_intermediate_size", "vllm tp_size"); !s.ok()) return s;
-      e_first = 0;
-      e_count = E;
-      Il = Ie / T;
-      i_rank = tp;
+    // Experts: expert rank ep holds whole experts (placement), each split
+    // over etp. vLLM uses one or the other: with enable_expert_parallel,
+    // ep over dp x tp and etp 1; without, etp over dp x tp and ep 1.
+    if (absl::Status s = Divides(Ie, r.etp_size, "moe_intermediate_size", "vllm expert tp size (dp x tp)");
+        !s.ok()) {
+      return s;
     }
+    const std::vector<int64_t> local = LocalExperts(E, r.ep, r.ep_size, placement == "round_robin");
+    const int64_t Il = Ie / r.etp_size, i_rank = r.etp;
+    const int64_t e_count = static_cast<int64_t>(local.size());
     if (e_count > 0) {
-      b.Add(moe + "experts.w13_weight", Shape::Of({e_count, 2 * Il, H}));
+      const std::string experts = moe + (moe_names == "legacy" ? "experts." : "experts.routed_experts.");
+      b.Add(experts + "w13_weight", Shape::Of({e_count, 2 * Il, H}));
       size_t w13 = b.Last();
-      b.Add(moe + "experts.w2_weight", Shape::Of({e_count, H, Il}));
+      b.Add(experts + "w2_weight", Shape::Of({e_count, H, Il}));
       size_t w2 = b.Last();
       for (int64_t i = 0; i < e_count; ++i) {
-        const std::string ep = absl::StrCat(n.expert_prefix, e_first + i, ".");
+        const std::string ep = absl::StrCat(n.expert_prefix, local[i], ".");
         b.Map(w13, ep + n.gate + ".weight", Rows(i_rank * Il, Il, H), Slab3(i, 0, Il, 0, H));
         b.Map(w13, ep + n.up + ".weight", Rows(i_rank * Il, Il, H), Slab3(i, Il, Il, 0, H));
         b.Map(w2, ep + n.down + ".weight", Cols(H, i_rank * Il, Il), Slab3(i, 0, H, 0, Il));

@@ -108,6 +108,37 @@ std::string Box::ToString() const {
   return s + "]";
 }
 
+std::vector<std::string> UncoveredParts(const ModelSpec& model,
+                                        const std::vector<const ShardSpec*>& shards, size_t limit) {
+  std::vector<std::vector<const Box*>> held(model.size());
+  for (const ShardSpec* s : shards) {
+    for (const Piece& p : s->pieces) {
+      if (p.tensor >= 0 && p.tensor < model.size()) held[p.tensor].push_back(&p.canonical);
+    }
+  }
+  std::vector<std::string> out;
+  for (int32_t t = 0; t < model.size() && out.size() < limit; ++t) {
+    std::vector<Box> left = {Box::Whole(model.tensor(t).shape)}, next;
+    for (const Box* h : held[t]) {
+      next.clear();
+      for (const Box& b : left) {
+        if (!b.Overlaps(*h)) {
+          next.push_back(b);
+        } else {
+          SubtractBox(b, b.Intersect(*h), &next);
+        }
+      }
+      left.swap(next);
+      if (left.empty()) break;
+    }
+    for (const Box& b : left) {
+      if (out.size() == limit) break;
+      out.push_back(absl::StrCat("tensor '", model.tensor(t).name, "' ", b.ToString()));
+    }
+  }
+  return out;
+}
+
 void SubtractBox(const Box& outer, const Box& inner, std::vector<Box>* out) {
   Box rest = outer;
   for (int d = 0; d < outer.ndim; ++d) {

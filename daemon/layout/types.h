@@ -129,6 +129,12 @@ absl::Status CheckDeclaredShape(const ShardSpec& expected, const Shape& shape);
 // CheckDeclaredShape, and the same dtype too.
 absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, DType dtype);
 
+// The parts of canonical tensors that no piece of `shards` covers, as
+// "tensor 'name' [0:4, 8:16]", at most `limit` of them (checkpoint order);
+// empty when every canonical byte has at least one holder.
+std::vector<std::string> UncoveredParts(const ModelSpec& model,
+                                        const std::vector<const ShardSpec*>& shards, size_t limit);
+
 // The index of the k-th dimension of `b` whose size is not 1, or -1. Boxes
 // holding the same elements pair their non-unit dimensions in this order.
 int NthNonUnitDim(const Box& b, int k);

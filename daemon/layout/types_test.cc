@@ -147,7 +147,7 @@ TEST_CASE("recipes report unknown names, options and impossible splits") {
   CHECK(BuildShards(*model, c, "deepspeed", {}, r, DType::kBF16).status().message() ==
         "unknown recipe 'deepspeed' (known: megatron, vllm, hf, fsdp)");
   CHECK(BuildShards(*model, c, "vllm", {{"padding", "64"}}, r, DType::kBF16).status().message() ==
-        "unknown vllm recipe option 'padding' (known: vocab_padding)");
+        "unknown vllm recipe option 'padding' (known: vocab_padding, expert_placement, moe_names)");
   r.tp = 3;
   r.tp_size = 2;
   CHECK(BuildShards(*model, c, "vllm", {}, r, DType::kBF16).status().message() ==
@@ -159,7 +159,7 @@ TEST_CASE("recipes report unknown names, options and impossible splits") {
   RankCoords pp;
   pp.pp_size = 3;
   CHECK(BuildShards(*model, c, "megatron", {}, pp, DType::kBF16).status().message() ==
-        "num_hidden_layers (2) is not divisible by megatron pp_size (3)");
+        "num_hidden_layers (2) is not divisible by megatron pp_size x vpp (3)");
   // A model missing a tensor the recipe needs.
   std::vector<TensorSpec> fewer = *tensors;
   fewer.pop_back();  // lm_head.weight

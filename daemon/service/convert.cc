@@ -36,16 +36,22 @@ absl::StatusOr<layout::Box> BoxOf(const v1::Box& b, const std::string& field) {
 }
 
 void ToProtoCoords(const layout::RankCoords& r, v1::RankCoordinates* out) {
+  out->set_rank(r.rank);
+  out->set_world_size(r.world_size);
   out->set_tp(r.tp);
   out->set_tp_size(r.tp_size);
-  out->set_pp(r.pp);
-  out->set_pp_size(r.pp_size);
-  out->set_ep(r.ep);
-  out->set_ep_size(r.ep_size);
-  out->set_etp(r.etp);
-  out->set_etp_size(r.etp_size);
+  out->set_cp(r.cp);
+  out->set_cp_size(r.cp_size);
   out->set_dp(r.dp);
   out->set_dp_size(r.dp_size);
+  out->set_pp(r.pp);
+  out->set_pp_size(r.pp_size);
+  out->set_etp(r.etp);
+  out->set_etp_size(r.etp_size);
+  out->set_ep(r.ep);
+  out->set_ep_size(r.ep_size);
+  out->set_edp(r.edp);
+  out->set_edp_size(r.edp_size);
 }
 
 void ToProto(const core::ReplicaInfo& r, v1::ReplicaStatus* rs) {
@@ -71,16 +77,22 @@ void ToProto(const layout::RankCoords& r, v1::RankCoordinates* out) { ToProtoCoo
 
 layout::RankCoords FromProto(const v1::RankCoordinates& in) {
   layout::RankCoords r;
+  r.rank = in.rank();
+  r.world_size = in.world_size();
   r.tp = in.tp();
-  r.tp_size = std::max(1, in.tp_size());
-  r.pp = in.pp();
-  r.pp_size = std::max(1, in.pp_size());
-  r.ep = in.ep();
-  r.ep_size = std::max(1, in.ep_size());
-  r.etp = in.etp();
-  r.etp_size = std::max(1, in.etp_size());
+  r.tp_size = in.tp_size();
+  r.cp = in.cp();
+  r.cp_size = in.cp_size();
   r.dp = in.dp();
-  r.dp_size = std::max(1, in.dp_size());
+  r.dp_size = in.dp_size();
+  r.pp = in.pp();
+  r.pp_size = in.pp_size();
+  r.etp = in.etp();
+  r.etp_size = in.etp_size();
+  r.ep = in.ep();
+  r.ep_size = in.ep_size();
+  r.edp = in.edp();
+  r.edp_size = in.edp_size();
   return r;
 }
 

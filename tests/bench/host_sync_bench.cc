@@ -61,9 +61,10 @@ struct Setup {
 
 // Registers `recipe` ranks of `sizes` with buffers in one arena per rank.
 void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelConfig& cfg,
-                   const std::string& recipe, layout::RankCoords sizes, core::Role role,
+                   const std::string& recipe, layout::LayoutSizes sizes, core::Role role,
                    const std::string& replica, core::UpdateMode mode, layout::DType dt, bool fill) {
-  for (const layout::RankCoords& r : layout::AllRanks(sizes)) {
+  const auto grid = layout::EngineRanks(recipe, sizes);
+  for (const layout::RankCoords& r : *grid) {
     auto shards = *layout::BuildShards(spec, cfg, recipe, {}, r, dt);
     size_t total = 0;
     for (const auto& sh : shards) total += (sh.shape.NumElements() * kernels::DTypeSize(dt) + 255) / 256 * 256;
@@ -145,9 +146,9 @@ int main(int argc, char** argv) {
   auto spec = *layout::ModelSpec::Create(*layout::CanonicalTensors(cfg, layout::DType::kBF16));
   for (core::UpdateMode mode : {core::UpdateMode::kInPlace, core::UpdateMode::kStaged}) {
     Setup s = Make(cfg, threads, 64ull << 20);
-    layout::RankCoords src, dst;
-    src.tp_size = 2;
-    dst.tp_size = 4;
+    layout::LayoutSizes src, dst;
+    src.tp = 2;
+    dst.tp = 4;
     RegisterRanks(s, spec, cfg, "megatron", src, core::Role::kSource, "", mode, layout::DType::kBF16, true);
     RegisterRanks(s, spec, cfg, "vllm", dst, core::Role::kTarget, "gen", mode, layout::DType::kBF16, false);
     const uint64_t bytes = s.target_bytes;
@@ -197,7 +198,7 @@ int main(int argc, char** argv) {
   tiny.num_hidden_layers = 130;
   auto tspec = *layout::ModelSpec::Create(*layout::CanonicalTensors(tiny, layout::DType::kBF16));
   Setup s = Make(tiny, 1, 64ull << 20);
-  layout::RankCoords one;
+  layout::LayoutSizes one;
   RegisterRanks(s, tspec, tiny, "megatron", one, core::Role::kSource, "", core::UpdateMode::kInPlace,
                 layout::DType::kBF16, true);
   RegisterRanks(s, tspec, tiny, "vllm", one, core::Role::kTarget, "gen", core::UpdateMode::kInPlace,

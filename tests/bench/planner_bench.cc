@@ -36,26 +36,30 @@ int Run(int64_t experts) {
   auto model = ModelSpec::Create(*tensors);
   if (!model.ok()) return 1;
 
-  // Trainer: Megatron TP=4, PP=2 (47 layers a stage), EP=8 -> 64 ranks.
-  // Generator: vLLM TP=8 with EP=8 -> 8 ranks.
+  // Trainer: Megatron TP=4 x DP=8 x PP=2 (47 layers a stage) = 64
+  // processes, experts EP=8 x ETP=4 (EDP 1). Generator: vLLM TP=8 with
+  // expert parallelism (EP = 8) -> 8 processes.
   auto t0 = std::chrono::steady_clock::now();
   std::vector<Endpoint> src, dst;
-  RankCoords ms;
-  ms.tp_size = 4;
-  ms.pp_size = 2;
-  ms.ep_size = 8;
-  for (const RankCoords& r : AllRanks(ms)) {
+  LayoutSizes ms;
+  ms.tp = 4;
+  ms.dp = 8;
+  ms.pp = 2;
+  ms.ep = 8;
+  ms.etp = 4;
+  auto mranks = EngineRanks("megatron", ms);
+  if (!mranks.ok()) return std::printf("%s\n", mranks.status().ToString().c_str()), 1;
+  for (const RankCoords& r : *mranks) {
     auto s = BuildShards(*model, c, "megatron", {}, r, DType::kF32);
     if (!s.ok()) return std::printf("%s\n", s.status().ToString().c_str()), 1;
-    src.push_back({absl::StrCat("trainer/", r.ToString()), {absl::StrCat("t", r.pp * 8 + r.ep / 2), r.tp}, *s});
+    src.push_back({absl::StrCat("trainer/", r.ToString()), {absl::StrCat("t", r.rank / 8), r.rank % 8}, *s});
   }
-  RankCoords vs;
-  vs.tp_size = 8;
-  vs.ep_size = 8;
-  for (int t = 0; t < 8; ++t) {
-    RankCoords r = vs;
-    r.tp = t;
-    r.ep = t;
+  LayoutSizes vs;
+  vs.tp = 8;
+  vs.ep = 8;
+  const auto grid = EngineRanks("vllm", vs);
+  for (const RankCoords& r : *grid) {
+    const int t = r.tp;
     auto s = BuildShards(*model, c, "vllm", {}, r, DType::kBF16);
     if (!s.ok()) return std::printf("%s\n", s.status().ToString().c_str()), 1;
     dst.push_back({absl::StrCat("gen/tp", t), {"g0", t}, *s});

@@ -99,7 +99,7 @@ def test_megatron_rank_files_load_in_safetensors_with_megatrons_layout(ckpt, run
     manifest = json.loads((ckpt / "meg" / "wsync_layout.json").read_text())
     assert manifest["recipe"] == "megatron" and manifest["sizes"]["tp"] == 2
     for rank in range(2):
-        t = load_file(str(ckpt / "meg" / f"rank-tp{rank}-pp0-ep0-etp0-dp0.safetensors"))
+        t = load_file(str(ckpt / "meg" / f"rank-{rank:05d}.safetensors"))
         for l in range(L):
             p, m = f"model.layers.{l}.self_attn.", f"decoder.layers.{l}."
             np.testing.assert_array_equal(
@@ -162,4 +162,4 @@ def test_corrupt_input_fails_naming_the_file(ckpt, run):
     assert proc.returncode == 1
     assert str(ckpt / "hf" / "model.safetensors") in proc.stderr
     assert "truncated" in proc.stderr
-    assert not (ckpt / "v" / "rank-tp0-pp0-ep0-etp0-dp0.safetensors").exists()
+    assert not (ckpt / "v" / "rank-00000.safetensors").exists()
