@@ -3,7 +3,8 @@
 # present) and runs every CPU test: the Bazel tests, the same core, layout,
 # transport and integration tests under ASan+UBSan and under TSan, each fuzz
 # target for FUZZ_SECONDS (default 30) from its seed corpus, the Python
-# tests, and a bounded load-and-fault soak (SOAK_SECONDS, default 20).
+# tests, the tests against the real engine packages (tests/engines, in the
+# engines venv), and a bounded load-and-fault soak (SOAK_SECONDS, default 20).
 # GPU tests: scripts/gpu.sh on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,18 @@ set -e
 ppassed=$(grep -oE '[0-9]+ passed' "$log.py" | tail -1 | grep -oE '[0-9]+' || echo 0)
 pfailed=$( (grep -oE '[0-9]+ (failed|error)' "$log.py" || true) | awk '{s+=$1} END {print s+0}')
 ((prc == 0)) || rc=1
+
+# The real engines (megatron-core, vllm from PyPI) in their own venv, created
+# once outside the repository (scripts/engines_venv.sh).
+engines=$(bash scripts/engines_venv.sh)
+set +e
+WSYNCCTL="$bin/client/cli/wsyncctl" WSYNCD="$bin/daemon/wsyncd" \
+  "$engines" -m pytest -q -p no:cacheprovider tests/engines 2>&1 | tee "$log.eng"
+erc=${PIPESTATUS[0]}
+set -e
+ppassed=$((ppassed + $(grep -oE '[0-9]+ passed' "$log.eng" | tail -1 | grep -oE '[0-9]+' || echo 0)))
+pfailed=$((pfailed + $( (grep -oE '[0-9]+ (failed|error)' "$log.eng" || true) | awk '{s+=$1} END {print s+0}')))
+((erc == 0)) || rc=1
 
 # The soak: concurrent clients syncing, cancelling and dying; every version a
 # generator reports committed is checked byte for byte.

@@ -190,8 +190,25 @@ class Client:
 
     def __init__(self, socket="/run/wsync/wsyncd.sock", name=None, on_pause=None, on_resume=None,
                  on_commit=None, connect_timeout=5.0, on_reconnect=None, reconnect=True,
-                 reconnect_timeout=60.0):
-        self.socket = socket
+                 reconnect_timeout=60.0, address=None, insecure=False, tls_ca=None, tls_cert=None,
+                 tls_key=None):
+        """socket: the local daemon's Unix socket. address: "host:port" of a
+        daemon's TCP listener instead (wsyncd --listen); it needs TLS (tls_ca:
+        the CA bundle that signed the daemon's certificate; tls_cert and
+        tls_key: this client's certificate for mTLS, which is how the daemon
+        knows who calls) unless `insecure` is set for a plaintext listener.
+        Over TCP only host memory the daemon can open by name and no CUDA IPC
+        are accepted: register buffers through the local socket."""
+        if address is None and (insecure or tls_ca or tls_cert or tls_key):
+            raise ValueError("insecure and tls_* apply to TCP connections: give address='host:port'")
+        if address is not None and insecure and (tls_ca or tls_cert or tls_key):
+            raise ValueError("insecure (plaintext) and tls_* cannot be combined")
+        if address is not None and not insecure and not tls_ca:
+            raise ValueError("a TCP connection needs tls_ca (or insecure=True for a plaintext listener)")
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("tls_cert and tls_key go together (mTLS)")
+        self.socket, self.address, self._insecure = socket, address, insecure
+        self._tls = [None if p is None else open(p, "rb").read() for p in (tls_ca, tls_key, tls_cert)]
         self.name = name or f"{os.path.basename(sys.argv[0]) or 'python'}-{os.getpid()}"
         self._on_pause, self._on_resume, self._on_commit = on_pause, on_resume, on_commit
         self._on_reconnect = on_reconnect
@@ -224,15 +241,26 @@ class Client:
                              f"this wsync.Client belongs to another process (it was created before a fork); "
                              f"process {os.getpid()} must create its own Client")
 
+    @property
+    def target(self):
+        """Where this client connects: "unix:<socket>" or the TCP address."""
+        return self.address if self.address is not None else "unix:" + self.socket
+
     def _attach(self, timeout):
-        channel = grpc.insecure_channel(
-            "unix:" + self.socket, options=[("grpc.max_receive_message_length", 64 << 20)])
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if self.address is None or self._insecure:
+            channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            ca, key, cert = self._tls
+            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                 certificate_chain=cert)
+            channel = grpc.secure_channel(self.address, creds, options=options)
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             channel.close()
             raise WsyncError(grpc.StatusCode.UNAVAILABLE,
-                             f"no wsyncd answered at unix:{self.socket} within {timeout} s") from None
+                             f"no wsyncd answered at {self.target} within {timeout} s") from None
         stub = wsync_pb2_grpc.WsyncStub(channel)
         requests = queue.Queue()
         requests.put(wsync_pb2.AttachRequest(hello=wsync_pb2.Hello(client_name=self.name, pid=os.getpid())))
@@ -297,7 +325,7 @@ class Client:
                 self.poisoned.add(key)
                 self.committed.pop(key, None)
             self._lock.notify_all()
-        log.warning("wsync client %r lost its session with wsyncd at unix:%s (%s)%s", self.name, self.socket,
+        log.warning("wsync client %r lost its session with wsyncd at %s (%s)%s", self.name, self.target,
                     error, "; replicas paused mid-sync are poisoned: " +
                     ", ".join(f"{m}/{r} (version {v})" for (m, r), v in paused.items()) if paused else "")
         for (m, r), v in paused.items():
@@ -315,8 +343,8 @@ class Client:
                 break
             except WsyncError as e:
                 if time.monotonic() >= deadline:
-                    log.error("wsync client %r could not re-attach to wsyncd at unix:%s within %.0f s: %s",
-                              self.name, self.socket, self._reconnect_timeout, e)
+                    log.error("wsync client %r could not re-attach to wsyncd at %s within %.0f s: %s",
+                              self.name, self.target, self._reconnect_timeout, e)
                     return
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
@@ -425,7 +453,8 @@ class Client:
         return resp
 
     def register_shards(self, model_id, role, buffers, rank=None, recipe="", recipe_options=None,
-                        replica=None, update_mode="staged", pieces=None, ready_event=None):
+                        replica=None, update_mode="staged", pieces=None, ready_event=None,
+                        coordinator=""):
         """Registers one rank's buffers ({name: array}). role: "source" or
         "target"; rank: dict(tp=, tp_size=, pp=, pp_size=, ...); pieces:
         optional {name: [(tensor, (offsets, sizes), (offsets, sizes))]} for
@@ -436,12 +465,18 @@ class Client:
         colocated GPU sync; every buffer of a model must then be on GPUs).
         ready_event: an optional torch.cuda.Event(interprocess=True); the
         daemon waits on it before reading these buffers, so a trainer
-        records it after each optimizer step and needs no synchronize()."""
+        records it after each optimizer step and needs no synchronize().
+        rank: this process's place in its engine's layout (docs/api.md):
+        rank and world_size, the dense grid tp/cp/dp/pp and the expert grid
+        etp/ep/edp, each with its *_size. coordinator: "host:port" of the
+        daemon that coordinates this model's multi-node syncs ("" = this
+        daemon)."""
         req = wsync_pb2.RegisterShardsRequest(
             session_id=self.session_id, model_id=model_id,
             role=types_pb2.SOURCE if role == "source" else types_pb2.TARGET,
             replica_id=replica or "",
-            update_mode=types_pb2.IN_PLACE if update_mode == "in_place" else types_pb2.STAGED)
+            update_mode=types_pb2.IN_PLACE if update_mode == "in_place" else types_pb2.STAGED,
+            coordinator=coordinator)
         for k, v in (rank or {}).items():
             setattr(req.rank, k, int(v))
         req.recipe.name = recipe

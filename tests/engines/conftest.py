@@ -1,0 +1,45 @@
+"""Tests against the real engine packages (megatron-core, vllm) from PyPI.
+
+They run in the engines venv (scripts/engines_venv.sh), never with Debian's
+Python packages, and need the wsyncd and wsyncctl binaries Bazel built
+(WSYNCD, WSYNCCTL; scripts/test.sh sets both)."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "client" / "python"))
+
+
+def _binary(env, *path):
+    p = os.environ.get(env) or str(ROOT.joinpath("bazel-bin", *path))
+    if not os.access(p, os.X_OK):
+        pytest.fail(f"{env}: {p} is not an executable; build it with bazel first (scripts/test.sh does)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def wsyncctl():
+    return _binary("WSYNCCTL", "client", "cli", "wsyncctl")
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A wsyncd on a private Unix socket; yields the socket path."""
+    wsyncd = _binary("WSYNCD", "daemon", "wsyncd")
+    sock = f"/tmp/wsync-engines-{os.getpid()}-{time.monotonic_ns() % 1000000}/wsyncd.sock"
+    log = open(tmp_path / "wsyncd.log", "w")
+    p = subprocess.Popen([wsyncd, "--socket", sock, "--bucket-mib", "1"], stderr=log)
+    for _ in range(500):
+        if os.path.exists(sock) or p.poll() is not None:
+            break
+        time.sleep(0.02)
+    assert os.path.exists(sock), f"wsyncd did not start: {open(tmp_path / 'wsyncd.log').read()}"
+    yield sock
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 0, open(tmp_path / "wsyncd.log").read()
