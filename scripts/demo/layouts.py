@@ -71,7 +71,7 @@ def megatron_rank(c, w, tp, tp_size, pp, pp_size):
     per = L // pp_size
     for j in range(per):
         l = pp * per + j
-        p, m = f"model.layers.{l}.", f"decoder.layers.{j}."
+        p, m = f"model.layers.{l}.", f"decoder.layers.{l}."  # global layer numbers
         out[m + "self_attention.linear_qkv.layer_norm_weight"] = w[p + "input_layernorm.weight"]
         rows = []
         for g in range(tp * groups, (tp + 1) * groups):  # per query group: q heads, k, v
@@ -85,7 +85,7 @@ def megatron_rank(c, w, tp, tp_size, pp, pp_size):
         out[m + "self_attention.linear_proj.weight"] = w[p + "self_attn.o_proj.weight"][:, tp * cols:(tp + 1) * cols]
         out[m + "pre_mlp_layernorm.weight"] = w[p + "post_attention_layernorm.weight"]
         out[m + "mlp.router.weight"] = w[p + "mlp.gate.weight"]
-        for e in range(E):  # EP = 1, expert-TP = 1: every rank holds every expert whole
+        for e in range(E):  # EP = 1, expert-TP = 1: every rank holds every expert whole (EDP copies)
             ep = p + f"mlp.experts.{e}."
             out[m + f"mlp.experts.linear_fc1.weight{e}"] = np.concatenate(
                 [w[ep + "gate_proj.weight"], w[ep + "up_proj.weight"]])
@@ -137,8 +137,8 @@ def vllm_rank(c, w, tp, tp_size):
             w13[e, :il] = w[ep + "gate_proj.weight"][tp * il:(tp + 1) * il]
             w13[e, il:] = w[ep + "up_proj.weight"][tp * il:(tp + 1) * il]
             w2[e] = w[ep + "down_proj.weight"][:, tp * il:(tp + 1) * il]
-        out[p + "mlp.experts.w13_weight"] = w13
-        out[p + "mlp.experts.w2_weight"] = w2
+        out[p + "mlp.experts.routed_experts.w13_weight"] = w13  # vLLM >= 0.33 names
+        out[p + "mlp.experts.routed_experts.w2_weight"] = w2
     out["model.norm.weight"] = w["model.norm.weight"]
     out["lm_head.weight"] = vocab("lm_head.weight")
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}

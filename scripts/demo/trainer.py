@@ -61,7 +61,13 @@ def main():
                 pieces[name] = [(name, box, box)]
                 lora_names.append(name)
     client.register_shards(args.model, "source", bufs, recipe="megatron",
-                           rank=dict(tp=args.tp, tp_size=args.tp_size, pp=args.pp, pp_size=args.pp_size),
+                           # Megatron-core's grids: process pp*tp_size + tp; experts
+                           # not tensor-parallel (etp 1), so the tp ranks hold
+                           # expert copies (edp = tp).
+                           rank=dict(rank=args.pp * args.tp_size + args.tp,
+                                     world_size=args.tp_size * args.pp_size,
+                                     tp=args.tp, tp_size=args.tp_size, pp=args.pp, pp_size=args.pp_size,
+                                     etp=0, etp_size=1, ep=0, ep_size=1, edp=args.tp, edp_size=args.tp_size),
                            pieces=pieces)
     reply({"ready": True, "buffers": len(bufs), "pid": os.getpid()})
     for cmd in commands():

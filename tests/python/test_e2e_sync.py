@@ -209,11 +209,12 @@ def test_trainer_killed_mid_sync(daemon, cluster_factory):
         # Its mappings went with it (the other trainers' remain), no fd leaked.
         assert daemon_maps(daemon["pid"]) < maps_before
         assert daemon_fds(daemon["pid"]) <= fds_before
-        # A sync now names the missing rank; once it is back, syncs succeed.
+        # A sync now names the bytes nobody holds (process tp1 pp1's half of
+        # layer 1); once it is back, syncs succeed.
         with pytest.raises(wsync.WsyncError) as e:
             d.sync("policy", 2, progress=False)
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
-        assert "tp1/2 pp1/2" in e.value.message
+        assert "3 registered) do not hold all of the model yet; no holder for tensor 'model.layers.1." in e.value.message
         c.start_trainer(1, 1)
         c.load(2, 1)
         d.sync("policy", 2, progress=False)
