@@ -247,7 +247,9 @@ class Client:
         return self.address if self.address is not None else "unix:" + self.socket
 
     def _attach(self, timeout):
-        options = [("grpc.max_receive_message_length", 64 << 20)]
+        # Each Client keeps its own connections: two clients of one process
+        # with different certificates must not share a TLS session.
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
         if self.address is None or self._insecure:
             channel = grpc.insecure_channel(self.target, options=options)
         else:
