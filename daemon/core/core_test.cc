@@ -69,6 +69,18 @@ struct Client {
                               const std::vector<layout::ShardSpec>& shards, const std::string& recipe,
                               layout::RankCoords rank, UpdateMode mode = UpdateMode::kStaged,
                               const layout::ModelSpec* spec = nullptr, size_t recipe_shards = SIZE_MAX) {
+    std::vector<void*> ptrs;
+    auto r = TryRegister(model, role, replica, shards, recipe, rank, mode, spec, recipe_shards, &ptrs);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    return ptrs;
+  }
+  // Register, returning the daemon's answer; *ptrs receives the memory.
+  absl::StatusOr<ShardsRegistered> TryRegister(const std::string& model, Role role, const std::string& replica,
+                                               const std::vector<layout::ShardSpec>& shards,
+                                               const std::string& recipe, layout::RankCoords rank,
+                                               UpdateMode mode, const layout::ModelSpec* spec,
+                                               size_t recipe_shards, std::vector<void*>* out) {
     RegisterShardsArgs a;
     a.caller = Me();
     a.session_id = session;
@@ -78,7 +90,7 @@ struct Client {
     a.rank = rank;
     a.recipe = recipe;
     a.mode = mode;
-    std::vector<void*> ptrs;
+    std::vector<void*>& ptrs = *out;
     for (const auto& s : shards) {
       size_t bytes = s.shape.NumElements() * kernels::DTypeSize(s.dtype);
       shms.push_back(std::make_unique<Shm>(bytes));
@@ -94,10 +106,7 @@ struct Client {
       a.buffers.push_back(b);
       ptrs.push_back(shms.back()->ptr);
     }
-    auto r = core->RegisterShards(a);
-    INFO(r.status().ToString());
-    REQUIRE(r.ok());
-    return ptrs;
+    return core->RegisterShards(a);
   }
 };
 
@@ -303,6 +312,51 @@ std::vector<std::vector<uint8_t>> Snapshot(const std::vector<layout::Endpoint>& 
     }
   }
   return out;
+}
+
+TEST_CASE("a vLLM replica with expert parallelism is its processes: each place in a grid once, all needed") {
+  World w;
+  w.clients.push_back(std::make_unique<Client>(w.core.get(), "gen-ep"));
+  Client& c = *w.clients.back();
+  // vLLM TP=2 with enable_expert_parallel: two processes, EP = 2, expert
+  // rank = tp rank; each holds 2 of the 4 experts whole.
+  auto coords = [](int r) {
+    layout::RankCoords rc;
+    rc.rank = r;
+    rc.world_size = 2;
+    rc.tp = r;
+    rc.tp_size = 2;
+    rc.ep = r;
+    rc.ep_size = 2;
+    return rc;
+  };
+  std::vector<layout::Endpoint> eps;
+  std::vector<std::vector<void*>> mem;
+  for (int r : {0, 1}) {
+    auto shards = *layout::BuildShards(w.spec, w.config, "vllm", {}, coords(r), DType::kBF16);
+    eps.push_back({"", {}, shards});
+  }
+  CHECK(eps[1].shards.size() == eps[0].shards.size());
+  mem.push_back(c.Register("m", Role::kTarget, "ep", eps[0].shards, "vllm", coords(0)));
+  // One process of two: the replica is not complete.
+  auto early = w.core->Sync(Args(1), nullptr, nullptr);
+  CHECK(early.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(early.status().message()), Catch::EndsWith("): process ranks 1"));
+  // A second process claiming process 0's dense place is refused.
+  layout::RankCoords twin = coords(1);
+  twin.tp = 0;
+  std::vector<void*> unused;
+  auto dup = c.TryRegister("m", Role::kTarget, "ep", eps[1].shards, "vllm", twin, UpdateMode::kStaged, nullptr,
+                           SIZE_MAX, &unused);
+  CHECK(dup.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(dup.status().message()),
+             Catch::Contains("dense coordinates tp=0,cp=0,dp=0,pp=0 are already those of process rank 0/2 "
+                             "(tp 0/2; ep 0/2)"));
+  mem.push_back(c.Register("m", Role::kTarget, "ep", eps[1].shards, "vllm", coords(1)));
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(Matches(w, eps, mem));
 }
 
 TEST_CASE("LoRA: merge matches the reference, adapter_only is bit-identical to merge") {
