@@ -139,7 +139,10 @@ absl::StatusOr<std::vector<RankCoords>> EngineRanks(const std::string& recipe, c
     if (world % (int64_t{etp} * ep * s.pp) != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "megatron layout: etp x ep x pp = ", etp, " x ", ep, " x ", s.pp,
-          " does not divide the world of tp x cp x dp x pp = ", world, " processes"));
+          " does not divide the world of tp x cp x dp x pp = ", world, " processes",
+          s.etp == 0 ? " (etp defaults to tp, as Megatron-core's expert_tensor_parallel_size does; give "
+                       "etp=1 for whole experts, or a larger dp)"
+                     : ""));
     }
     const int edp = static_cast<int>(world / (int64_t{etp} * ep * s.pp));
     for (int r = 0; r < world; ++r) {

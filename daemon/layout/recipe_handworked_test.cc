@@ -161,6 +161,21 @@ ModelConfig Dense(int64_t nh, int64_t ng, int64_t I, int64_t V = 16) {
   return c;
 }
 
+// A one-layer qwen3_moe model with H=2 and one head dim: E experts of width Ie.
+ModelConfig Moe(int64_t E, int64_t Ie) {
+  ModelConfig c;
+  c.family = "qwen3_moe";
+  c.hidden_size = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.head_dim = 1;
+  c.vocab_size = 16;
+  c.num_hidden_layers = 1;
+  c.num_experts = E;
+  c.moe_intermediate_size = Ie;
+  return c;
+}
+
 TEST_CASE("QKV, nh=24 ng=8: Megatron TP=4 holds [qqqkv qqqkv], vLLM TP=4 [q x6, k k, v v]") {
   Fixture f(Dense(24, 8, 8));
   const std::vector<std::vector<float>> megatron = {
@@ -301,17 +316,7 @@ TEST_CASE("vocab padding: Megatron pads to 128*TP, vLLM to 64, padding is zero-f
 }
 
 TEST_CASE("MoE: Megatron EP=2 to vLLM TP=2") {
-  ModelConfig c;
-  c.family = "qwen3_moe";
-  c.hidden_size = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 1;
-  c.vocab_size = 16;
-  c.num_hidden_layers = 1;
-  c.num_experts = 4;
-  c.moe_intermediate_size = 4;
-  Fixture f(c);
+  Fixture f(Moe(4, 4));
 
   // Megatron dp=2, ep=2 (two processes; EP carved out of DP): process 1
   // holds experts 2 and 3 whole, named by their global numbers.
@@ -429,7 +434,8 @@ TEST_CASE("process grids as the engines number them") {
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message() ==
         "megatron layout: etp x ep x pp = 2 x 2 x 1 does not divide the world of tp x cp x dp x pp = 2 "
-        "processes");
+        "processes (etp defaults to tp, as Megatron-core's expert_tensor_parallel_size does; give etp=1 for "
+        "whole experts, or a larger dp)");
   two.etp = 1;
   auto ok = EngineRanks("megatron", two);
   REQUIRE(ok.ok());
@@ -573,17 +579,7 @@ TEST_CASE("Megatron's two layer specs name the dense layer norms differently") {
 }
 
 TEST_CASE("Transformers v5 fused experts: gate_up_proj [E, 2I, H] and down_proj [E, H, I]") {
-  ModelConfig c;
-  c.family = "qwen3_moe";
-  c.hidden_size = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 1;
-  c.vocab_size = 16;
-  c.num_hidden_layers = 1;
-  c.num_experts = 4;
-  c.moe_intermediate_size = 2;
-  Fixture f(c);
+  Fixture f(Moe(4, 2));
   auto hf = f.Shards("hf", RankCoords{}, {{"experts", "fused"}});
   const ShardSpec& gu = Find(hf, "model.layers.0.mlp.experts.gate_up_proj");
   CHECK(gu.shape == Shape::Of({4, 4, 2}));

@@ -23,6 +23,21 @@ def _binary(env, *path):
     return p
 
 
+def wait_registered(procs, registered, n, seconds=300):
+    """Waits for `n` items on `registered` from processes started by
+    torch.multiprocessing.start_processes; re-raises a process's error."""
+    import queue
+    deadline = time.monotonic() + seconds
+    items = []
+    while len(items) < n:
+        try:
+            items.append(registered.get(timeout=1))
+        except queue.Empty:
+            procs.join(timeout=0.01)  # raises the error of a process that failed
+            assert time.monotonic() < deadline, f"{n - len(items)} process(es) never registered"
+    return items
+
+
 @pytest.fixture(scope="session")
 def wsyncctl():
     return _binary("WSYNCCTL", "client", "cli", "wsyncctl")

@@ -6,8 +6,6 @@ The expected bytes come from FSDP2 itself: every process all-gathers each
 parameter (DTensor.full_tensor()), and the numpy references in reference.py
 turn those Hugging Face tensors into the targets' layouts."""
 import os
-import queue
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import torch.multiprocessing as mp
 
 import wsync
 import wsync.fsdp
+from conftest import wait_registered
 from reference import as_numpy, free_port, fused_to_per_expert, hf_to_vllm, wsync_dtype
 
 MOE = {"model_type": "qwen3_moe", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -61,14 +60,7 @@ def test_fsdp2_to_hf_and_vllm(cfg, world, daemon, tmp_path):
     procs = mp.start_processes(trainer, nprocs=world, join=False, start_method="spawn",
                                args=(world, free_port(), daemon, str(tmp_path), cfg, registered, done))
     try:
-        waiting, deadline = world, time.monotonic() + 300
-        while waiting:
-            try:
-                registered.get(timeout=1)
-                waiting -= 1
-            except queue.Empty:
-                procs.join(timeout=0.01)
-                assert time.monotonic() < deadline, f"{waiting} process(es) never registered"
+        wait_registered(procs, registered, world)
         full = np.load(tmp_path / "full.npy", allow_pickle=True).item()
         moe = bool(cfg.get("num_experts"))
         assert not moe or "model.layers.0.mlp.experts.gate_up_proj" in full  # Transformers v5: fused

@@ -18,9 +18,7 @@ parameters, and converting them back must give the same HF tensors.
 """
 import json
 import os
-import queue
 import subprocess
-import time
 import zlib
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch.multiprocessing as mp
 
 import wsync
 import wsync.megatron
+from conftest import wait_registered
 from reference import as_numpy, free_port, hf_to_vllm, megatron_to_hf, to_torch, wsync_dtype
 
 V = 100            # vocabulary; Megatron pads it (make_vocab_size_divisible_by x TP)
@@ -172,14 +171,7 @@ def test_megatron_to_hf_and_vllm(case, daemon, tmp_path, wsyncctl):
                                args=(world, free_port(), daemon, str(tmp_path), cfg, sizes, dtype,
                                      registered, done))
     try:
-        waiting, deadline = world, time.monotonic() + 300
-        while waiting:
-            try:
-                registered.get(timeout=1)
-                waiting -= 1
-            except queue.Empty:
-                procs.join(timeout=0.01)  # raises the error of a process that failed
-                assert time.monotonic() < deadline, f"{name}: {waiting} process(es) never registered"
+        wait_registered(procs, registered, world)
         reports = [np.load(tmp_path / f"trainer-{r}.npy", allow_pickle=True).item() for r in range(world)]
         # Megatron's own numbering of processes is the one wsync registered.
         assert sorted(r["coords"]["rank"] for r in reports) == list(range(world))
