@@ -49,6 +49,7 @@ CASES = [
     ("moe-tp2-ep2-etp1", MOE, dict(tp=2, ep=2, etp=1), torch.bfloat16, [(1, False), (2, False), (2, True)]),
     ("moe-tp1-ep2", MOE, dict(dp=2, ep=2), torch.float32, [(2, False), (2, True)]),
     ("moe-tp2-pp2", MOE, dict(tp=2, pp=2), torch.float32, [(2, True)]),
+    ("dense-pp2-vpp2", dict(DENSE, num_hidden_layers=4), dict(pp=2, vpp=2), torch.float32, [(2, False)]),
 ]
 
 
@@ -69,8 +70,9 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    tp, pp = sizes.get("tp", 1), sizes.get("pp", 1)
+    tp, pp, vpp = sizes.get("tp", 1), sizes.get("pp", 1), sizes.get("vpp")
     ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                 virtual_pipeline_model_parallel_size=vpp,
                                  expert_model_parallel_size=sizes.get("ep", 1),
                                  expert_tensor_parallel_size=sizes.get("etp"))
     moe = cfg.get("num_experts", 0) > 0
@@ -83,6 +85,7 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
               bf16=dtype == torch.bfloat16, pipeline_dtype=dtype, tensor_model_parallel_size=tp,
               pipeline_model_parallel_size=pp,
               sequence_parallel=False, expert_model_parallel_size=sizes.get("ep", 1),
+              virtual_pipeline_model_parallel_size=vpp,
               expert_tensor_parallel_size=sizes.get("etp"))
     if moe:
         kw.update(num_moe_experts=cfg["num_experts"], moe_ffn_hidden_size=cfg["moe_intermediate_size"],
@@ -90,15 +93,22 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
     config = TransformerConfig(**kw)
     spec = get_gpt_layer_local_spec(num_experts=cfg.get("num_experts"), moe_grouped_gemm=False,
                                     qk_layernorm=moe)
-    model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=padded_vocab(tp),
-                     max_sequence_length=64, pre_process=ps.is_pipeline_first_stage(),
-                     post_process=ps.is_pipeline_last_stage(),
-                     share_embeddings_and_output_weights=False, position_embedding_type="rope")
+    # With virtual pipelining, a list of chunks (vp_stage 0..vpp-1), as
+    # Megatron-LM's get_model returns it.
+    chunks = []
+    for vp in range(vpp or 1):
+        chunks.append(GPTModel(
+            config=config, transformer_layer_spec=spec, vocab_size=padded_vocab(tp), max_sequence_length=64,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=vpp is None, vp_stage=vp if vpp else None),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=vpp is None, vp_stage=vp if vpp else None),
+            share_embeddings_and_output_weights=False, position_embedding_type="rope",
+            vp_stage=vp if vpp else None))
     if dtype == torch.bfloat16:
         # As Megatron-LM trains in bf16: the wrapper casts every parameter,
         # norms included (wsync.megatron unwraps it).
         from megatron.core.transformer.module import Float16Module
-        model = Float16Module(config, model)
+        chunks = [Float16Module(config, c) for c in chunks]
+    model = chunks if vpp else chunks[0]
 
     def shards(v):
         if isinstance(v, ShardedTensorFactory):
@@ -118,7 +128,7 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
     # equal for copies (DP, EDP, replicated norms), different everywhere else.
     pieces = []
     with torch.no_grad():
-        for sh in shards(model.sharded_state_dict()):
+        for sh in shards([c.sharded_state_dict() for c in chunks]):
             local = (1,) * sh.prepend_axis_num + tuple(sh.data.shape)
             idx = np.zeros(local, dtype=np.int64)
             stride = 1
@@ -225,7 +235,7 @@ def convert_round_trip(name, cfg, sizes, reports, hf, tmp, wsyncctl):
     json.dump(cfg, open(tmp / "config.json", "w"))
     save_file({n: to_torch(t) for n, t in hf.items()}, str(tmp / "hf" / "model.safetensors"))
     options = reports[0]["options"]
-    layout = "megatron:" + ",".join([f"{k}={v}" for k, v in sizes.items()] +
+    layout = "megatron:" + ",".join([f"{k}={v}" for k, v in sizes.items() if k != "vpp"] +
                                     [f"{k}={v}" for k, v in sorted(options.items())])
     dtype = "bf16" if next(iter(hf.values())).dtype == np.uint16 else "fp32"
 
