@@ -37,7 +37,7 @@ int Run(int64_t experts) {
   if (!model.ok()) return 1;
 
   // Trainer: Megatron TP=4 x DP=8 x PP=2 (47 layers a stage) = 64
-  // processes, experts EP=8 x ETP=4 (EDP 1). Generator: vLLM TP=8 with
+  // processes, experts EP=8 x ETP=1 (EDP 4 copies). Generator: vLLM TP=8 with
   // expert parallelism (EP = 8) -> 8 processes.
   auto t0 = std::chrono::steady_clock::now();
   std::vector<Endpoint> src, dst;
@@ -46,7 +46,7 @@ int Run(int64_t experts) {
   ms.dp = 8;
   ms.pp = 2;
   ms.ep = 8;
-  ms.etp = 4;
+  ms.etp = 1;
   auto mranks = EngineRanks("megatron", ms);
   if (!mranks.ok()) return std::printf("%s\n", mranks.status().ToString().c_str()), 1;
   for (const RankCoords& r : *mranks) {
@@ -92,7 +92,7 @@ int Run(int64_t experts) {
 }  // namespace
 
 int main() {
-  std::printf("planner_bench: Megatron TP4 PP2 EP8 (fp32) -> vLLM TP8 EP8 (bf16), best of 3\n");
+  std::printf("planner_bench: Megatron TP4 DP8 PP2, EP8 ETP1 (fp32) -> vLLM TP8 EP8 (bf16), best of 3\n");
   if (int rc = Run(128); rc != 0) return rc;  // Qwen3-235B-A22B
   return Run(352);                            // ~100k tensors
 }
