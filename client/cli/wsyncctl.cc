@@ -461,7 +461,9 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
   conv_cmd->add_option("--model-config", conv.model_config, "the model's Hugging Face config.json")
       ->required();
   conv_cmd->add_option("--from", from_text,
-                       "input layout: hf, megatron:tp=N,pp=N,ep=N,etp=N, vllm:tp=N,ep=N, fsdp:dp=N")
+                       "input layout: hf, megatron:tp=N,cp=N,dp=N,pp=N,ep=N,etp=N, vllm:tp=N,dp=N,pp=N,ep=TPxDP, "
+                       "fsdp:dp=N; processes are numbered as the engine numbers them, and other key=value "
+                       "items are recipe options (docs/convert.md)")
       ->required();
   conv_cmd->add_option("--to", to_text, "output layout, same syntax as --from")->required();
   conv_cmd->add_option("--in", conv.in_dir, "input directory")->required();

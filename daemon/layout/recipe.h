@@ -1,21 +1,28 @@
 #ifndef WSYNC_DAEMON_LAYOUT_RECIPE_H_
 #define WSYNC_DAEMON_LAYOUT_RECIPE_H_
 
-// Recipes: the shards (buffers and their pieces) one rank of a framework
-// holds, generated from the model config and the rank's coordinates.
+// Recipes: the shards (buffers and their pieces) one process of a framework
+// holds, generated from the model config and the process's coordinates.
+// Dense weights follow the dense coordinates (tp, pp), routed experts the
+// expert coordinates (etp, ep); cp, dp and edp are copies.
 //
-//   megatron  Megatron-LM core (mcore) names: fused GQA-interleaved QKV with
-//             its input layernorm, GLU fc1, row-parallel proj/fc2,
-//             vocab-parallel embedding/output padded to
+//   megatron  Megatron-LM core (mcore) names with global layer and expert
+//             numbers: fused GQA-interleaved QKV, GLU fc1, row-parallel
+//             proj/fc2, vocab-parallel embedding/output padded to
 //             make_vocab_size_divisible_by * TP, MoE router/experts/shared
-//             experts under EP and expert-TP, pipeline stages.
+//             experts, pipeline stages and virtual-pipeline chunks (vpp).
+//             Options: spec=te|local (fused or separate layer norms),
+//             moe_layout=grouped|sequential, vpp, make_vocab_size_divisible_by.
 //   vllm      vLLM names: blocked [q; k; v] qkv_proj with KV-head
 //             replication when TP > KV heads, gate_up_proj, vocab padded to
-//             a multiple of 64, FusedMoE w13/w2 under EP or TP.
-//   hf        canonical tensors, whole.
-//   fsdp      canonical names, each tensor split on dim 0 over dp ranks
+//             a multiple of 64 (vocab_padding), FusedMoE
+//             experts.routed_experts.w13/w2 (moe_names=legacy: experts.w13)
+//             with expert_placement=linear|round_robin.
+//   hf        canonical tensors, whole (experts=fused: Transformers v5
+//             gate_up_proj/down_proj per layer).
+//   fsdp      canonical names, each tensor split on dim 0 over dp processes
 //             (torch.chunk: ceil(rows/dp) rows each, the last shard shorter
-//             or absent).
+//             or absent); experts=fused as for hf.
 // docs/layouts.md draws each layout.
 
 #include <map>

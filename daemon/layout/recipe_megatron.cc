@@ -63,8 +63,8 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
   const int64_t q_per_group = nh / ng;
   const int64_t groups = ng / T;
   const int64_t block = (q_per_group + 2) * hd;  // rows of one query group in linear_qkv
-  for (int64_t chunk = 0; chunk < *vpp; ++chunk)
-  for (int64_t j = 0; j < per_chunk; ++j) {
+  for (int64_t k = 0; k < *vpp * per_chunk; ++k) {
+    const int64_t chunk = k / per_chunk, j = k % per_chunk;
     const int64_t l = (chunk * r.pp_size + r.pp) * per_chunk + j;
     const std::string hf = absl::StrCat("model.layers.", l, ".");
     const std::string mc = absl::StrCat("decoder.layers.", l, ".");
