@@ -1,0 +1,109 @@
+"""Real vLLM 0.33 models on CPU receive a sync, and hold exactly what vLLM's
+own load_weights makes of the same Hugging Face checkpoint.
+
+Each vLLM worker process builds its model class twice
+(VLLM_TARGET_DEVICE=cpu, load_format=dummy, gloo): one instance registers as a
+target through wsync.vllm, with coordinates from vLLM's parallel state and
+its MoE layers' own parallel config; the other loads the checkpoint with
+vLLM's load_weights. After a sync from the checkpoint (registered as an hf
+source), every parameter of the first must equal the second byte for byte.
+The CPU MoE kernel needs hidden and per-rank intermediate sizes divisible by
+32, hence the sizes below. No forward pass runs (the wheel has no CPU ops)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import wsync
+import wsync.vllm
+from conftest import wait_registered
+from reference import as_numpy, free_port, fused_to_per_expert, wsync_dtype
+
+DENSE = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 32,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2,
+         "vocab_size": 100, "tie_word_embeddings": False}
+MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 32,
+       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+       "moe_intermediate_size": 64, "num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1,
+       "num_hidden_layers": 2, "vocab_size": 100, "tie_word_embeddings": False}
+
+
+def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done):
+    os.environ["VLLM_TARGET_DEVICE"] = "cpu"
+    from safetensors.torch import load_file
+    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
+                             set_current_vllm_config)
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.model_executor.models.registry import ModelRegistry
+    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="float32", enforce_eager=True)
+    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
+                    load_config=LoadConfig(load_format="dummy"),
+                    parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=ep))
+    with set_current_vllm_config(vc):
+        init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
+                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
+        initialize_model_parallel(tensor_model_parallel_size=world)
+        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+        # A second instance needs its own prefix: vLLM registers attention layers by name.
+        target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
+        reference.load_weights(iter(load_file(os.path.join(ckpt, "model.safetensors")).items()))
+        client = wsync.Client(socket=sock, name=f"vllm-{rank}")
+        wsync.vllm.register(client, target, "policy", replica=replica)
+        registered.put(rank)
+        synced.wait(600)
+        want = dict(reference.named_parameters())
+        bad = [n for n, p in target.named_parameters()
+               if not np.array_equal(as_numpy(p).view(np.uint8), as_numpy(want[n]).view(np.uint8))]
+        results.put((rank, bad, len(want)))
+        done.wait(600)
+        client.close()
+
+
+def checkpoint(cfg, d):
+    """A Hugging Face checkpoint of random weights, made by transformers (v5
+    fused experts turned into the per-expert names vLLM 0.33 loads)."""
+    import transformers
+    from safetensors.torch import save_file
+    kw = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **kw)
+    torch.manual_seed(11)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    full = {n: as_numpy(p) for n, p in model.state_dict().items()}
+    hf = fused_to_per_expert(full, cfg)
+    config.save_pretrained(d)
+    save_file({n: torch.from_numpy(np.ascontiguousarray(t)) for n, t in hf.items()}, os.path.join(d, "model.safetensors"))
+    return hf
+
+
+@pytest.mark.parametrize("cfg,tp,ep", [(DENSE, 1, False), (DENSE, 2, False), (MOE, 1, False), (MOE, 2, False),
+                                       (MOE, 2, True)],
+                         ids=["dense-tp1", "dense-tp2", "moe-tp1", "moe-tp2", "moe-tp2-ep"])
+def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, daemon, tmp_path):
+    hf = checkpoint(cfg, str(tmp_path))
+    client = wsync.Client(socket=daemon, name="trainer")
+    client.register_model("policy", config=cfg)
+    bufs = {n: client.empty(t.shape, wsync_dtype(t)) for n, t in hf.items()}
+    for n, b in bufs.items():
+        b[...] = hf[n]
+    client.register_shards("policy", "source", bufs, recipe="hf", rank=dict(rank=0, world_size=1))
+
+    ctx = mp.get_context("spawn")
+    registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = mp.start_processes(worker, nprocs=tp, join=False, start_method="spawn",
+                               args=(tp, free_port(), daemon, str(tmp_path), ep, "gen", registered, synced,
+                                     results, done))
+    try:
+        wait_registered(procs, registered, tp)
+        assert client.sync("policy", 1, progress=False).version == 1
+        synced.set()
+        reports = wait_registered(procs, results, tp)
+        for rank, bad, count in sorted(reports):
+            assert count > 0
+            assert not bad, f"vLLM process {rank}: parameters differ from vLLM's own load_weights: {bad}"
+    finally:
+        synced.set()
+        done.set()
+        procs.join(timeout=60)
+        client.close()
