@@ -603,6 +603,36 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
   return out;
 }
 
+absl::StatusOr<std::pair<layout::ModelSpec, std::vector<layout::ShardSpec>>> CoreImpl::DescribeLayout(
+    const std::string& model_id, const std::string& recipe, const layout::RecipeOptions& options,
+    const layout::RankCoords& rank) const {
+  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  auto coords = Completed(rank);
+  if (!coords.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", model_id, "': ", coords.status().message()));
+  }
+  layout::ModelSpec spec;
+  layout::ModelConfig config;
+  {
+    wsync::MutexLock lock(&mu_);
+    auto it = models_.find(model_id);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
+    if (!it->second->has_config) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model '", model_id, "' was registered without a config; recipes need one"));
+    }
+    spec = it->second->spec;
+    config = it->second->config;
+  }
+  auto shards = layout::BuildShards(spec, config, recipe, options, *coords, layout::DType::kF32);
+  if (!shards.ok()) {
+    return absl::Status(shards.status().code(),
+                        absl::StrCat("model '", model_id, "' ", recipe, " ", coords->ToString(), ": ",
+                                     shards.status().message()));
+  }
+  return std::make_pair(std::move(spec), std::move(*shards));
+}
+
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterShardsArgs& a) {
   if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
   auto completed = Completed(a.rank);

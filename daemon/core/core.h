@@ -380,6 +380,15 @@ class Core {
   virtual absl::StatusOr<std::string> CancelSync(const Caller& caller, const std::string& model_id,
                                                  uint64_t version) = 0;
 
+  // The shards (buffers and pieces) `recipe` gives the process at `rank` of
+  // model `model_id`, and the model's canonical tensors their pieces index.
+  // Read-only, for any caller. NOT_FOUND for an unknown model,
+  // FAILED_PRECONDITION when it has no config, INVALID_ARGUMENT from the
+  // recipe or the coordinates.
+  virtual absl::StatusOr<std::pair<layout::ModelSpec, std::vector<layout::ShardSpec>>> DescribeLayout(
+      const std::string& model_id, const std::string& recipe, const layout::RecipeOptions& options,
+      const layout::RankCoords& rank) const = 0;
+
   // A consistent snapshot of identity, endpoints, models, jobs and sessions
   // as `viewer` may see it: session ids only of the viewer's own sessions
   // (every one for administrators).

@@ -229,6 +229,9 @@ class CoreImpl final : public Core {
   absl::StatusOr<std::string> CancelSync(const Caller& caller, const std::string& model_id,
                                          uint64_t version) override;
   DaemonStatus GetStatus(const Caller& viewer) const override;
+  absl::StatusOr<std::pair<layout::ModelSpec, std::vector<layout::ShardSpec>>> DescribeLayout(
+      const std::string& model_id, const std::string& recipe, const layout::RecipeOptions& options,
+      const layout::RankCoords& rank) const override;
   void BeginShutdown() override;
   std::pair<uint64_t, std::vector<Member>> Join(const Member& m) override;
   bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) override;

@@ -96,6 +96,37 @@ layout::RankCoords FromProto(const v1::RankCoordinates& in) {
   return r;
 }
 
+void ToProto(const layout::ModelSpec& spec, const std::vector<layout::ShardSpec>& shards,
+             v1::DescribeLayoutResponse* out) {
+  auto box = [](const layout::Box& b, v1::Box* o) {
+    for (int i = 0; i < b.ndim; ++i) {
+      o->add_offsets(b.off[i]);
+      o->add_sizes(b.size[i]);
+    }
+  };
+  std::vector<bool> named(spec.size(), false);
+  for (const layout::ShardSpec& s : shards) {
+    for (const layout::Piece& p : s.pieces) named[p.tensor] = true;
+  }
+  for (int32_t t = 0; t < spec.size(); ++t) {
+    if (!named[t]) continue;
+    v1::CanonicalTensor* c = out->add_tensors();
+    c->set_name(spec.tensor(t).name);
+    for (int i = 0; i < spec.tensor(t).shape.ndim; ++i) c->add_shape(spec.tensor(t).shape.d[i]);
+  }
+  for (const layout::ShardSpec& s : shards) {
+    v1::BufferSpec* b = out->add_buffers();
+    b->set_name(s.name);
+    for (int i = 0; i < s.shape.ndim; ++i) b->add_shape(s.shape.d[i]);
+    for (const layout::Piece& p : s.pieces) {
+      v1::Piece* q = b->add_pieces();
+      q->set_tensor(spec.tensor(p.tensor).name);
+      box(p.canonical, q->mutable_canonical());
+      box(p.shard, q->mutable_shard());
+    }
+  }
+}
+
 absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const std::string& model_id) {
   const std::string field = absl::StrCat("model '", model_id, "' tensor '", t.name(), "'");
   auto shape = ShapeOf(t.shape(), field);

@@ -19,6 +19,10 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
 absl::StatusOr<core::RegisterShardsArgs> FromProto(const v1::RegisterShardsRequest& in);
 absl::StatusOr<core::SyncArgs> FromProto(const v1::SyncRequest& in);
 layout::RankCoords FromProto(const v1::RankCoordinates& in);
+// Each shard's name, shape and pieces (canonical tensors named from `spec`),
+// and the canonical tensors the pieces name, with their shapes.
+void ToProto(const layout::ModelSpec& spec, const std::vector<layout::ShardSpec>& shards,
+             v1::DescribeLayoutResponse* out);
 absl::StatusOr<layout::Shape> ShapeFromProto(const google::protobuf::RepeatedField<int64_t>& dims,
                                              const std::string& field);
 absl::StatusOr<layout::Box> FromProto(const v1::Box& b, const std::string& field);

@@ -154,6 +154,16 @@ class PublicService final : public v1::Wsync::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status DescribeLayout(grpc::ServerContext*, const v1::DescribeLayoutRequest* req,
+                              v1::DescribeLayoutResponse* resp) override {
+    if (absl::Status s = Limits(*req); !s.ok()) return ToGrpcStatus(s);
+    layout::RecipeOptions options(req->recipe().options().begin(), req->recipe().options().end());
+    auto r = core_->DescribeLayout(req->model_id(), req->recipe().name(), options, FromProto(req->rank()));
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(r->first, r->second, resp);
+    return grpc::Status::OK;
+  }
+
   grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest*,
                          v1::GetStatusResponse* response) override {
     ToProto(core_->GetStatus(auth_->Identify(*ctx)), response);

@@ -30,7 +30,7 @@ MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hid
        "num_hidden_layers": 2, "vocab_size": 100, "tie_word_embeddings": False}
 
 
-def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done):
+def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None):
     os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
@@ -50,8 +50,23 @@ def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, resul
         target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
         reference.load_weights(iter(load_file(os.path.join(ckpt, "model.safetensors")).items()))
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
-        wsync.vllm.register(client, target, "policy", replica=replica)
-        registered.put(rank)
+        if plant is not None:
+            # A loader that lays a parameter out differently from the recipe
+            # (columns reversed): the probe must refuse it.
+            param = dict(target.named_parameters())[plant]
+            original = param.weight_loader
+            param.weight_loader = lambda p, w, *a, **k: original(p, w.flip(-1), *a, **k)
+            try:
+                wsync.vllm.register(client, target, "policy", replica=replica)
+                registered.put((rank, "registered"))
+            except wsync.vllm.LayoutMismatch as e:
+                registered.put((rank, str(e)))
+            done.wait(600)
+            client.close()
+            return
+        seconds = wsync.vllm.probe(client, target, "policy")
+        wsync.vllm.register(client, target, "policy", replica=replica, probe_layout=False)
+        registered.put((rank, seconds))
         synced.wait(600)
         want = dict(reference.named_parameters())
         bad = [n for n, p in target.named_parameters()
@@ -95,15 +110,40 @@ def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, daemon, t
                                args=(tp, free_port(), daemon, str(tmp_path), ep, "gen", registered, synced,
                                      results, done))
     try:
-        wait_registered(procs, registered, tp)
+        probed = wait_registered(procs, registered, tp)
         assert client.sync("policy", 1, progress=False).version == 1
         synced.set()
         reports = wait_registered(procs, results, tp)
         for rank, bad, count in sorted(reports):
             assert count > 0
             assert not bad, f"vLLM process {rank}: parameters differ from vLLM's own load_weights: {bad}"
+        print(f"layout probe: {', '.join(f'{s:.2f} s' for _, s in sorted(probed))}")
     finally:
         synced.set()
         done.set()
         procs.join(timeout=60)
         client.close()
+
+
+def test_probe_refuses_a_layout_vllm_loads_differently(daemon, tmp_path):
+    """A loader patched to reverse a parameter's columns: registration is
+    refused, naming the parameter and its first wrong element."""
+    hf = checkpoint(DENSE, str(tmp_path))
+    client = wsync.Client(socket=daemon, name="trainer")
+    client.register_model("policy", config=DENSE)
+    ctx = mp.get_context("spawn")
+    registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
+    plant = "model.layers.1.mlp.down_proj.weight"
+    procs = mp.start_processes(worker, nprocs=1, join=False, start_method="spawn",
+                               args=(1, free_port(), daemon, str(tmp_path), False, "gen", registered, synced,
+                                     results, done, plant))
+    try:
+        [(_, outcome)] = wait_registered(procs, registered, 1)
+        assert outcome.startswith(f"parameter '{plant}' element (0, 0): vLLM's load_weights put"), outcome
+        assert "where the vllm recipe puts" in outcome and f"canonical '{plant}' element (0, 0)" in outcome
+        assert not client.status().models[0].replicas  # nothing was registered
+    finally:
+        done.set()
+        procs.join(timeout=60)
+        client.close()
+    assert hf  # the checkpoint existed for vLLM to build from

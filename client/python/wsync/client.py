@@ -542,6 +542,25 @@ class Client:
         self._check_owner()
         return _call(self.stub.CancelSync, wsync_pb2.CancelSyncRequest(model_id=model_id, version=version))
 
+    def describe_layout(self, model_id, recipe, rank=None, recipe_options=None):
+        """Where a sync would put each canonical element for one process:
+        {"buffers": {name: {"shape": [...], "pieces": [(tensor, (offsets,
+        sizes), (offsets, sizes)), ...]}}, "tensors": {name: shape}}, the
+        pieces' boxes being in the canonical tensor and in the buffer."""
+        req = wsync_pb2.DescribeLayoutRequest(model_id=model_id)
+        req.recipe.name = recipe
+        for k, v in (recipe_options or {}).items():
+            req.recipe.options[k] = str(v)
+        for k, v in (rank or {}).items():
+            setattr(req.rank, k, int(v))
+        self._check_owner()
+        resp = _call(self.stub.DescribeLayout, req)
+        box = lambda b: (list(b.offsets), list(b.sizes))  # noqa: E731
+        return {"buffers": {b.name: {"shape": list(b.shape),
+                                     "pieces": [(p.tensor, box(p.canonical), box(p.shard)) for p in b.pieces]}
+                            for b in resp.buffers},
+                "tensors": {t.name: list(t.shape) for t in resp.tensors}}
+
     def status(self):
         self._check_owner()
         return _call(self.stub.GetStatus, wsync_pb2.GetStatusRequest())

@@ -8,10 +8,20 @@ This is the worker-side building block of the vLLM integration: it reads the
 worker's place from vLLM's own parallel state (tensor, pipeline and data
 parallel groups) and from each MoE layer's own parallel config (expert rank,
 expert tensor-parallel rank, expert placement), never recomputing them, and
-registers every parameter under its vLLM name in the `vllm` recipe. The
-weight-transfer backend, the layout probe and the loader path of the vLLM
-issue are not built yet: registration trusts the recipe, which
-tests/engines/test_vllm.py checks against vLLM's own load_weights.
+registers every parameter under its vLLM name in the `vllm` recipe.
+
+Before registering, `probe` verifies the recipe against vLLM's own loaders:
+it asks the daemon where a sync would put each canonical element
+(DescribeLayout), feeds vLLM's `load_weights` probe tensors whose values
+encode each element's canonical position (tensor and index, in base-256 or
+base-4096 digits, one pass per digit, so that every value is exact in the
+parameter's dtype) into scratch copies of the parameters, and compares every
+element with the layout. A parameter vLLM lays out differently, or transforms
+in a way that is not a permutation, refuses the registration with
+LayoutMismatch naming the parameter and its first wrong element. The probe
+needs one scratch copy of the worker's parameters and one load_weights pass
+per digit; `register(probe=False)` skips it. Not built yet: the
+weight-transfer backend and the loader path of the vLLM issue.
 
 GPU parameters are registered in place through CUDA IPC; CPU parameters are
 moved into the client's shared memory (`param.data` is replaced by a
@@ -59,12 +69,102 @@ def recipe_options(model):
     return options
 
 
-def register(client, model, model_id, replica, update_mode="staged", coordinator=""):
+class LayoutMismatch(ValueError):
+    """vLLM's loaders put canonical elements somewhere the recipe does not."""
+
+
+def _box(offsets, sizes):
+    return tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
+
+
+def probe(client, model, model_id):
+    """Verifies the vllm recipe for this worker against vLLM's own
+    load_weights (see the module docstring). Returns the seconds it took;
+    raises LayoutMismatch."""
+    import math
+    import time
+
+    import torch
+    start = time.monotonic()
+    layout = client.describe_layout(model_id, "vllm", coordinates(model), recipe_options(model))
+    params = dict(model.named_parameters())
+    for name in layout["buffers"]:
+        if name not in params:
+            raise LayoutMismatch(f"the vllm recipe has a parameter {name!r} that this vLLM model does not")
+    for name, p in params.items():
+        if name not in layout["buffers"]:
+            raise LayoutMismatch(f"parameter {name!r} of this vLLM model is not in the vllm recipe")
+        if list(p.shape) != layout["buffers"][name]["shape"]:
+            raise LayoutMismatch(f"parameter {name!r} has shape {list(p.shape)}, the vllm recipe "
+                                 f"{layout['buffers'][name]['shape']}")
+    tensors = sorted(layout["tensors"].items())
+    slot = {name: i for i, (name, _) in enumerate(tensors)}
+    n_max = max(math.prod(shape) for _, shape in tensors)
+    codes = len(tensors) * n_max + 1  # code 0: an element no loader wrote
+    base = 256 if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) else 4096
+    passes = max(1, math.ceil(math.log(codes) / math.log(base)))
+
+    def code(name, shape, device):
+        return (torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+                + slot[name] * n_max + 1).view(shape)
+
+    saved = {n: p.data for n, p in params.items()}
+    device = next(iter(saved.values())).device
+    try:
+        scratch = {n: torch.zeros_like(d) for n, d in saved.items()}
+        for n, p in params.items():
+            p.data = scratch[n]
+        for k in range(passes):
+            for d in scratch.values():
+                d.zero_()
+            digit = base ** k
+            model.load_weights(
+                (name, (code(name, shape, device) // digit % base).to(torch.float32)) for name, shape in tensors)
+            for name, buf in layout["buffers"].items():
+                got = scratch[name].to(torch.float64)
+                want = torch.zeros_like(got)
+                for tensor, (co, cs), (so, ss) in buf["pieces"]:
+                    c = code(tensor, layout["tensors"][tensor], device)[_box(co, cs)]
+                    want[_box(so, ss)] = (c // digit % base).to(torch.float64).reshape(ss)
+                bad = (got != want).nonzero()
+                if len(bad):
+                    at = tuple(int(i) for i in bad[0])
+                    w = int(want[at])
+                    raise LayoutMismatch(
+                        f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
+                        f"in probe pass {k} (digit base {base}), where the vllm recipe puts {w} "
+                        f"({_describe(at, buf)})")
+    finally:
+        for n, p in params.items():
+            p.data = saved[n]
+    return time.monotonic() - start
+
+
+def _describe(at, buf):
+    """Which canonical element the recipe puts at `at` of a buffer: the
+    piece's two boxes hold the same elements in the same order."""
+    for tensor, (co, cs), (so, ss) in buf["pieces"]:
+        if all(o <= a < o + n for a, o, n in zip(at, so, ss)):
+            flat = 0
+            for a, o, n in zip(at, so, ss):
+                flat = flat * n + (a - o)
+            idx = []
+            for n in reversed(cs):
+                idx.append(flat % n)
+                flat //= n
+            return f"canonical {tensor!r} element {tuple(o + i for o, i in zip(co, reversed(idx)))}"
+    return "no canonical element: padding, left untouched"
+
+
+def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True):
     """Registers this worker's parameters as one process of target replica
-    `replica` of `model_id`. Returns {name: tensor} of what was registered."""
+    `replica` of `model_id`, after `probe` (unless probe_layout=False).
+    Returns {name: tensor} of what was registered."""
     import torch
     from wsync.client import _torch_dtypes
     names = {v: k for k, v in _torch_dtypes().items()}
+    if probe_layout:
+        probe(client, model, model_id)
     buffers = {}
     for name, p in model.named_parameters():
         if p.dtype not in names:

@@ -29,6 +29,11 @@ class WsyncStub(object):
                 request_serializer=wsync_dot_v1_dot_wsync__pb2.RegisterShardsRequest.SerializeToString,
                 response_deserializer=wsync_dot_v1_dot_wsync__pb2.RegisterShardsResponse.FromString,
                 )
+        self.DescribeLayout = channel.unary_unary(
+                '/wsync.v1.Wsync/DescribeLayout',
+                request_serializer=wsync_dot_v1_dot_wsync__pb2.DescribeLayoutRequest.SerializeToString,
+                response_deserializer=wsync_dot_v1_dot_wsync__pb2.DescribeLayoutResponse.FromString,
+                )
         self.Sync = channel.unary_stream(
                 '/wsync.v1.Wsync/Sync',
                 request_serializer=wsync_dot_v1_dot_wsync__pb2.SyncRequest.SerializeToString,
@@ -95,6 +100,17 @@ class WsyncServicer(object):
         Errors: INVALID_ARGUMENT (bounds, shapes, dtypes, overlapping pieces),
         NOT_FOUND (model, session), PERMISSION_DENIED (shm owned by another uid),
         ALREADY_EXISTS (rank already registered by another session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeLayout(self, request, context):
+        """The buffers and pieces a recipe gives one process of a registered model:
+        where a sync would put each canonical element. Read-only, for any
+        caller; engine adapters check the engine's own loaders against it
+        before they register. Errors: NOT_FOUND (model), INVALID_ARGUMENT
+        (recipe, options, coordinates), FAILED_PRECONDITION (no config).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +187,11 @@ def add_WsyncServicer_to_server(servicer, server):
                     servicer.RegisterShards,
                     request_deserializer=wsync_dot_v1_dot_wsync__pb2.RegisterShardsRequest.FromString,
                     response_serializer=wsync_dot_v1_dot_wsync__pb2.RegisterShardsResponse.SerializeToString,
+            ),
+            'DescribeLayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeLayout,
+                    request_deserializer=wsync_dot_v1_dot_wsync__pb2.DescribeLayoutRequest.FromString,
+                    response_serializer=wsync_dot_v1_dot_wsync__pb2.DescribeLayoutResponse.SerializeToString,
             ),
             'Sync': grpc.unary_stream_rpc_method_handler(
                     servicer.Sync,
@@ -260,6 +281,23 @@ class Wsync(object):
         return grpc.experimental.unary_unary(request, target, '/wsync.v1.Wsync/RegisterShards',
             wsync_dot_v1_dot_wsync__pb2.RegisterShardsRequest.SerializeToString,
             wsync_dot_v1_dot_wsync__pb2.RegisterShardsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DescribeLayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/wsync.v1.Wsync/DescribeLayout',
+            wsync_dot_v1_dot_wsync__pb2.DescribeLayoutRequest.SerializeToString,
+            wsync_dot_v1_dot_wsync__pb2.DescribeLayoutResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
