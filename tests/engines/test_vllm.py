@@ -30,14 +30,15 @@ MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hid
        "num_hidden_layers": 2, "vocab_size": 100, "tie_word_embeddings": False}
 
 
-def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None):
+def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None,
+           dtype="float32"):
     os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
                              set_current_vllm_config)
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.model_executor.models.registry import ModelRegistry
-    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="float32", enforce_eager=True)
+    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True)
     vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
                     load_config=LoadConfig(load_format="dummy"),
                     parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=ep))
@@ -92,10 +93,11 @@ def checkpoint(cfg, d):
     return hf
 
 
-@pytest.mark.parametrize("cfg,tp,ep", [(DENSE, 1, False), (DENSE, 2, False), (MOE, 1, False), (MOE, 2, False),
-                                       (MOE, 2, True)],
-                         ids=["dense-tp1", "dense-tp2", "moe-tp1", "moe-tp2", "moe-tp2-ep"])
-def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, daemon, tmp_path):
+@pytest.mark.parametrize("cfg,tp,ep,dtype", [(DENSE, 1, False, "float32"), (DENSE, 2, False, "float32"),
+                                             (MOE, 1, False, "float32"), (MOE, 2, False, "float32"),
+                                             (MOE, 2, True, "float32"), (MOE, 2, True, "bfloat16")],
+                         ids=["dense-tp1", "dense-tp2", "moe-tp1", "moe-tp2", "moe-tp2-ep", "moe-tp2-ep-bf16"])
+def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, dtype, daemon, tmp_path):
     hf = checkpoint(cfg, str(tmp_path))
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=cfg)
@@ -108,7 +110,7 @@ def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, daemon, t
     registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
     procs = mp.start_processes(worker, nprocs=tp, join=False, start_method="spawn",
                                args=(tp, free_port(), daemon, str(tmp_path), ep, "gen", registered, synced,
-                                     results, done))
+                                     results, done, None, dtype))
     try:
         probed = wait_registered(procs, registered, tp)
         assert client.sync("policy", 1, progress=False).version == 1

@@ -13,9 +13,9 @@ registers every parameter under its vLLM name in the `vllm` recipe.
 Before registering, `probe` verifies the recipe against vLLM's own loaders:
 it asks the daemon where a sync would put each canonical element
 (DescribeLayout), feeds vLLM's `load_weights` probe tensors whose values
-encode each element's canonical position (tensor and index, in base-256 or
-base-4096 digits, one pass per digit, so that every value is exact in the
-parameter's dtype) into scratch copies of the parameters, and compares every
+encode each element's canonical position (its index and its tensor, in
+digits of 8, 11 or 24 bits, one pass per digit, so that every value is exact
+in the parameters' dtype) into scratch copies of the parameters, and compares every
 element with the layout. A parameter vLLM lays out differently, or transforms
 in a way that is not a permutation, refuses the registration with
 LayoutMismatch naming the parameter and its first wrong element. The probe
@@ -100,40 +100,57 @@ def probe(client, model, model_id):
     tensors = sorted(layout["tensors"].items())
     slot = {name: i for i, (name, _) in enumerate(tensors)}
     n_max = max(math.prod(shape) for _, shape in tensors)
-    codes = len(tensors) * n_max + 1  # code 0: an element no loader wrote
-    base = 256 if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) else 4096
-    passes = max(1, math.ceil(math.log(codes) / math.log(base)))
+    # The largest digit every parameter dtype holds exactly: integers to 2^8
+    # in bf16, 2^11 in fp16, 2^24 in fp32. Element e of canonical tensor t is
+    # told apart by the digits of e+1 (index passes) and of slot(t)+1 (slot
+    # passes); an element no loader wrote reads 0 in every pass.
+    exact = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}
+    for n, p in params.items():
+        if p.dtype not in exact:
+            raise LayoutMismatch(f"parameter {n!r}: the probe does not handle dtype {p.dtype}")
+    bits = min(exact[p.dtype] for p in params.values())
+    mask = (1 << bits) - 1
+    passes = [("index", k) for k in range(math.ceil(math.log2(n_max + 1) / bits))] + \
+             [("slot", k) for k in range(math.ceil(math.log2(len(tensors) + 1) / bits))]
+    device = next(iter(params.values())).device
+    index_dtype = torch.int32 if n_max < (1 << 31) - 1 else torch.int64
+    feed_dtype = torch.float32 if bits > 11 else torch.float16
 
-    def code(name, shape, device):
-        return (torch.arange(math.prod(shape), dtype=torch.int64, device=device)
-                + slot[name] * n_max + 1).view(shape)
+    def digits(kind, k, tensor, offsets, sizes):
+        """Pass (kind, k)'s digit of every element of a box of a canonical tensor."""
+        if kind == "slot":
+            return torch.full(tuple(sizes), ((slot[tensor] + 1) >> (bits * k)) & mask, dtype=index_dtype,
+                              device=device)
+        shape = layout["tensors"][tensor]
+        flat = torch.ones((), dtype=index_dtype, device=device)
+        for d, (o, n) in enumerate(zip(offsets, sizes)):
+            stride = math.prod(shape[d + 1:])
+            flat = flat.unsqueeze(-1) + torch.arange(o * stride, (o + n) * stride, stride, dtype=index_dtype,
+                                                     device=device)
+        return (flat >> (bits * k)) & mask
 
     saved = {n: p.data for n, p in params.items()}
-    device = next(iter(saved.values())).device
     try:
         scratch = {n: torch.zeros_like(d) for n, d in saved.items()}
         for n, p in params.items():
             p.data = scratch[n]
-        for k in range(passes):
+        for kind, k in passes:
             for d in scratch.values():
                 d.zero_()
-            digit = base ** k
-            model.load_weights(
-                (name, (code(name, shape, device) // digit % base).to(torch.float32)) for name, shape in tensors)
+            model.load_weights((name, digits(kind, k, name, [0] * len(shape), shape).to(feed_dtype))
+                               for name, shape in tensors)
             for name, buf in layout["buffers"].items():
-                got = scratch[name].to(torch.float64)
+                got = scratch[name]
                 want = torch.zeros_like(got)
                 for tensor, (co, cs), (so, ss) in buf["pieces"]:
-                    c = code(tensor, layout["tensors"][tensor], device)[_box(co, cs)]
-                    want[_box(so, ss)] = (c // digit % base).to(torch.float64).reshape(ss)
-                bad = (got != want).nonzero()
-                if len(bad):
-                    at = tuple(int(i) for i in bad[0])
-                    w = int(want[at])
-                    raise LayoutMismatch(
-                        f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
-                        f"in probe pass {k} (digit base {base}), where the vllm recipe puts {w} "
-                        f"({_describe(at, buf)})")
+                    want[_box(so, ss)] = digits(kind, k, tensor, co, cs).reshape(ss).to(got.dtype)
+                if torch.equal(got, want):
+                    continue
+                at = tuple(int(i) for i in (got != want).nonzero()[0])
+                raise LayoutMismatch(
+                    f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
+                    f"in probe pass {kind} {k} ({bits}-bit digits), where the vllm recipe puts "
+                    f"{float(want[at])!r} ({_describe(at, buf)})")
     finally:
         for n, p in params.items():
             p.data = saved[n]
