@@ -349,15 +349,8 @@ TEST_CASE("MoE: Megatron EP=2 to vLLM TP=2") {
 }
 
 TEST_CASE("vLLM EP places whole experts, the first ranks taking the remainder") {
-  ModelConfig c;
+  ModelConfig c = Moe(5, 0);  // Mixtral's experts are intermediate_size wide
   c.family = "mixtral";
-  c.hidden_size = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.head_dim = 1;
-  c.vocab_size = 16;
-  c.num_hidden_layers = 1;
-  c.num_experts = 5;
   c.intermediate_size = 2;
   Fixture f(c);
   // 5 experts over tp=2 with enable_expert_parallel (ep = tp x dp = 2):
