@@ -31,7 +31,7 @@ MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hid
 
 
 def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None,
-           dtype="float32"):
+           dtype="float32", via_backend=False):
     os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
@@ -65,15 +65,33 @@ def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, resul
             done.wait(600)
             client.close()
             return
-        seconds = wsync.vllm.probe(client, target, "policy")
-        wsync.vllm.register(client, target, "policy", replica=replica, probe_layout=False)
-        registered.put((rank, seconds))
+        engine = None
+        if via_backend:
+            # vLLM's weight-transfer plug-in API, as a worker drives it.
+            from vllm.config import WeightTransferConfig
+            from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+            wsync.vllm.register_backend()
+            engine = WeightTransferEngineFactory.create_engine(WeightTransferConfig(backend="wsync"), vc,
+                                                               torch.device("cpu"), target)
+            engine.init_transfer_engine(engine.parse_init_info(
+                {"model_id": "policy", "replica": replica, "socket": sock}))
+            registered.put((rank, 0.0))
+        else:
+            seconds = wsync.vllm.probe(client, target, "policy")
+            wsync.vllm.register(client, target, "policy", replica=replica, probe_layout=False)
+            registered.put((rank, seconds))
         synced.wait(600)
+        if engine is not None:
+            engine.start_weight_update()
+            engine.update_weights({"version": 1})
+            engine.finish_weight_update()
         want = dict(reference.named_parameters())
         bad = [n for n, p in target.named_parameters()
                if not np.array_equal(as_numpy(p).view(np.uint8), as_numpy(want[n]).view(np.uint8))]
         results.put((rank, bad, len(want)))
         done.wait(600)
+        if engine is not None:
+            engine.shutdown()
         client.close()
 
 
@@ -98,6 +116,17 @@ def checkpoint(cfg, d):
                                              (MOE, 2, True, "float32"), (MOE, 2, True, "bfloat16")],
                          ids=["dense-tp1", "dense-tp2", "moe-tp1", "moe-tp2", "moe-tp2-ep", "moe-tp2-ep-bf16"])
 def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, dtype, daemon, tmp_path):
+    run_sync(cfg, tp, ep, dtype, daemon, tmp_path, via_backend=False)
+
+
+def test_the_wsync_weight_transfer_backend(daemon, tmp_path):
+    """The same through vLLM's weight-transfer plug-in API: the factory
+    creates the "wsync" engine, init registers the worker (with the probe),
+    update_weights returns once the trainer's sync is committed."""
+    run_sync(MOE, 2, True, "float32", daemon, tmp_path, via_backend=True)
+
+
+def run_sync(cfg, tp, ep, dtype, daemon, tmp_path, via_backend):
     hf = checkpoint(cfg, str(tmp_path))
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=cfg)
@@ -110,7 +139,7 @@ def test_vllm_models_receive_what_their_loader_would_load(cfg, tp, ep, dtype, da
     registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
     procs = mp.start_processes(worker, nprocs=tp, join=False, start_method="spawn",
                                args=(tp, free_port(), daemon, str(tmp_path), ep, "gen", registered, synced,
-                                     results, done, None, dtype))
+                                     results, done, None, dtype, via_backend))
     try:
         probed = wait_registered(procs, registered, tp)
         assert client.sync("policy", 1, progress=False).version == 1

@@ -20,13 +20,24 @@ element with the layout. A parameter vLLM lays out differently, or transforms
 in a way that is not a permutation, refuses the registration with
 LayoutMismatch naming the parameter and its first wrong element. The probe
 needs one scratch copy of the worker's parameters and one load_weights pass
-per digit; `register(probe=False)` skips it. Not built yet: the
-weight-transfer backend and the loader path of the vLLM issue.
+per digit; `register(probe_layout=False)` skips it.
+
+wsync.vllm_engine is the "wsync" weight-transfer backend built on these.
+Not built yet: the loader path for parameters the probe refuses.
 
 GPU parameters are registered in place through CUDA IPC; CPU parameters are
 moved into the client's shared memory (`param.data` is replaced by a
 shared-memory tensor holding the same values).
 """
+
+
+def register_backend():
+    """Registers the "wsync" weight-transfer backend with vLLM (lazily: vLLM
+    imports wsync.vllm_engine when a config names it). Idempotent. vLLM calls
+    it through this package's vllm.general_plugins entry point."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+    if "wsync" not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine("wsync", "wsync.vllm_engine", "WsyncWeightTransferEngine")
 
 
 def _routed_experts(model):
