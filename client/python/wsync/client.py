@@ -57,16 +57,22 @@ def _torch_dtypes():
     return out
 
 
+def torch_dtype_name(dtype, what="tensor"):
+    """The wsync dtype name of a torch dtype; ValueError naming `what` for
+    one wsync does not sync."""
+    names = {t: n for n, t in _torch_dtypes().items()}
+    if dtype not in names:
+        raise ValueError(f"{what}: dtype {dtype} is not one of {sorted(map(str, names))}")
+    return names[dtype]
+
+
 def cuda_buffer_spec(name, tensor, ready_event=None):
     """A BufferSpec for a torch CUDA tensor: the CUDA IPC handle of the base
     of the caching allocator's block that holds it (PyTorch's storage
     sharing), the tensor's byte offset in that block, its GPU's UUID, its
     shape, dtype and element strides."""
     import torch  # optional dependency
-    names = {t: n for n, t in _torch_dtypes().items()}
-    if tensor.dtype not in names:
-        raise ValueError(f"buffer {name!r}: dtype {tensor.dtype} is not one of {sorted(map(str, names))}")
-    dtype = names[tensor.dtype]
+    dtype = torch_dtype_name(tensor.dtype, f"buffer {name!r}")
     storage = tensor.untyped_storage()
     # (device, handle, storage bytes, storage offset in the block, ...)
     shared = storage._share_cuda_()
@@ -410,6 +416,14 @@ class Client:
         t = torch.frombuffer(memoryview(arr).cast("B"), dtype=tdtype).view(*shape)
         self._arrays[id(t)] = self._arrays[id(arr)]
         return t
+
+    def shared_copy(self, tensor, what="tensor"):
+        """A CPU torch tensor in shared memory holding a copy of `tensor`."""
+        import torch  # optional dependency
+        shm = self.empty_torch(tuple(tensor.shape), torch_dtype_name(tensor.dtype, what))
+        with torch.no_grad():
+            shm.copy_(tensor)
+        return shm
 
     def _memory(self, name, arr, ready_event=None):
         if _is_cuda_tensor(arr):

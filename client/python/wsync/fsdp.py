@@ -74,8 +74,7 @@ def register(client, model, model_id, ready_event=None, coordinator=""):
     Registration."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Shard
-    from wsync.client import _torch_dtypes
-    names = {v: k for k, v in _torch_dtypes().items()}
+    from wsync.client import torch_dtype_name
     _refuse_flat(model)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     reg = Registration(client, model_id)
@@ -83,8 +82,7 @@ def register(client, model, model_id, ready_event=None, coordinator=""):
     for raw, p in model.named_parameters():
         name = _name(raw)
         fused |= name.endswith(".mlp.experts.gate_up_proj")
-        if p.dtype not in names:
-            raise ValueError(f"parameter {name!r}: dtype {p.dtype} is not one wsync syncs")
+        torch_dtype_name(p.dtype, f"parameter {name!r}")
         if isinstance(p, DTensor):
             mesh = p.device_mesh
             if mesh.ndim != 1 or tuple(p.placements) != (Shard(0),) or mesh.size() != world:
@@ -109,10 +107,9 @@ def register(client, model, model_id, ready_event=None, coordinator=""):
         if local.is_cuda:
             reg.buffers[name] = local
         else:
-            shm = client.empty_torch(tuple(local.shape), names[p.dtype])
+            shm = client.shared_copy(local, f"parameter {name!r}")
             reg._copies.append((shm, local))
             reg.buffers[name] = shm
-    reg.refresh()
     client.register_shards(model_id, "source", reg.buffers, recipe="fsdp",
                            recipe_options={"experts": "fused" if fused else "per_expert"},
                            rank=dict(rank=rank, world_size=world, dp=dp, dp_size=world, edp=dp, edp_size=world),

@@ -35,19 +35,7 @@ models before wrapping them, or on GPUs.
 """
 import re
 
-from wsync.client import WsyncError  # noqa: F401  (re-exported for callers' except clauses)
-
-_TORCH_TO_WSYNC = None
-
-
-def _dtype_name(dtype):
-    global _TORCH_TO_WSYNC
-    if _TORCH_TO_WSYNC is None:
-        from wsync.client import _torch_dtypes
-        _TORCH_TO_WSYNC = {v: k for k, v in _torch_dtypes().items()}
-    if dtype not in _TORCH_TO_WSYNC:
-        raise ValueError(f"parameter dtype {dtype} is not one wsync syncs ({sorted(_TORCH_TO_WSYNC.values())})")
-    return _TORCH_TO_WSYNC[dtype]
+from wsync.client import torch_dtype_name
 
 
 def _chunks(model):
@@ -117,11 +105,13 @@ def named_parameters(model):
     return out
 
 
-def recipe_options(model, make_vocab_size_divisible_by=128):
+def recipe_options(model, make_vocab_size_divisible_by=128, names=None):
     """The megatron recipe options that describe this model: spec (te or
     local, from the layer norm names), moe_layout (grouped or sequential),
-    vpp (the number of chunks) and the vocabulary padding."""
-    names = [n for n, _ in named_parameters(model)]
+    vpp (the number of chunks) and the vocabulary padding. `names`: the
+    global names of named_parameters(model), if already at hand."""
+    if names is None:
+        names = [n for n, _ in named_parameters(model)]
     options = {"make_vocab_size_divisible_by": str(make_vocab_size_divisible_by)}
     options["spec"] = "te" if any(n.endswith("linear_qkv.layer_norm_weight") for n in names) else "local"
     if any(".mlp.experts.local_experts." in n for n in names):
@@ -141,25 +131,22 @@ def register(client, model, model_id, make_vocab_size_divisible_by=128, ready_ev
     is the value the trainer padded its vocabulary with (Megatron-LM's
     --make-vocab-size-divisible-by; the padded size is a multiple of it times
     TP)."""
-    import torch
     buffers = {}
     for name, p in named_parameters(model):
         if name in buffers:
             raise ValueError(f"two parameters of this process map to {name!r}")
-        _dtype_name(p.dtype)
+        torch_dtype_name(p.dtype, f"parameter {name!r}")
         if not p.is_cuda:
             if p.data.untyped_storage().nbytes() != p.numel() * p.element_size():
                 raise ValueError(
                     f"parameter {name!r} is a view into a larger CPU buffer (a DDP parameter buffer?); "
                     "register the model before wrapping it, or keep it on GPUs")
-            shm = client.empty_torch(tuple(p.shape), _dtype_name(p.dtype))
-            with torch.no_grad():
-                shm.copy_(p.data)
+            shm = client.shared_copy(p.data, f"parameter {name!r}")
             p.data = shm
             buffers[name] = shm  # the tensor object the client allocated (p.data is a new one each time)
         else:
             buffers[name] = p.data
     client.register_shards(model_id, "source", buffers, rank=coordinates(), recipe="megatron",
-                           recipe_options=recipe_options(model, make_vocab_size_divisible_by),
+                           recipe_options=recipe_options(model, make_vocab_size_divisible_by, list(buffers)),
                            ready_event=ready_event, coordinator=coordinator)
     return buffers

@@ -31,6 +31,9 @@ shared-memory tensor holding the same values).
 """
 
 
+from wsync.client import torch_dtype_name
+
+
 def register_backend():
     """Registers the "wsync" weight-transfer backend with vLLM (lazily: vLLM
     imports wsync.vllm_engine when a config names it). Idempotent. vLLM calls
@@ -188,21 +191,15 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
     """Registers this worker's parameters as one process of target replica
     `replica` of `model_id`, after `probe` (unless probe_layout=False).
     Returns {name: tensor} of what was registered."""
-    import torch
-    from wsync.client import _torch_dtypes
-    names = {v: k for k, v in _torch_dtypes().items()}
     if probe_layout:
         probe(client, model, model_id)
     buffers = {}
     for name, p in model.named_parameters():
-        if p.dtype not in names:
-            raise ValueError(f"parameter {name!r}: dtype {p.dtype} is not one wsync syncs")
         if p.is_cuda:
+            torch_dtype_name(p.dtype, f"parameter {name!r}")
             buffers[name] = p.data
             continue
-        shm = client.empty_torch(tuple(p.shape), names[p.dtype])
-        with torch.no_grad():
-            shm.copy_(p.data)
+        shm = client.shared_copy(p.data, f"parameter {name!r}")
         p.data = shm
         buffers[name] = shm
     client.register_shards(model_id, "target", buffers, rank=coordinates(model), recipe="vllm",
