@@ -294,8 +294,9 @@ absl::StatusOr<std::optional<Manifest>> ReadManifest(const ConvertOptions& o) {
   auto want = layout::EngineRanks(o.from.recipe, o.from.sizes);
   if (!want.ok()) return want.status();
   if (m->recipe != o.from.recipe || !m->ranks.front().SameSizes(want->front())) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", m->recipe, " ",
-                                                   m->ranks.front().ToString(), " process grids, but --from says ",
+    const LayoutSpec described{m->recipe, m->sizes, {}};
+    return absl::InvalidArgumentError(absl::StrCat(path, " describes ", described.ToString(), " (",
+                                                   m->ranks.size(), " processes), but --from says ",
                                                    o.from.ToString()));
   }
   return std::optional<Manifest>(std::move(*m));
@@ -432,9 +433,8 @@ std::string LayoutSpec::ToString() const {
   const std::pair<const char*, int> sz[] = {{"tp", sizes.tp}, {"cp", sizes.cp}, {"dp", sizes.dp},
                                             {"pp", sizes.pp}, {"ep", sizes.ep}, {"etp", sizes.etp}};
   for (auto [k, v] : sz) {
-    if (v > 1 || (v == 1 && (k == std::string("ep") || k == std::string("etp")))) {
-      parts.push_back(absl::StrCat(k, "=", v));
-    }
+    // tp, cp, dp and pp default to 1; ep and etp to 0 (the engine's default).
+    if (v > 1 || (v == 1 && k[0] == 'e')) parts.push_back(absl::StrCat(k, "=", v));
   }
   for (const auto& [k, v] : options) parts.push_back(absl::StrCat(k, "=", v));
   for (size_t i = 0; i < parts.size(); ++i) absl::StrAppend(&s, i ? "," : ":", parts[i]);
