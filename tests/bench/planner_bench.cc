@@ -78,7 +78,18 @@ int Run(int64_t experts) {
       plan = std::move(*p);
     }
   }
+  // The source-completeness check every sync runs first (every canonical
+  // byte has a holder), against the plan it precedes.
+  std::vector<const ShardSpec*> held;
+  for (const Endpoint& e : src) {
+    for (const ShardSpec& s : e.shards) held.push_back(&s);
+  }
+  auto t2 = std::chrono::steady_clock::now();
+  const size_t uncovered = UncoveredParts(*model, held, 5).size();
+  const double t_cover = Since(t2);
+  if (uncovered != 0) return std::printf("the sources leave %zu parts uncovered\n", uncovered), 1;
   const double n = static_cast<double>(model->size());
+  std::printf("    source coverage check %.3f s (%.0f%% of the plan)\n", t_cover, 100 * t_cover / best);
   std::printf(
       "%6lld experts/layer: %7d tensors, %.1f GB bf16; %zu source + %zu target ranks; recipes %.2f s\n"
       "    plan %.3f s = %.2f us/tensor (target <= 5 us, 100k tensors < 0.5 s); %zu ops, %zu "
