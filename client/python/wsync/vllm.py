@@ -44,7 +44,8 @@ def register_backend():
 
 
 def _routed_experts(model):
-    return [m for m in model.modules() if type(m).__name__ == "RoutedExperts"]
+    """[(module name, RoutedExperts)] of the model's MoE layers."""
+    return [(n, m) for n, m in model.named_modules() if type(m).__name__ == "RoutedExperts"]
 
 
 def coordinates(model):
@@ -58,12 +59,13 @@ def coordinates(model):
                   tp=tp, tp_size=tp_size, pp=pp, pp_size=pp_size, dp=dp, dp_size=dp_size)
     experts = _routed_experts(model)
     if experts:
-        mpc = experts[0].moe_config.moe_parallel_config
-        for e in experts[1:]:
+        first, mpc = experts[0][0], experts[0][1].moe_config.moe_parallel_config
+        for name, e in experts[1:]:
             other = e.moe_config.moe_parallel_config
-            if (other.ep_rank, other.ep_size, other.tp_rank, other.tp_size) != (
-                    mpc.ep_rank, mpc.ep_size, mpc.tp_rank, mpc.tp_size):
-                raise ValueError("MoE layers of this model disagree on their parallel config")
+            places = [(c.ep_rank, c.ep_size, c.tp_rank, c.tp_size) for c in (mpc, other)]
+            if places[0] != places[1]:
+                raise ValueError(f"MoE layers {first!r} and {name!r} disagree on this worker's place "
+                                 f"(ep_rank, ep_size, tp_rank, tp_size): {places[0]} vs {places[1]}")
         coords.update(ep=mpc.ep_rank, ep_size=mpc.ep_size, etp=mpc.tp_rank, etp_size=mpc.tp_size)
     return coords
 
@@ -74,9 +76,10 @@ def recipe_options(model):
     options = {}
     experts = _routed_experts(model)
     if experts:
-        placements = {e.expert_placement_strategy for e in experts}
+        placements = {e.expert_placement_strategy for _, e in experts}
         if len(placements) != 1:
-            raise ValueError(f"MoE layers use different expert placements: {sorted(placements)}")
+            raise ValueError(f"MoE layers use different expert placements: {sorted(placements)}; the vllm "
+                             "recipe needs one placement for the whole model")
         options["expert_placement"] = placements.pop()
         routed = any(".routed_experts." in n for n, _ in model.named_parameters())
         options["moe_names"] = "routed_experts" if routed else "legacy"
