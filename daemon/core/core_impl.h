@@ -184,6 +184,10 @@ struct Part {
   transport::Communicator* comm = nullptr;  // while transferring
   std::thread thread;
   bool done = false;  // the thread has finished
+  // RPC threads blocked in Await on this part (Prepare, Commit, Abort).
+  // ReapParts frees a part only when it is done and this is 0: a waiter
+  // re-reads the part when it wakes.
+  int waiters = 0;
 };
 
 std::string CoordsKey(const layout::RankCoords& r);

@@ -921,7 +921,7 @@ void CoreImpl::FinishPart(Part* p) {
 
 void CoreImpl::ReapParts() {
   for (auto it = parts_.begin(); it != parts_.end();) {
-    if (it->second->done) {
+    if (it->second->done && it->second->waiters == 0) {
       if (it->second->thread.joinable()) it->second->thread.join();
       it = parts_.erase(it);
     } else {
@@ -943,7 +943,9 @@ absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, u
   }
   Part* p = it->second.get();
   auto ended = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->state != Part::State::kRunning; };
+  ++p->waiters;
   mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Milliseconds(timeout_ms));
+  --p->waiters;
   PrepareResult r;
   if (p->state == Part::State::kRunning) return r;  // not ready yet, no error: ask again
   r = p->result;
@@ -974,7 +976,9 @@ absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
     p->digests = digests;
   }
   auto done = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->done; };
+  ++p->waiters;
   mu_.Await(absl::Condition(&done));
+  --p->waiters;
   if (p->state == Part::State::kCommitted) return absl::OkStatus();
   return absl::Status(p->error.code(), absl::StrCat("daemon '", options_.daemon_id, "' could not commit job ", job_id,
                                                     ": ", p->error.message()));
@@ -996,7 +1000,9 @@ absl::Status CoreImpl::AbortPart(const std::string& job_id, const std::string& r
   }
   if (p->comm != nullptr) p->comm->Abort(reason);
   auto done = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->done; };
+  ++p->waiters;
   mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(30));
+  --p->waiters;
   return absl::OkStatus();
 }
 

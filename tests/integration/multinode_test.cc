@@ -280,11 +280,21 @@ struct Cluster {
   v1::SyncResult SyncOk(uint64_t version, v1::LoraMode lora = v1::NONE,
                         const layout::testing::CanonicalData* want = nullptr) {
     auto r = Sync(version, 0, lora);
-    INFO(r.status().ToString() << "\nt0 stderr:\n" << daemons["t0"]->proc->Stderr());
+    INFO(r.status().ToString() << "\n" << AllStderr());
     REQUIRE(r.ok());
     CheckTargets("g0", want);
     CheckTargets("g1", want);
     return *r;
+  }
+
+  // Every daemon's stderr, for failure messages: a participant that died
+  // shows up in the coordinator's log only as a closed socket.
+  std::string AllStderr() {
+    std::string out;
+    for (const auto& [id, d] : daemons) {
+      out += id + (d->proc->Running() ? "" : " (exited)") + " stderr:\n" + d->proc->Stderr() + "\n";
+    }
+    return out;
   }
 
   v1::ReplicaStatus Replica(const std::string& daemon, const std::string& replica) {
