@@ -548,6 +548,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
     if (fresh) {
       rep.id = rank->replica_id;
       rep.mode = mode;
+      rep.counted = !rank->recipe.empty() || rank->world_declared;
       model.replica_sizes[rank->replica_id] = SizesOf(rank->coords);
       model.replica_recipe[rank->replica_id] = rank->recipe;
     } else {
@@ -669,6 +670,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
   rank->replica_id = a.role == Role::kTarget ? a.replica_id : "";
   rank->coords = coords;
   rank->recipe = a.recipe;
+  rank->world_declared = a.rank.world_size != 0;
   const std::string who = absl::StrCat("model '", a.model_id, "' ", rank->Label());
 
   // Pieces: from the recipe for buffers that list none.
@@ -1090,6 +1092,10 @@ absl::StatusOr<std::string> CoreImpl::KvGet(const std::string& job, const std::s
 
 void CoreImpl::Notify(const std::set<std::string>& sessions, const Event& e) {
   wsync::MutexLock lock(&mu_);
+  NotifyLocked(sessions, e);
+}
+
+void CoreImpl::NotifyLocked(const std::set<std::string>& sessions, const Event& e) {
   for (const std::string& sid : sessions) {
     auto it = sessions_.find(sid);
     if (it != sessions_.end() && it->second->sink != nullptr) it->second->sink->Push(e);

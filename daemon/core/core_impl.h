@@ -53,6 +53,8 @@ struct RankReg {
   std::string replica_id;
   layout::RankCoords coords;
   std::string recipe;
+  // The client gave world_size (rather than leaving it to be derived).
+  bool world_declared = false;
   std::vector<layout::ShardSpec> shards;
   std::vector<void*> live;                     // per shard: client memory
   // Per shard: the client memory's identity and byte range, for overlap
@@ -86,6 +88,10 @@ struct Replica {
   std::string digest;
   bool poisoned = false;
   bool base_valid = false;  // pristine LoRA base held since the last full sync
+  // Syncs wait for all world_size processes: set when the first rank named a
+  // recipe or declared its world size. Otherwise (explicit pieces, no world
+  // size) the registered ranks are the replica.
+  bool counted = false;
 };
 
 struct Adapter {
@@ -257,6 +263,12 @@ class CoreImpl final : public Core {
  private:
   // Sends `e` to every session in `sessions` (no lock held).
   void Notify(const std::set<std::string>& sessions, const Event& e);
+  void NotifyLocked(const std::set<std::string>& sessions, const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the sessions holding target ranks of the replicas a sync asked for
+  // (all replicas when it named none) that the sync was refused with `s`, so
+  // that clients waiting for that version stop waiting.
+  void NotifyRefused(const SyncArgs& args, const Model& model, const absl::Status& s)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Asks each session to pause the replicas it holds ranks of, and waits for
   // every session's ack. Called without mu_.
   absl::Status PauseTargets(Job* job, const SessionReplicas& sessions, const std::string& model_id,

@@ -359,6 +359,49 @@ TEST_CASE("a vLLM replica with expert parallelism is its processes: each place i
   CHECK(Matches(w, eps, mem));
 }
 
+TEST_CASE("explicit pieces with a declared world size: all processes needed; a refused sync tells the targets") {
+  World w;
+  w.clients.push_back(std::make_unique<Client>(w.core.get(), "gen-pieces"));
+  Client& c = *w.clients.back();
+  // vLLM TP=2, registered with explicit pieces (as the vLLM adapter does when
+  // some parameters take the loader path) and world_size 2.
+  auto coords = [](int r) {
+    layout::RankCoords rc;
+    rc.rank = r;
+    rc.world_size = 2;
+    rc.tp = r;
+    rc.tp_size = 2;
+    return rc;
+  };
+  std::vector<layout::Endpoint> eps;
+  std::vector<std::vector<void*>> mem;
+  for (int r : {0, 1}) eps.push_back({"", {}, *layout::BuildShards(w.spec, w.config, "vllm", {}, coords(r), DType::kBF16)});
+  mem.push_back(c.Register("m", Role::kTarget, "pieces", eps[0].shards, "", coords(0), UpdateMode::kStaged, &w.spec,
+                           /*recipe_shards=*/0));
+  auto early = w.core->Sync(Args(1), nullptr, nullptr);
+  CHECK(early.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(early.status().message()),
+             Catch::Contains("replica 'pieces': ranks not registered yet (explicit pieces ") &&
+                 Catch::EndsWith("): process ranks 1"));
+  // The process that registered hears that version 1 was refused, with the
+  // reason, instead of waiting for it.
+  bool failed_event = false;
+  for (const Event& ev : c.sink.events()) {
+    if (ev.kind != Event::Kind::kFailed) continue;
+    failed_event = true;
+    CHECK(ev.version == 1);
+    CHECK(ev.code == static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    CHECK(ev.message == early.status().message());
+  }
+  CHECK(failed_event);
+  mem.push_back(c.Register("m", Role::kTarget, "pieces", eps[1].shards, "", coords(1), UpdateMode::kStaged, &w.spec,
+                           /*recipe_shards=*/0));
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(Matches(w, eps, mem));
+}
+
 TEST_CASE("LoRA: merge matches the reference, adapter_only is bit-identical to merge") {
   World w(/*lora=*/true);
   std::vector<layout::Endpoint> eps;

@@ -176,6 +176,26 @@ absl::Status CoreImpl::PauseTargets(Job* job, const SessionReplicas& sessions, c
   return absl::OkStatus();
 }
 
+void CoreImpl::NotifyRefused(const SyncArgs& args, const Model& model, const absl::Status& s) {
+  if (model.running != nullptr) return;  // the running sync reports its own outcome
+  std::set<std::string> sessions;
+  for (const auto& [id, rep] : model.replicas) {
+    if (!args.replicas.empty() && std::find(args.replicas.begin(), args.replicas.end(), id) == args.replicas.end()) {
+      continue;
+    }
+    for (const auto& [key, r] : rep.ranks) {
+      if (r->daemon.empty()) sessions.insert(r->session_id);
+    }
+  }
+  Event e;
+  e.kind = Event::Kind::kFailed;
+  e.model_id = args.model_id;
+  e.version = args.version;
+  e.code = static_cast<int>(s.code());
+  e.message = std::string(s.message());
+  NotifyLocked(sessions, e);
+}
+
 absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vector<Replica*>* todo_out,
                                   std::set<int32_t>* active_out, std::optional<SyncOutcome>* done) {
   const uint64_t v = args.version;
@@ -225,13 +245,14 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
           "; version ", v, " is older (versions are monotonic)"));
     }
     if (r->version == v && !r->poisoned) continue;  // retry of a committed version
-    const std::string& recipe = model->replica_recipe[r->id];
-    if (!recipe.empty()) {
+    if (r->counted) {
+      const std::string& recipe = model->replica_recipe[r->id];
       std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id].world_size);
       if (!missing.empty()) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (", recipe,
-            " ", SizesString(model->replica_sizes[r->id]), "): ", missing));
+            "model '", args.model_id, "' replica '", r->id, "': ranks not registered yet (",
+            recipe.empty() ? "explicit pieces" : recipe, " ", SizesString(model->replica_sizes[r->id]),
+            "): ", missing));
       }
     }
     todo.push_back(r);
@@ -333,7 +354,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
     if (absl::Status s = Authorize(args.caller, args.model_id, model, "sync"); !s.ok()) return s;
     std::vector<Replica*> todo;
     std::optional<SyncOutcome> done;
-    if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
+    if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) {
+      NotifyRefused(args, *model, s);
+      return s;
+    }
     if (done.has_value()) return *std::move(done);
     adapters = model->adapters;
     // Endpoints.
