@@ -48,7 +48,11 @@ def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, resul
         initialize_model_parallel(tensor_model_parallel_size=world)
         cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
         # A second instance needs its own prefix: vLLM registers attention layers by name.
-        target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
+        # As vLLM's loaders build it: parameters in the model config's dtype.
+        from vllm.utils.torch_utils import set_default_torch_dtype
+        with set_default_torch_dtype(mc.dtype):
+            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
+        assert {p.dtype for p in target.parameters()} == {mc.dtype}, {p.dtype for p in target.parameters()}
         reference.load_weights(iter(load_file(os.path.join(ckpt, "model.safetensors")).items()))
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
         if plant is not None:
