@@ -130,6 +130,11 @@ class WsyncError(RuntimeError):
         self.message = message
 
 
+def _grpc_code(number):
+    """The grpc.StatusCode of a google.rpc.Code number."""
+    return {c.value[0]: c for c in grpc.StatusCode}.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def _call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -228,6 +233,7 @@ class Client:
         self._lock = threading.Condition()
         self.committed = {}  # (model, replica) -> version
         self.poisoned = set()  # (model, replica) whose memory a lost sync may have half written
+        self.failed = {}  # model -> (version, code, message) of the last sync that failed on it
         self.reconnects = 0
         self._attach(connect_timeout)
         _clients.add(self)
@@ -316,6 +322,11 @@ class Client:
                     self.poisoned.add((r.model_id, r.replica_id))
             if self._on_resume:
                 self._on_resume(r.model_id, r.replica_id, r.version, r.poisoned)
+        elif kind == "sync_failed":
+            f = ev.sync_failed
+            with self._lock:
+                self.failed[f.model_id] = (f.version, f.code, f.message)
+                self._lock.notify_all()
         elif kind == "version_committed":
             c = ev.version_committed
             with self._lock:
@@ -551,6 +562,27 @@ class Client:
         self._check_owner()
         return _call(self.stub.WaitVersion, wsync_pb2.WaitVersionRequest(
             model_id=model_id, replica_id=replica, min_version=min_version, timeout_ms=timeout_ms))
+
+    def wait_committed(self, model_id, replica, version, timeout=600.0):
+        """Waits, on this session's events, until `version` (or a later one) is
+        committed for `replica` of `model_id`, which this session registered.
+        Raises WsyncError as soon as the daemon reports that the sync of
+        exactly `version` failed, and TimeoutError after `timeout` seconds."""
+        import time
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self.committed.get((model_id, replica), 0) >= version:
+                    return self.committed[(model_id, replica)]
+                f = self.failed.get(model_id)
+                if f is not None and f[0] == version:
+                    raise WsyncError(_grpc_code(f[1]), f"sync of version {version} failed: {f[2]}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"replica {replica!r} of model {model_id!r} is at version "
+                                       f"{self.committed.get((model_id, replica), 0)}, not {version}, after "
+                                       f"{timeout} s")
+                self._lock.wait(left)
 
     def cancel(self, model_id, version=0):
         self._check_owner()

@@ -22,8 +22,12 @@ LayoutMismatch naming the parameter and its first wrong element. The probe
 needs one scratch copy of the worker's parameters and one load_weights pass
 per digit; `register(probe_layout=False)` skips it.
 
+Parameters the probe refuses can take the loader path instead
+(`register(on_mismatch="loader")`): the daemon writes the canonical tensors
+they are made of into staging buffers the worker owns, and the worker feeds
+those to vLLM's own load_weights after the commit (Registration.load).
+
 wsync.vllm_engine is the "wsync" weight-transfer backend built on these.
-Not built yet: the loader path for parameters the probe refuses.
 
 GPU parameters are registered in place through CUDA IPC; CPU parameters are
 moved into the client's shared memory (`param.data` is replaced by a
@@ -35,12 +39,16 @@ from wsync.client import torch_dtype_name
 
 
 def register_backend():
-    """Registers the "wsync" weight-transfer backend with vLLM (lazily: vLLM
-    imports wsync.vllm_engine when a config names it). Idempotent. vLLM calls
-    it through this package's vllm.general_plugins entry point."""
-    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+    """Registers the "wsync" weight-transfer backend with vLLM, worker side
+    (wsync.vllm_engine) and trainer side (wsync.vllm_trainer), lazily: vLLM
+    imports them when a config names the backend. Idempotent. vLLM calls it
+    through this package's vllm.general_plugins entry point."""
+    from vllm.distributed.weight_transfer.factory import (WeightTransferEngineFactory,
+                                                          WeightTransferTrainerFactory)
     if "wsync" not in WeightTransferEngineFactory._registry:
         WeightTransferEngineFactory.register_engine("wsync", "wsync.vllm_engine", "WsyncWeightTransferEngine")
+    if "wsync" not in WeightTransferTrainerFactory._registry:
+        WeightTransferTrainerFactory.register_engine("wsync", "wsync.vllm_trainer", "WsyncTrainerEngine")
 
 
 def _routed_experts(model):
@@ -97,13 +105,37 @@ def _box(offsets, sizes):
 def probe(client, model, model_id):
     """Verifies the vllm recipe for this worker against vLLM's own
     load_weights (see the module docstring). Returns the seconds it took;
-    raises LayoutMismatch."""
+    raises LayoutMismatch naming the first parameter that differs."""
+    report = probe_report(client, model, model_id)
+    if report.mismatches:
+        first = next(iter(report.mismatches.values()))
+        more = len(report.mismatches) - 1
+        raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
+    return report.seconds
+
+
+class ProbeReport:
+    """What `probe_report` found. seconds: its cost; mismatches: {parameter:
+    message} for every parameter vLLM's loaders lay out differently from the
+    recipe (in parameter order); feeds: {parameter: [canonical tensors]}, the
+    checkpoint tensors the recipe puts into each parameter."""
+
+    def __init__(self, seconds, mismatches, feeds):
+        self.seconds, self.mismatches, self.feeds = seconds, mismatches, feeds
+
+
+def probe_report(client, model, model_id, layout=None):
+    """Runs the probe over every parameter without stopping at the first
+    mismatch. Structural disagreements (a parameter missing on either side, a
+    shape, an unsupported dtype) still raise LayoutMismatch: no parameter can
+    be loaded then."""
     import math
     import time
 
     import torch
     start = time.monotonic()
-    layout = client.describe_layout(model_id, "vllm", coordinates(model), recipe_options(model))
+    if layout is None:
+        layout = client.describe_layout(model_id, "vllm", coordinates(model), recipe_options(model))
     params = dict(model.named_parameters())
     for name in layout["buffers"]:
         if name not in params:
@@ -146,6 +178,7 @@ def probe(client, model, model_id):
                                                      device=device)
         return (flat >> (bits * k)) & mask
 
+    found = {}
     saved = {n: p.data for n, p in params.items()}
     try:
         scratch = {n: torch.zeros_like(d) for n, d in saved.items()}
@@ -157,6 +190,8 @@ def probe(client, model, model_id):
             model.load_weights((name, digits(kind, k, name, [0] * len(shape), shape).to(feed_dtype))
                                for name, shape in tensors)
             for name, buf in layout["buffers"].items():
+                if name in found:
+                    continue
                 got = scratch[name]
                 want = torch.zeros_like(got)
                 for tensor, (co, cs), (so, ss) in buf["pieces"]:
@@ -164,14 +199,16 @@ def probe(client, model, model_id):
                 if torch.equal(got, want):
                     continue
                 at = tuple(int(i) for i in (got != want).nonzero()[0])
-                raise LayoutMismatch(
+                found[name] = (
                     f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
                     f"in probe pass {kind} {k} ({bits}-bit digits), where the vllm recipe puts "
                     f"{float(want[at])!r} ({_describe(at, buf)})")
     finally:
         for n, p in params.items():
             p.data = saved[n]
-    return time.monotonic() - start
+    mismatches = {n: found[n] for n in params if n in found}
+    feeds = {n: sorted({t for t, _, _ in layout["buffers"][n]["pieces"]}) for n in params}
+    return ProbeReport(time.monotonic() - start, mismatches, feeds)
 
 
 def _describe(at, buf):
@@ -190,22 +227,207 @@ def _describe(at, buf):
     return "no canonical element: padding, left untouched"
 
 
-def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True):
+class Registration:
+    """One worker's registration. in_place: {parameter: tensor} the daemon
+    writes directly; loader: {parameter: [canonical tensors]} for parameters
+    that take the loader path; staging: {canonical tensor: tensor}, the
+    worker-owned buffers the daemon writes those canonical tensors into, whole
+    and in checkpoint layout."""
+
+    def __init__(self, in_place, loader, staging):
+        self.in_place, self.loader, self.staging = in_place, loader, staging
+
+    def paths(self):
+        """{parameter: "in_place" | "loader"}."""
+        out = {n: "in_place" for n in self.in_place}
+        out.update({n: "loader" for n in self.loader})
+        return out
+
+    def load(self, model):
+        """Feeds the staging buffers to vLLM's own load_weights, tensor by
+        tensor (the loader path). Call it after the version is committed and
+        before generation resumes. Returns the number of tensors loaded."""
+        if self.staging:
+            model.load_weights(iter(self.staging.items()))
+        return len(self.staging)
+
+
+# Staging buffers are named after the canonical tensor they hold.
+LOADER_PREFIX = "loader:"
+
+
+def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True,
+             on_mismatch="refuse"):
     """Registers this worker's parameters as one process of target replica
     `replica` of `model_id`, after `probe` (unless probe_layout=False).
-    Returns {name: tensor} of what was registered."""
+
+    on_mismatch: what happens to a parameter the probe finds vLLM lays out
+    differently from the recipe. "refuse" (the default) raises LayoutMismatch
+    and registers nothing; "loader" sends it through the loader path: the
+    daemon writes the canonical tensors it is made of, whole, into staging
+    buffers this worker owns (same device as the parameters), and
+    Registration.load feeds them to vLLM's load_weights after each commit.
+    Returns a Registration."""
+    import logging
+
+    import torch
+    if on_mismatch not in ("refuse", "loader"):
+        raise ValueError(f"on_mismatch={on_mismatch!r}: expected 'refuse' or 'loader'")
+    coords, options = coordinates(model), recipe_options(model)
+    loader = {}
+    layout = None
     if probe_layout:
-        probe(client, model, model_id)
-    buffers = {}
-    for name, p in model.named_parameters():
+        layout = client.describe_layout(model_id, "vllm", coords, options)
+        report = probe_report(client, model, model_id, layout)
+        if report.mismatches and on_mismatch == "refuse":
+            first = next(iter(report.mismatches.values()))
+            more = len(report.mismatches) - 1
+            raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
+        loader = {n: report.feeds[n] for n in report.mismatches}
+    in_place, pieces, staging = {}, {}, {}
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        if name in loader:
+            continue
         if p.is_cuda:
             torch_dtype_name(p.dtype, f"parameter {name!r}")
-            buffers[name] = p.data
-            continue
-        shm = client.shared_copy(p.data, f"parameter {name!r}")
-        p.data = shm
-        buffers[name] = shm
-    client.register_shards(model_id, "target", buffers, rank=coordinates(model), recipe="vllm",
-                           recipe_options=recipe_options(model), replica=replica,
-                           update_mode=update_mode, coordinator=coordinator)
-    return buffers
+            in_place[name] = p.data
+        else:
+            shm = client.shared_copy(p.data, f"parameter {name!r}")
+            p.data = shm
+            in_place[name] = shm
+        if loader:
+            pieces[name] = layout["buffers"][name]["pieces"]
+    for name, feeds in loader.items():
+        p = params[name]
+        for tensor in feeds:
+            if tensor in staging:
+                continue
+            shape = tuple(layout["tensors"][tensor])
+            if p.is_cuda:
+                buf = torch.empty(shape, dtype=p.dtype, device=p.device)
+            else:
+                buf = client.empty_torch(shape, torch_dtype_name(p.dtype, f"parameter {name!r}"))
+            staging[tensor] = buf
+            pieces[LOADER_PREFIX + tensor] = [(tensor, ([0] * len(shape), list(shape)), ([0] * len(shape), list(shape)))]
+    buffers = dict(in_place)
+    buffers.update({LOADER_PREFIX + t: b for t, b in staging.items()})
+    if loader:
+        # Explicit pieces: the recipe's for parameters written in place, the
+        # whole canonical tensor for each staging buffer.
+        client.register_shards(model_id, "target", buffers, rank=coords, replica=replica,
+                               update_mode=update_mode, coordinator=coordinator, pieces=pieces)
+    else:
+        client.register_shards(model_id, "target", buffers, rank=coords, recipe="vllm", recipe_options=options,
+                               replica=replica, update_mode=update_mode, coordinator=coordinator)
+    reg = Registration(in_place, loader, staging)
+    logging.getLogger("wsync").info(
+        "model %r replica %r rank %d: %d parameter(s) written in place, %d through the loader path%s",
+        model_id, replica, coords["rank"], len(in_place), len(loader),
+        f" ({', '.join(loader)}; {len(staging)} staging tensor(s))" if loader else "")
+    return reg
+
+
+class WorkerSession:
+    """One vLLM worker's side of the integration: what the "wsync"
+    weight-transfer backend (wsync.vllm_engine) and the worker extension
+    (WsyncWorkerExtension, for vLLM versions without the plug-in API) both
+    run. Not thread-safe: the worker calls it from its own thread.
+
+    A worker registers once (`init`). Each update, `update(version)` waits
+    until the daemon has committed `version` for the replica, on this
+    worker's event stream, then feeds the loader-path parameters (if any) to
+    vLLM's load_weights. Pausing generation around the commit is an
+    engine-level action that the trainer side drives (wsync.vllm_trainer);
+    the daemon's own pause requests to this worker are acknowledged by the
+    client."""
+
+    def __init__(self, model):
+        self.model = model
+        self.client = None
+        self.registration = None
+        self.model_id = self.replica = None
+
+    def init(self, model_id, replica, socket="/run/wsync/wsyncd.sock", update_mode="staged", probe=True,
+             on_mismatch="refuse"):
+        """Attaches to the node's wsyncd and registers this worker's
+        parameters as one process of `replica`. Returns {"in_place": n,
+        "loader": [parameters]}."""
+        import os
+
+        from wsync.client import Client
+        if self.client is not None:
+            raise RuntimeError(f"wsync: this worker is already registered as replica {self.replica!r} of "
+                               f"model {self.model_id!r}")
+        client = Client(socket=socket, name=f"vllm-worker-{os.getpid()}")
+        try:
+            self.registration = register(client, self.model, model_id, replica, update_mode=update_mode,
+                                         probe_layout=probe, on_mismatch=on_mismatch)
+        except BaseException:
+            client.close()
+            raise
+        self.client, self.model_id, self.replica = client, model_id, replica
+        return {"in_place": len(self.registration.in_place), "loader": sorted(self.registration.loader)}
+
+    def update(self, version, timeout_ms=600000):
+        """Returns once `version` is committed for this replica and the
+        loader-path parameters are loaded. Raises WsyncError when the daemon
+        reports that this version's sync failed, TimeoutError after
+        timeout_ms."""
+        if self.client is None:
+            raise RuntimeError("wsync weight transfer: the worker was not initialised (init_transfer_engine / "
+                               "wsync_init was not called)")
+        self.client.wait_committed(self.model_id, self.replica, version, timeout_ms / 1000.0)
+        self.registration.load(self.model)
+
+    def paths(self):
+        """{parameter: "in_place" | "loader"} of this worker's registration."""
+        return self.registration.paths() if self.registration is not None else {}
+
+    def shutdown(self):
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+            self.registration = None
+
+
+class WsyncWorkerExtension:
+    """vLLM worker extension, for vLLM versions without the weight-transfer
+    plug-in API (and for users who drive workers through collective_rpc):
+
+        llm = LLM(..., worker_extension_cls="wsync.vllm.WsyncWorkerExtension")
+        llm.collective_rpc("wsync_init", kwargs={"model_id": "policy", "replica": "gen-0"})
+        # each step, after pausing generation and while the trainer syncs v:
+        llm.collective_rpc("wsync_update", kwargs={"version": v})
+
+    Uses the same WorkerSession as the "wsync" backend."""
+
+    def _wsync_session(self):
+        session = getattr(self, "_wsync", None)
+        if session is None:
+            session = self._wsync = WorkerSession(self.model_runner.model)
+        return session
+
+    def wsync_init(self, model_id, replica, socket="/run/wsync/wsyncd.sock", update_mode="staged", probe=True,
+                   on_mismatch="refuse"):
+        return self._wsync_session().init(model_id, replica, socket=socket, update_mode=update_mode,
+                                          probe=probe, on_mismatch=on_mismatch)
+
+    def wsync_update(self, version, timeout_ms=600000):
+        self._wsync_session().update(version, timeout_ms)
+        _synchronize(self._wsync.model)
+
+    def wsync_paths(self):
+        return self._wsync_session().paths()
+
+    def wsync_shutdown(self):
+        self._wsync_session().shutdown()
+
+
+def _synchronize(model):
+    """Waits for the device's queued work (the loader path's copies) when the
+    model lives on a GPU."""
+    import torch
+    p = next(model.parameters(), None)
+    if p is not None and p.is_cuda:
+        torch.cuda.synchronize(p.device)

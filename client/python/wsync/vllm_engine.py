@@ -1,17 +1,15 @@
 """The "wsync" weight-transfer backend of vLLM (vllm.distributed.weight_transfer).
 
-    LLM(model=..., weight_transfer_config={"backend": "wsync"})
-    llm.init_weight_transfer_engine({"init_info": {"model_id": "policy", "replica": "gen-0"}})
-    # each step: the trainer syncs version v (Client.sync), then
-    llm.update_weights({"update_info": {"version": v}})      # returns once v is committed
+Worker side (WsyncWeightTransferEngine): each worker's engine attaches to its
+node's wsyncd and registers the worker's parameters as one process of the
+replica (wsync.vllm.WorkerSession: the layout probe, then in place or
+through the loader path). The bytes move daemon to daemon and straight into
+the registered memory; `update_weights({"version": v})` returns once v is
+committed for the replica and the loader-path parameters are loaded.
 
-Each worker's engine attaches to its node's wsyncd and registers the
-worker's parameters as one process of the replica (wsync.vllm.register, with
-the layout probe). The bytes move daemon to daemon and straight into the
-registered parameters; `update_weights` only waits until the version is
-committed for this replica. Pausing generation around the commit is the
-engine-level part (vLLM's pause_generation): drive it from the trainer until
-this backend does.
+The trainer side is wsync.vllm_trainer.WsyncTrainerEngine, which drives the
+whole round (pause, start, sync, update, finish with the weight version,
+resume). docs/vllm.md has a complete example.
 
 Importing this module imports vLLM; wsync.vllm.register_backend() registers
 it lazily, and vLLM calls that itself through the package's
@@ -21,7 +19,6 @@ from dataclasses import dataclass
 
 from vllm.distributed.weight_transfer.base import WeightTransferEngine
 
-import wsync
 from wsync import vllm as wsync_vllm
 
 
@@ -32,6 +29,7 @@ class WsyncInitInfo:
     socket: str = "/run/wsync/wsyncd.sock"
     update_mode: str = "staged"
     probe: bool = True
+    on_mismatch: str = "refuse"  # or "loader": parameters the probe refuses take the loader path
 
 
 @dataclass
@@ -47,37 +45,37 @@ class WsyncWeightTransferEngine(WeightTransferEngine[WsyncInitInfo, WsyncUpdateI
     update_info_cls = WsyncUpdateInfo
     supports_draft_weight_update = False
 
-    client = None
+    session = None
 
     def init_transfer_engine(self, init_info):
-        import os
-        self.info = init_info
-        self.client = wsync.Client(socket=init_info.socket, name=f"vllm-worker-{os.getpid()}")
-        self.buffers = wsync_vllm.register(self.client, self.model, init_info.model_id, init_info.replica,
-                                           update_mode=init_info.update_mode, probe_layout=init_info.probe)
+        self.session = wsync_vllm.WorkerSession(self.model)
+        self.session.init(init_info.model_id, init_info.replica, socket=init_info.socket,
+                          update_mode=init_info.update_mode, probe=init_info.probe,
+                          on_mismatch=init_info.on_mismatch)
 
     def start_weight_update(self):
-        """Nothing to prepare: the daemon writes the registered parameters."""
+        """Nothing to prepare: the daemon writes the registered memory."""
 
     def update_weights(self, update_info):
-        # The base class synchronizes the accelerator; the daemon's commit is
-        # complete when wait_version returns, and a CPU worker has none.
+        # The base class calls torch.accelerator.synchronize(), which a CPU
+        # worker does not have; _synchronize waits where there is a GPU.
         self.receive_weights(self.parse_update_info(update_info))
+        wsync_vllm._synchronize(self.model)
 
     def receive_weights(self, update_info):
-        if self.client is None:
+        if self.session is None:
             raise RuntimeError("wsync weight transfer: init_transfer_engine was not called")
-        got = self.client.wait_version(self.info.model_id, self.info.replica, update_info.version,
-                                       update_info.timeout_ms)
-        if got.version < update_info.version:
-            raise TimeoutError(f"wsync: replica '{self.info.replica}' of model '{self.info.model_id}' is at "
-                               f"version {got.version}, not {update_info.version}, after "
-                               f"{update_info.timeout_ms} ms")
+        self.session.update(update_info.version, update_info.timeout_ms)
 
     def finish_weight_update(self):
-        """Nothing to finish: the version was committed atomically."""
+        """Nothing to finish: the version was committed atomically, and the
+        loader path ran in update_weights."""
+
+    def paths(self):
+        """{parameter: "in_place" | "loader"}."""
+        return self.session.paths() if self.session is not None else {}
 
     def shutdown(self):
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.session is not None:
+            self.session.shutdown()
+            self.session = None
