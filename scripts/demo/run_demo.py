@@ -4,6 +4,11 @@ vLLM replicas (TP=4 staged, TP=1 in-place), all separate processes. Runs
 several syncs (merge, adapter_only, an idempotent retry), checks every
 generator byte against an independent reconstruction, prints a summary and
 exits 0 only if everything matched.
+
+With --vllm-python (the engines venv's python), the generators are real vLLM
+0.33 model instances on CPU instead (scripts/demo/vllm_generator.py): TP=2
+with expert parallelism (staged) and TP=1 (in place), registered through the
+"wsync" backend's worker code, checked against vLLM's own load_weights.
 """
 import argparse
 import json
@@ -27,8 +32,8 @@ CONFIG = {
 
 
 class Child:
-    def __init__(self, argv, log):
-        self.p = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE,
+    def __init__(self, argv, log, python=sys.executable):
+        self.p = subprocess.Popen([python, *argv], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=log, text=True)
 
     def ask(self, obj=None, timeout=120):
@@ -53,6 +58,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--wsyncd", required=True)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--vllm-python", help="the engines venv's python: real vLLM generators instead of "
+                    "simulated ones (scripts/demo.sh --vllm)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="wsync-demo-")
     sock = os.path.join(tmp, "run", "wsyncd.sock")
@@ -81,11 +88,23 @@ def main():
                 trainers.append(t)
         children += trainers
         gens = {}
-        for replica, tp_size, mode in (("gen-tp4", 4, "staged"), ("gen-tp1", 1, "in_place")):
-            g = Child([os.path.join(HERE, "generator.py"), *common, "--replica", replica,
-                       "--tp-size", str(tp_size), "--mode", mode], log)
-            print(f"generator {replica} (TP={tp_size}, {mode}): {g.ask()}")
-            gens[replica] = g
+        if args.vllm_python:
+            print("generators: real vLLM 0.33 Qwen3MoeForCausalLM instances on CPU (building them takes a minute)")
+            for replica, tp_size, mode, ep in (("vllm-tp2-ep", 2, "staged", True), ("vllm-tp1", 1, "in_place", False)):
+                g = Child([os.path.join(HERE, "vllm_generator.py"), *common, "--replica", replica,
+                           "--tp-size", str(tp_size), "--mode", mode, *(["--ep"] if ep else [])], log,
+                          python=args.vllm_python)
+                r = g.ask(timeout=600)
+                print(f"generator {replica} (vLLM TP={tp_size}{', expert parallel' if ep else ''}, {mode}): "
+                      f"workers {r['vllm_workers']}, layout probe passed, {r['in_place']} parameters written "
+                      f"in place, {len(r['loader'])} through the loader path")
+                gens[replica] = g
+        else:
+            for replica, tp_size, mode in (("gen-tp4", 4, "staged"), ("gen-tp1", 1, "in_place")):
+                g = Child([os.path.join(HERE, "generator.py"), *common, "--replica", replica,
+                           "--tp-size", str(tp_size), "--mode", mode], log)
+                print(f"generator {replica} (TP={tp_size}, {mode}): {g.ask()}")
+                gens[replica] = g
         children += list(gens.values())
 
         client = wsync.Client(sock, name="demo-driver")
@@ -114,9 +133,11 @@ def main():
             res = client.sync("policy", version, lora=mode, progress=show)
             print()
             same = version == 5
-            checks = {r: g.ask({"cmd": "check", "version": version, "base_seed": base, "lora_seed": lseed,
-                                "same_as_previous": same})
-                      for r, g in gens.items()}
+            for g in gens.values():
+                g.p.stdin.write(json.dumps({"cmd": "check", "version": version, "base_seed": base,
+                                            "lora_seed": lseed, "same_as_previous": same}) + "\n")
+                g.p.stdin.flush()
+            checks = {r: g.ask(timeout=600) for r, g in gens.items()}
             for r, c in checks.items():
                 status = "OK" if c["ok"] else "MISMATCH " + "; ".join(c["errors"])
                 print(f"   {r}: version {c['version']} digest {c['digest'][:12]}... "
