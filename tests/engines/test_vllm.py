@@ -31,7 +31,7 @@ MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hid
 
 
 def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None,
-           dtype="float32", via_backend=False):
+           dtype="float32", via_backend=False, stray=False):
     os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
@@ -57,12 +57,21 @@ def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, resul
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
         if plant is not None:
             # A loader that lays a parameter out differently from the recipe
-            # (columns reversed): the probe must refuse it.
-            param = dict(target.named_parameters())[plant]
+            # (columns reversed), or (stray) writes it into another parameter
+            # of the same shape: the probe must refuse it.
+            params = dict(target.named_parameters())
+            param = params[plant]
             original = param.weight_loader
-            param.weight_loader = lambda p, w, *a, **k: original(p, w.flip(-1), *a, **k)
+            if stray:
+                other = params[plant.replace(".1.", ".0.")]
+                param.weight_loader = lambda p, w, *a, **k: original(other, w, *a, **k)
+            else:
+                param.weight_loader = lambda p, w, *a, **k: original(p, w.flip(-1), *a, **k)
             try:
-                wsync.vllm.register(client, target, "policy", replica=replica)
+                # stray: one parameter group per probe chunk, so that the
+                # stray write lands outside the chunk under test.
+                wsync.vllm.register(client, target, "policy", replica=replica,
+                                    probe_chunk_bytes=1 if stray else 1 << 30)
                 registered.put((rank, "registered"))
             except wsync.vllm.LayoutMismatch as e:
                 registered.put((rank, str(e)))
@@ -160,9 +169,11 @@ def run_sync(cfg, tp, ep, dtype, daemon, tmp_path, via_backend):
         client.close()
 
 
-def test_probe_refuses_a_layout_vllm_loads_differently(daemon, tmp_path):
-    """A loader patched to reverse a parameter's columns: registration is
-    refused, naming the parameter and its first wrong element."""
+@pytest.mark.parametrize("stray", [False, True], ids=["reversed-columns", "stray-write"])
+def test_probe_refuses_a_layout_vllm_loads_differently(stray, daemon, tmp_path):
+    """A loader patched to reverse a parameter's columns, or to write it into
+    another parameter: registration is refused, naming the parameter (and its
+    first wrong element), and nothing is registered."""
     hf = checkpoint(DENSE, str(tmp_path))
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=DENSE)
@@ -171,11 +182,15 @@ def test_probe_refuses_a_layout_vllm_loads_differently(daemon, tmp_path):
     plant = "model.layers.1.mlp.down_proj.weight"
     procs = mp.start_processes(worker, nprocs=1, join=False, start_method="spawn",
                                args=(1, free_port(), daemon, str(tmp_path), False, "gen", registered, synced,
-                                     results, done, plant))
+                                     results, done, plant, "float32", False, stray))
     try:
         [(_, outcome)] = wait_registered(procs, registered, 1)
-        assert outcome.startswith(f"parameter '{plant}' element (0, 0): vLLM's load_weights put"), outcome
-        assert "where the vllm recipe puts" in outcome and f"canonical '{plant}' element (0, 0)" in outcome
+        if stray:
+            assert outcome.startswith(f"vLLM's load_weights wrote into a parameter other than '{plant}' while "
+                                      f"loading the checkpoint tensors the vllm recipe puts there ({plant})"), outcome
+        else:
+            assert outcome.startswith(f"parameter '{plant}' element (0, 0): vLLM's load_weights put"), outcome
+            assert "where the vllm recipe puts" in outcome and f"canonical '{plant}' element (0, 0)" in outcome
         assert not client.status().models[0].replicas  # nothing was registered
     finally:
         done.set()

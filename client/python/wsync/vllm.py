@@ -14,13 +14,13 @@ Before registering, `probe` verifies the recipe against vLLM's own loaders:
 it asks the daemon where a sync would put each canonical element
 (DescribeLayout), feeds vLLM's `load_weights` probe tensors whose values
 encode each element's canonical position (its index and its tensor, in
-digits of 8, 11 or 24 bits, one pass per digit, so that every value is exact
-in the parameters' dtype) into scratch copies of the parameters, and compares every
-element with the layout. A parameter vLLM lays out differently, or transforms
+24-bit digits, one pass per digit) into fp32 scratch tensors standing in for
+the parameters, a chunk of parameters at a time, and compares every element
+with the layout. A parameter vLLM lays out differently, or transforms
 in a way that is not a permutation, refuses the registration with
 LayoutMismatch naming the parameter and its first wrong element. The probe
-needs one scratch copy of the worker's parameters and one load_weights pass
-per digit; `register(probe_layout=False)` skips it.
+needs about 1 GiB of scratch (a chunk) and one load_weights pass per digit
+over the whole model; `register(probe_layout=False)` skips it.
 
 Parameters the probe refuses can take the loader path instead
 (`register(on_mismatch="loader")`): the daemon writes the canonical tensors
@@ -124,11 +124,19 @@ class ProbeReport:
         self.seconds, self.mismatches, self.feeds = seconds, mismatches, feeds
 
 
-def probe_report(client, model, model_id, layout=None):
+def probe_report(client, model, model_id, layout=None, chunk_bytes=1 << 30):
     """Runs the probe over every parameter without stopping at the first
     mismatch. Structural disagreements (a parameter missing on either side, a
-    shape, an unsupported dtype) still raise LayoutMismatch: no parameter can
-    be loaded then."""
+    shape, an unsupported dtype, a loader writing into a parameter the recipe
+    does not feed from that tensor) still raise LayoutMismatch: no parameter
+    can be loaded then.
+
+    Parameters are probed a chunk at a time (about `chunk_bytes` of fp32
+    scratch each), so the probe never holds a second copy of the model: the
+    chunk's parameters point at fp32 scratch tensors, every other parameter at
+    a zero-size stand-in that raises if a loader writes into it, and
+    load_weights is fed the canonical tensors the recipe puts into the
+    chunk."""
     import math
     import time
 
@@ -146,68 +154,111 @@ def probe_report(client, model, model_id, layout=None):
         if list(p.shape) != layout["buffers"][name]["shape"]:
             raise LayoutMismatch(f"parameter {name!r} has shape {list(p.shape)}, the vllm recipe "
                                  f"{layout['buffers'][name]['shape']}")
+        if p.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise LayoutMismatch(f"parameter {name!r}: the probe does not handle dtype {p.dtype}")
     tensors = sorted(layout["tensors"].items())
     slot = {name: i for i, (name, _) in enumerate(tensors)}
+    feeds = {n: sorted({t for t, _, _ in layout["buffers"][n]["pieces"]}) for n in params}
     n_max = max(math.prod(shape) for _, shape in tensors)
-    # The largest digit every parameter dtype holds exactly: integers to 2^8
-    # in bf16, 2^11 in fp16, 2^24 in fp32. Element e of canonical tensor t is
-    # told apart by the digits of e+1 (index passes) and of slot(t)+1 (slot
-    # passes); an element no loader wrote reads 0 in every pass.
-    exact = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}
-    for n, p in params.items():
-        if p.dtype not in exact:
-            raise LayoutMismatch(f"parameter {n!r}: the probe does not handle dtype {p.dtype}")
-    bits = min(exact[p.dtype] for p in params.values())
+    # The scratch is fp32, which holds integers up to 2^24 exactly, whatever
+    # the parameters' own dtype. Element e of canonical tensor t is told apart
+    # by the digits of e+1 (index passes) and of slot(t)+1 (slot passes); an
+    # element no loader wrote reads 0 in every pass.
+    bits = 24
     mask = (1 << bits) - 1
     passes = [("index", k) for k in range(math.ceil(math.log2(n_max + 1) / bits))] + \
              [("slot", k) for k in range(math.ceil(math.log2(len(tensors) + 1) / bits))]
     device = next(iter(params.values())).device
     index_dtype = torch.int32 if n_max < (1 << 31) - 1 else torch.int64
-    feed_dtype = torch.float32 if bits > 11 else torch.float16
 
-    def digits(kind, k, tensor, offsets, sizes):
-        """Pass (kind, k)'s digit of every element of a box of a canonical tensor."""
+    def digits(kind, k, tensor):
+        """Pass (kind, k)'s digit of every element of a canonical tensor, in fp32."""
+        shape = tuple(layout["tensors"][tensor])
         if kind == "slot":
-            return torch.full(tuple(sizes), ((slot[tensor] + 1) >> (bits * k)) & mask, dtype=index_dtype,
+            return torch.full(shape, float(((slot[tensor] + 1) >> (bits * k)) & mask), dtype=torch.float32,
                               device=device)
-        shape = layout["tensors"][tensor]
-        flat = torch.ones((), dtype=index_dtype, device=device)
-        for d, (o, n) in enumerate(zip(offsets, sizes)):
-            stride = math.prod(shape[d + 1:])
-            flat = flat.unsqueeze(-1) + torch.arange(o * stride, (o + n) * stride, stride, dtype=index_dtype,
-                                                     device=device)
-        return (flat >> (bits * k)) & mask
+        flat = torch.arange(1, math.prod(shape) + 1, dtype=index_dtype, device=device)
+        return ((flat >> (bits * k)) & mask).to(torch.float32).reshape(shape)
+
+    # Parameters fed from a common canonical tensor are probed together.
+    group = {n: n for n in params}
+
+    def root(n):
+        while group[n] != n:
+            group[n] = group[group[n]]
+            n = group[n]
+        return n
+
+    first_fed = {}
+    for n in params:
+        for t in feeds[n]:
+            group[root(n)] = root(first_fed.setdefault(t, n))
+    groups = {}
+    for n in params:
+        groups.setdefault(root(n), []).append(n)
+    chunks, size = [[]], 0
+    for members in groups.values():
+        nbytes = sum(params[n].numel() * 4 for n in members)
+        if chunks[-1] and size + nbytes > chunk_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].extend(members)
+        size += nbytes
 
     found = {}
     saved = {n: p.data for n, p in params.items()}
+    stand_in = {n: torch.zeros((), dtype=d.dtype, device=d.device).expand(d.shape) for n, d in saved.items()}
     try:
-        scratch = {n: torch.zeros_like(d) for n, d in saved.items()}
-        for n, p in params.items():
-            p.data = scratch[n]
-        for kind, k in passes:
-            for d in scratch.values():
-                d.zero_()
-            model.load_weights((name, digits(kind, k, name, [0] * len(shape), shape).to(feed_dtype))
-                               for name, shape in tensors)
-            for name, buf in layout["buffers"].items():
-                if name in found:
-                    continue
-                got = scratch[name]
-                want = torch.zeros_like(got)
-                for tensor, (co, cs), (so, ss) in buf["pieces"]:
-                    want[_box(so, ss)] = digits(kind, k, tensor, co, cs).reshape(ss).to(got.dtype)
-                if torch.equal(got, want):
-                    continue
-                at = tuple(int(i) for i in (got != want).nonzero()[0])
-                found[name] = (
-                    f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
-                    f"in probe pass {kind} {k} ({bits}-bit digits), where the vllm recipe puts "
-                    f"{float(want[at])!r} ({_describe(at, buf)})")
+        for chunk in chunks:
+            for n, p in params.items():
+                p.data = stand_in[n]
+            scratch = {n: torch.zeros(saved[n].shape, dtype=torch.float32, device=saved[n].device) for n in chunk}
+            for n in chunk:
+                params[n].data = scratch[n]
+            fed = sorted({t for n in chunk for t in feeds[n]})
+            for kind, k in passes:
+                for d in scratch.values():
+                    d.zero_()
+                fed_digits = {t: digits(kind, k, t) for t in fed}
+                try:
+                    model.load_weights((t, fed_digits[t]) for t in fed)
+                except RuntimeError as e:
+                    if "written-to tensor" not in str(e) and "single memory location" not in str(e):
+                        raise
+                    raise LayoutMismatch(
+                        f"vLLM's load_weights wrote into a parameter other than {chunk[0]!r}"
+                        f"{f' ... {chunk[-1]!r}' if len(chunk) > 1 else ''} while loading the checkpoint "
+                        f"tensors the vllm recipe puts there ({', '.join(fed[:3])}"
+                        f"{', ...' if len(fed) > 3 else ''}): vLLM loads them into parameters the recipe "
+                        "does not") from None
+                for name in chunk:
+                    if name in found:
+                        continue
+                    got, pieces = scratch[name], layout["buffers"][name]["pieces"]
+                    expect = [(_box(so, ss), fed_digits[t][_box(co, cs)].reshape(ss)) for t, (co, cs), (so, ss)
+                              in pieces]
+                    if all(torch.equal(got[sb], e) for sb, e in expect):
+                        # What no piece covers (padding) must be untouched.
+                        for sb, _ in expect:
+                            got[sb].zero_()
+                        if not got.any():
+                            continue
+                        want = torch.zeros_like(got)
+                    else:
+                        want = torch.zeros_like(got)
+                        for sb, e in expect:
+                            want[sb] = e
+                    at = tuple(int(i) for i in (got != want).nonzero()[0])
+                    found[name] = (
+                        f"parameter {name!r} element {at}: vLLM's load_weights put {float(got[at])!r} there "
+                        f"in probe pass {kind} {k} ({bits}-bit digits), where the vllm recipe puts "
+                        f"{float(want[at])!r} ({_describe(at, layout['buffers'][name])})")
+                del fed_digits
+            del scratch
     finally:
         for n, p in params.items():
             p.data = saved[n]
     mismatches = {n: found[n] for n in params if n in found}
-    feeds = {n: sorted({t for t, _, _ in layout["buffers"][n]["pieces"]}) for n in params}
     return ProbeReport(time.monotonic() - start, mismatches, feeds)
 
 
@@ -257,7 +308,7 @@ LOADER_PREFIX = "loader:"
 
 
 def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True,
-             on_mismatch="refuse"):
+             on_mismatch="refuse", probe_chunk_bytes=1 << 30):
     """Registers this worker's parameters as one process of target replica
     `replica` of `model_id`, after `probe` (unless probe_layout=False).
 
@@ -267,6 +318,7 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
     daemon writes the canonical tensors it is made of, whole, into staging
     buffers this worker owns (same device as the parameters), and
     Registration.load feeds them to vLLM's load_weights after each commit.
+    probe_chunk_bytes bounds the probe's fp32 scratch (see probe_report).
     Returns a Registration."""
     import logging
 
@@ -278,7 +330,7 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
     layout = None
     if probe_layout:
         layout = client.describe_layout(model_id, "vllm", coords, options)
-        report = probe_report(client, model, model_id, layout)
+        report = probe_report(client, model, model_id, layout, chunk_bytes=probe_chunk_bytes)
         if report.mismatches and on_mismatch == "refuse":
             first = next(iter(report.mismatches.values()))
             more = len(report.mismatches) - 1
@@ -349,7 +401,7 @@ class WorkerSession:
         self.model_id = self.replica = None
 
     def init(self, model_id, replica, socket="/run/wsync/wsyncd.sock", update_mode="staged", probe=True,
-             on_mismatch="refuse"):
+             on_mismatch="refuse", probe_chunk_mib=1024):
         """Attaches to the node's wsyncd and registers this worker's
         parameters as one process of `replica`. Returns {"in_place": n,
         "loader": [parameters]}."""
@@ -362,7 +414,8 @@ class WorkerSession:
         client = Client(socket=socket, name=f"vllm-worker-{os.getpid()}")
         try:
             self.registration = register(client, self.model, model_id, replica, update_mode=update_mode,
-                                         probe_layout=probe, on_mismatch=on_mismatch)
+                                         probe_layout=probe, on_mismatch=on_mismatch,
+                                         probe_chunk_bytes=probe_chunk_mib << 20)
         except BaseException:
             client.close()
             raise
@@ -409,9 +462,9 @@ class WsyncWorkerExtension:
         return session
 
     def wsync_init(self, model_id, replica, socket="/run/wsync/wsyncd.sock", update_mode="staged", probe=True,
-                   on_mismatch="refuse"):
+                   on_mismatch="refuse", probe_chunk_mib=1024):
         return self._wsync_session().init(model_id, replica, socket=socket, update_mode=update_mode,
-                                          probe=probe, on_mismatch=on_mismatch)
+                                          probe=probe, on_mismatch=on_mismatch, probe_chunk_mib=probe_chunk_mib)
 
     def wsync_update(self, version, timeout_ms=600000):
         self._wsync_session().update(version, timeout_ms)

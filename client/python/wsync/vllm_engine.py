@@ -30,6 +30,7 @@ class WsyncInitInfo:
     update_mode: str = "staged"
     probe: bool = True
     on_mismatch: str = "refuse"  # or "loader": parameters the probe refuses take the loader path
+    probe_chunk_mib: int = 1024  # the probe's fp32 scratch, a chunk of parameters at a time
 
 
 @dataclass
@@ -51,7 +52,7 @@ class WsyncWeightTransferEngine(WeightTransferEngine[WsyncInitInfo, WsyncUpdateI
         self.session = wsync_vllm.WorkerSession(self.model)
         self.session.init(init_info.model_id, init_info.replica, socket=init_info.socket,
                           update_mode=init_info.update_mode, probe=init_info.probe,
-                          on_mismatch=init_info.on_mismatch)
+                          on_mismatch=init_info.on_mismatch, probe_chunk_mib=init_info.probe_chunk_mib)
 
     def start_weight_update(self):
         """Nothing to prepare: the daemon writes the registered memory."""

@@ -52,6 +52,7 @@ class WsyncTrainerInitInfo(TrainerInitInfo):
     update_mode: str = "staged"
     probe: bool = True
     on_mismatch: str = "refuse"
+    probe_chunk_mib: int = 1024
     pause_mode: str = "wait"  # vLLM pause_generation mode: abort, wait or keep
     timeout_ms: int = 600000
     first_version: int = 1
@@ -78,7 +79,7 @@ class WsyncTrainerEngine(TrainerWeightTransferEngine[WsyncTrainerInitInfo]):
         if engine.is_sender:
             worker_info = dict(model_id=init_info.model_id, replica=init_info.replica, socket=init_info.socket,
                                update_mode=init_info.update_mode, probe=init_info.probe,
-                               on_mismatch=init_info.on_mismatch)
+                               on_mismatch=init_info.on_mismatch, probe_chunk_mib=init_info.probe_chunk_mib)
             worker_info.update(init_info.extra)
             client.init_weight_transfer_engine(worker_info)
         return engine
