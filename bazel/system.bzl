@@ -24,6 +24,7 @@ _LIBS = {
     ], [], "libabsl-dev"),
     "spdlog": (["spdlog"], [], "libspdlog-dev"),
     "fmt": (["fmt"], [], "libfmt-dev"),
+    "cpp_httplib": (["cpp-httplib"], [], "libcpp-httplib-dev"),
 }
 
 # Header-only libraries: name -> (a header that must exist, Debian package).

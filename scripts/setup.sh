@@ -11,6 +11,7 @@ PACKAGES=(
   g++ pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libgloo-dev nlohmann-json3-dev
+  libcpp-httplib-dev
   openssl
   clang-14 libclang-rt-14-dev
   python3 python3-venv python3-grpcio python3-protobuf python3-numpy python3-pytest

@@ -290,6 +290,7 @@ void CoreImpl::WatchdogLoop() {
     for (auto& [id, part] : parts_) {
       if (!part->decided && !part->watchdog_fired && part->comm != nullptr && now > part->deadline) {
         part->watchdog_fired = true;
+        if (options_.metrics != nullptr) options_.metrics->Add("wsync_watchdog_aborts_total", {}, 1);
         const std::string why = absl::StrCat("watchdog: job ", id, " of model '", part->plan.model_id,
                                              "' passed its deadline with its transfer still running");
         log_->warn("{}; aborting its communicator", why);

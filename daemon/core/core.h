@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "daemon/common/metrics.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 #include "daemon/layout/types.h"
@@ -196,6 +197,7 @@ struct SyncOutcome {
   PhaseTimes times;
   std::vector<std::string> replicas;
   bool already_committed = false;  // an identical retry: nothing moved
+  std::string path;                // how the bytes moved: "host", "gpu" or "gloo"
 };
 
 struct VersionInfo {
@@ -313,6 +315,9 @@ struct CoreOptions {
   // Fault injection for tests: flip the first byte of multi-node wire
   // bucket N as this daemon receives it (-1 = off).
   int64_t fault_corrupt_wire = -1;
+  // Where sync outcomes, durations and bytes are counted (null = nowhere).
+  // Must outlive the core.
+  Metrics* metrics = nullptr;
 };
 
 // Thread-safe: every method may be called from any thread. Methods that wait

@@ -229,6 +229,11 @@ class CoreImpl final : public Core {
   absl::StatusOr<SyncOutcome> Sync(const SyncArgs& args,
                                    const std::function<void(const Progress&)>& progress,
                                    const std::function<bool()>& client_gone) override;
+  // Sync without the metrics: the local sync, or SyncDistributed.
+  absl::StatusOr<SyncOutcome> RunSync(const SyncArgs& args, const std::function<void(const Progress&)>& progress,
+                                      const std::function<bool()>& client_gone);
+  // Counts a sync's outcome, durations and bytes in options_.metrics.
+  void RecordSync(const std::string& model_id, const absl::StatusOr<SyncOutcome>& out) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<VersionInfo> WaitVersion(const std::string& model_id,
                                           const std::string& replica_id, uint64_t min_version,
                                           uint64_t timeout_ms,
@@ -388,7 +393,13 @@ class CoreImpl final : public Core {
   std::map<std::string, std::string> comm_store_ ABSL_GUARDED_BY(mu_);  // comm key -> coordinator address
   // Finished parts -> committed, so that a retried Prepare or Commit of a
   // recent job still gets its answer.
-  RecentMap<bool> outcomes_ ABSL_GUARDED_BY(mu_){256};
+  // How recent parts ended, kept after the part is reaped: a coordinator
+  // that asks late still learns the reason.
+  struct PartOutcome {
+    bool committed = false;
+    absl::Status error;  // why it aborted
+  };
+  RecentMap<PartOutcome> outcomes_ ABSL_GUARDED_BY(mu_){256};
   uint64_t comm_generation_ ABSL_GUARDED_BY(mu_) = 0;
   transport::CommunicatorCache comms_;
   bool cluster_stop_ ABSL_GUARDED_BY(mu_) = false;

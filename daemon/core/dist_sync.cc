@@ -912,7 +912,7 @@ void CoreImpl::FinishPart(Part* p) {
     log_->warn("job {} of model '{}' version {}: aborted here ({}); replicas keep their version{}", plan.job_id,
                plan.model_id, plan.version, std::string(status.message()), p->live_written.empty() ? "" : " (in_place ones written so far are poisoned)");
   }
-  outcomes_.Put(plan.job_id, p->state == Part::State::kCommitted);
+  outcomes_.Put(plan.job_id, {p->state == Part::State::kCommitted, p->error});
   p->model->part = nullptr;
   jobs_.erase(absl::StrCat("part:", plan.job_id));
   p->job = nullptr;
@@ -934,11 +934,16 @@ absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, u
   wsync::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
-    const bool* o = outcomes_.Find(job_id);
+    const PartOutcome* o = outcomes_.Find(job_id);
     if (o == nullptr) return absl::NotFoundError(absl::StrCat("job ", job_id, " is unknown on daemon '", options_.daemon_id, "'"));
     PrepareResult r;
-    r.error = *o ? absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already committed"))
-                        : absl::AbortedError(absl::StrCat("job ", job_id, " was aborted on daemon '", options_.daemon_id, "'"));
+    if (o->committed) {
+      r.error = absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already committed"));
+    } else if (!o->error.ok()) {
+      r.error = absl::Status(o->error.code(), absl::StrCat("daemon '", options_.daemon_id, "': ", o->error.message()));
+    } else {
+      r.error = absl::AbortedError(absl::StrCat("job ", job_id, " was aborted on daemon '", options_.daemon_id, "'"));
+    }
     return r;
   }
   Part* p = it->second.get();
@@ -961,10 +966,11 @@ absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
   wsync::MutexLock lock(&mu_);
   auto it = parts_.find(job_id);
   if (it == parts_.end()) {
-    const bool* o = outcomes_.Find(job_id);
-    if (o != nullptr && *o) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " cannot commit on daemon '", options_.daemon_id,
-                                                      "': ", o == nullptr ? "unknown job" : "it was aborted"));
+    const PartOutcome* o = outcomes_.Find(job_id);
+    if (o != nullptr && o->committed) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " cannot commit on daemon '", options_.daemon_id, "': ",
+        o == nullptr ? "unknown job" : o->error.ok() ? "it was aborted" : "it was aborted: " + std::string(o->error.message())));
   }
   Part* p = it->second.get();
   if (p->plan.version != version) {
@@ -1309,6 +1315,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   out.digest = kernels::DigestFinish(all, all_words * 8).Hex();
   out.bytes = moved;
   out.buckets = dist->wires.size();
+  out.path = "gloo";
   out.plan_hash = part.plan_hash;
   out.replicas = replica_ids;
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -304,6 +305,37 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
 absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
                                            const std::function<void(const Progress&)>& progress,
                                            const std::function<bool()>& client_gone) {
+  absl::StatusOr<SyncOutcome> out = RunSync(args, progress, client_gone);
+  if (options_.metrics != nullptr) RecordSync(args.model_id, out);
+  return out;
+}
+
+void CoreImpl::RecordSync(const std::string& model_id, const absl::StatusOr<SyncOutcome>& out) {
+  Metrics& m = *options_.metrics;
+  std::string model = "(unregistered)";  // a client's unknown name must not become a label
+  {
+    wsync::MutexLock lock(&mu_);
+    if (models_.count(model_id)) model = model_id;
+  }
+  m.Add("wsync_syncs_total",
+        {{"model", model}, {"outcome", out.ok() ? "ok" : absl::AsciiStrToLower(absl::StatusCodeToString(out.status().code()))}},
+        1);
+  if (!out.ok() || out->already_committed) return;
+  const PhaseTimes& t = out->times;
+  m.Observe("wsync_sync_duration_seconds", {{"model", model}}, t.total_ms / 1e3);
+  for (const auto& [phase, ms] : {std::pair<const char*, double>{"plan", t.plan_ms}, {"transfer", t.transfer_ms},
+                                  {"verify", t.verify_ms}, {"commit", t.commit_ms}}) {
+    m.Observe("wsync_sync_phase_duration_seconds", {{"phase", phase}}, ms / 1e3);
+  }
+  m.Add("wsync_sync_bytes_total", {{"model", model}, {"path", out->path}}, static_cast<double>(out->bytes));
+  if (out->bytes > 0 && t.transfer_ms > 0) {
+    m.Observe("wsync_sync_transfer_bytes_per_second", {}, static_cast<double>(out->bytes) / (t.transfer_ms / 1e3));
+  }
+}
+
+absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
+                                              const std::function<void(const Progress&)>& progress,
+                                              const std::function<bool()>& client_gone) {
   if (absl::Status s = CheckModelId(args.model_id); !s.ok()) return s;
   bool distributed = false;
   {
@@ -848,6 +880,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::Sync(const SyncArgs& args,
   out.digest = kernels::DigestFinish(all, total_words * 8).Hex();
   out.bytes = prog.bytes_done;
   out.buckets = prog.buckets_done;
+  out.path = on_gpu ? "gpu" : "host";
   out.plan_hash = plan->HashHex();
   out.replicas = replica_ids;
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),

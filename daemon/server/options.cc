@@ -42,6 +42,9 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
                  "coordinators to join at start, host:port[,host:port...] (needs --listen)");
   app.add_option("--advertise", o.advertise,
                  "host:port peers reach this daemon at (default: --listen's host and bound port)");
+  app.add_option("--metrics-listen", o.metrics_listen,
+                 "serve Prometheus metrics at http://host:port/metrics, plaintext (port 0 picks one; "
+                 "bind a private interface: it shows what status shows anyone)");
   app.add_option("--data-host", o.data_host,
                  "interface the Gloo data plane binds (default: the advertised host)");
   app.add_option("--heartbeat-ms", o.heartbeat_ms, "interval of heartbeats to coordinators")
@@ -191,6 +194,10 @@ absl::Status ValidateOptions(const Options& o) {
     if (!o.tls_cert.empty() && o.insecure) {
       return absl::InvalidArgumentError("--insecure contradicts --tls-cert; choose one");
     }
+  }
+  if (!o.metrics_listen.empty() && o.metrics_listen.find(':') == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen must be host:port, got '", o.metrics_listen, "'"));
   }
   if (o.grace_period_ms < 0) {
     return absl::InvalidArgumentError("--grace-period-ms must be >= 0");

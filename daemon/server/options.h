@@ -41,6 +41,9 @@ struct Options {
   std::string advertise;
   // Interface the Gloo data plane binds; "" = the advertised host.
   std::string data_host;
+  // Prometheus metrics over plaintext HTTP at http://host:port/metrics
+  // (port 0 picks a free port); "" = off.
+  std::string metrics_listen;
   int64_t heartbeat_ms = 1000;
   int64_t peer_timeout_ms = 10000;
   // On SIGTERM/SIGINT, how long in-flight calls may take to finish.

@@ -19,6 +19,7 @@
 #include "daemon/server/unix_socket.h"
 #include "absl/time/clock.h"
 #include "daemon/core/peer.h"
+#include "daemon/service/metrics_http.h"
 #include "daemon/service/peer_client.h"
 #include "daemon/service/peer_service.h"
 #include "daemon/service/public_service.h"
@@ -70,8 +71,13 @@ std::string ReachableHost(const std::string& host_port) {
 
 class ServerImpl final : public Server {
  public:
-  ServerImpl(Options options, std::unique_ptr<core::PeerLink> peers, std::unique_ptr<core::Core> core)
-      : options_(std::move(options)), peers_(std::move(peers)), core_(std::move(core)), log_(Logger("server")) {}
+  ServerImpl(Options options, std::unique_ptr<Metrics> metrics, std::unique_ptr<core::PeerLink> peers,
+             std::unique_ptr<core::Core> core)
+      : options_(std::move(options)),
+        metrics_(std::move(metrics)),
+        peers_(std::move(peers)),
+        core_(std::move(core)),
+        log_(Logger("server")) {}
 
   ~ServerImpl() override { Shutdown(); }
 
@@ -181,6 +187,17 @@ class ServerImpl final : public Server {
       core_->StartCluster(advertise);
       if (peers_) log_->info("peers reach this daemon at {}", advertise);
     }
+    if (!options_.metrics_listen.empty()) {
+      auto http = service::MetricsServer::Start(options_.metrics_listen, core_.get(), metrics_.get());
+      if (!http.ok()) {
+        server_->Shutdown();
+        if (socket_) socket_->Release();
+        return absl::Status(http.status().code(), absl::StrCat("--metrics-listen: ", http.status().message()));
+      }
+      metrics_http_ = std::move(*http);
+      std::string host = options_.metrics_listen.substr(0, options_.metrics_listen.rfind(':'));
+      core_->AddEndpoint({"metrics", absl::StrCat("http://", host, ":", metrics_http_->port(), "/metrics"), false});
+    }
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
     health->SetServingStatus(true);
     health->SetServingStatus(kPublicServiceName, true);
@@ -213,6 +230,7 @@ class ServerImpl final : public Server {
       server_->Wait();
       log_->info("all calls finished");
     }
+    if (metrics_http_ != nullptr) metrics_http_->Stop();  // scrapes keep working while calls drain
     if (socket_) socket_->Release();
     if (server_ != nullptr) log_->info("wsyncd stopped");
     wsync::MutexLock lock(&mu_);
@@ -236,8 +254,10 @@ class ServerImpl final : public Server {
 
  private:
   const Options options_;
+  std::unique_ptr<Metrics> metrics_;       // outlives core_, which updates it
   std::unique_ptr<core::PeerLink> peers_;  // outlives core_
   std::unique_ptr<core::Core> core_;
+  std::unique_ptr<service::MetricsServer> metrics_http_;  // reads core_; stopped in Shutdown
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<service::Authenticator> auth_;
   std::unique_ptr<v1::Wsync::Service> public_service_;
@@ -306,7 +326,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   } else if (!options.listen.empty()) {
     log->warn("multi-node syncs are off: peers need mTLS (--tls-client-ca) or --insecure");
   }
-  auto server = std::make_unique<ServerImpl>(options, std::move(peers), core::Core::Create(core_options));
+  auto metrics = Metrics::Create();
+  core_options.metrics = metrics.get();
+  auto server = std::make_unique<ServerImpl>(options, std::move(metrics), std::move(peers),
+                                             core::Core::Create(core_options));
   if (absl::Status s = server->Init(); !s.ok()) {
     log->error("start failed: {}", s.ToString());
     return s;

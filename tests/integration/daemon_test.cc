@@ -15,6 +15,9 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
+
+#include <regex>
 
 #include "client/cpp/connection.h"
 #include "daemon/service/peer_client.h"
@@ -332,6 +335,40 @@ TEST_CASE("the C++ client example syncs through a real daemon") {
   // The example's session ended: its registrations and model are gone.
   auto status = d.Ctl({"models"});
   CHECK_THAT(status.out, Catch::Contains("(no models registered)"));
+}
+
+TEST_CASE("--metrics-listen serves Prometheus metrics: syncs counted, status as gauges") {
+  Daemon d({"--metrics-listen", "127.0.0.1:0"});
+  std::string url;
+  const v1::GetStatusResponse status = GetStatus(d.Channel());
+  for (const auto& e : status.endpoints()) {
+    if (e.kind() == "metrics") url = e.address();
+  }
+  INFO(url);
+  std::smatch m;
+  REQUIRE(std::regex_match(url, m, std::regex(R"(http://127\.0\.0\.1:([0-9]+)/metrics)")));
+  CHECK_THAT(d.Ctl({"status"}).out, Catch::Contains("metrics") && Catch::Contains(url));
+  auto r = Run({Runfile("client/cpp/wsync_example"), "--socket", d.socket});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+
+  httplib::Client http("127.0.0.1", std::stoi(m[1]));
+  auto res = http.Get("/metrics");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  const std::string& body = res->body;
+  INFO(body);
+  // The example's one sync: counted by model and outcome, its bytes by path,
+  // its duration observed once.
+  CHECK(std::regex_search(body, std::regex(R"(\nwsync_syncs_total\{model="[^"]+",outcome="ok"\} 1\n)")));
+  CHECK(std::regex_search(body, std::regex(R"(\nwsync_sync_bytes_total\{model="[^"]+",path="host"\} [1-9][0-9]*\n)")));
+  CHECK(std::regex_search(body, std::regex(R"(\nwsync_sync_duration_seconds_count\{model="[^"]+"\} 1\n)")));
+  CHECK_THAT(body, Catch::Contains("\nwsync_serving 1\n") && Catch::Contains("\nwsync_watchdog_aborts_total 0\n"));
+
+  // A malformed address stops the daemon before it binds anything.
+  auto bad = Run({Runfile("daemon/wsyncd"), "--socket", d.dir + "/other.sock", "--metrics-listen", "9464"});
+  CHECK(bad.exit_code != 0);
+  CHECK_THAT(bad.err, Catch::Contains("--metrics-listen must be host:port, got '9464'"));
 }
 
 TEST_CASE("JSON logs and SIGHUP reload of the log level") {
