@@ -224,6 +224,21 @@ bool Matches(const World& w, const std::vector<layout::Endpoint>& eps,
   return true;
 }
 
+// Process r of a vLLM replica of `world` tensor-parallel processes, with its
+// world size declared; with expert parallelism its expert rank is r too.
+layout::RankCoords VllmProcess(int r, int world, bool ep) {
+  layout::RankCoords rc;
+  rc.rank = r;
+  rc.world_size = world;
+  rc.tp = r;
+  rc.tp_size = world;
+  if (ep) {
+    rc.ep = r;
+    rc.ep_size = world;
+  }
+  return rc;
+}
+
 SyncArgs Args(uint64_t v) {
   SyncArgs a;
   a.caller = Me();
@@ -320,16 +335,7 @@ TEST_CASE("a vLLM replica with expert parallelism is its processes: each place i
   Client& c = *w.clients.back();
   // vLLM TP=2 with enable_expert_parallel: two processes, EP = 2, expert
   // rank = tp rank; each holds 2 of the 4 experts whole.
-  auto coords = [](int r) {
-    layout::RankCoords rc;
-    rc.rank = r;
-    rc.world_size = 2;
-    rc.tp = r;
-    rc.tp_size = 2;
-    rc.ep = r;
-    rc.ep_size = 2;
-    return rc;
-  };
+  auto coords = [](int r) { return VllmProcess(r, 2, /*ep=*/true); };
   std::vector<layout::Endpoint> eps;
   std::vector<std::vector<void*>> mem;
   for (int r : {0, 1}) {
@@ -365,14 +371,7 @@ TEST_CASE("explicit pieces with a declared world size: all processes needed; a r
   Client& c = *w.clients.back();
   // vLLM TP=2, registered with explicit pieces (as the vLLM adapter does when
   // some parameters take the loader path) and world_size 2.
-  auto coords = [](int r) {
-    layout::RankCoords rc;
-    rc.rank = r;
-    rc.world_size = 2;
-    rc.tp = r;
-    rc.tp_size = 2;
-    return rc;
-  };
+  auto coords = [](int r) { return VllmProcess(r, 2, /*ep=*/false); };
   std::vector<layout::Endpoint> eps;
   std::vector<std::vector<void*>> mem;
   for (int r : {0, 1}) eps.push_back({"", {}, *layout::BuildShards(w.spec, w.config, "vllm", {}, coords(r), DType::kBF16)});

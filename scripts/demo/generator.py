@@ -7,7 +7,6 @@ Protocol (JSON lines on stdin, replies on stdout):
   {"cmd": "check", "version": V, "base_seed": S, "lora_seed": T}  (T null = no LoRA)
   {"cmd": "exit"}
 """
-import argparse
 import json
 import os
 import sys
@@ -15,23 +14,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proc import commands, reply  # noqa: E402  (also puts the wsync package on the path)
+from proc import commands, generator_args, reply  # noqa: E402  (also puts the wsync package on the path)
 
 import layouts  # noqa: E402
 import wsync  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--socket", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--model", default="policy")
-    ap.add_argument("--replica", required=True)
-    ap.add_argument("--tp-size", type=int, default=1)
-    ap.add_argument("--mode", choices=["staged", "in_place"], default="staged")
-    ap.add_argument("--lora-rank", type=int, default=8)
-    ap.add_argument("--lora-alpha", type=float, default=16)
-    args = ap.parse_args()
+    args = generator_args(__doc__).parse_args()
     cfg = json.load(open(args.config))
     client = wsync.Client(args.socket, name=f"gen-{args.replica}")
     zeros = {k: np.zeros(s, "float32") for k, s in layouts.hf_tensors(cfg).items()}

@@ -14,7 +14,6 @@ through the layout the probe verified.
 Runs in the engines venv (scripts/engines_venv.sh). Protocol as
 generator.py: JSON lines on stdin, replies on stdout.
 """
-import argparse
 import json
 import os
 import sys
@@ -25,32 +24,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def worker(rank, world, port, ckpt, cfg, args, commands, replies):
     os.dup2(2, 1)  # vLLM's prints must not reach the reply stream
-    os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     sys.path.insert(0, HERE)
+    # The engine tests' CPU model builder (tests/engines/vllm_cpu.py).
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "engines"))
     import numpy as np
     import torch
-    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
-                             set_current_vllm_config)
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.model_executor.models.registry import ModelRegistry
 
     import layouts
     import proc  # noqa: F401  (puts this checkout's wsync package on the path)
+    import vllm_cpu
     import wsync.vllm
-    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True)
-    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
-                    load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=args.ep))
-    with set_current_vllm_config(vc):
-        init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
-        initialize_model_parallel(tensor_model_parallel_size=world)
-        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
-        # As vLLM's loaders build it: parameters in the model config's dtype.
-        from vllm.utils.torch_utils import set_default_torch_dtype
-        with set_default_torch_dtype(mc.dtype):
-            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
-        assert {p.dtype for p in target.parameters()} == {mc.dtype}, {p.dtype for p in target.parameters()}
+    with vllm_cpu.models(ckpt, world, rank, port, "bfloat16", args.ep) as (_, target, reference):
         session = wsync.vllm.WorkerSession(target)
         paths = session.init(args.model, args.replica, socket=args.socket, update_mode=args.mode)
         layout = session.client.describe_layout(args.model, "vllm", wsync.vllm.coordinates(target),
@@ -110,21 +94,13 @@ def worker(rank, world, port, ckpt, cfg, args, commands, replies):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--socket", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--model", default="policy")
-    ap.add_argument("--replica", required=True)
-    ap.add_argument("--tp-size", type=int, default=1)
+    sys.path.insert(0, HERE)
+    import proc
+    ap = proc.generator_args(__doc__)
     ap.add_argument("--ep", action="store_true", help="vLLM's enable_expert_parallel")
-    ap.add_argument("--mode", choices=["staged", "in_place"], default="staged")
-    ap.add_argument("--lora-rank", type=int, default=8)
-    ap.add_argument("--lora-alpha", type=float, default=16)
     args = ap.parse_args()
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    sys.path.insert(0, HERE)
-    import proc  # noqa: F401
     import torch.multiprocessing as mp
     cfg = json.load(open(args.config))
     ckpt = tempfile.mkdtemp(prefix="wsync-demo-vllm-")

@@ -20,6 +20,7 @@ import wsync
 import wsync.vllm
 from conftest import wait_registered
 from reference import as_numpy, free_port, fused_to_per_expert, wsync_dtype
+import vllm_cpu
 
 DENSE = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 32,
          "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -32,27 +33,8 @@ MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "hid
 
 def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, results, done, plant=None,
            dtype="float32", via_backend=False, stray=False):
-    os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
-    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
-                             set_current_vllm_config)
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.model_executor.models.registry import ModelRegistry
-    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True)
-    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
-                    load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=ep))
-    with set_current_vllm_config(vc):
-        init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
-        initialize_model_parallel(tensor_model_parallel_size=world)
-        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
-        # A second instance needs its own prefix: vLLM registers attention layers by name.
-        # As vLLM's loaders build it: parameters in the model config's dtype.
-        from vllm.utils.torch_utils import set_default_torch_dtype
-        with set_default_torch_dtype(mc.dtype):
-            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
-        assert {p.dtype for p in target.parameters()} == {mc.dtype}, {p.dtype for p in target.parameters()}
+    with vllm_cpu.models(ckpt, world, rank, port, dtype, ep) as (vc, target, reference):
         reference.load_weights(iter(load_file(os.path.join(ckpt, "model.safetensors")).items()))
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
         if plant is not None:
@@ -139,14 +121,21 @@ def test_the_wsync_weight_transfer_backend(daemon, tmp_path):
     run_sync(MOE, 2, True, "float32", daemon, tmp_path, via_backend=True)
 
 
-def run_sync(cfg, tp, ep, dtype, daemon, tmp_path, via_backend):
-    hf = checkpoint(cfg, str(tmp_path))
+def hf_source(daemon, cfg, hf):
+    """A client that registered model "policy" and one hf source process
+    holding the checkpoint `hf`; returns it and the source buffers."""
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=cfg)
     bufs = {n: client.empty(t.shape, wsync_dtype(t)) for n, t in hf.items()}
     for n, b in bufs.items():
         b[...] = hf[n]
     client.register_shards("policy", "source", bufs, recipe="hf", rank=dict(rank=0, world_size=1))
+    return client, bufs
+
+
+def run_sync(cfg, tp, ep, dtype, daemon, tmp_path, via_backend):
+    hf = checkpoint(cfg, str(tmp_path))
+    client, _ = hf_source(daemon, cfg, hf)
 
     ctx = mp.get_context("spawn")
     registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()

@@ -12,7 +12,6 @@ worker-owned staging buffer, vLLM's load_weights puts it in place) while the
 others are written in place. After each version, every parameter must equal
 byte for byte what vLLM's load_weights makes of the same checkpoint."""
 import os
-import queue
 
 import numpy as np
 import pytest
@@ -22,33 +21,17 @@ import torch.multiprocessing as mp
 import wsync
 import wsync.vllm
 from conftest import wait_registered
-from reference import as_numpy, free_port, wsync_dtype
-from test_vllm import DENSE, checkpoint
+from reference import as_numpy, free_port
+from test_vllm import DENSE, checkpoint, hf_source
+import vllm_cpu
 
 PLANT = "model.layers.1.mlp.down_proj.weight"
 
 
 def worker(rank, world, port, ckpt, commands, replies, mode):
-    os.environ["VLLM_TARGET_DEVICE"] = "cpu"
     from safetensors.torch import load_file
-    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
-                             WeightTransferConfig, set_current_vllm_config)
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.model_executor.models.registry import ModelRegistry
-    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="float32", enforce_eager=True)
-    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
-                    load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=world))
-    with set_current_vllm_config(vc):
-        init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
-        initialize_model_parallel(tensor_model_parallel_size=world)
-        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
-        # As vLLM's loaders build it: parameters in the model config's dtype.
-        from vllm.utils.torch_utils import set_default_torch_dtype
-        with set_default_torch_dtype(mc.dtype):
-            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
-        assert {p.dtype for p in target.parameters()} == {mc.dtype}, {p.dtype for p in target.parameters()}
+    with vllm_cpu.models(ckpt, world, rank, port) as (vc, target, reference):
+        from vllm.config import WeightTransferConfig
         for model in (target, reference):
             param = dict(model.named_parameters())[PLANT]
             original = param.weight_loader
@@ -140,12 +123,7 @@ def test_trainer_engine_rounds_with_the_loader_path(mode, daemon, tmp_path):
     from wsync.vllm_trainer import WsyncTrainerInitInfo
     tp = 2
     hf = checkpoint(DENSE, str(tmp_path))
-    client = wsync.Client(socket=daemon, name="trainer")
-    client.register_model("policy", config=DENSE)
-    bufs = {n: client.empty(t.shape, wsync_dtype(t)) for n, t in hf.items()}
-    for n, b in bufs.items():
-        b[...] = hf[n]
-    client.register_shards("policy", "source", bufs, recipe="hf", rank=dict(rank=0, world_size=1))
+    client, bufs = hf_source(daemon, DENSE, hf)
 
     ctx = mp.get_context("spawn")
     commands, replies = [ctx.Queue() for _ in range(tp)], ctx.Queue()
