@@ -684,33 +684,18 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
             continue;
           }
           const Adapter& A = ad->second;
-          kernels::LoraMergeOp m;
-          const layout::MatrixView wv =
-              layout::LowerMatrix(c, c.src_box, {&src_spec, nullptr, const_cast<void*>(src_data)});
-          const layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, {&slab, nullptr, staging.data()});
-          m.w = wv.ptr;
-          m.w_dtype = src_spec.dtype;
-          m.w_row_stride = wv.row_stride;
-          m.w_col_stride = wv.col_stride;
-          m.dst = dv.ptr;
-          m.dst_dtype = slab.dtype;
-          m.dst_row_stride = dv.row_stride;
-          m.dst_col_stride = dv.col_stride;
-          const int64_t rank = A.a->shape.d[0], in_features = A.a->shape.d[1];
-          m.a = static_cast<const char*>(A.file->Data(*A.a)) +
-                c.canonical.off[1] * kernels::DTypeSize(A.a->dtype);
-          m.a_dtype = A.a->dtype;
-          m.a_k_stride = in_features;
-          m.a_col_stride = 1;
-          m.b = static_cast<const char*>(A.file->Data(*A.b)) +
-                c.canonical.off[0] * rank * kernels::DTypeSize(A.b->dtype);
-          m.b_dtype = A.b->dtype;
-          m.b_row_stride = rank;
-          m.b_k_stride = 1;
-          m.rows = c.canonical.size[0];
-          m.cols = c.canonical.size[1];
-          m.rank = rank;
-          m.scale = A.scale;
+          layout::LoraFactors f;
+          f.a = A.file->Data(*A.a);
+          f.a_dtype = A.a->dtype;
+          f.a_cols = A.a->shape.d[1];
+          f.b = A.file->Data(*A.b);
+          f.b_dtype = A.b->dtype;
+          f.b_cols = A.b->shape.d[1];
+          f.rank = A.a->shape.d[0];
+          kernels::LoraMergeOp m = layout::LowerLoraMerge(
+              c, f, layout::LowerMatrix(c, c.src_box, {&src_spec, nullptr, const_cast<void*>(src_data)}),
+              src_spec.dtype, layout::LowerMatrix(c, c.dst_box, {&slab, nullptr, staging.data()}), slab.dtype,
+              A.scale);
           merges.push_back(m);
         }
         if (std::string err = kernels::CheckBoxCopyOps(copies.data(), copies.size()); !err.empty()) {

@@ -204,12 +204,9 @@ std::string Quoted(const std::string& s);
 // INVALID_ARGUMENT (quoting the id) unless it matches [A-Za-z0-9._-]{1,128}.
 absl::Status CheckModelId(const std::string& id);
 
-// The kernel op of a LoRA merge over one copy op: W (rows x cols of the
-// canonical box) plus scale * B @ A, written to `dst`. A and B are the
-// adapter's whole fp32 tensors.
-kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad, const layout::CopyOp& c,
-                                const float* A, const float* B, const layout::MatrixView& w, layout::DType w_dtype,
-                                const layout::MatrixView& dst, layout::DType dst_dtype, double scale);
+// The factors of adapter `ad` for layout::LowerLoraMerge: A and B are the
+// adapter's whole tensors, held in fp32.
+layout::LoraFactors LoraFactorsOf(const layout::ModelSpec& spec, const Adapter& ad, const float* A, const float* B);
 // "world_size=4 (tp=2,cp=1,dp=2,pp=1; etp=1,ep=2,edp=2)".
 std::string SizesString(const layout::RankCoords& r);
 

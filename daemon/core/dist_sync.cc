@@ -635,10 +635,11 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           same_bytes &= o.dtype == dst.spec->dtype && !(merge && active);
           if (merge && active) {
             const Adapter& ad = adapters.at(c.tensor);
-            loras.push_back(MakeLoraOp(model->spec, ad, c, static_cast<const float*>(lora_mem[ad.a]->data()),
-                                       static_cast<const float*>(lora_mem[ad.b]->data()),
-                                       layout::LowerMatrix(c2, c2.src_box, region), o.dtype,
-                                       layout::LowerMatrix(c, c.dst_box, dst), dst.spec->dtype, ad.scaling));
+            loras.push_back(layout::LowerLoraMerge(
+                c, LoraFactorsOf(model->spec, ad, static_cast<const float*>(lora_mem[ad.a]->data()),
+                                 static_cast<const float*>(lora_mem[ad.b]->data())),
+                layout::LowerMatrix(c2, c2.src_box, region), o.dtype, layout::LowerMatrix(c, c.dst_box, dst),
+                dst.spec->dtype, static_cast<float>(ad.scaling)));
           } else {
             copies.push_back(layout::LowerCopy(c2, region, dst, /*merge=*/false));  // digested as written
           }
@@ -648,10 +649,11 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                      ? base_view(j, c.dst_shard)
                                      : layout::ShardView{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard),
                                                          tr->live[c.dst_shard]};
-          loras.push_back(MakeLoraOp(model->spec, ad, c, static_cast<const float*>(lora_mem[ad.a]->data()),
-                                     static_cast<const float*>(lora_mem[ad.b]->data()),
-                                     layout::LowerMatrix(c, c.dst_box, wv), wv.spec->dtype,
-                                     layout::LowerMatrix(c, c.dst_box, dst), dst.spec->dtype, sign * ad.scaling));
+          loras.push_back(layout::LowerLoraMerge(
+              c, LoraFactorsOf(model->spec, ad, static_cast<const float*>(lora_mem[ad.a]->data()),
+                               static_cast<const float*>(lora_mem[ad.b]->data())),
+              layout::LowerMatrix(c, c.dst_box, wv), wv.spec->dtype, layout::LowerMatrix(c, c.dst_box, dst),
+              dst.spec->dtype, static_cast<float>(sign * ad.scaling)));
         }
         digests.push_back(layout::LowerBox(c.dst_box, dst));
         uint64_t base;

@@ -62,42 +62,16 @@ std::string UncoveredSources(const layout::ModelSpec& spec,
 
 }  // namespace
 
-kernels::LoraMergeOp MakeLoraOp(const layout::ModelSpec& spec, const Adapter& ad, const layout::CopyOp& c,
-                                const float* A, const float* B, const layout::MatrixView& wv, layout::DType w_dtype,
-                                const layout::MatrixView& dv, layout::DType dst_dtype, double scale) {
-  const layout::Shape& as = spec.tensor(ad.a).shape;
-  const layout::Shape& bs = spec.tensor(ad.b).shape;
-  kernels::LoraMergeOp m;
-  m.w = wv.ptr;
-  m.w_dtype = w_dtype;
-  m.w_row_stride = wv.row_stride;
-  m.w_col_stride = wv.col_stride;
-  m.dst = dv.ptr;
-  m.dst_dtype = dst_dtype;
-  m.dst_row_stride = dv.row_stride;
-  m.dst_col_stride = dv.col_stride;
-  m.a_dtype = m.b_dtype = layout::DType::kF32;
-  const int64_t r0 = c.canonical.off[0], c0 = c.canonical.off[1];
-  if (ad.convention == LoraConvention::kPeft) {  // A [r, in], B [out, r]
-    m.a = A + c0;
-    m.a_k_stride = as.d[1];
-    m.a_col_stride = 1;
-    m.b = B + r0 * bs.d[1];
-    m.b_row_stride = bs.d[1];
-    m.b_k_stride = 1;
-  } else {  // left [in, r] = A^T, right [r, out] = B^T
-    m.a = A + c0 * as.d[1];
-    m.a_k_stride = 1;
-    m.a_col_stride = as.d[1];
-    m.b = B + r0;
-    m.b_row_stride = 1;
-    m.b_k_stride = bs.d[1];
-  }
-  m.rows = c.canonical.size[0];
-  m.cols = c.canonical.size[1];
-  m.rank = ad.rank;
-  m.scale = static_cast<float>(scale);
-  return m;
+layout::LoraFactors LoraFactorsOf(const layout::ModelSpec& spec, const Adapter& ad, const float* A,
+                                  const float* B) {
+  layout::LoraFactors f;
+  f.a = A;
+  f.a_cols = spec.tensor(ad.a).shape.d[1];
+  f.b = B;
+  f.b_cols = spec.tensor(ad.b).shape.d[1];
+  f.rank = ad.rank;
+  f.transposed = ad.convention == LoraConvention::kDeepSpeed;
+  return f;
 }
 
 void CoreImpl::SetProgress(Job* job, const Progress& p) {
@@ -770,8 +744,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
         layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, dst);
         const float* A = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
         const float* B = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
-        kernels::LoraMergeOp m = MakeLoraOp(model->spec, ad, c, A, B, wv, w_dtype, dv, dst.spec->dtype,
-                                            args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling);
+        kernels::LoraMergeOp m = layout::LowerLoraMerge(
+            c, LoraFactorsOf(model->spec, ad, A, B), wv, w_dtype, dv, dst.spec->dtype,
+            static_cast<float>(args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling));
         loras.push_back(m);
         lora_descs.push_back(desc);
         lora_words.push_back(w0);

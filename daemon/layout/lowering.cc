@@ -91,6 +91,43 @@ MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view) 
   return m;
 }
 
+kernels::LoraMergeOp LowerLoraMerge(const CopyOp& op, const LoraFactors& f, const MatrixView& w, DType w_dtype,
+                                    const MatrixView& dst, DType dst_dtype, float scale) {
+  const int64_t r0 = op.canonical.off[0], c0 = op.canonical.off[1];
+  const size_t a_size = kernels::DTypeSize(f.a_dtype), b_size = kernels::DTypeSize(f.b_dtype);
+  kernels::LoraMergeOp m;
+  m.w = w.ptr;
+  m.w_dtype = w_dtype;
+  m.w_row_stride = w.row_stride;
+  m.w_col_stride = w.col_stride;
+  m.dst = dst.ptr;
+  m.dst_dtype = dst_dtype;
+  m.dst_row_stride = dst.row_stride;
+  m.dst_col_stride = dst.col_stride;
+  m.a_dtype = f.a_dtype;
+  m.b_dtype = f.b_dtype;
+  if (!f.transposed) {  // A [rank, in]: A[k, c0 + j]; B [out, rank]: B[r0 + i, k]
+    m.a = static_cast<const char*>(f.a) + c0 * a_size;
+    m.a_k_stride = f.a_cols;
+    m.a_col_stride = 1;
+    m.b = static_cast<const char*>(f.b) + r0 * f.b_cols * b_size;
+    m.b_row_stride = f.b_cols;
+    m.b_k_stride = 1;
+  } else {  // A^T [in, rank]: A^T[c0 + j, k]; B^T [rank, out]: B^T[k, r0 + i]
+    m.a = static_cast<const char*>(f.a) + c0 * f.a_cols * a_size;
+    m.a_k_stride = 1;
+    m.a_col_stride = f.a_cols;
+    m.b = static_cast<const char*>(f.b) + r0 * b_size;
+    m.b_row_stride = 1;
+    m.b_k_stride = f.b_cols;
+  }
+  m.rows = op.canonical.size[0];
+  m.cols = op.canonical.size[1];
+  m.rank = f.rank;
+  m.scale = scale;
+  return m;
+}
+
 kernels::BoxCopyOp LowerBox(const Box& box, const ShardView& view) {
   FillOp f;
   f.dst_box = box;

@@ -9,6 +9,7 @@
 
 #include "daemon/layout/planner.h"
 #include "kernels/box_copy.h"
+#include "kernels/lora.h"
 
 namespace wsync::layout {
 
@@ -44,6 +45,28 @@ struct MatrixView {
   int64_t row_stride = 0, col_stride = 0;
 };
 MatrixView LowerMatrix(const CopyOp& op, const Box& box, const ShardView& view);
+
+// A LoRA adapter's factors, each a whole dense row-major tensor. PEFT stores
+// A [rank, in] and B [out, rank]; `transposed` (DeepSpeed) stores A^T
+// [in, rank] and B^T [rank, out]. a_cols and b_cols are the stored row
+// lengths (A's and B's shape[1]).
+struct LoraFactors {
+  const void* a = nullptr;
+  DType a_dtype = DType::kF32;
+  int64_t a_cols = 0;
+  const void* b = nullptr;
+  DType b_dtype = DType::kF32;
+  int64_t b_cols = 0;
+  int64_t rank = 0;
+  bool transposed = false;
+};
+
+// The kernel op of a LoRA merge over `op` (a 2-d canonical box): `dst` gets
+// W + scale * B @ A over op.canonical, reading W from `w`. The factors'
+// rows and columns are those of op.canonical. Used by the daemon's syncs
+// and by wsyncctl convert.
+kernels::LoraMergeOp LowerLoraMerge(const CopyOp& op, const LoraFactors& factors, const MatrixView& w,
+                                    DType w_dtype, const MatrixView& dst, DType dst_dtype, float scale);
 
 }  // namespace wsync::layout
 
