@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -288,6 +289,15 @@ struct RankAnnouncement;
 struct PlanPart;
 struct PrepareResult;
 
+// Faults a test can inject into a daemon.
+struct TestHooks {
+  // Sleep this long after every sync bucket (0 = no sleep).
+  uint64_t bucket_delay_ms = 0;
+  // Flip the first byte of multi-node wire bucket N as this daemon receives
+  // it (-1 = none).
+  int64_t corrupt_wire = -1;
+};
+
 struct CoreOptions {
   std::string daemon_id;
   std::vector<std::string> gpus;  // descriptions, or why there are none
@@ -295,8 +305,6 @@ struct CoreOptions {
   uint64_t pause_timeout_ms = 10000;
   uint64_t default_bucket_bytes = 64ull << 20;
   int copy_threads = 2;
-  // Fault injection for tests: sleep this long after every bucket.
-  uint64_t fault_bucket_delay_ms = 0;
   // Multi-node: how to reach other daemons (null = this daemon works
   // alone), and this run's incarnation (start time in ns).
   PeerLink* peers = nullptr;
@@ -312,9 +320,9 @@ struct CoreOptions {
   // Bytes per chunk of a chain broadcast.
   uint64_t chunk_bytes = 4ull << 20;
   Limits limits;
-  // Fault injection for tests: flip the first byte of multi-node wire
-  // bucket N as this daemon receives it (-1 = off).
-  int64_t fault_corrupt_wire = -1;
+  // Fault injection, for tests only (wsyncd's --fault-* flags); absent in
+  // production, where each hook costs one check.
+  std::optional<TestHooks> test_hooks;
   // Where sync outcomes, durations and bytes are counted (null = nowhere).
   // Must outlive the core.
   Metrics* metrics = nullptr;

@@ -715,7 +715,8 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       absl::Status s = f.transfer->Wait();
       f.transfer.reset();
       if (!s.ok()) return on_wire(f.wire, w, s);
-      if (options_.fault_corrupt_wire == static_cast<int64_t>(f.wire) && w.chain[0] != my_rank && w.bytes > 0) {
+      if (options_.test_hooks && options_.test_hooks->corrupt_wire == static_cast<int64_t>(f.wire) &&
+          w.chain[0] != my_rank && w.bytes > 0) {
         f.buf[0] ^= 0x5a;
         log_->warn("fault injection: corrupted wire bucket {} as received", f.wire);
       }
@@ -752,7 +753,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (in_flight.size() >= kWireBuffers) {
       if (absl::Status s = finish_oldest(); !s.ok()) return s;
     }
-    if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
+    if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
+      absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
+    }
   }
   while (!in_flight.empty()) {
     if (absl::Status s = finish_oldest(); !s.ok()) return s;

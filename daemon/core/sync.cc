@@ -765,7 +765,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (ks.ok()) ks = ctx->LoraMerge(dev, loras.data(), loras.size());
     if (ks.ok()) ks = ctx->Digest(dev, lora_descs.data(), lora_descs.size(), lora_words.data(), b);
     if (!ks.ok()) return fail(absl::Status(ks.code(), absl::StrCat("bucket ", b, ": ", ks.message())));
-    if (options_.fault_bucket_delay_ms) absl::SleepFor(absl::Milliseconds(options_.fault_bucket_delay_ms));
+    if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
+      absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
+    }
     prog.bytes_done += bytes;
     prog.buckets_done++;
     prog.rate_bytes_per_s = prog.bytes_done / std::max(1e-9, absl::ToDoubleSeconds(absl::Now() - t_xfer0));
