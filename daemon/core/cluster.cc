@@ -288,7 +288,7 @@ void CoreImpl::WatchdogLoop() {
   while (!mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100))) {
     const absl::Time now = absl::Now();
     for (auto& [id, part] : parts_) {
-      if (!part->decided && !part->watchdog_fired && part->comm != nullptr && now > part->deadline) {
+      if (!part->state.decided() && !part->watchdog_fired && part->comm != nullptr && now > part->deadline) {
         part->watchdog_fired = true;
         if (options_.metrics != nullptr) options_.metrics->Add("wsync_watchdog_aborts_total", {}, 1);
         const std::string why = absl::StrCat("watchdog: job ", id, " of model '", part->plan.model_id,
@@ -357,9 +357,7 @@ void CoreImpl::ClusterLoop() {
                                                  " stopped answering heartbeats (", hb.status().message(), ")");
             log_->warn("{}", why);
             for (auto& [id, p] : parts_) {
-              if (p->plan.coordinator_address == addr && !p->decided) {
-                p->decided = true;
-                p->commit = false;
+              if (p->plan.coordinator_address == addr && p->state.Decide(Part::Decision::kAbort)) {
                 p->abort_reason = why;
                 if (p->job->abort_reason.empty()) {
                   p->job->abort_reason = why;

@@ -199,10 +199,7 @@ CoreImpl::~CoreImpl() {
     wsync::MutexLock lock(&mu_);
     cluster_stop_ = true;
     for (auto& [id, p] : parts_) {
-      if (!p->decided) {
-        p->decided = true;
-        p->abort_reason = "wsyncd is shutting down";
-      }
+      if (p->state.Decide(Part::Decision::kAbort)) p->abort_reason = "wsyncd is shutting down";
     }
   }
   if (cluster_thread_.joinable()) cluster_thread_.join();

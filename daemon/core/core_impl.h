@@ -18,6 +18,7 @@
 #include "daemon/core/executor.h"
 #include "daemon/core/dist_plan.h"
 #include "daemon/core/peer.h"
+#include "daemon/core/part_state.h"
 #include "daemon/core/recent.h"
 #include "daemon/transport/communicator_cache.h"
 #include "daemon/layout/lowering.h"
@@ -158,7 +159,8 @@ using SessionReplicas = std::map<std::string, std::set<std::string>>;
 
 // A participant's part of a multi-node sync (dist_sync.cc).
 struct Part {
-  enum class State { kRunning, kPrepared, kFailed, kCommitted, kAborted };
+  using Phase = PartState::Phase;
+  using Decision = PartState::Decision;
   PlanPart plan;
   std::unique_ptr<DistPlan> dist;
   Job* job = nullptr;  // owned by jobs_, under "part:<job id>"
@@ -178,12 +180,11 @@ struct Part {
   SessionReplicas paused;  // sessions paused so far, resumed at the end
   bool full = true;
   absl::Time deadline;
-  State state = State::kRunning;
-  absl::Status error;  // kFailed / kAborted
+  // Phase and decision (commit with the replicas' digests, or abort with
+  // the reason).
+  PartState state;
+  absl::Status error;  // Failed / Aborted
   PrepareResult result;
-  // The decision of the coordinator: commit (with the replicas' digests)
-  // or abort (with the reason).
-  bool decided = false, commit = false;
   bool watchdog_fired = false;
   std::map<std::string, std::string> digests;
   std::string abort_reason;
@@ -352,6 +353,8 @@ class CoreImpl final : public Core {
   absl::Status TransferPart(Part* part);
   void FinishPart(Part* part);
   void ReapParts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves `p` to `next`, logging an illegal transition (which leaves it).
+  void EnterPhase(Part* p, Part::Phase next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoreOptions options_;
   const absl::Time started_;

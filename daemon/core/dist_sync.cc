@@ -794,23 +794,17 @@ void CoreImpl::RunPart(Part* p) {
   if (s.ok()) s = CheckMemory(p->job->sessions);
   {
     wsync::MutexLock lock(&mu_);
-    p->state = s.ok() ? Part::State::kPrepared : Part::State::kFailed;
+    EnterPhase(p, s.ok() ? Part::Phase::kPrepared : Part::Phase::kFailed);
     p->error = s;
     p->result.ready = s.ok();
     p->result.error = s;
-    if (!s.ok() && !p->decided) {
-      p->decided = true;
-      p->commit = false;
-      p->abort_reason = std::string(s.message());
-    }
+    if (!s.ok() && p->state.Decide(Part::Decision::kAbort)) p->abort_reason = std::string(s.message());
     log_->info("job {} of model '{}': transfer {} in {:.1f} ms ({} bytes sent, {} received){}", p->plan.job_id,
                p->plan.model_id, s.ok() ? "done" : "failed", Ms(absl::Now() - t0), p->result.bytes_sent,
                p->result.bytes_received, s.ok() ? "" : absl::StrCat(": ", s.ToString()));
-    auto decided = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->decided; };
+    auto decided = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->state.decided(); };
     mu_.AwaitWithDeadline(absl::Condition(&decided), p->deadline + absl::Seconds(5));
-    if (!p->decided) {
-      p->decided = true;
-      p->commit = false;
+    if (p->state.Decide(Part::Decision::kAbort)) {
       p->abort_reason = "neither commit nor abort came from the coordinator before the deadline";
     }
   }
@@ -823,7 +817,7 @@ void CoreImpl::FinishPart(Part* p) {
   bool commit;
   {
     wsync::MutexLock lock(&mu_);
-    commit = p->commit && p->state == Part::State::kPrepared;
+    commit = p->state.decision() == Part::Decision::kCommit && p->state.phase() == Part::Phase::kPrepared;
   }
   SessionReplicas targets;
   for (size_t j = 0; j < plan.targets.size(); ++j) {
@@ -871,10 +865,10 @@ void CoreImpl::FinishPart(Part* p) {
         rep.poisoned = false;
         if (p->full && !p->model->adapters.empty()) rep.base_valid = true;
       }
-      p->state = Part::State::kCommitted;
+      EnterPhase(p, Part::Phase::kCommitted);
     } else {
       for (const std::string& rid : p->live_written) p->model->replicas[rid].poisoned = true;
-      p->state = Part::State::kAborted;
+      EnterPhase(p, Part::Phase::kAborted);
       if (status.ok()) status = absl::AbortedError(p->abort_reason.empty() ? "aborted" : p->abort_reason);
       p->error = status;
       p->model->last_error = std::string(status.message());
@@ -887,7 +881,7 @@ void CoreImpl::FinishPart(Part* p) {
       e.model_id = plan.model_id;
       e.version = plan.version;
       e.replica_id = rid;
-      e.poisoned = p->state != Part::State::kCommitted && p->live_written.count(rid);
+      e.poisoned = p->state.phase() != Part::Phase::kCommitted && p->live_written.count(rid);
       Notify({sid}, e);
     }
   }
@@ -897,7 +891,7 @@ void CoreImpl::FinishPart(Part* p) {
       e.model_id = plan.model_id;
       e.replica_id = rid;
       e.version = plan.version;
-      if (p->state == Part::State::kCommitted) {
+      if (p->state.phase() == Part::Phase::kCommitted) {
         e.kind = Event::Kind::kCommitted;
         auto it = p->digests.find(rid);
         e.digest = it == p->digests.end() ? "" : it->second;
@@ -910,18 +904,27 @@ void CoreImpl::FinishPart(Part* p) {
     }
   }
   wsync::MutexLock lock(&mu_);
-  if (p->state == Part::State::kCommitted) {
+  if (p->state.phase() == Part::Phase::kCommitted) {
     log_->info("job {} of model '{}': committed version {} on {}", plan.job_id, plan.model_id, plan.version,
                absl::StrJoin(replicas, ", "));
   } else {
     log_->warn("job {} of model '{}' version {}: aborted here ({}); replicas keep their version{}", plan.job_id,
                plan.model_id, plan.version, std::string(status.message()), p->live_written.empty() ? "" : " (in_place ones written so far are poisoned)");
   }
-  outcomes_.Put(plan.job_id, {p->state == Part::State::kCommitted, p->error});
+  outcomes_.Put(plan.job_id, {p->state.phase() == Part::Phase::kCommitted, p->error});
   p->model->part = nullptr;
   jobs_.erase(absl::StrCat("part:", plan.job_id));
   p->job = nullptr;
   p->done = true;
+}
+
+void CoreImpl::EnterPhase(Part* p, Part::Phase next) {
+  if (p->state.Enter(next)) return;
+  log_->error("job {} of model '{}': the part cannot go from {} to {} (decision {}); a wsyncd bug, please report it",
+              p->plan.job_id, p->plan.model_id, PartState::Name(p->state.phase()), PartState::Name(next),
+              p->state.decision() == Part::Decision::kCommit ? "commit"
+              : p->state.decided()                            ? "abort"
+                                                              : "pending");
 }
 
 void CoreImpl::ReapParts() {
@@ -952,12 +955,12 @@ absl::StatusOr<PrepareResult> CoreImpl::PreparePart(const std::string& job_id, u
     return r;
   }
   Part* p = it->second.get();
-  auto ended = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->state != Part::State::kRunning; };
+  auto ended = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->state.phase() != Part::Phase::kRunning; };
   ++p->waiters;
   mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Milliseconds(timeout_ms));
   --p->waiters;
   PrepareResult r;
-  if (p->state == Part::State::kRunning) return r;  // not ready yet, no error: ask again
+  if (p->state.phase() == Part::Phase::kRunning) return r;  // not ready yet, no error: ask again
   r = p->result;
   if (!p->error.ok()) {
     r.ready = false;
@@ -981,16 +984,12 @@ absl::Status CoreImpl::CommitPart(const std::string& job_id, uint64_t version,
   if (p->plan.version != version) {
     return absl::InvalidArgumentError(absl::StrCat("job ", job_id, " is version ", p->plan.version, ", not ", version));
   }
-  if (!p->decided) {
-    p->decided = true;
-    p->commit = true;
-    p->digests = digests;
-  }
+  if (p->state.Decide(Part::Decision::kCommit)) p->digests = digests;
   auto done = [p]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return p->done; };
   ++p->waiters;
   mu_.Await(absl::Condition(&done));
   --p->waiters;
-  if (p->state == Part::State::kCommitted) return absl::OkStatus();
+  if (p->state.phase() == Part::Phase::kCommitted) return absl::OkStatus();
   return absl::Status(p->error.code(), absl::StrCat("daemon '", options_.daemon_id, "' could not commit job ", job_id,
                                                     ": ", p->error.message()));
 }
@@ -1000,11 +999,7 @@ absl::Status CoreImpl::AbortPart(const std::string& job_id, const std::string& r
   auto it = parts_.find(job_id);
   if (it == parts_.end()) return absl::OkStatus();
   Part* p = it->second.get();
-  if (!p->decided) {
-    p->decided = true;
-    p->commit = false;
-    p->abort_reason = reason;
-  }
+  if (p->state.Decide(Part::Decision::kAbort)) p->abort_reason = reason;
   if (p->job != nullptr && p->job->abort_reason.empty()) {
     p->job->abort_reason = reason;
     p->job->abort_code = absl::StatusCode::kAborted;
