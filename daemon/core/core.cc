@@ -570,9 +570,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
     }
     rep.ranks[key] = std::move(rank);
     // New target memory holds unknown bytes: the replica needs a full sync.
-    rep.version = 0;
-    rep.digest.clear();
-    rep.base_valid = false;
+    rep.Reset();
   }
   return absl::OkStatus();
 }
@@ -1000,7 +998,7 @@ DaemonStatus CoreImpl::GetStatus(const Caller& viewer) const {
     for (const auto& [k, r] : m->sources) add_rank(*r, UpdateMode::kStaged);
     for (const auto& [rid, rep] : m->replicas) {
       for (const auto& [k, r] : rep.ranks) add_rank(*r, rep.mode);
-      mi.replicas.push_back({rid, rep.version, rep.digest, rep.poisoned});
+      mi.replicas.push_back({rid, rep.version, rep.digest, rep.poisoned()});
     }
     mi.has_last_sync = m->has_last;
     mi.last_sync = m->last;

@@ -81,18 +81,56 @@ struct RankReg {
   std::string Label() const;
 };
 
+// A target replica. What its memory holds is one checked state machine:
+//
+//   Empty --Commit--> Current --Commit--> Current
+//   Empty | Current --Poison (a failed in-place write)--> Poisoned
+//   Poisoned --Commit of a full sync--> Current   (an adapter-only commit cannot repair it)
+//   any --Reset (new memory registered)--> Empty
+//
+// Apart from it, the pristine LoRA base the daemon keeps for the replica is
+// valid from a full commit until a full sync fails (its twins are written as
+// the sync goes) or new memory is registered.
 struct Replica {
+  enum class Health { kEmpty, kCurrent, kPoisoned };
   std::string id;
   UpdateMode mode = UpdateMode::kStaged;
   std::map<std::string, std::unique_ptr<RankReg>> ranks;  // key: coords
-  uint64_t version = 0;
+  uint64_t version = 0;  // last committed; 0 = none
   std::string digest;
-  bool poisoned = false;
-  bool base_valid = false;  // pristine LoRA base held since the last full sync
+
+  Health health() const { return health_; }
+  bool poisoned() const { return health_ == Health::kPoisoned; }
+  bool base_valid() const { return base_valid_; }
+  // Records committed `v`. `full`: a sync that wrote every byte (LoRA none or
+  // merge), which also renews the LoRA base when the model has adapters.
+  // False, changing nothing, for a partial commit onto a poisoned replica.
+  bool Commit(uint64_t v, std::string committed_digest, bool full, bool has_adapters) {
+    if (health_ == Health::kPoisoned && !full) return false;
+    version = v;
+    digest = std::move(committed_digest);
+    health_ = Health::kCurrent;
+    if (full && has_adapters) base_valid_ = true;
+    return true;
+  }
+  void Poison() { health_ = Health::kPoisoned; }
+  // A full sync that touched the replica failed: its base twins may be half
+  // written.
+  void FullSyncFailed() { base_valid_ = false; }
+  void Reset() {
+    health_ = Health::kEmpty;
+    version = 0;
+    digest.clear();
+    base_valid_ = false;
+  }
   // Syncs wait for all world_size processes: set when the first rank named a
   // recipe or declared its world size. Otherwise (explicit pieces, no world
   // size) the registered ranks are the replica.
   bool counted = false;
+
+ private:
+  Health health_ = Health::kEmpty;
+  bool base_valid_ = false;
 };
 
 struct Adapter {
@@ -353,6 +391,9 @@ class CoreImpl final : public Core {
   absl::Status TransferPart(Part* part);
   void FinishPart(Part* part);
   void ReapParts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Replica::Commit, logging a commit the state machine refuses (a bug).
+  void CommitReplica(Model* model, Replica* rep, uint64_t version, std::string digest, bool full)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves `p` to `next`, logging an illegal transition (which leaves it).
   void EnterPhase(Part* p, Part::Phase next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

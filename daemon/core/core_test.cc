@@ -401,6 +401,34 @@ TEST_CASE("explicit pieces with a declared world size: all processes needed; a r
   CHECK(Matches(w, eps, mem));
 }
 
+TEST_CASE("a full sync that fails midway leaves no pristine base: adapter_only is refused until a full sync") {
+  World w(/*lora=*/true);
+  std::vector<layout::Endpoint> eps;
+  auto mem = w.Replica("gen", 2, UpdateMode::kStaged, &eps);
+  SyncArgs a = Args(1);
+  a.lora = LoraMode::kMerge;
+  REQUIRE(w.core->Sync(a, nullptr, nullptr).ok());
+  // Version 2 (a full merge) writes the base twins bucket by bucket, then is
+  // cancelled: the twins hold part old, part new base weights.
+  a = Args(2);
+  a.lora = LoraMode::kMerge;
+  auto cancelled = w.core->Sync(a, [&](const Progress& p) {
+    if (p.buckets_done == 1) (void)w.core->CancelSync(Me(), "m", 2);
+  }, nullptr);
+  REQUIRE(cancelled.status().code() == absl::StatusCode::kCancelled);
+  a = Args(3);
+  a.lora = LoraMode::kAdapterOnly;
+  auto refused = w.core->Sync(a, nullptr, nullptr);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(refused.status().message()), Catch::Contains("holds no pristine base"));
+  // A full sync makes it whole again.
+  a.lora = LoraMode::kMerge;
+  REQUIRE(w.core->Sync(a, nullptr, nullptr).ok());
+  a = Args(4);
+  a.lora = LoraMode::kAdapterOnly;
+  CHECK(w.core->Sync(a, nullptr, nullptr).ok());
+}
+
 TEST_CASE("LoRA: merge matches the reference, adapter_only is bit-identical to merge") {
   World w(/*lora=*/true);
   std::vector<layout::Endpoint> eps;

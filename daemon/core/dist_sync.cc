@@ -858,16 +858,16 @@ void CoreImpl::FinishPart(Part* p) {
     wsync::MutexLock lock(&mu_);
     if (commit && status.ok()) {
       for (const std::string& rid : replicas) {
-        Replica& rep = p->model->replicas[rid];
-        rep.version = plan.version;
         auto it = p->digests.find(rid);
-        rep.digest = it == p->digests.end() ? "" : it->second;
-        rep.poisoned = false;
-        if (p->full && !p->model->adapters.empty()) rep.base_valid = true;
+        CommitReplica(p->model, &p->model->replicas[rid], plan.version, it == p->digests.end() ? "" : it->second,
+                      p->full);
       }
       EnterPhase(p, Part::Phase::kCommitted);
     } else {
-      for (const std::string& rid : p->live_written) p->model->replicas[rid].poisoned = true;
+      for (const std::string& rid : p->live_written) p->model->replicas[rid].Poison();
+      if (p->full) {
+        for (const std::string& rid : replicas) p->model->replicas[rid].FullSyncFailed();
+      }
       EnterPhase(p, Part::Phase::kAborted);
       if (status.ok()) status = absl::AbortedError(p->abort_reason.empty() ? "aborted" : p->abort_reason);
       p->error = status;
@@ -916,6 +916,13 @@ void CoreImpl::FinishPart(Part* p) {
   jobs_.erase(absl::StrCat("part:", plan.job_id));
   p->job = nullptr;
   p->done = true;
+}
+
+void CoreImpl::CommitReplica(Model* model, Replica* rep, uint64_t version, std::string digest, bool full) {
+  if (rep->Commit(version, std::move(digest), full, !model->adapters.empty())) return;
+  log_->error("model '{}' replica '{}': version {} cannot be committed onto a poisoned replica by a partial "
+              "(adapter-only) sync; a wsyncd bug, please report it",
+              model->id, rep->id, version);
 }
 
 void CoreImpl::EnterPhase(Part* p, Part::Phase next) {
@@ -1132,6 +1139,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     wsync::MutexLock lock(&mu_);
     if (!status.ok()) {
       model->last_error = std::string(status.message());
+      if (args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge) {
+        for (const std::string& rid : replica_ids) {
+          auto it = model->replicas.find(rid);
+          if (it != model->replicas.end()) it->second.FullSyncFailed();
+        }
+      }
       comm_generation_++;  // members rebuild their communicators
       log_->warn("sync {} of model '{}' version {} failed: {}", part.job_id, args.model_id, v, status.ToString());
     }
@@ -1325,10 +1338,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     for (const std::string& rid : replica_ids) {
       auto it = model->replicas.find(rid);
       if (it == model->replicas.end()) continue;
-      it->second.version = v;
-      it->second.digest = digests[rid];
-      it->second.poisoned = false;
-      if (dist->full && !model->adapters.empty()) it->second.base_valid = true;
+      CommitReplica(model, &it->second, v, digests[rid], dist->full);
     }
     model->has_last = true;
     model->last = out;

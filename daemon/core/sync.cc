@@ -219,7 +219,7 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
           "model '", args.model_id, "' replica '", r->id, "' is at version ", r->version,
           "; version ", v, " is older (versions are monotonic)"));
     }
-    if (r->version == v && !r->poisoned) continue;  // retry of a committed version
+    if (r->version == v && !r->poisoned()) continue;  // retry of a committed version
     if (r->counted) {
       const std::string& recipe = model->replica_recipe[r->id];
       std::string missing = MissingRanks(r->ranks, model->replica_sizes[r->id].world_size);
@@ -262,12 +262,12 @@ absl::Status CoreImpl::SelectSync(const SyncArgs& args, Model* model, std::vecto
   }
   const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
   for (Replica* r : todo) {
-    if (!full && r->poisoned) {
+    if (!full && r->poisoned()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", args.model_id, "' replica '", r->id, "' is poisoned by a failed in-place sync; "
           "only a full sync (LoRA mode none or merge) can repair it"));
     }
-    if (args.lora == LoraMode::kAdapterOnly && !r->base_valid) {
+    if (args.lora == LoraMode::kAdapterOnly && !r->base_valid()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", args.model_id, "' replica '", r->id, "' holds no pristine base: adapter_only needs "
           "a full sync (LoRA mode none or merge) since the replica registered"));
@@ -401,6 +401,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
 
   SessionReplicas paused;
   std::map<std::string, bool> poison;  // replica -> live memory partly written
+  // Writes every byte (and the LoRA base twins, when there are adapters).
+  const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
   absl::Status status;
   SyncOutcome out;
   auto finish = absl::MakeCleanup([&] {
@@ -408,7 +410,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       wsync::MutexLock lock(&mu_);
       for (const std::string& rid : replica_ids) {
         auto it = model->replicas.find(rid);
-        if (it != model->replicas.end() && !status.ok() && poison[rid]) it->second.poisoned = true;
+        if (it == model->replicas.end() || status.ok()) continue;
+        if (poison[rid]) it->second.Poison();
+        if (full) it->second.FullSyncFailed();
       }
       if (!status.ok()) model->last_error = std::string(status.message());
       model->running = nullptr;
@@ -608,7 +612,6 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   }
 
   // ---- Memory the job writes.
-  const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
   auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
     return r->strides[s].empty() ? nullptr : r->strides[s].data();
   };
@@ -865,11 +868,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   {
     wsync::MutexLock lock(&mu_);
     for (const std::string& rid : replica_ids) {
-      Replica& rep = model->replicas[rid];
-      rep.version = v;
-      rep.digest = kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex();
-      rep.poisoned = false;
-      if (full && !adapters.empty()) rep.base_valid = true;
+      CommitReplica(model, &model->replicas[rid], v, kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex(),
+                    full);
       poison[rid] = false;
     }
     model->has_last = true;
@@ -919,7 +919,7 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
   };
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const Replica* r = replica();
-    return r == nullptr || !serving_ || (r->version >= min_version && !r->poisoned);
+    return r == nullptr || !serving_ || (r->version >= min_version && !r->poisoned());
   };
   while (true) {
     if (!models_.count(model_id)) {
@@ -929,13 +929,13 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
     if (r == nullptr) {
       return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no replica '", replica_id, "'"));
     }
-    if (r->version >= min_version && !r->poisoned) return VersionInfo{r->version, r->digest};
+    if (r->version >= min_version && !r->poisoned()) return VersionInfo{r->version, r->digest};
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
     if (client_gone && client_gone()) return absl::CancelledError("the caller went away");
     if (absl::Now() >= until) {
       return absl::DeadlineExceededError(absl::StrCat(
           "model '", model_id, "' replica '", replica_id, "' did not reach version ", min_version,
-          " within ", timeout_ms, " ms (it is at version ", r->version, r->poisoned ? ", poisoned" : "", ")"));
+          " within ", timeout_ms, " ms (it is at version ", r->version, r->poisoned() ? ", poisoned" : "", ")"));
     }
     // Conditions are re-evaluated on every unlock; wake at least every 100 ms
     // to notice a departed caller.
