@@ -29,6 +29,7 @@
 #include "daemon/layout/planner.h"
 #include "kernels/box_copy.h"
 #include "kernels/lora.h"
+#include "daemon/common/status.h"
 
 namespace wsync::convert {
 namespace {
@@ -236,7 +237,7 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::strin
   layout::LayoutSizes& sz = m.sizes;
   for (auto [key, field, lo] : {std::tuple{"tp", &sz.tp, 1}, {"cp", &sz.cp, 1}, {"dp", &sz.dp, 1},
                                 {"pp", &sz.pp, 1}, {"ep", &sz.ep, 0}, {"etp", &sz.etp, 0}}) {
-    if (absl::Status s = dim(*sizes, key, lo, lo, 1 << 16, "sizes.", field); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(dim(*sizes, key, lo, lo, 1 << 16, "sizes.", field));
   }
   auto grid = layout::EngineRanks(m.recipe, sz);
   if (!grid.ok()) return bad(absl::StrCat("'sizes': ", grid.status().message()));
@@ -267,7 +268,7 @@ absl::StatusOr<Manifest> ParseManifest(const std::string& path, const std::strin
           {"dp", &c.dp, shape.dp_size}, {"pp", &c.pp, shape.pp_size}, {"etp", &c.etp, shape.etp_size},
           {"ep", &c.ep, shape.ep_size}, {"edp", &c.edp, shape.edp_size}}) {
       if (r.find(key) == r.end()) return bad(absl::StrCat("'", where, key, "' is missing"));
-      if (absl::Status s = dim(r, key, 0, 0, n - 1, where, field); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(dim(r, key, 0, 0, n - 1, where, field));
     }
     if (!seen.insert(c.rank).second) return bad(absl::StrCat("'", where, "rank' repeats process ", c.rank));
     m.ranks[c.rank] = c;
@@ -559,7 +560,7 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
 
   std::map<int32_t, Adapter> adapters;
   if (!o.lora_dir.empty()) {
-    if (absl::Status s = LoadAdapters(o, *model, &in, &adapters); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(LoadAdapters(o, *model, &in, &adapters));
   }
 
   // Targets.
@@ -593,7 +594,7 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
   }
 
   // Output files: (endpoint, shard) -> (file, tensor index).
-  if (absl::Status s = MakeDirs(o.out_dir); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(MakeDirs(o.out_dir));
   if (SameDirectory(o.in_dir, o.out_dir)) {  // e.g. --out $IN/ or a symlink to it
     return absl::InvalidArgumentError(absl::StrCat("--out ", o.out_dir, " is the input directory"));
   }

@@ -7,6 +7,7 @@
 #include "daemon/common/build_info.h"
 #include "daemon/core/core_impl.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core::internal {
 
@@ -254,7 +255,7 @@ absl::Status CoreImpl::AnnounceRank(const std::string& coordinator, const std::s
     return absl::OkStatus();
   };
   if (!joined) {
-    if (absl::Status s = join(); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(join());
   }
   absl::Status s = options_.peers->Announce(coordinator, *ann);
   if (s.code() == absl::StatusCode::kFailedPrecondition && absl::StrContains(s.message(), "join first")) {

@@ -15,6 +15,7 @@
 #include "daemon/common/logging.h"
 #include "daemon/core/core_impl.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core {
 
@@ -109,7 +110,7 @@ bool ValidId(const std::string& id) {
 
 // The rank with what a caller may leave out filled in (layout::CompleteRank).
 absl::StatusOr<layout::RankCoords> Completed(layout::RankCoords r) {
-  if (absl::Status s = layout::CompleteRank(&r); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(layout::CompleteRank(&r));
   return r;
 }
 
@@ -364,9 +365,9 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
 }
 
 absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs& a) {
-  if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(a.model_id));
   if (!a.announced) {
-    if (absl::Status s = Authorize(a.caller, a.model_id, nullptr, "register"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Authorize(a.caller, a.model_id, nullptr, "register"));
   }
   const int64_t max_tensors = options_.limits.max_tensors_per_model;
   if (static_cast<int64_t>(a.tensors.size() + 2 * a.adapters.size()) > max_tensors) {
@@ -466,7 +467,7 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     // local registrant.
     if (!a.announced) {
       if (!old.owner) old.owner = m->owner;
-      if (absl::Status s = Authorize(a.caller, old.id, &old, "register"); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(Authorize(a.caller, old.id, &old, "register"));
     }
     bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
     for (int32_t i = 0; same && i < old.spec.size(); ++i) {
@@ -491,7 +492,7 @@ absl::Status CoreImpl::CheckMemory(const std::set<std::string>& sessions) {
   for (const std::string& sid : sessions) {
     auto it = sessions_.find(sid);
     if (it == sessions_.end()) continue;
-    if (absl::Status s = it->second->lease->CheckIntact(); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(it->second->lease->CheckIntact());
   }
   return absl::OkStatus();
 }
@@ -535,7 +536,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
       return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
                                                    HolderLabel(old->second->session_id)));
     }
-    if (absl::Status s = CheckGridPlace(model.sources, *rank, who); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(CheckGridPlace(model.sources, *rank, who));
     model.source_recipe = rank->recipe;
     model.source_sizes = SizesOf(rank->coords);
     model.sources[key] = std::move(rank);
@@ -566,7 +567,7 @@ absl::Status CoreImpl::StoreRank(Model& model, std::unique_ptr<RankReg> rank, Up
         return absl::AlreadyExistsError(absl::StrCat(who, " is already registered by ",
                                                      HolderLabel(old->second->session_id)));
       }
-      if (absl::Status s = CheckGridPlace(rep.ranks, *rank, who); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(CheckGridPlace(rep.ranks, *rank, who));
     }
     rep.ranks[key] = std::move(rank);
     // New target memory holds unknown bytes: the replica needs a full sync.
@@ -602,7 +603,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShards(const RegisterShardsAr
 absl::StatusOr<std::pair<layout::ModelSpec, std::vector<layout::ShardSpec>>> CoreImpl::DescribeLayout(
     const std::string& model_id, const std::string& recipe, const layout::RecipeOptions& options,
     const layout::RankCoords& rank) const {
-  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(model_id));
   auto coords = Completed(rank);
   if (!coords.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", model_id, "': ", coords.status().message()));
@@ -630,7 +631,7 @@ absl::StatusOr<std::pair<layout::ModelSpec, std::vector<layout::ShardSpec>>> Cor
 }
 
 absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterShardsArgs& a) {
-  if (absl::Status s = CheckModelId(a.model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(a.model_id));
   auto completed = Completed(a.rank);
   if (!completed.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", completed.status().message()));
@@ -653,7 +654,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     return absl::NotFoundError(absl::StrCat("model '", a.model_id, "' is not registered"));
   }
   Model& model = *mit->second;
-  if (absl::Status s = Authorize(a.caller, model.id, &model, "register ranks of"); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(Authorize(a.caller, model.id, &model, "register ranks of"));
   if (model.running != nullptr || model.part != nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", a.model_id, "' has a sync running (version ",
@@ -679,7 +680,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     auto shards = layout::BuildShards(model.spec, model.config, a.recipe, a.recipe_options, coords,
                                       layout::DType::kBF16);
     if (!shards.ok()) {
-      return absl::Status(shards.status().code(), absl::StrCat(who, ": ", shards.status().message()));
+      return Annotate(shards.status(), absl::StrCat(who));
     }
     for (auto& s : *shards) from_recipe[s.name] = std::move(s);
   }
@@ -819,13 +820,13 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
       if (it != rit->second.ranks.end()) replaced = it->second.get();
     }
     if (replaced != nullptr && replaced->session_id != rank->session_id) replaced = nullptr;  // StoreRank refuses
-    if (absl::Status s = CheckOverlaps(*rank, replaced, who); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(CheckOverlaps(*rank, replaced, who));
   }
   ShardsRegistered out;
   out.num_buffers = static_cast<int64_t>(rank->shards.size());
   for (const auto& s : rank->shards) out.num_pieces += static_cast<int64_t>(s.pieces.size());
   out.bytes = rank->bytes;
-  if (absl::Status s = StoreRank(model, std::move(rank), a.mode, who); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(StoreRank(model, std::move(rank), a.mode, who));
   model.coordinator = coord;
   model.generation++;
   log_->info("{} registered by {}: {} buffers, {} pieces, {:.1f} MiB", who, session->Label(),
@@ -888,14 +889,14 @@ absl::Status CoreImpl::CheckOverlaps(const RankReg& rank, const RankReg* replace
 absl::StatusOr<int64_t> CoreImpl::Unregister(const Caller& caller, const std::string& model_id,
                                              const std::string& replica_id, const Role* role,
                                              const layout::RankCoords* rank) {
-  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(model_id));
   wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
   }
   Model& m = *mit->second;
-  if (absl::Status s = Authorize(caller, m.id, &m, "unregister"); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(Authorize(caller, m.id, &m, "unregister"));
   if (m.running != nullptr || m.part != nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model '", model_id, "' has a sync running; cancel it or wait"));

@@ -15,6 +15,7 @@
 #include "kernels/box_copy_cuda.h"
 #include "kernels/cuda_status.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core {
 namespace {
@@ -50,7 +51,7 @@ class CudaContext final : public ExecContext {
           "GPU ", device, " cannot read GPU ", from_device,
           " over peer-to-peer (no NVLink or PCIe P2P between them); a colocated sync between them is not possible"));
     }
-    if (absl::Status s = CudaStatus(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
     cudaError_t e = cudaDeviceEnablePeerAccess(from_device, 0);
     if (e == cudaErrorPeerAccessAlreadyEnabled) {
       cudaGetLastError();
@@ -180,7 +181,7 @@ class CudaContext final : public ExecContext {
     if (pinned_.empty() || pinned_used_ + bytes > pinned_.back().second) {
       const size_t size = std::max(bytes, kPinnedChunk);
       void* p = nullptr;
-      if (absl::Status s = CudaStatus(cudaMallocHost(&p, size), "cudaMallocHost (op staging)"); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&p, size), "cudaMallocHost (op staging)"));
       pinned_.push_back({p, size});
       pinned_used_ = 0;
     }
@@ -287,7 +288,7 @@ absl::StatusOr<cudaStream_t> CudaContext::Stream(int device) {
     if (!st.ok()) return st.status();
     it = devices_.emplace(device, Dev{*st, {}}).first;
   }
-  if (absl::Status s = CudaStatus(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device), "cudaSetDevice"));
   return it->second.stream;
 }
 

@@ -19,6 +19,7 @@
 #include "daemon/layout/lowering.h"
 #include "kernels/digest.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core::internal {
 namespace {
@@ -331,7 +332,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
       if (plan.sources[i].daemon_id != me) continue;
       auto it = model->sources.find(CoordsKey(plan.sources[i].rank));
       RankReg* r = it == model->sources.end() ? nullptr : it->second.get();
-      if (absl::Status s = check(plan.sources[i], r); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(check(plan.sources[i], r));
       p->src_local[i] = r;
     }
     for (size_t j = 0; j < plan.targets.size(); ++j) {
@@ -342,7 +343,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
         auto it = rit->second.ranks.find(CoordsKey(plan.targets[j].rank));
         if (it != rit->second.ranks.end()) r = it->second.get();
       }
-      if (absl::Status s = check(plan.targets[j], r); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(check(plan.targets[j], r));
       p->dst_local[j] = r;
       p->dst_replica[j] = &rit->second;
     }
@@ -451,7 +452,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     p->paused.insert(inplace.begin(), inplace.end());
     if (!s.ok()) return s;
   }
-  if (absl::Status s = CheckJob(job, p->deadline, "transfer", nullptr); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckJob(job, p->deadline, "transfer", nullptr));
 
   // The communicator, when bytes cross daemons.
   std::vector<const Wire*> mine;
@@ -546,7 +547,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     std::vector<layout::ShardSpec> specs;
     auto ops = regions(w, const_cast<char*>(buf), &specs);
     auto words = word_bases(w, ops);
-    if (absl::Status s = ctx->Digest(-1, ops.data(), ops.size(), words.data(), 0); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(ctx->Digest(-1, ops.data(), ops.size(), words.data(), 0));
     auto sums = ctx->Finish(1);
     if (!sums.ok()) return sums.status();
     return (*sums)[0];
@@ -566,7 +567,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                  {&specs[i], nullptr, buf + w.ops[i].offset}, /*merge=*/false);
     }
     auto words = word_bases(w, ops);
-    if (absl::Status s = ctx->CopyDigest(-1, ops.data(), ops.size(), words.data(), 0); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(-1, ops.data(), ops.size(), words.data(), 0));
     auto sums = ctx->Finish(1);
     if (!sums.ok()) return sums.status();
     return (*sums)[0];
@@ -599,7 +600,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         ops.push_back(layout::LowerCopy(c2, {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset},
                                         {&gs, nullptr, lora_mem[gs.pieces[0].tensor]->data()}));
       }
-      if (absl::Status s = ctx->Copy(-1, ops.data(), ops.size()); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(ctx->Copy(-1, ops.data(), ops.size()));
       auto got = got_of();
       if (!got.ok()) return got.status();
       wsync::MutexLock lock(&mu_);
@@ -727,9 +728,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     const Wire& w = d.wires[wi];
     if (!w.moves) continue;
     if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
-    if (absl::Status s = CheckJob(job, p->deadline, "transfer", nullptr); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(CheckJob(job, p->deadline, "transfer", nullptr));
     if (free_bufs.empty()) {
-      if (absl::Status s = finish_oldest(); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(finish_oldest());
     }
     char* buf = free_bufs.back();
     free_bufs.pop_back();
@@ -751,14 +752,14 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     }
     in_flight.push_back(std::move(f));
     if (in_flight.size() >= kWireBuffers) {
-      if (absl::Status s = finish_oldest(); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(finish_oldest());
     }
     if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
       absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
     }
   }
   while (!in_flight.empty()) {
-    if (absl::Status s = finish_oldest(); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(finish_oldest());
   }
   drained = true;
   // Local LoRA math (adapter_only, unmerge) once the operands are here.
@@ -766,7 +767,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     const Wire& w = d.wires[wi];
     if (w.moves || w.gather) continue;
     if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
-    if (absl::Status s = unpack(wi, w, nullptr); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(unpack(wi, w, nullptr));
   }
   // Zero padding (full syncs).
   if (d.full) {
@@ -779,7 +780,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       }
     }
-    if (absl::Status s = ctx->Copy(-1, fills.data(), fills.size()); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(ctx->Copy(-1, fills.data(), fills.size()));
   }
   if (auto done = ctx->Finish(0); !done.ok()) return done.status();
   return CheckJob(job, p->deadline, "transfer", nullptr);
@@ -1040,7 +1041,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     auto mit = models_.find(args.model_id);
     if (mit == models_.end()) return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     model = mit->second.get();
-    if (absl::Status s = Authorize(args.caller, args.model_id, model, "sync"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Authorize(args.caller, args.model_id, model, "sync"));
     if (!model->coordinator.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", args.model_id, "' is coordinated by the daemon at ", model->coordinator,
@@ -1052,7 +1053,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     std::vector<Replica*> todo;
     std::set<int32_t> active;
     std::optional<SyncOutcome> done;
-    if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(SelectSync(args, model, &todo, &active, &done));
     if (done.has_value()) return *std::move(done);
     const std::string& me = options_.daemon_id;
     std::set<std::string> daemons;
@@ -1159,7 +1160,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   // here, so no return statement moves it away before `finish` reads it.
   auto steps = [&]() -> absl::StatusOr<SyncOutcome> {
   auto fail = [&](absl::Status s) {
-    status = absl::Status(s.code(), absl::StrCat("model '", args.model_id, "' version ", v, ": ", s.message()));
+    status = Annotate(s, absl::StrCat("model '", args.model_id, "' version ", v));
     return status;
   };
   if (!dist.ok()) return fail(dist.status());

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/core/executor.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core {
 namespace {
@@ -12,36 +13,36 @@ class HostContext final : public ExecContext {
 
   absl::StatusOr<std::unique_ptr<memory::Buffer>> Allocate(int device, uint64_t bytes,
                                                            const std::string& what) override {
-    if (absl::Status s = Host(device, what); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Host(device, what));
     auto b = memory::HostBuffer::Allocate(bytes, what);
     if (!b.ok()) return b.status();
     return std::unique_ptr<memory::Buffer>(std::move(*b));
   }
   absl::Status EnablePeer(int device, int from_device) override {
-    if (absl::Status s = Host(device, "peer access"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Host(device, "peer access"));
     return Host(from_device, "peer access");
   }
   absl::Status WaitEvent(int device, void*) override { return Host(device, "a CUDA event"); }
   absl::Status Copy(int device, const kernels::BoxCopyOp* ops, size_t n) override {
-    if (absl::Status s = Check(device, ops, n); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Check(device, ops, n));
     kernels::BoxCopyCpu(ops, n, threads_);
     return absl::OkStatus();
   }
   absl::Status CopyDigest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                           size_t slot) override {
-    if (absl::Status s = Check(device, ops, n); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Check(device, ops, n));
     Add(slot, kernels::BoxCopyDigestCpu(ops, n, word_base, threads_));
     return absl::OkStatus();
   }
   absl::Status LoraMerge(int device, const kernels::LoraMergeOp* ops, size_t n) override {
-    if (absl::Status s = Host(device, "LoRA merge"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Host(device, "LoRA merge"));
     if (std::string err = kernels::CheckLoraOps(ops, n); !err.empty()) return absl::InternalError(err);
     kernels::LoraMergeCpu(ops, n, threads_);
     return absl::OkStatus();
   }
   absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                       size_t slot) override {
-    if (absl::Status s = Host(device, "digest"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Host(device, "digest"));
     Add(slot, kernels::BoxDigestCpu(ops, n, word_base, threads_));
     return absl::OkStatus();
   }
@@ -58,7 +59,7 @@ class HostContext final : public ExecContext {
     return absl::InternalError(absl::StrCat("host executor asked to run ", what, " on GPU ", device));
   }
   absl::Status Check(int device, const kernels::BoxCopyOp* ops, size_t n) {
-    if (absl::Status s = Host(device, "a box copy"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Host(device, "a box copy"));
     // The planner's output always passes; a failure here is a bug.
     if (std::string err = kernels::CheckBoxCopyOps(ops, n); !err.empty()) return absl::InternalError(err);
     return absl::OkStatus();

@@ -15,6 +15,7 @@
 #include "kernels/digest.h"
 #include "kernels/lora.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::core::internal {
 namespace {
@@ -310,13 +311,13 @@ void CoreImpl::RecordSync(const std::string& model_id, const absl::StatusOr<Sync
 absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
                                               const std::function<void(const Progress&)>& progress,
                                               const std::function<bool()>& client_gone) {
-  if (absl::Status s = CheckModelId(args.model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(args.model_id));
   bool distributed = false;
   {
     wsync::MutexLock lock(&mu_);
     auto mit = models_.find(args.model_id);
     if (mit != models_.end()) {
-      if (absl::Status s = Authorize(args.caller, args.model_id, mit->second.get(), "sync"); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(Authorize(args.caller, args.model_id, mit->second.get(), "sync"));
       distributed = IsDistributed(*mit->second);
     }
   }
@@ -357,7 +358,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       return absl::NotFoundError(absl::StrCat("model '", args.model_id, "' is not registered"));
     }
     model = mit->second.get();
-    if (absl::Status s = Authorize(args.caller, args.model_id, model, "sync"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Authorize(args.caller, args.model_id, model, "sync"));
     std::vector<Replica*> todo;
     std::optional<SyncOutcome> done;
     if (absl::Status s = SelectSync(args, model, &todo, &active, &done); !s.ok()) {
@@ -489,7 +490,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     ctx = std::move(*c);
   }
   auto fail = [&](const absl::Status& s) {
-    status = absl::Status(s.code(), absl::StrCat("model '", args.model_id, "' version ", v, ": ", s.message()));
+    status = Annotate(s, absl::StrCat("model '", args.model_id, "' version ", v));
     return status;
   };
   // Runs ops grouped by the device of their destination endpoint.
@@ -497,7 +498,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     std::map<int, std::vector<kernels::BoxCopyOp>> by;
     for (size_t i = 0; i < ops.size(); ++i) by[dev[i]].push_back(ops[i]);
     for (auto& [d, o] : by) {
-      if (absl::Status s = ctx->Copy(d, o.data(), o.size()); !s.ok()) return s;
+      WSYNC_RETURN_IF_ERROR(ctx->Copy(d, o.data(), o.size()));
     }
     return absl::OkStatus();
   };
@@ -767,7 +768,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (ks.ok()) ks = ctx->CopyDigest(dev, copies.data(), copies.size(), copy_words.data(), b);
     if (ks.ok()) ks = ctx->LoraMerge(dev, loras.data(), loras.size());
     if (ks.ok()) ks = ctx->Digest(dev, lora_descs.data(), lora_descs.size(), lora_words.data(), b);
-    if (!ks.ok()) return fail(absl::Status(ks.code(), absl::StrCat("bucket ", b, ": ", ks.message())));
+    if (!ks.ok()) return fail(Annotate(ks, absl::StrCat("bucket ", b)));
     if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
       absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
     }
@@ -905,7 +906,7 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
                                                   const std::string& replica_id, uint64_t min_version,
                                                   uint64_t timeout_ms,
                                                   const std::function<bool()>& client_gone) {
-  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(model_id));
   if (replica_id.size() > 128) {
     return absl::InvalidArgumentError(absl::StrCat("replica id ", Quoted(replica_id), " is longer than 128 bytes"));
   }
@@ -945,11 +946,11 @@ absl::StatusOr<VersionInfo> CoreImpl::WaitVersion(const std::string& model_id,
 
 absl::StatusOr<std::string> CoreImpl::CancelSync(const Caller& caller, const std::string& model_id,
                                                  uint64_t version) {
-  if (absl::Status s = CheckModelId(model_id); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(CheckModelId(model_id));
   wsync::MutexLock lock(&mu_);
   auto mit = models_.find(model_id);
   if (mit != models_.end()) {
-    if (absl::Status s = Authorize(caller, model_id, mit->second.get(), "cancel a sync of"); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(Authorize(caller, model_id, mit->second.get(), "cancel a sync of"));
   }
   if (mit == models_.end() || mit->second->running == nullptr) {
     return absl::NotFoundError(absl::StrCat("no sync of model '", model_id, "' is running"));

@@ -14,6 +14,7 @@
 #include "kernels/cuda_status.h"
 #include "kernels/device_info.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::memory {
 namespace {
@@ -76,7 +77,7 @@ class CudaLeaseImpl final : public CudaLease {
                                                      sizeof(cudaIpcMemHandle_t), " bytes, got ", handle.size()));
     }
     auto device = DeviceOrdinal(device_uuid);
-    if (!device.ok()) return absl::Status(device.status().code(), absl::StrCat(what, ": ", device.status().message()));
+    if (!device.ok()) return Annotate(device.status(), absl::StrCat(what));
     wsync::MutexLock lock(&mu_);
     wsync::MutexLock g(&g_mu);
     auto it = Handles().find(handle);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "daemon/common/build_info.h"
+#include "daemon/common/status.h"
 
 namespace wsync::server {
 namespace {
@@ -149,7 +150,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const argv[])
     result.options.config = config->as<std::string>();
   }
   result.options.log.format = log_format == "json" ? LogFormat::kJson : LogFormat::kText;
-  if (absl::Status s = ValidateOptions(result.options); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(ValidateOptions(result.options));
   return result;
 }
 

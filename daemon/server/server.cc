@@ -27,6 +27,7 @@
 #ifdef WSYNC_WITH_CUDA
 #include "kernels/device_info.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 #endif
 
 namespace wsync::server {
@@ -247,7 +248,7 @@ class ServerImpl final : public Server {
   }
 
   absl::Status ReloadLogging(const LogOptions& log) override {
-    if (absl::Status s = ConfigureLogging(log); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(ConfigureLogging(log));
     log_->info("log settings reloaded: level={} levels='{}'", log.level, log.levels);
     return absl::OkStatus();
   }
@@ -273,8 +274,8 @@ class ServerImpl final : public Server {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
-  if (absl::Status s = ValidateOptions(input); !s.ok()) return s;
-  if (absl::Status s = ConfigureLogging(input.log); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(ValidateOptions(input));
+  WSYNC_RETURN_IF_ERROR(ConfigureLogging(input.log));
   Options options = input;
   if (options.daemon_id.empty()) options.daemon_id = HostName();
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "daemon/common/logging.h"
+#include "daemon/common/status.h"
 
 namespace wsync::server {
 namespace {
@@ -35,7 +36,7 @@ absl::Status MakeDirs(const std::string& dir, mode_t mode) {
   }
   size_t slash = dir.find_last_of('/');
   if (slash != std::string::npos && slash > 0) {
-    if (absl::Status s = MakeDirs(dir.substr(0, slash), mode); !s.ok()) return s;
+    WSYNC_RETURN_IF_ERROR(MakeDirs(dir.substr(0, slash), mode));
   }
   if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) {
     return absl::PermissionDeniedError(
@@ -69,7 +70,7 @@ bool UnixSocketAnswers(const std::string& path) {
 absl::StatusOr<std::unique_ptr<SocketClaim>> SocketClaim::Acquire(const std::string& path) {
   auto log = Logger("server");
   size_t slash = path.find_last_of('/');
-  if (absl::Status s = MakeDirs(path.substr(0, slash), 0750); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(MakeDirs(path.substr(0, slash), 0750));
 
   const std::string lock_path = path + ".lock";
   int fd = -1;

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::service {
 namespace {
@@ -123,7 +124,7 @@ std::string RenderMetrics(const Metrics& metrics, const core::DaemonStatus& stat
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& address, core::Core* core,
                                                                     const Metrics* metrics) {
   auto server = std::make_unique<MetricsServerImpl>(core, metrics);
-  if (absl::Status s = server->Listen(address); !s.ok()) return s;
+  WSYNC_RETURN_IF_ERROR(server->Listen(address));
   return server;
 }
 

@@ -13,6 +13,7 @@
 #include "daemon/service/status_mapping.h"
 #include "wsync/v1/peer.grpc.pb.h"
 #include "daemon/common/mutex.h"
+#include "daemon/common/status.h"
 
 namespace wsync::service {
 namespace {
@@ -188,7 +189,7 @@ class GrpcPeerLink final : public core::PeerLink {
     grpc::Status s = ((*stub).*method)(&ctx, req, resp);
     if (s.ok()) return absl::OkStatus();
     absl::Status st = FromGrpcStatus(s);
-    return absl::Status(st.code(), absl::StrCat("peer ", address, " ", rpc, ": ", st.message()));
+    return Annotate(st, absl::StrCat("peer ", address, " ", rpc));
   }
 
   const PeerLinkOptions options_;

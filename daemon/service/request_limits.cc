@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/common/status.h"
 
 namespace wsync::service {
 namespace {
@@ -41,7 +42,7 @@ absl::Status Check(const Message& m, const std::string& path, size_t max_string,
         }
       } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
         const Message& sub = f->is_repeated() ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f);
-        if (absl::Status s = Check(sub, at, max_string, max_bytes, depth + 1); !s.ok()) return s;
+        WSYNC_RETURN_IF_ERROR(Check(sub, at, max_string, max_bytes, depth + 1));
       }
     }
   }
