@@ -21,6 +21,19 @@ CopyOp Op() {
   return c;
 }
 
+// D over the op's box holds W (all ones) + 0.5 * B @ A with A[k][j] = 10k + j
+// and B[i][k] = 100i + k, computed naively in double.
+void CheckMerged(const std::vector<float>& D) {
+  for (int i = 1; i < 3; ++i) {
+    for (int j = 3; j < 6; ++j) {
+      double want = 1.0;
+      for (int k = 0; k < 2; ++k) want += 0.5 * (100.0 * i + k) * (10.0 * k + j);
+      INFO(i << "," << j);
+      CHECK(D[i * 6 + j] == Approx(want));
+    }
+  }
+}
+
 TEST_CASE("LowerLoraMerge: PEFT A [r, in], B [out, r]") {
   // A[k][j] = 10k + j, B[i][k] = 100i + k.
   std::vector<float> A(2 * 6), B(4 * 2), W(4 * 6, 1.0f), D(4 * 6, 0.0f);
@@ -42,14 +55,7 @@ TEST_CASE("LowerLoraMerge: PEFT A [r, in], B [out, r]") {
   CHECK(m.rank == 2);
   REQUIRE(kernels::CheckLoraOps(&m, 1).empty());
   kernels::LoraMergeCpu(&m, 1, 1);
-  for (int i = 1; i < 3; ++i) {
-    for (int j = 3; j < 6; ++j) {
-      double want = 1.0;
-      for (int k = 0; k < 2; ++k) want += 0.5 * (100.0 * i + k) * (10.0 * k + j);
-      INFO(i << "," << j);
-      CHECK(D[i * 6 + j] == Approx(want));
-    }
-  }
+  CheckMerged(D);
   CHECK(D[0] == 0.0f);  // outside the box: untouched
 }
 
@@ -78,14 +84,7 @@ TEST_CASE("LowerLoraMerge: transposed (DeepSpeed) A^T [in, r], B^T [r, out], bf1
   CHECK(m.b_k_stride == 4);
   REQUIRE(kernels::CheckLoraOps(&m, 1).empty());
   kernels::LoraMergeCpu(&m, 1, 1);
-  for (int i = 1; i < 3; ++i) {
-    for (int j = 3; j < 6; ++j) {
-      double want = 1.0;
-      for (int k = 0; k < 2; ++k) want += 0.5 * (100.0 * i + k) * (10.0 * k + j);
-      INFO(i << "," << j);
-      CHECK(D[i * 6 + j] == Approx(want));
-    }
-  }
+  CheckMerged(D);
 }
 
 }  // namespace
