@@ -328,9 +328,69 @@ struct CoreOptions {
   Metrics* metrics = nullptr;
 };
 
+// This daemon as the coordinator of its models' multi-node syncs: what the
+// peer service offers the other daemons (membership, the rendezvous store,
+// rank announcements). Thread-safe.
+class Coordinator {
+ public:
+  virtual ~Coordinator() = default;
+
+  // Membership: a daemon joins (or rejoins with a new incarnation, which
+  // replaces the old one). Returns the epoch and the members.
+  using Member = PeerMember;
+  virtual std::pair<uint64_t, std::vector<Member>> Join(const Member& m) = 0;
+  // A member's heartbeat; false when this daemon does not know that
+  // incarnation (the caller must rejoin).
+  virtual bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) = 0;
+
+  // The rendezvous store, scoped by job: Set replaces (RESOURCE_EXHAUSTED
+  // past Limits), Get waits up to timeout_ms for the key (DEADLINE_EXCEEDED
+  // naming it).
+  virtual absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) = 0;
+  virtual absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key,
+                                            uint64_t timeout_ms, const std::function<bool()>& client_gone) = 0;
+
+  // A participant's rank, announced to this daemon as the model's
+  // coordinator (registers the model from the announcement when new).
+  virtual absl::Status AcceptRanks(const RankAnnouncement& a) = 0;
+  // A participant's rank went away.
+  virtual absl::Status WithdrawRanks(const std::string& daemon_id, const std::string& model_id, Role role,
+                                     const std::string& replica_id, const layout::RankCoords& rank) = 0;
+
+  // This daemon as peers know it.
+  virtual PeerMember self() const = 0;
+};
+
+// This daemon as a participant in a coordinator's sync: what the peer
+// service offers the coordinator (plan, prepare, commit, abort).
+// Thread-safe.
+class Participant {
+ public:
+  virtual ~Participant() = default;
+
+  // Checks a plan part against the local registrations, rebuilds the plan
+  // and compares hashes, then starts the transfer in the background.
+  // Returns the recomputed plan hash.
+  virtual absl::StatusOr<std::string> AcceptPlan(const PlanPart& part) = 0;
+  // Waits up to timeout_ms for the transfer of `job_id` to end; returns its
+  // digests, or why it failed.
+  virtual absl::StatusOr<PrepareResult> PreparePart(const std::string& job_id, uint64_t timeout_ms) = 0;
+  // Publishes the version on the local targets (staged: copies staging to
+  // live within a pause). Idempotent.
+  virtual absl::Status CommitPart(const std::string& job_id, uint64_t version,
+                                  const std::map<std::string, std::string>& replica_digests) = 0;
+  // Ends the job: stops a running transfer, keeps previous versions
+  // (in_place targets written so far are poisoned). Idempotent.
+  virtual absl::Status AbortPart(const std::string& job_id, const std::string& reason) = 0;
+};
+
+// The daemon's core as its clients, its server and its peers use it: the
+// public operations, the lifecycle, and (through the two interfaces above)
+// the peer side.
+//
 // Thread-safe: every method may be called from any thread. Methods that wait
 // (Sync, WaitVersion, CloseSession) hold no lock while waiting.
-class Core {
+class Core : public Coordinator, public Participant {
  public:
   static std::unique_ptr<Core> Create(const CoreOptions& options);
   virtual ~Core() = default;
@@ -411,54 +471,11 @@ class Core {
   // waiters. Idempotent.
   virtual void BeginShutdown() = 0;
 
-  // ---- Peer side (this daemon as a coordinator).
-
-  // Membership: a daemon joins (or rejoins with a new incarnation, which
-  // replaces the old one). Returns the epoch and the members.
-  using Member = PeerMember;
-  virtual std::pair<uint64_t, std::vector<Member>> Join(const Member& m) = 0;
-  // A member's heartbeat; false when this daemon does not know that
-  // incarnation (the caller must rejoin).
-  virtual bool Heartbeat(const std::string& daemon_id, uint64_t incarnation) = 0;
-
-  // The rendezvous store, scoped by job: Set replaces (RESOURCE_EXHAUSTED
-  // past Limits), Get waits up to timeout_ms for the key (DEADLINE_EXCEEDED
-  // naming it).
-  virtual absl::Status KvSet(const std::string& job, const std::string& key, const std::string& value) = 0;
-  virtual absl::StatusOr<std::string> KvGet(const std::string& job, const std::string& key,
-                                            uint64_t timeout_ms, const std::function<bool()>& client_gone) = 0;
-
-  // A participant's rank, announced to this daemon as the model's
-  // coordinator (registers the model from the announcement when new).
-  virtual absl::Status AcceptRanks(const RankAnnouncement& a) = 0;
-  // A participant's rank went away.
-  virtual absl::Status WithdrawRanks(const std::string& daemon_id, const std::string& model_id, Role role,
-                                     const std::string& replica_id, const layout::RankCoords& rank) = 0;
-
-  // ---- Participant side (this daemon runs part of a coordinator's sync).
-
-  // Checks a plan part against the local registrations, rebuilds the plan
-  // and compares hashes, then starts the transfer in the background.
-  // Returns the recomputed plan hash.
-  virtual absl::StatusOr<std::string> AcceptPlan(const PlanPart& part) = 0;
-  // Waits up to timeout_ms for the transfer of `job_id` to end; returns its
-  // digests, or why it failed.
-  virtual absl::StatusOr<PrepareResult> PreparePart(const std::string& job_id, uint64_t timeout_ms) = 0;
-  // Publishes the version on the local targets (staged: copies staging to
-  // live within a pause). Idempotent.
-  virtual absl::Status CommitPart(const std::string& job_id, uint64_t version,
-                                  const std::map<std::string, std::string>& replica_digests) = 0;
-  // Ends the job: stops a running transfer, keeps previous versions
-  // (in_place targets written so far are poisoned). Idempotent.
-  virtual absl::Status AbortPart(const std::string& job_id, const std::string& reason) = 0;
-
   // Records the address peers reach this daemon at (host:port as bound)
   // and starts the background membership work: joins --peers, heartbeats,
   // drops silent members. Call once, after the peer endpoint is bound;
   // without a PeerLink it only records the address.
   virtual void StartCluster(const std::string& peer_address) = 0;
-  // This daemon as peers know it.
-  virtual PeerMember self() const = 0;
 };
 
 }  // namespace wsync::core

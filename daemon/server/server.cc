@@ -104,7 +104,7 @@ class ServerImpl final : public Server {
       log_->warn("mTLS is on but --peer-identities is empty: no daemon may use this daemon's peer service");
     }
     public_service_ = service::NewPublicService(core_.get(), auth_.get(), static_cast<size_t>(options_.max_name_bytes));
-    peer_service_ = service::NewPeerService(core_.get(), auth_.get());
+    peer_service_ = service::NewPeerService(core_.get(), core_.get(), auth_.get());
 
     grpc::ServerBuilder builder;
     builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));

@@ -9,10 +9,13 @@
 
 namespace wsync::service {
 
-// Creates the wsync.v1.WsyncPeer service (daemon <-> daemon). Every call is
+// Creates the wsync.v1.WsyncPeer service (daemon <-> daemon): membership,
+// rendezvous and announcements go to `coordinator`, plan parts and their
+// two-phase commit to `participant` (both the daemon's core). Every call is
 // refused unless `auth` says it comes from another daemon (CheckPeer).
-// `core` and `auth` must outlive the service. Thread-safe.
-std::unique_ptr<v1::WsyncPeer::Service> NewPeerService(core::Core* core, const Authenticator* auth);
+// Everything given must outlive the service. Thread-safe.
+std::unique_ptr<v1::WsyncPeer::Service> NewPeerService(core::Coordinator* coordinator, core::Participant* participant,
+                                                       const Authenticator* auth);
 
 }  // namespace wsync::service
 
