@@ -62,6 +62,46 @@ __attribute__((target("avx512f"))) void StreamCopy512(char* dst, const char* src
   std::memcpy(dst, src, n - blocks * 256);
 }
 const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+
+// One pass over a contiguous row of n bytes: copies it and adds the digest
+// terms of its words (the first at payload word `first_word`) to `out`, from
+// the same registers that are stored. The row is taken in 64-byte blocks from
+// its start; a block's store streams when the destination is 64-byte aligned
+// and `stream` is set. The tail (n % 64 bytes) is left to the caller.
+// Returns the bytes handled.
+__attribute__((target("avx512f,avx512dq"))) size_t CopyDigestBlocks512(
+    char* dst, const char* src, size_t n, uint64_t first_word, bool stream, DigestSums* out) {
+  const size_t blocks = n / 64;
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_word)), lane);
+  __m512i k1 = _mm512_mullo_epi64(idx, _mm512_set1_epi64(static_cast<long long>(kDigestK1)));
+  __m512i k2 = _mm512_mullo_epi64(_mm512_add_epi64(idx, _mm512_set1_epi64(1)),
+                                  _mm512_set1_epi64(static_cast<long long>(kDigestK2)));
+  const __m512i step1 = _mm512_set1_epi64(static_cast<long long>(8 * kDigestK1));
+  const __m512i step2 = _mm512_set1_epi64(static_cast<long long>(8 * kDigestK2));
+  const __m512i m1 = _mm512_set1_epi64(static_cast<long long>(kDigestM1));
+  const __m512i m2 = _mm512_set1_epi64(static_cast<long long>(kDigestM2));
+  __m512i s1 = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
+  const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
+  for (size_t i = 0; i < blocks; ++i) {
+    const __m512i w = _mm512_loadu_si512(src + 64 * i);
+    if (nt) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + 64 * i), w);
+    } else {
+      _mm512_storeu_si512(dst + 64 * i, w);
+    }
+    __m512i y1 = _mm512_mullo_epi64(_mm512_xor_si512(w, k1), m1);
+    __m512i y2 = _mm512_mullo_epi64(_mm512_add_epi64(w, k2), m2);
+    s1 = _mm512_add_epi64(s1, _mm512_xor_si512(y1, _mm512_srli_epi64(y1, 32)));
+    s2 = _mm512_add_epi64(s2, _mm512_xor_si512(y2, _mm512_srli_epi64(y2, 29)));
+    k1 = _mm512_add_epi64(k1, step1);
+    k2 = _mm512_add_epi64(k2, step2);
+  }
+  out->s1 += static_cast<uint64_t>(_mm512_reduce_add_epi64(s1));
+  out->s2 += static_cast<uint64_t>(_mm512_reduce_add_epi64(s2));
+  return blocks * 64;
+}
+const bool kHasAvx512dq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #endif
 
 void StreamCopy(char* dst, const char* src, size_t n) {
@@ -101,11 +141,13 @@ constexpr int kPrefetchRows = 2;
 
 // Starts loading the first bytes of the next source row: strided rows begin
 // on pages the hardware prefetcher has not seen yet.
-void PrefetchRow(const BoxCopyOp& op, int64_t src_off) {
+void PrefetchRow(const BoxCopyOp& op, int64_t off, bool dst = false) {
 #if defined(__x86_64__)
-  if (op.src == nullptr) return;
-  const char* p = static_cast<const char*>(op.src) + src_off * DTypeSize(op.src_dtype);
-  const int64_t row_bytes = std::min<int64_t>(op.extent[op.ndim - 1] * DTypeSize(op.src_dtype), 4096);
+  const void* base = dst ? op.dst : op.src;
+  if (base == nullptr) return;
+  const int esz = DTypeSize(dst ? op.dst_dtype : op.src_dtype);
+  const char* p = static_cast<const char*>(base) + off * esz;
+  const int64_t row_bytes = std::min<int64_t>(op.extent[op.ndim - 1] * esz, 4096);
   for (int64_t i = 0; i < row_bytes; i += 64) _mm_prefetch(p + i, _MM_HINT_T0);
 #endif
 }
@@ -238,6 +280,30 @@ void CopyRow(const BoxCopyOp& op, int64_t src_off, int64_t dst_off, bool stream)
   }
 }
 
+// Copies a contiguous row of equal dtypes and adds the digest of its
+// `row_bytes` bytes as payload words from `word`: in one pass over the
+// source where the CPU has AVX-512, else digest then copy (from cache).
+void CopyDigestRow(const BoxCopyOp& op, int64_t src_off, int64_t dst_off, uint64_t row_bytes,
+                   uint64_t word, bool stream, DigestSums* sums) {
+  const int esz = DTypeSize(op.dst_dtype);
+  const char* src = static_cast<const char*>(op.src) + src_off * esz;
+  char* dst = static_cast<char*>(op.dst) + dst_off * esz;
+  size_t done = 0;
+#if defined(__x86_64__)
+  if (kHasAvx512dq) done = CopyDigestBlocks512(dst, src, row_bytes, word, stream, sums);
+#endif
+  const size_t rest = row_bytes - done;
+  if (rest == 0) return;
+  DigestSums part = DigestPartial(src + done, rest, word + done / 8);
+  sums->s1 += part.s1;
+  sums->s2 += part.s2;
+  if (stream && rest >= 256) {
+    StreamCopy(dst + done, src + done, rest);
+  } else {
+    std::memcpy(dst + done, src + done, rest);
+  }
+}
+
 struct Task {
   uint32_t op;
   int64_t row_begin, row_end;
@@ -302,12 +368,13 @@ DigestSums RunDigest(const BoxCopyOp* ops, size_t n, const uint64_t* word_base, 
       int64_t so, dof;
       RowOffsets(op, r, &so, &dof);
       const uint64_t word = word_base[task.op] + r * row_words;
+      if (r + kPrefetchRows < task.row_end) {
+        int64_t nso, ndo;
+        RowOffsets(op, r + kPrefetchRows, &nso, &ndo);
+        PrefetchRow(op, copy ? nso : ndo, !copy);
+      }
       if (from_source) {
-        const char* src_row = static_cast<const char*>(op.src) + so * DTypeSize(op.src_dtype);
-        DigestSums part = DigestPartial(src_row, row_bytes, word);
-        sums.s1 += part.s1;
-        sums.s2 += part.s2;
-        CopyRow(op, so, dof, stream);
+        CopyDigestRow(op, so, dof, row_bytes, word, stream, &sums);
         continue;
       }
       if (copy) CopyRow(op, so, dof, /*stream=*/false);
