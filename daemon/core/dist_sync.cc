@@ -7,7 +7,6 @@
 // live memory. Three wire buffers per model keep packing, the wire and
 // unpacking overlapped.
 #include <algorithm>
-#include <deque>
 #include <optional>
 #include <thread>
 
@@ -16,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/transport/wire_pipeline.h"
 #include "daemon/layout/lowering.h"
 #include "kernels/digest.h"
 #include "daemon/common/mutex.h"
@@ -686,10 +686,8 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     return absl::OkStatus();
   };
 
-  // The transfer loop, kWireBuffers deep: bucket i is packed (sources) or
-  // its receive posted (targets) before bucket i-2 is waited for and
-  // unpacked, so packing, the wire and unpacking overlap and data never
-  // arrives before its receive is posted.
+  // The transfer: transport::RunWirePipeline through the kWireBuffers wire
+  // buffers (packing, the wire and unpacking overlap).
   // Transport errors speak of communicator ranks; name the daemons.
   auto on_wire = [&](size_t wi, const Wire& w, const absl::Status& s) {
     std::vector<std::string> to;
@@ -699,68 +697,47 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                                absl::StrJoin(to, "', '"), "' (communicator ranks in that order: ",
                                                absl::StrJoin(w.chain, ", "), "): ", s.message()));
   };
-  struct InFlight {
-    size_t wire;
-    char* buf;
-    std::unique_ptr<transport::Transfer> transfer;  // null: nothing crosses daemons
-  };
-  std::deque<InFlight> in_flight;
-  std::vector<char*> free_bufs;
-  for (auto& b : bufs) free_bufs.push_back(static_cast<char*>(b->data()));
-  auto finish_oldest = [&]() -> absl::Status {
-    InFlight f = std::move(in_flight.front());
-    in_flight.pop_front();
-    free_bufs.push_back(f.buf);
-    const Wire& w = d.wires[f.wire];
-    if (f.transfer) {
-      absl::Status s = f.transfer->Wait();
-      f.transfer.reset();
-      if (!s.ok()) return on_wire(f.wire, w, s);
-      if (options_.test_hooks && options_.test_hooks->corrupt_wire == static_cast<int64_t>(f.wire) &&
-          w.chain[0] != my_rank && w.bytes > 0) {
-        f.buf[0] ^= 0x5a;
-        log_->warn("fault injection: corrupted wire bucket {} as received", f.wire);
-      }
-    }
-    return unpack(f.wire, w, f.buf);
-  };
-  for (size_t wi = 0; wi < d.wires.size(); ++wi) {
-    const Wire& w = d.wires[wi];
-    if (!w.moves) continue;
-    if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
+  std::vector<transport::WireBucket> wire_buckets;
+  wire_buckets.reserve(d.wires.size());
+  for (const Wire& w : d.wires) {
+    // Wires that move nothing (local LoRA math) are handled below.
+    wire_buckets.push_back({w.bytes, w.moves ? w.chain : std::vector<int>{}});
+  }
+  std::vector<char*> wire_bufs;
+  for (auto& b : bufs) wire_bufs.push_back(static_cast<char*>(b->data()));
+  transport::WirePipelineHooks hooks;
+  hooks.before = [&](size_t wi) -> absl::Status {
     WSYNC_RETURN_IF_ERROR(CheckJob(job, p->deadline, "transfer", nullptr));
-    if (free_bufs.empty()) {
-      WSYNC_RETURN_IF_ERROR(finish_oldest());
-    }
-    char* buf = free_bufs.back();
-    free_bufs.pop_back();
-    if (w.chain[0] == my_rank) {
-      auto sent = pack(w, buf);
-      if (!sent.ok()) return sent.status();
-      wsync::MutexLock lock(&mu_);
-      p->result.sums.push_back({wi, "", sent->s1, sent->s2, 0, 0, 0});
-      if (w.chain.size() > 1) p->result.bytes_sent += w.bytes;
-    } else {
-      wsync::MutexLock lock(&mu_);
-      p->result.bytes_received += w.bytes;
-    }
-    InFlight f{wi, buf, nullptr};
-    if (w.chain.size() > 1) {
-      auto x = comm->StartChain(buf, w.bytes, w.chain, static_cast<uint32_t>(wi), options_.chunk_bytes);
-      if (!x.ok()) return on_wire(wi, w, x.status());
-      f.transfer = std::move(*x);
-    }
-    in_flight.push_back(std::move(f));
-    if (in_flight.size() >= kWireBuffers) {
-      WSYNC_RETURN_IF_ERROR(finish_oldest());
-    }
     if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
       absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
     }
-  }
-  while (!in_flight.empty()) {
-    WSYNC_RETURN_IF_ERROR(finish_oldest());
-  }
+    if (d.wires[wi].chain[0] != my_rank) {
+      wsync::MutexLock lock(&mu_);
+      p->result.bytes_received += d.wires[wi].bytes;
+    }
+    return absl::OkStatus();
+  };
+  hooks.fill = [&](size_t wi, char* buf) -> absl::Status {
+    const Wire& w = d.wires[wi];
+    auto sent = pack(w, buf);
+    if (!sent.ok()) return sent.status();
+    wsync::MutexLock lock(&mu_);
+    p->result.sums.push_back({wi, "", sent->s1, sent->s2, 0, 0, 0});
+    if (w.chain.size() > 1) p->result.bytes_sent += w.bytes;
+    return absl::OkStatus();
+  };
+  hooks.drain = [&](size_t wi, char* buf) -> absl::Status {
+    const Wire& w = d.wires[wi];
+    if (options_.test_hooks && options_.test_hooks->corrupt_wire == static_cast<int64_t>(wi) &&
+        w.chain[0] != my_rank && w.bytes > 0) {
+      buf[0] ^= 0x5a;
+      log_->warn("fault injection: corrupted wire bucket {} as received", wi);
+    }
+    return unpack(wi, w, buf);
+  };
+  hooks.on_wire_error = [&](size_t wi, const absl::Status& s) { return on_wire(wi, d.wires[wi], s); };
+  WSYNC_RETURN_IF_ERROR(
+      transport::RunWirePipeline(comm.get(), my_rank, wire_buckets, wire_bufs, options_.chunk_bytes, hooks));
   drained = true;
   // Local LoRA math (adapter_only, unmerge) once the operands are here.
   for (size_t wi = 0; wi < d.wires.size(); ++wi) {
