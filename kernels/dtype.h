@@ -32,7 +32,7 @@ enum class DType : uint8_t {
   kF32 = 1,
   kBF16 = 2,
   kF16 = 3,
-  kF8E4M3 = 4,  // reserved: described by layouts, not yet converted by kernels
+  kF8E4M3 = 4,  // float8_e4m3fn: box copies move it raw; kernels/fp8.h quantizes to it
 };
 
 // Bytes per element (0 for an unknown value).

@@ -1,0 +1,211 @@
+// FP8 against references written plainly here: the e4m3fn value table from
+// its bit layout, nearest-even rounding by search over that table, and the
+// block scales recomputed element by element.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/fp8.h"
+
+namespace wsync::kernels {
+namespace {
+
+// Value of every e4m3fn code (NaN for 0x7f, 0xff), from the bit layout.
+std::vector<double> Table() {
+  std::vector<double> t(256);
+  for (int c = 0; c < 256; ++c) {
+    const int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
+    double v = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);
+    if (e == 15 && m == 7) v = NAN;
+    t[c] = s ? -v : v;
+  }
+  return t;
+}
+
+// Nearest finite code by search, ties to the even code, saturating at 448.
+uint8_t Nearest(double x, const std::vector<double>& t) {
+  if (std::isnan(x)) return std::signbit(x) ? 0xff : 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const double a = std::fabs(x);
+  if (a >= 448) return sign | 0x7e;
+  int best = 0;
+  for (int c = 1; c <= 0x7e; ++c) {
+    const double d = std::fabs(t[c] - a), db = std::fabs(t[best] - a);
+    if (d < db || (d == db && (c & 1) == 0)) best = c;
+  }
+  return sign | static_cast<uint8_t>(best);
+}
+
+TEST_CASE("e4m3fn decodes every code as its bit layout says") {
+  const auto t = Table();
+  CHECK(E4m3ToF32(0x7e) == 448.0f);
+  CHECK(E4m3ToF32(0x01) == std::ldexp(1.0f, -9));
+  CHECK(E4m3ToF32(0x38) == 1.0f);
+  for (int c = 0; c < 256; ++c) {
+    INFO("code " << c);
+    if (std::isnan(t[c])) {
+      CHECK(std::isnan(E4m3ToF32(static_cast<uint8_t>(c))));
+    } else {
+      CHECK(E4m3ToF32(static_cast<uint8_t>(c)) == static_cast<float>(t[c]));
+    }
+  }
+}
+
+TEST_CASE("fp32 -> e4m3fn rounds to nearest even and saturates, as the table search does") {
+  const auto t = Table();
+  std::vector<float> xs = {0.0f, -0.0f, 448.0f, 449.0f, 463.9f, 464.0f, 480.0f, 1e30f, INFINITY, -INFINITY,
+                           1e-30f, std::ldexp(1.0f, -10), std::ldexp(3.0f, -11), std::ldexp(1.0f, -6)};
+  // Every code, the midpoints between neighbours (ties) and one fp32 step to
+  // either side of them.
+  for (int c = 0; c < 0x7e; ++c) {
+    for (int s : {0, 1}) {
+      const float v = static_cast<float>(t[c]), next = static_cast<float>(t[c + 1]);
+      const float mid = static_cast<float>((t[c] + t[c + 1]) / 2);
+      for (float x : {v, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1000.0f), next}) {
+        xs.push_back(s ? -x : x);
+      }
+    }
+  }
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<double> exp(-14, 10);
+  for (int i = 0; i < 20000; ++i) {
+    float x = static_cast<float>(std::exp2(exp(rng)));
+    xs.push_back(i % 2 ? -x : x);
+  }
+  for (float x : xs) {
+    INFO("x = " << x);
+    CHECK(static_cast<int>(F32ToE4m3(x)) == static_cast<int>(Nearest(x, t)));
+  }
+  CHECK(F32ToE4m3(NAN) == 0x7f);
+  CHECK(F32ToE4m3(-NAN) == 0xff);
+}
+
+// Plain reference of one op: per block, amax and scale_inv in fp32, then the
+// nearest code by table search of w / scale_inv.
+void Reference(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t br, int64_t bc,
+               std::vector<uint8_t>* q, std::vector<float>* scales) {
+  const auto t = Table();
+  const int64_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
+  q->assign(rows * cols, 0);
+  scales->assign(nbr * nbc, 0);
+  for (int64_t bi = 0; bi < nbr; ++bi) {
+    for (int64_t bj = 0; bj < nbc; ++bj) {
+      double amax = 0;
+      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
+        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
+          amax = std::max(amax, std::fabs(static_cast<double>(w[r * cols + c])));
+        }
+      }
+      const float s = amax == 0 ? 1.0f : static_cast<float>(amax) / 448.0f;
+      (*scales)[bi * nbc + bj] = s;
+      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
+        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
+          (*q)[r * cols + c] = Nearest(static_cast<float>(w[r * cols + c] / s), t);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("a 2 x 2 block worked by hand") {
+  const float w[4] = {448.0f, -224.0f, 1.0f, 0.0f};
+  uint8_t q[4];
+  float s = 0;
+  Fp8QuantOp op;
+  op.src = w;
+  op.src_dtype = DType::kF32;
+  op.rows = op.cols = op.src_ld = op.dst_ld = 2;
+  op.dst = q;
+  op.scale_inv = &s;
+  op.scale_ld = 1;
+  REQUIRE(CheckFp8QuantOps(&op, 1).empty());
+  REQUIRE(QuantizeFp8Cpu(&op, 1, 1).empty());
+  CHECK(s == 1.0f);  // amax 448
+  CHECK(q[0] == 0x7e);  // 448 = 1.75 * 2^8
+  CHECK(q[1] == 0xf6);  // -224 = -1.75 * 2^7
+  CHECK(q[2] == 0x38);  // 1
+  CHECK(q[3] == 0x00);
+}
+
+TEST_CASE("block, per-tensor and per-channel scales match the plain reference, partial blocks included") {
+  const int64_t rows = 300, cols = 260;  // 128 x 128 blocks: 3 x 3, the last ones partial
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<uint16_t> bf(rows * cols);
+  std::vector<float> w(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    bf[i] = F32ToBf16(normal(rng) * (i % 97 == 0 ? 50.0f : 1.0f));
+    w[i] = Bf16ToF32(bf[i]);
+  }
+  for (int64_t r = 0; r < 128; ++r) {  // one block all zeros: scale 1, codes 0
+    for (int64_t c = 128; c < 256; ++c) w[r * cols + c] = 0, bf[r * cols + c] = 0;
+  }
+  struct Case {
+    const char* name;
+    int64_t br, bc;
+  };
+  for (Case k : {Case{"block 128 x 128", 128, 128}, Case{"per tensor", rows, cols}, Case{"per channel", 1, cols}}) {
+    for (int threads : {1, 2}) {
+      INFO(k.name << ", " << threads << " thread(s)");
+      std::vector<uint8_t> want_q, got_q(rows * cols, 0xaa);
+      std::vector<float> want_s;
+      Reference(w, rows, cols, k.br, k.bc, &want_q, &want_s);
+      std::vector<float> got_s(want_s.size(), -1.0f);
+      Fp8QuantOp op;
+      op.src = bf.data();
+      op.src_dtype = DType::kBF16;
+      op.rows = rows;
+      op.cols = cols;
+      op.src_ld = cols;
+      op.dst = got_q.data();
+      op.dst_ld = cols;
+      op.scale_inv = got_s.data();
+      op.scale_ld = (cols + k.bc - 1) / k.bc;
+      op.block_rows = k.br;
+      op.block_cols = k.bc;
+      REQUIRE(CheckFp8QuantOps(&op, 1).empty());
+      REQUIRE(QuantizeFp8Cpu(&op, 1, threads).empty());
+      CHECK(got_s == want_s);
+      CHECK(got_q == want_q);
+      if (k.br == 128) {
+        CHECK(got_s[1] == 1.0f);  // the zero block
+        // Dequantized values are within half a step of the block's scale.
+        for (int64_t i = 0; i < rows * cols; i += 7) {
+          const float s = got_s[(i / cols / 128) * 3 + (i % cols) / 128];
+          CHECK(std::fabs(E4m3ToF32(got_q[i]) * s - w[i]) <= std::fabs(w[i]) / 16 + s * std::ldexp(1.0f, -10));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("non-finite weights and bad ops are errors that name the element or the op") {
+  std::vector<float> w(16 * 16, 0.5f);
+  w[5 * 16 + 9] = INFINITY;
+  std::vector<uint8_t> q(256);
+  std::vector<float> s(4);
+  Fp8QuantOp op;
+  op.src = w.data();
+  op.src_dtype = DType::kF32;
+  op.rows = op.cols = op.src_ld = op.dst_ld = 16;
+  op.dst = q.data();
+  op.scale_inv = s.data();
+  op.scale_ld = 2;
+  op.block_rows = op.block_cols = 8;
+  REQUIRE(CheckFp8QuantOps(&op, 1).empty());
+  CHECK(QuantizeFp8Cpu(&op, 1, 2) == "fp8 quantization op 0: element (5, 9) is inf; FP8 scales need finite weights");
+  w[5 * 16 + 9] = NAN;
+  CHECK(QuantizeFp8Cpu(&op, 1, 1).find("element (5, 9) is nan") != std::string::npos);
+  Fp8QuantOp bad = op;
+  bad.scale_ld = 1;
+  CHECK(CheckFp8QuantOps(&bad, 1) ==
+        "fp8 quantization op 0: row strides (source 16, fp8 16, scales 1) shorter than the rows (16 elements, 2 scales)");
+  bad = op;
+  bad.src_dtype = DType::kF8E4M3;
+  CHECK(CheckFp8QuantOps(&bad, 1) == "fp8 quantization op 0: source dtype 4 is not fp32, bf16 or fp16");
+}
+
+}  // namespace
+}  // namespace wsync::kernels
