@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/dtype.h"
 
@@ -65,7 +66,8 @@ WSYNC_HD float E4m3ToF32(uint8_t b) {
 // bf16 or fp16) with row stride `src_ld` (elements), into e4m3fn bytes with
 // row stride `dst_ld`, and one fp32 scale_inv per block into `scale_inv`,
 // ceil(rows / block_rows) x ceil(cols / block_cols) with row stride
-// `scale_ld`.
+// `scale_ld`. A block holds at most 2^40 elements, an op at most 2^24
+// blocks (CheckFp8QuantOps).
 struct Fp8QuantOp {
   const void* src = nullptr;
   DType src_dtype = DType::kBF16;
@@ -77,6 +79,28 @@ struct Fp8QuantOp {
   int64_t scale_ld = 0;
   int64_t block_rows = 128, block_cols = 128;
 };
+
+// One block of one op: the unit of work of both implementations, numbered
+// op by op, then by block row and block column.
+struct Fp8Block {
+  uint32_t op = 0;
+  int64_t bi = 0, bj = 0;
+};
+std::vector<Fp8Block> MakeFp8Blocks(const Fp8QuantOp* ops, size_t n);
+
+// A non-finite element, as a key that orders elements like the CPU
+// reference meets them: block number << 40 | row-major index in the block.
+// The GPU keeps the smallest key (atomicMin) so both report the same one.
+inline constexpr uint64_t kFp8AllFinite = ~0ull;
+WSYNC_HD uint64_t Fp8BadKey(uint64_t block, uint64_t index_in_block) { return block << 40 | index_in_block; }
+// Where the element of key `key` (not kFp8AllFinite) of a batch whose
+// blocks are `blocks` is, and the error that names it with its value.
+struct Fp8Element {
+  size_t op = 0;
+  int64_t row = 0, col = 0;
+};
+Fp8Element Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key);
+std::string Fp8BadMessage(const Fp8Element& e, float value);
 
 // Input checks, kept apart: dtypes, sizes, strides and block sizes. Returns
 // "" when valid, else a message naming the op.

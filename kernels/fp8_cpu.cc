@@ -19,31 +19,27 @@ float Load(const void* p, DType t, int64_t i) {
 
 std::string Where(size_t i) { return "fp8 quantization op " + std::to_string(i) + ": "; }
 
-// Quantizes block (bi, bj) of `op`; returns "" or what was not finite.
-std::string QuantizeBlock(const Fp8QuantOp& op, int64_t bi, int64_t bj) {
-  const int64_t r0 = bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
-  const int64_t c0 = bj * op.block_cols, c1 = std::min(op.cols, c0 + op.block_cols);
+// Quantizes block `k`; returns kFp8AllFinite or the key of the first
+// non-finite element (row-major), leaving the block unwritten.
+uint64_t QuantizeBlock(const Fp8QuantOp& op, const Fp8Block& b, uint64_t k) {
+  const int64_t r0 = b.bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
+  const int64_t c0 = b.bj * op.block_cols, c1 = std::min(op.cols, c0 + op.block_cols);
   float amax = 0.0f;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t c = c0; c < c1; ++c) {
       const float w = Load(op.src, op.src_dtype, r * op.src_ld + c);
-      if (!std::isfinite(w)) {
-        char buf[64];
-        std::snprintf(buf, sizeof(buf), "%g", w);
-        return "element (" + std::to_string(r) + ", " + std::to_string(c) + ") is " + buf +
-               "; FP8 scales need finite weights";
-      }
+      if (!std::isfinite(w)) return Fp8BadKey(k, static_cast<uint64_t>((r - r0) * (c1 - c0) + (c - c0)));
       amax = std::max(amax, std::fabs(w));
     }
   }
   const float scale_inv = amax == 0.0f ? 1.0f : amax / kE4m3Max;
-  op.scale_inv[bi * op.scale_ld + bj] = scale_inv;
+  op.scale_inv[b.bi * op.scale_ld + b.bj] = scale_inv;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t c = c0; c < c1; ++c) {
       op.dst[r * op.dst_ld + c] = F32ToE4m3(Load(op.src, op.src_dtype, r * op.src_ld + c) / scale_inv);
     }
   }
-  return "";
+  return kFp8AllFinite;
 }
 
 }  // namespace
@@ -63,6 +59,12 @@ std::string CheckFp8QuantOps(const Fp8QuantOp* ops, size_t n) {
              "] is empty";
     }
     if (op.src == nullptr || op.dst == nullptr || op.scale_inv == nullptr) return Where(i) + "null pointer";
+    const int64_t bh = std::min(op.rows, op.block_rows), bw = std::min(op.cols, op.block_cols);
+    const int64_t nblocks = ((op.rows + op.block_rows - 1) / op.block_rows) * ((op.cols + op.block_cols - 1) / op.block_cols);
+    if (bh > (int64_t{1} << 40) / bw || nblocks > (int64_t{1} << 24)) {
+      return Where(i) + std::to_string(nblocks) + " blocks of up to " + std::to_string(bh) + " x " + std::to_string(bw) +
+             " elements: more than 2^24 blocks or 2^40 elements in a block";
+    }
     const int64_t scale_cols = (op.cols + op.block_cols - 1) / op.block_cols;
     if (op.src_ld < op.cols || op.dst_ld < op.cols || op.scale_ld < scale_cols) {
       return Where(i) + "row strides (source " + std::to_string(op.src_ld) + ", fp8 " + std::to_string(op.dst_ld) +
@@ -73,25 +75,43 @@ std::string CheckFp8QuantOps(const Fp8QuantOp* ops, size_t n) {
   return "";
 }
 
-std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads) {
-  struct Block {
-    size_t op;
-    int64_t bi, bj;
-  };
-  std::vector<Block> blocks;
+std::vector<Fp8Block> MakeFp8Blocks(const Fp8QuantOp* ops, size_t n) {
+  std::vector<Fp8Block> blocks;
   for (size_t i = 0; i < n; ++i) {
     const int64_t br = (ops[i].rows + ops[i].block_rows - 1) / ops[i].block_rows;
     const int64_t bc = (ops[i].cols + ops[i].block_cols - 1) / ops[i].block_cols;
     for (int64_t bi = 0; bi < br; ++bi) {
-      for (int64_t bj = 0; bj < bc; ++bj) blocks.push_back({i, bi, bj});
+      for (int64_t bj = 0; bj < bc; ++bj) blocks.push_back({static_cast<uint32_t>(i), bi, bj});
     }
   }
-  std::vector<std::string> errors(blocks.size());
-  ParallelFor(blocks.size(), threads, [&](size_t k) {
-    errors[k] = QuantizeBlock(ops[blocks[k].op], blocks[k].bi, blocks[k].bj);
-  });
-  for (size_t k = 0; k < blocks.size(); ++k) {
-    if (!errors[k].empty()) return Where(blocks[k].op) + errors[k];
+  return blocks;
+}
+
+Fp8Element Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key) {
+  const Fp8Block& b = blocks.at(key >> 40);
+  const uint64_t l = key & ((1ull << 40) - 1);
+  const Fp8QuantOp& op = ops[b.op];
+  const int64_t width = std::min(op.cols, (b.bj + 1) * op.block_cols) - b.bj * op.block_cols;
+  return {b.op, b.bi * op.block_rows + static_cast<int64_t>(l) / width,
+          b.bj * op.block_cols + static_cast<int64_t>(l) % width};
+}
+
+std::string Fp8BadMessage(const Fp8Element& e, float value) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", value);
+  return Where(e.op) + "element (" + std::to_string(e.row) + ", " + std::to_string(e.col) + ") is " + buf +
+         "; FP8 scales need finite weights";
+}
+
+std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads) {
+  const std::vector<Fp8Block> blocks = MakeFp8Blocks(ops, n);
+  std::vector<uint64_t> bad(blocks.size(), kFp8AllFinite);
+  ParallelFor(blocks.size(), threads, [&](size_t k) { bad[k] = QuantizeBlock(ops[blocks[k].op], blocks[k], k); });
+  for (uint64_t key : bad) {
+    if (key == kFp8AllFinite) continue;
+    const Fp8Element e = Fp8BadElement(ops, blocks, key);
+    const Fp8QuantOp& op = ops[e.op];
+    return Fp8BadMessage(e, Load(op.src, op.src_dtype, e.row * op.src_ld + e.col));
   }
   return "";
 }
