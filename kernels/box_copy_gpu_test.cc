@@ -12,26 +12,12 @@
 #include "kernels/box_copy.h"
 #include "kernels/box_copy_cuda.h"
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_testing.h"
 #include "kernels/device_info.h"
 #include "kernels/lora.h"
 
 namespace wsync::kernels {
 namespace {
-
-#define CUDA_REQUIRE(expr)                       \
-  do {                                           \
-    absl::Status _s = CudaStatus((expr), #expr); \
-    INFO(_s.ToString());                         \
-    REQUIRE(_s.ok());                            \
-  } while (0)
-
-template <typename T>
-T* ToDevice(const std::vector<T>& v) {
-  void* p = nullptr;
-  CUDA_REQUIRE(cudaMalloc(&p, std::max<size_t>(1, v.size() * sizeof(T))));
-  CUDA_REQUIRE(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return static_cast<T*>(p);
-}
 
 // Host ops over (src, dst) host buffers -> the same ops over device copies.
 std::vector<BoxCopyOp> Remap(std::vector<BoxCopyOp> ops, const void* hs, const void* ds, const void* hd,

@@ -11,33 +11,12 @@
 #include <vector>
 
 #include "kernels/cuda_status.h"
+#include "kernels/cuda_testing.h"
 #include "kernels/fp8.h"
 #include "kernels/fp8_cuda.h"
 
 namespace wsync::kernels {
 namespace {
-
-#define CUDA_REQUIRE(expr)                       \
-  do {                                           \
-    absl::Status _s = CudaStatus((expr), #expr); \
-    INFO(_s.ToString());                         \
-    REQUIRE(_s.ok());                            \
-  } while (0)
-
-template <typename T>
-T* ToDevice(const std::vector<T>& v) {
-  void* p = nullptr;
-  CUDA_REQUIRE(cudaMalloc(&p, std::max<size_t>(1, v.size() * sizeof(T))));
-  CUDA_REQUIRE(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return static_cast<T*>(p);
-}
-
-template <typename T>
-std::vector<T> ToHost(const T* d, size_t n) {
-  std::vector<T> v(n);
-  CUDA_REQUIRE(cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return v;
-}
 
 struct Batch {
   std::vector<uint8_t> src;  // every op's source, back to back

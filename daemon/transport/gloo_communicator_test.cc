@@ -5,16 +5,10 @@
 #include <vector>
 
 #include "daemon/transport/communicator.h"
+#include "daemon/transport/transport_testing.h"
 
 namespace wsync::transport {
 namespace {
-
-template <typename F>
-void OnEveryRank(int size, F f) {
-  std::vector<std::thread> t;
-  for (int r = 0; r < size; ++r) t.emplace_back([&, r] { f(r); });
-  for (auto& x : t) x.join();
-}
 
 TEST_CASE("a ring exchange and a broadcast move the right bytes") {
   auto store = KvStore::InMemory();

@@ -4,18 +4,12 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <map>
-#include <thread>
 #include <vector>
+
+#include "daemon/transport/transport_testing.h"
 
 namespace wsync::transport {
 namespace {
-
-template <typename F>
-void OnEveryRank(int size, F f) {
-  std::vector<std::thread> t;
-  for (int r = 0; r < size; ++r) t.emplace_back([&, r] { f(r); });
-  for (auto& x : t) x.join();
-}
 
 unsigned char Pattern(size_t bucket, size_t byte) { return static_cast<unsigned char>(bucket * 31 + byte * 7); }
 
