@@ -97,8 +97,14 @@ __attribute__((target("avx512f,avx512dq"))) size_t CopyDigestBlocks512(
     k1 = _mm512_add_epi64(k1, step1);
     k2 = _mm512_add_epi64(k2, step2);
   }
-  out->s1 += static_cast<uint64_t>(_mm512_reduce_add_epi64(s1));
-  out->s2 += static_cast<uint64_t>(_mm512_reduce_add_epi64(s2));
+  // Lanes summed as unsigned (the header's reduce adds signed: overflow UB).
+  alignas(64) uint64_t l1[8], l2[8];
+  _mm512_store_si512(l1, s1);
+  _mm512_store_si512(l2, s2);
+  for (int i = 0; i < 8; ++i) {
+    out->s1 += l1[i];
+    out->s2 += l2[i];
+  }
   return blocks * 64;
 }
 const bool kHasAvx512dq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
