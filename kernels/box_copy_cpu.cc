@@ -8,6 +8,7 @@
 #endif
 
 #include "kernels/box_copy.h"
+#include "kernels/digest_avx512.h"
 #include "kernels/parallel.h"
 
 namespace wsync::kernels {
@@ -72,17 +73,9 @@ const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
 __attribute__((target("avx512f,avx512dq"))) size_t CopyDigestBlocks512(
     char* dst, const char* src, size_t n, uint64_t first_word, bool stream, DigestSums* out) {
   const size_t blocks = n / 64;
-  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i idx = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_word)), lane);
-  __m512i k1 = _mm512_mullo_epi64(idx, _mm512_set1_epi64(static_cast<long long>(kDigestK1)));
-  __m512i k2 = _mm512_mullo_epi64(_mm512_add_epi64(idx, _mm512_set1_epi64(1)),
-                                  _mm512_set1_epi64(static_cast<long long>(kDigestK2)));
-  const __m512i step1 = _mm512_set1_epi64(static_cast<long long>(8 * kDigestK1));
-  const __m512i step2 = _mm512_set1_epi64(static_cast<long long>(8 * kDigestK2));
-  const __m512i m1 = _mm512_set1_epi64(static_cast<long long>(kDigestM1));
-  const __m512i m2 = _mm512_set1_epi64(static_cast<long long>(kDigestM2));
-  __m512i s1 = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
   const bool nt = stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
+  DigestLanes512 d;
+  DigestLanesStart(&d, first_word);
   for (size_t i = 0; i < blocks; ++i) {
     const __m512i w = _mm512_loadu_si512(src + 64 * i);
     if (nt) {
@@ -90,21 +83,9 @@ __attribute__((target("avx512f,avx512dq"))) size_t CopyDigestBlocks512(
     } else {
       _mm512_storeu_si512(dst + 64 * i, w);
     }
-    __m512i y1 = _mm512_mullo_epi64(_mm512_xor_si512(w, k1), m1);
-    __m512i y2 = _mm512_mullo_epi64(_mm512_add_epi64(w, k2), m2);
-    s1 = _mm512_add_epi64(s1, _mm512_xor_si512(y1, _mm512_srli_epi64(y1, 32)));
-    s2 = _mm512_add_epi64(s2, _mm512_xor_si512(y2, _mm512_srli_epi64(y2, 29)));
-    k1 = _mm512_add_epi64(k1, step1);
-    k2 = _mm512_add_epi64(k2, step2);
+    DigestLanesAdd(&d, w);
   }
-  // Lanes summed as unsigned (the header's reduce adds signed: overflow UB).
-  alignas(64) uint64_t l1[8], l2[8];
-  _mm512_store_si512(l1, s1);
-  _mm512_store_si512(l2, s2);
-  for (int i = 0; i < 8; ++i) {
-    out->s1 += l1[i];
-    out->s2 += l2[i];
-  }
+  DigestLanesFinish(d, out);
   return blocks * 64;
 }
 const bool kHasAvx512dq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/digest.h"
+#include "kernels/digest_avx512.h"
 #include "kernels/parallel.h"
 
 namespace wsync::kernels {
@@ -16,30 +17,34 @@ std::string Digest128::Hex() const {
 
 namespace {
 
-// The word loop, compiled twice: for any x86-64, and vectorized for CPUs with
-// AVX-512 (64-bit lane multiplies). Both give the same sums.
+// The word loop for any CPU; CPUs with AVX-512 take eight words at a time
+// through digest_avx512.h (the same sums).
 // The position terms idx * K1 and (idx + 1) * K2 advance by addition, which
 // leaves two multiplies per word (mod 2^64 the sums are the same).
-#define WSYNC_DIGEST_WORDS                                                     \
-  uint64_t s1 = 0, s2 = 0;                                                     \
-  uint64_t k1 = first * kDigestK1, k2 = (first + 1) * kDigestK2;               \
-  for (size_t i = 0; i < n; ++i) {                                             \
-    uint64_t w;                                                                \
-    std::memcpy(&w, p + 8 * i, 8); /* little-endian hosts (x86-64, aarch64) */ \
-    s1 += DigestG1(w ^ k1);                                                    \
-    s2 += DigestG2(w + k2);                                                    \
-    k1 += kDigestK1;                                                           \
-    k2 += kDigestK2;                                                           \
-  }                                                                            \
-  out->s1 += s1;                                                               \
+void Words(const unsigned char* p, size_t n, uint64_t first, DigestSums* out) {
+  uint64_t s1 = 0, s2 = 0;
+  uint64_t k1 = first * kDigestK1, k2 = (first + 1) * kDigestK2;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t w;
+    std::memcpy(&w, p + 8 * i, 8);  // little-endian hosts (x86-64, aarch64)
+    s1 += DigestG1(w ^ k1);
+    s2 += DigestG2(w + k2);
+    k1 += kDigestK1;
+    k2 += kDigestK2;
+  }
+  out->s1 += s1;
   out->s2 += s2;
-
-void Words(const unsigned char* p, size_t n, uint64_t first, DigestSums* out) { WSYNC_DIGEST_WORDS }
+}
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512dq"), optimize("O3"))) void WordsAvx512(
-    const unsigned char* p, size_t n, uint64_t first, DigestSums* out) {
-  WSYNC_DIGEST_WORDS
+__attribute__((target("avx512f,avx512dq"))) void WordsAvx512(const unsigned char* p, size_t n, uint64_t first,
+                                                            DigestSums* out) {
+  DigestLanes512 d;
+  DigestLanesStart(&d, first);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) DigestLanesAdd(&d, _mm512_loadu_si512(p + 8 * i));
+  DigestLanesFinish(d, out);
+  Words(p + 8 * i, n - i, first + i, out);
 }
 const bool kHasAvx512dq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #endif

@@ -21,6 +21,22 @@ TEST_CASE("digest matches the independent implementation") {
   CHECK(DigestBytes(s.data(), s.size()).Hex() == "0b0700f7bf42bb523308cf37b59d1c5a");
 }
 
+TEST_CASE("the vector loop gives the word-by-word sums at any length and first word") {
+  std::mt19937_64 rng(5);
+  std::vector<uint64_t> words(1003);
+  for (auto& w : words) w = rng();
+  for (size_t n : {size_t{64}, size_t{65}, size_t{71}, size_t{1003}}) {
+    for (uint64_t first : {uint64_t{0}, uint64_t{3}, (uint64_t{1} << 40) + 1}) {
+      DigestSums want;
+      for (size_t i = 0; i < n; ++i) DigestTerm(words[i], first + i, &want);
+      const DigestSums got = DigestPartial(words.data(), n * 8, first);
+      INFO(n << " words from word " << first);
+      CHECK(got.s1 == want.s1);
+      CHECK(got.s2 == want.s2);
+    }
+  }
+}
+
 TEST_CASE("digest is independent of how the words are split") {
   std::mt19937_64 rng(7);
   std::vector<uint64_t> words(3 << 20);  // 24 MiB: several 4 MiB chunks
