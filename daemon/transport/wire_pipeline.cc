@@ -12,7 +12,6 @@ absl::Status RunWirePipeline(Communicator* comm, int rank, const std::vector<Wir
                              const std::vector<char*>& buffers, uint64_t chunk_bytes,
                              const WirePipelineHooks& hooks) {
   if (buffers.empty()) return absl::InvalidArgumentError("wire pipeline: no buffers");
-  const int me = rank;
   struct InFlight {
     size_t bucket;
     char* buf;
@@ -38,7 +37,7 @@ absl::Status RunWirePipeline(Communicator* comm, int rank, const std::vector<Wir
   auto run = [&]() -> absl::Status {
     for (size_t i = 0; i < buckets.size(); ++i) {
       const WireBucket& b = buckets[i];
-      if (std::find(b.chain.begin(), b.chain.end(), me) == b.chain.end()) continue;
+      if (std::find(b.chain.begin(), b.chain.end(), rank) == b.chain.end()) continue;
       if (hooks.before) {
         if (absl::Status s = hooks.before(i); !s.ok()) return s;
       }
@@ -48,7 +47,7 @@ absl::Status RunWirePipeline(Communicator* comm, int rank, const std::vector<Wir
       char* buf = free_bufs.back();
       free_bufs.pop_back();
       in_flight.push_back({i, buf, nullptr});
-      if (b.chain[0] == me) {
+      if (b.chain[0] == rank) {
         if (absl::Status s = hooks.fill(i, buf); !s.ok()) return s;
       }
       if (b.chain.size() > 1) {
@@ -67,9 +66,13 @@ absl::Status RunWirePipeline(Communicator* comm, int rank, const std::vector<Wir
     return absl::OkStatus();
   };
   absl::Status status = run();
-  for (InFlight& f : in_flight) {
-    if (f.transfer) f.transfer->Wait().IgnoreError();
-  }
+  // Transfers still posted would never be drained: end them now (their
+  // destructors wait) rather than at the communicator's timeout. The
+  // communicator stays poisoned, so no later pipeline reuses it.
+  const bool posted = std::any_of(in_flight.begin(), in_flight.end(),
+                                  [](const InFlight& f) { return f.transfer != nullptr; });
+  if (posted) comm->Abort(absl::StrCat("the wire pipeline stopped: ", status.message()));
+  in_flight.clear();
   return status;
 }
 

@@ -43,8 +43,9 @@ struct WirePipelineHooks {
 // `buffers` (each at least as large as the largest such bucket; their
 // number is the pipeline's depth, at least 1). Chunks of `chunk_bytes`
 // are forwarded along chains as they arrive. Returns the first error of a
-// hook or of the wire; in-flight transfers are then waited for (their
-// errors dropped) before it returns, so no transfer outlives `buffers`.
+// hook or of the wire; transfers still in flight are then aborted (Abort
+// poisons the communicator) and waited for before it returns, so no
+// transfer outlives `buffers`.
 // `comm` (whose rank is `rank`) may be null when no chain of this rank's
 // buckets has more than one rank. Not thread-safe: one caller per
 // communicator.

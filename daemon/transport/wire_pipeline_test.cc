@@ -73,12 +73,13 @@ TEST_CASE("every rank drains, in order, exactly the buckets of its chains, with 
   }
 }
 
-TEST_CASE("a failing hook stops the pipeline with its own error; the other ranks end with errors, not hangs") {
+TEST_CASE("a failing hook stops the pipeline with its own error and aborts what is in flight; the other ranks end with errors") {
   const int n = 2;
   auto store = KvStore::InMemory();
   const std::vector<WireBucket> buckets = {{1000, {0, 1}}, {1000, {0, 1}}, {1000, {0, 1}}, {1000, {0, 1}}};
   std::vector<absl::Status> status(n);
   std::vector<int> drains(n, 0);
+  std::vector<int> poisoned(n, 0);  // not vector<bool>: ranks write from their threads
   OnEveryRank(n, [&](int r) {
     GlooOptions o;
     o.timeout = std::chrono::milliseconds(500);
@@ -99,12 +100,15 @@ TEST_CASE("a failing hook stops the pipeline with its own error; the other ranks
                                         std::string(s.message()));
     };
     status[r] = RunWirePipeline(c->get(), r, buckets, bufs, 256, hooks);
+    poisoned[r] = !(*c)->error().ok();
   });
   CHECK(status[0].code() == absl::StatusCode::kDataLoss);
   CHECK(status[0].message() == "bucket 2 would not pack");
   CHECK_FALSE(status[1].ok());
   CHECK(std::string(status[1].message()).find("wire bucket 2 from daemon 'd0'") != std::string::npos);
   CHECK(drains[1] == 2);
+  // Rank 0 still had bucket 1 posted: aborted, not left to time out.
+  CHECK(poisoned[0]);
 }
 
 }  // namespace
