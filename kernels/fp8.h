@@ -93,13 +93,14 @@ std::vector<Fp8Block> MakeFp8Blocks(const Fp8QuantOp* ops, size_t n);
 // The GPU keeps the smallest key (atomicMin) so both report the same one.
 inline constexpr uint64_t kFp8AllFinite = ~0ull;
 WSYNC_HD uint64_t Fp8BadKey(uint64_t block, uint64_t index_in_block) { return block << 40 | index_in_block; }
-// Where the element of key `key` (not kFp8AllFinite) of a batch whose
-// blocks are `blocks` is, and the error that names it with its value.
+// Where the element of key `key` of a batch whose blocks are `blocks` is;
+// false if the key names no element of it (kFp8AllFinite, or a corrupt
+// value read back from a device). Fp8BadMessage names it with its value.
 struct Fp8Element {
   size_t op = 0;
   int64_t row = 0, col = 0;
 };
-Fp8Element Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key);
+bool Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key, Fp8Element* e);
 std::string Fp8BadMessage(const Fp8Element& e, float value);
 
 // Input checks, kept apart: dtypes, sizes, strides and block sizes. Returns

@@ -87,13 +87,17 @@ std::vector<Fp8Block> MakeFp8Blocks(const Fp8QuantOp* ops, size_t n) {
   return blocks;
 }
 
-Fp8Element Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key) {
-  const Fp8Block& b = blocks.at(key >> 40);
-  const uint64_t l = key & ((1ull << 40) - 1);
+bool Fp8BadElement(const Fp8QuantOp* ops, const std::vector<Fp8Block>& blocks, uint64_t key, Fp8Element* e) {
+  const uint64_t k = key >> 40, l = key & ((1ull << 40) - 1);
+  if (k >= blocks.size()) return false;
+  const Fp8Block& b = blocks[k];
   const Fp8QuantOp& op = ops[b.op];
-  const int64_t width = std::min(op.cols, (b.bj + 1) * op.block_cols) - b.bj * op.block_cols;
-  return {b.op, b.bi * op.block_rows + static_cast<int64_t>(l) / width,
-          b.bj * op.block_cols + static_cast<int64_t>(l) % width};
+  const int64_t r0 = b.bi * op.block_rows, c0 = b.bj * op.block_cols;
+  const int64_t width = std::min(op.cols, c0 + op.block_cols) - c0;
+  const int64_t height = std::min(op.rows, r0 + op.block_rows) - r0;
+  if (l >= static_cast<uint64_t>(width * height)) return false;
+  *e = {b.op, r0 + static_cast<int64_t>(l) / width, c0 + static_cast<int64_t>(l) % width};
+  return true;
 }
 
 std::string Fp8BadMessage(const Fp8Element& e, float value) {
@@ -109,7 +113,8 @@ std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads) {
   ParallelFor(blocks.size(), threads, [&](size_t k) { bad[k] = QuantizeBlock(ops[blocks[k].op], blocks[k], k); });
   for (uint64_t key : bad) {
     if (key == kFp8AllFinite) continue;
-    const Fp8Element e = Fp8BadElement(ops, blocks, key);
+    Fp8Element e;
+    if (!Fp8BadElement(ops, blocks, key, &e)) return "fp8 quantization: internal error: bad element key";
     const Fp8QuantOp& op = ops[e.op];
     return Fp8BadMessage(e, Load(op.src, op.src_dtype, e.row * op.src_ld + e.col));
   }

@@ -196,6 +196,13 @@ TEST_CASE("non-finite weights and bad ops are errors that name the element or th
   op.block_rows = op.block_cols = 8;
   REQUIRE(CheckFp8QuantOps(&op, 1).empty());
   CHECK(QuantizeFp8Cpu(&op, 1, 2) == "fp8 quantization op 0: element (5, 9) is inf; FP8 scales need finite weights");
+  const std::vector<Fp8Block> blocks = MakeFp8Blocks(&op, 1);
+  Fp8Element e;
+  REQUIRE(Fp8BadElement(&op, blocks, Fp8BadKey(1, 1 * 8 + 1), &e));  // block (0, 1), local (1, 1)
+  CHECK(e.row == 1);
+  CHECK(e.col == 9);
+  CHECK_FALSE(Fp8BadElement(&op, blocks, kFp8AllFinite, &e));
+  CHECK_FALSE(Fp8BadElement(&op, blocks, Fp8BadKey(1, 64), &e));  // past the 8 x 8 block
   w[5 * 16 + 9] = NAN;
   CHECK(QuantizeFp8Cpu(&op, 1, 1).find("element (5, 9) is nan") != std::string::npos);
   Fp8QuantOp bad = op;
