@@ -48,8 +48,7 @@ std::string CheckFp8QuantOps(const Fp8QuantOp* ops, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const Fp8QuantOp& op = ops[i];
     if (op.src_dtype != DType::kF32 && op.src_dtype != DType::kBF16 && op.src_dtype != DType::kF16) {
-      return Where(i) + "source dtype " + std::to_string(static_cast<int>(op.src_dtype)) +
-             " is not fp32, bf16 or fp16";
+      return Where(i) + "source dtype " + DTypeName(op.src_dtype) + " is not fp32, bf16 or fp16";
     }
     if (op.rows < 1 || op.cols < 1) {
       return Where(i) + "shape [" + std::to_string(op.rows) + ", " + std::to_string(op.cols) + "] is empty";

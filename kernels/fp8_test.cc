@@ -211,7 +211,7 @@ TEST_CASE("non-finite weights and bad ops are errors that name the element or th
         "fp8 quantization op 0: row strides (source 16, fp8 16, scales 1) shorter than the rows (16 elements, 2 scales)");
   bad = op;
   bad.src_dtype = DType::kF8E4M3;
-  CHECK(CheckFp8QuantOps(&bad, 1) == "fp8 quantization op 0: source dtype 4 is not fp32, bf16 or fp16");
+  CHECK(CheckFp8QuantOps(&bad, 1) == "fp8 quantization op 0: source dtype fp8_e4m3 is not fp32, bf16 or fp16");
 }
 
 }  // namespace
