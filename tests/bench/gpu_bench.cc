@@ -264,6 +264,7 @@ testing::GpuScenario Scenario(const std::string& name, uint64_t) {
 }
 
 void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
+  std::fprintf(stderr, "starting %s -> %s\n", trainer.c_str(), gen.c_str());
   server::Options o;
   o.log.level = "warn";
   auto d = testing::ColocatedDaemon::Start(trainer, gen, o);
@@ -311,6 +312,7 @@ int main(int argc, char** argv) {
   if (wsync::g_quick) setenv("WSYNC_BENCH_QUICK", "1", 1);
   int child = wsync::testing::MaybeRunGpuChild(argc, argv, wsync::Scenario);
   if (child >= 0) return child;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line shows up even if the run is cut short
   auto gpus = wsync::kernels::ListGpus();
   if (!gpus.ok() || gpus->empty()) {
     std::fprintf(stderr, "no GPU: %s\n", gpus.status().ToString().c_str());

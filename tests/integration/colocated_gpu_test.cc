@@ -26,7 +26,7 @@ struct Tensor {
   int64_t rows, cols;
   int split;  // dimension split over TP; -1 = replicated
 };
-const Tensor kTensors[] = {{"layers.0.qkv.weight", 64, 40, 0}, {"layers.0.proj.weight", 24, 50, 1}, {"norm.weight", 1, 40, -1}};
+const Tensor kTensors[] = {{"layers.0.qkv.weight", 256, 64, 0}, {"layers.0.proj.weight", 64, 96, 1}, {"norm.weight", 1, 64, -1}};
 
 std::vector<float> Canonical(int t, uint64_t seed) {
   std::mt19937_64 rng(seed * 1000 + t);
@@ -150,7 +150,7 @@ TEST_CASE("colocated GPU sync: TP=2 fp32 trainer -> TP=1 bf16 generator, staged 
     CHECK(r1->version() == 1);
     CheckGenerator(*d, 1);
     REQUIRE(d->trainer().Fill(2).ok());
-    auto r2 = d->Sync("m", 2, 1024);  // several buckets
+    auto r2 = d->Sync("m", 2, 4096);  // several buckets (4096 is the smallest bucket)
     INFO(r2.status().ToString());
     REQUIRE(r2.ok());
     CHECK(r2->buckets() > 3);
@@ -174,7 +174,7 @@ TEST_CASE("killing the trainer mid-sync leaves the generator on its previous ver
   CheckGenerator(*d, 1);
   REQUIRE(d->trainer().Fill(2).ok());
   absl::StatusOr<v1::SyncResult> r2 = absl::UnknownError("not run");
-  std::thread t([&] { r2 = d->Sync("m", 2, 1024); });
+  std::thread t([&] { r2 = d->Sync("m", 2, 4096); });
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
   d->trainer().Kill();
   t.join();

@@ -107,7 +107,13 @@ int RunChild(const std::string& socket, const std::string& name, const std::stri
       if (!ref.ok()) return fail(ref.status().ToString());
       *req.mutable_buffers(i)->mutable_memory() = *ref;
     }
+    // A generator may come up before the trainer has registered the model:
+    // it waits for the model as an engine's start-up would.
     auto s = (*c)->RegisterShards(req);
+    for (int i = 0; i < 600 && !s.ok() && s.status().code() == absl::StatusCode::kNotFound; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      s = (*c)->RegisterShards(req);
+    }
     if (!s.ok()) return fail(s.status().ToString());
   }
   Reply("ok");
