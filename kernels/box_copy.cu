@@ -6,21 +6,6 @@
 
 namespace wsync::kernels {
 
-std::vector<BoxTile> MakeBoxTiles(const BoxCopyOp* ops, size_t n, uint64_t tile_bytes) {
-  std::vector<BoxTile> tiles;
-  for (size_t i = 0; i < n; ++i) {
-    int64_t rows = 1;
-    for (int d = 0; d + 1 < ops[i].ndim; ++d) rows *= ops[i].extent[d];
-    const uint64_t row_bytes =
-        static_cast<uint64_t>(ops[i].extent[ops[i].ndim - 1]) * DTypeSize(ops[i].dst_dtype);
-    const int64_t per = std::max<int64_t>(1, static_cast<int64_t>(tile_bytes / std::max<uint64_t>(row_bytes, 1)));
-    for (int64_t r = 0; r < rows; r += per) {
-      tiles.push_back({static_cast<uint32_t>(i), r, std::min(rows, r + per)});
-    }
-  }
-  return tiles;
-}
-
 cudaError_t LaunchBoxCopy(const BoxCopyOp* d_ops, const BoxTile* d_tiles, int num_tiles,
                           cudaStream_t stream) {
   if (num_tiles == 0) return cudaSuccess;

@@ -44,21 +44,22 @@ __device__ __forceinline__ void CopyElement(const BoxCopyOp& op, int64_t si, int
   StoreFromF32(op.dst, op.dst_dtype, di, LoadAsF32(op.src, op.src_dtype, si));
 }
 
-// One block per tile; the block's threads stride over each row.
+// One block per tile; the block's threads stride over the tile's columns
+// of each of its rows.
 __global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* __restrict__ tiles) {
   const BoxTile tile = tiles[blockIdx.x];
   const BoxCopyOp op = ops[tile.op];
   const int last = op.ndim - 1;
-  const int64_t n = op.extent[last];
+  const int64_t c0 = tile.col_begin, c1 = tile.col_end;
   const int esz = DTypeSize(op.dst_dtype);
   for (int64_t r = tile.row_begin; r < tile.row_end; ++r) {
     int64_t so, dof;
     RowOffsets(op, r, &so, &dof);
     const bool contiguous = op.src_stride[last] == 1 && op.dst_stride[last] == 1;
     if (contiguous && op.src != nullptr && op.src_dtype == op.dst_dtype) {
-      const char* s = static_cast<const char*>(op.src) + so * esz;
-      char* d = static_cast<char*>(op.dst) + dof * esz;
-      const int64_t bytes = n * esz;
+      const char* s = static_cast<const char*>(op.src) + (so + c0) * esz;
+      char* d = static_cast<char*>(op.dst) + (dof + c0) * esz;
+      const int64_t bytes = (c1 - c0) * esz;
       if ((reinterpret_cast<uintptr_t>(s) & 15) == 0 && (reinterpret_cast<uintptr_t>(d) & 15) == 0) {
         const int64_t vec = bytes / 16;
         for (int64_t i = threadIdx.x; i < vec; i += blockDim.x) {
@@ -68,7 +69,7 @@ __global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* 
         continue;
       }
     }
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int64_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
       CopyElement(op, so + i * op.src_stride[last], dof + i * op.dst_stride[last]);
     }
   }
@@ -76,7 +77,9 @@ __global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* 
 
 // Digest of the destination rows: each thread handles whole 8-byte words
 // of a row (the row zero-padded to a word multiple), block sums are added
-// atomically (the sums are modular, so the order does not matter).
+// atomically (the sums are modular, so the order does not matter). A row
+// contiguous in the destination is read a word at a time where the word
+// is 8-byte aligned and whole, byte by byte elsewhere.
 __global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_t* __restrict__ word_base,
                                 const BoxTile* __restrict__ tiles, DigestSums* sums) {
   const BoxTile tile = tiles[blockIdx.x];
@@ -84,21 +87,40 @@ __global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_
   const int last = op.ndim - 1;
   const int64_t n = op.extent[last];
   const int esz = DTypeSize(op.dst_dtype);
+  const int esz_shift = esz == 4 ? 2 : esz == 2 ? 1 : 0;
   const int64_t row_bytes = n * esz;
   const int64_t row_words = (row_bytes + 7) / 8;
+  const int64_t whole_words = row_bytes / 8;
+  // The tile's words: its first column starts a word (MakeBoxTiles), its
+  // last column ends one or the row.
+  const int64_t w0 = tile.col_begin * esz / 8;
+  const int64_t w1 = tile.col_end == n ? row_words : tile.col_end * esz / 8;
+  const bool contiguous = op.dst_stride[last] == 1;
   uint64_t s1 = 0, s2 = 0;
   for (int64_t r = tile.row_begin; r < tile.row_end; ++r) {
     int64_t so, dof;
     RowOffsets(op, r, &so, &dof);
     const unsigned char* row = static_cast<const unsigned char*>(op.dst);
-    for (int64_t w = threadIdx.x; w < row_words; w += blockDim.x) {
+    const unsigned char* first = row + dof * esz;
+    const bool aligned = contiguous && (reinterpret_cast<uintptr_t>(first) & 7) == 0;
+    for (int64_t w = w0 + threadIdx.x; w < w1; w += blockDim.x) {
       uint64_t word = 0;
-      for (int b = 0; b < 8; ++b) {
-        const int64_t byte = w * 8 + b;
-        if (byte >= row_bytes) break;
-        const int64_t elem = byte / esz, within = byte % esz;
-        const unsigned char v = row[(dof + elem * op.dst_stride[last]) * esz + within];
-        word |= static_cast<uint64_t>(v) << (8 * b);
+      if (aligned && w < whole_words) {
+        word = reinterpret_cast<const uint64_t*>(first)[w];
+      } else if (contiguous) {
+        for (int b = 0; b < 8; ++b) {
+          const int64_t byte = w * 8 + b;
+          if (byte >= row_bytes) break;
+          word |= static_cast<uint64_t>(first[byte]) << (8 * b);
+        }
+      } else {
+        for (int b = 0; b < 8; ++b) {
+          const int64_t byte = w * 8 + b;
+          if (byte >= row_bytes) break;
+          const int64_t elem = byte >> esz_shift, within = byte & (esz - 1);
+          const unsigned char v = row[(dof + elem * op.dst_stride[last]) * esz + within];
+          word |= static_cast<uint64_t>(v) << (8 * b);
+        }
       }
       const uint64_t idx = word_base[tile.op] + r * row_words + w;
       s1 += DigestG1(word ^ (idx * kDigestK1));

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/digest.h"
 #include "kernels/dtype.h"
@@ -62,6 +63,21 @@ DigestSums BoxCopyDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word
 // Digest of the destination boxes as they are in memory now (the
 // "received" digest); `src` is ignored.
 DigestSums BoxDigestCpu(const BoxCopyOp* ops, size_t n, const uint64_t* word_base, int threads);
+
+// The work of one GPU thread block: rows [row_begin, row_end) of op `op`,
+// elements [col_begin, col_end) of each row's innermost extent. A row longer
+// than a tile is cut into column ranges whose bytes start at multiples of 8,
+// so that each digest word of a row belongs to exactly one tile.
+struct BoxTile {
+  uint32_t op = 0;
+  int64_t row_begin = 0, row_end = 0;
+  int64_t col_begin = 0, col_end = 0;
+};
+
+// Splits ops into tiles of about `tile_bytes` destination bytes (rounded
+// down to a multiple of 8, at least 8): whole rows where a row fits, else
+// one row cut into columns. Ops must pass CheckBoxCopyOps.
+std::vector<BoxTile> MakeBoxTiles(const BoxCopyOp* ops, size_t n, uint64_t tile_bytes = 64 << 10);
 
 }  // namespace wsync::kernels
 

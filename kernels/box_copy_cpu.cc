@@ -484,4 +484,30 @@ void BoxCopyCpu(const BoxCopyOp* ops, size_t n, int threads) {
   });
 }
 
+std::vector<BoxTile> MakeBoxTiles(const BoxCopyOp* ops, size_t n, uint64_t tile_bytes) {
+  tile_bytes = std::max<uint64_t>(8, tile_bytes / 8 * 8);
+  std::vector<BoxTile> tiles;
+  for (size_t i = 0; i < n; ++i) {
+    const BoxCopyOp& op = ops[i];
+    int64_t rows = 1;
+    for (int d = 0; d + 1 < op.ndim; ++d) rows *= op.extent[d];
+    const int64_t cols = op.extent[op.ndim - 1];
+    const uint64_t esz = DTypeSize(op.dst_dtype);
+    const uint64_t row_bytes = static_cast<uint64_t>(cols) * esz;
+    const auto id = static_cast<uint32_t>(i);
+    if (row_bytes <= tile_bytes) {
+      const auto per = static_cast<int64_t>(tile_bytes / std::max<uint64_t>(row_bytes, 1));
+      for (int64_t r = 0; r < rows; r += per) tiles.push_back({id, r, std::min(rows, r + per), 0, cols});
+      continue;
+    }
+    // esz divides 8, and tile_bytes is a multiple of 8: every cut but the
+    // row's end falls on a multiple of 8 bytes.
+    const auto chunk = static_cast<int64_t>(tile_bytes / esz);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; c += chunk) tiles.push_back({id, r, r + 1, c, std::min(cols, c + chunk)});
+    }
+  }
+  return tiles;
+}
+
 }  // namespace wsync::kernels

@@ -355,5 +355,56 @@ TEST_CASE("the one-pass copy digest of long rows matches the word-by-word defini
   }
 }
 
+TEST_CASE("GPU tiles cover every element once and cut long rows on 8-byte word boundaries") {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<BoxCopyOp> ops;
+    const int nops = 1 + static_cast<int>(rng() % 4);
+    for (int i = 0; i < nops; ++i) {
+      BoxCopyOp op;
+      op.dst = reinterpret_cast<void*>(uintptr_t{256});
+      op.dst_dtype = std::vector<DType>{DType::kF32, DType::kBF16, DType::kF16}[rng() % 3];
+      op.ndim = 1 + static_cast<int>(rng() % 3);
+      for (int d = 0; d < op.ndim; ++d) op.extent[d] = 1 + static_cast<int64_t>(rng() % (d == op.ndim - 1 ? 200 : 5));
+      ops.push_back(op);
+    }
+    const uint64_t tile_bytes = std::vector<uint64_t>{1, 8, 13, 16, 40, 64, 1000}[rng() % 7];
+    const uint64_t rounded = std::max<uint64_t>(8, tile_bytes / 8 * 8);
+    std::vector<BoxTile> tiles = MakeBoxTiles(ops.data(), ops.size(), tile_bytes);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const BoxCopyOp& op = ops[i];
+      int64_t rows = 1;
+      for (int d = 0; d + 1 < op.ndim; ++d) rows *= op.extent[d];
+      const int64_t cols = op.extent[op.ndim - 1];
+      const int64_t esz = DTypeSize(op.dst_dtype);
+      const int64_t row_words = (cols * esz + 7) / 8;
+      std::vector<int> elem(rows * cols, 0), words(rows * row_words, 0);
+      for (const BoxTile& t : tiles) {
+        if (t.op != i) continue;
+        INFO("op " << i << " rows [" << t.row_begin << ", " << t.row_end << ") cols [" << t.col_begin << ", "
+                   << t.col_end << "), " << cols << " cols of " << esz << " bytes, tile_bytes " << tile_bytes);
+        REQUIRE(0 <= t.row_begin);
+        REQUIRE(t.row_begin < t.row_end);
+        REQUIRE(t.row_end <= rows);
+        REQUIRE(0 <= t.col_begin);
+        REQUIRE(t.col_begin < t.col_end);
+        REQUIRE(t.col_end <= cols);
+        CHECK((t.col_begin * esz) % 8 == 0);
+        CHECK((t.col_end == cols || (t.col_end * esz) % 8 == 0));
+        CHECK(static_cast<uint64_t>((t.row_end - t.row_begin) * (t.col_end - t.col_begin) * esz) <=
+              std::max<uint64_t>(rounded, cols * esz));
+        // The words a tile digests, as the digest kernel derives them.
+        const int64_t w0 = t.col_begin * esz / 8, w1 = t.col_end == cols ? row_words : t.col_end * esz / 8;
+        for (int64_t r = t.row_begin; r < t.row_end; ++r) {
+          for (int64_t c = t.col_begin; c < t.col_end; ++c) elem[r * cols + c]++;
+          for (int64_t w = w0; w < w1; ++w) words[r * row_words + w]++;
+        }
+      }
+      CHECK(std::all_of(elem.begin(), elem.end(), [](int k) { return k == 1; }));
+      CHECK(std::all_of(words.begin(), words.end(), [](int k) { return k == 1; }));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace wsync::kernels

@@ -19,17 +19,8 @@
 
 namespace wsync::kernels {
 
-// A slice of rows of one op, processed by one thread block.
-struct BoxTile {
-  uint32_t op = 0;
-  int64_t row_begin = 0, row_end = 0;
-};
-
-// Splits ops into tiles of about `rows_bytes` destination bytes (host side).
-std::vector<BoxTile> MakeBoxTiles(const BoxCopyOp* ops, size_t n, uint64_t tile_bytes = 64 << 10);
-
 // Copies every op (device pointers) as BoxCopyCpu does, bit for bit. One
-// launch covers all tiles; rows move with 16-byte accesses where source and
+// launch covers all tiles (MakeBoxTiles, box_copy.h); rows move with 16-byte accesses where source and
 // destination are aligned and of equal dtype.
 cudaError_t LaunchBoxCopy(const BoxCopyOp* d_ops, const BoxTile* d_tiles, int num_tiles,
                           cudaStream_t stream);

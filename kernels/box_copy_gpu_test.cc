@@ -90,27 +90,30 @@ TEST_CASE("GPU box copy and digest match the CPU references bit for bit", "[gpu]
       BoxPayloadWords(ops.data(), ops.size(), 3, base.data());
       DigestSums cpu = BoxDigestCpu(ops.data(), ops.size(), base.data(), 1);
 
-      uint8_t* d_src = ToDevice(src);
-      uint8_t* d_dst = ToDevice(got);
-      auto dops = Remap(ops, src.data(), d_src, want.data(), d_dst);
-      auto tiles = MakeBoxTiles(dops.data(), dops.size(), 256);
-      BoxCopyOp* d_ops = ToDevice(dops);
-      BoxTile* d_tiles = ToDevice(tiles);
-      uint64_t* d_base = ToDevice(base);
-      DigestSums* d_sums = ToDevice(std::vector<DigestSums>(1));
-      CUDA_REQUIRE(LaunchBoxCopy(d_ops, d_tiles, static_cast<int>(tiles.size()), nullptr));
-      CUDA_REQUIRE(LaunchBoxDigest(d_ops, d_base, d_tiles, static_cast<int>(tiles.size()), d_sums, nullptr));
-      CUDA_REQUIRE(cudaDeviceSynchronize());
-      CUDA_REQUIRE(cudaMemcpy(got.data(), d_dst, got.size(), cudaMemcpyDeviceToHost));
-      DigestSums gpu;
-      CUDA_REQUIRE(cudaMemcpy(&gpu, d_sums, sizeof(gpu), cudaMemcpyDeviceToHost));
-      INFO(DTypeName(st) << " -> " << DTypeName(dt));
-      CHECK(got == want);
-      CHECK(gpu.s1 == cpu.s1);
-      CHECK(gpu.s2 == cpu.s2);
-      for (void* p : {static_cast<void*>(d_src), static_cast<void*>(d_dst), static_cast<void*>(d_ops),
-                      static_cast<void*>(d_tiles), static_cast<void*>(d_base), static_cast<void*>(d_sums)}) {
-        CUDA_REQUIRE(cudaFree(p));
+      for (uint64_t tile_bytes : {256, 16}) {  // 16: rows cut into column tiles
+        std::fill(got.begin(), got.end(), 0x5a);
+        uint8_t* d_src = ToDevice(src);
+        uint8_t* d_dst = ToDevice(got);
+        auto dops = Remap(ops, src.data(), d_src, want.data(), d_dst);
+        auto tiles = MakeBoxTiles(dops.data(), dops.size(), tile_bytes);
+        BoxCopyOp* d_ops = ToDevice(dops);
+        BoxTile* d_tiles = ToDevice(tiles);
+        uint64_t* d_base = ToDevice(base);
+        DigestSums* d_sums = ToDevice(std::vector<DigestSums>(1));
+        CUDA_REQUIRE(LaunchBoxCopy(d_ops, d_tiles, static_cast<int>(tiles.size()), nullptr));
+        CUDA_REQUIRE(LaunchBoxDigest(d_ops, d_base, d_tiles, static_cast<int>(tiles.size()), d_sums, nullptr));
+        CUDA_REQUIRE(cudaDeviceSynchronize());
+        CUDA_REQUIRE(cudaMemcpy(got.data(), d_dst, got.size(), cudaMemcpyDeviceToHost));
+        DigestSums gpu;
+        CUDA_REQUIRE(cudaMemcpy(&gpu, d_sums, sizeof(gpu), cudaMemcpyDeviceToHost));
+        INFO(DTypeName(st) << " -> " << DTypeName(dt) << ", tiles of " << tile_bytes << " bytes");
+        CHECK(got == want);
+        CHECK(gpu.s1 == cpu.s1);
+        CHECK(gpu.s2 == cpu.s2);
+        for (void* p : {static_cast<void*>(d_src), static_cast<void*>(d_dst), static_cast<void*>(d_ops),
+                        static_cast<void*>(d_tiles), static_cast<void*>(d_base), static_cast<void*>(d_sums)}) {
+          CUDA_REQUIRE(cudaFree(p));
+        }
       }
     }
   }

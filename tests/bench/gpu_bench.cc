@@ -272,7 +272,7 @@ void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
     std::fprintf(stderr, "%s -> %s: %s\n", trainer.c_str(), gen.c_str(), d.status().ToString().c_str());
     std::exit(1);
   }
-  std::vector<double> rpc, daemon;
+  std::vector<double> rpc, daemon, transfer, verify, commit;
   uint64_t bytes = 0;
   for (int i = 0; i <= reps; ++i) {  // version 1 builds the plan and the staging: not counted
     auto t0 = std::chrono::steady_clock::now();
@@ -286,6 +286,9 @@ void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
     if (i == 0) continue;
     rpc.push_back(ms);
     daemon.push_back(r->timings().total_ms());
+    transfer.push_back(r->timings().transfer_ms());
+    verify.push_back(r->timings().verify_ms());
+    commit.push_back(r->timings().commit_ms());
   }
   std::sort(rpc.begin(), rpc.end());
   std::sort(daemon.begin(), daemon.end());
@@ -300,6 +303,12 @@ void SyncBench(const std::string& trainer, const std::string& gen, int reps) {
   std::printf("%-12s -> %-13s %8.2f GiB  p50 %7.2f ms (daemon %7.2f ms, p90 %7.2f)  D2D %6.2f ms  D2D/p50 %4.0f%%\n",
               trainer.c_str(), gen.c_str(), bytes / double(1ull << 30), rpc[rpc.size() / 2], daemon[daemon.size() / 2],
               rpc[rpc.size() * 9 / 10], d2d, 100.0 * d2d / rpc[rpc.size() / 2]);
+  auto p50 = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf("%29s phases p50: transfer %7.2f ms, verify %7.2f ms, commit %7.2f ms\n", "", p50(transfer), p50(verify),
+              p50(commit));
 }
 
 }  // namespace
