@@ -20,6 +20,13 @@ cudaError_t LaunchBoxDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base,
   return cudaGetLastError();
 }
 
+cudaError_t LaunchBoxCopyDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base, const BoxTile* d_tiles,
+                                int num_tiles, DigestSums* d_sums, cudaStream_t stream) {
+  if (num_tiles == 0) return cudaSuccess;
+  device::BoxCopyDigestKernel<<<num_tiles, 256, 0, stream>>>(d_ops, d_word_base, d_tiles, d_sums);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchLoraMerge(const LoraMergeOp* d_ops, int num_ops, int64_t max_rows, int64_t max_cols,
                             LoraMath math, cudaStream_t stream) {
   if (num_ops == 0 || max_rows <= 0 || max_cols <= 0) return cudaSuccess;

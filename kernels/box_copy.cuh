@@ -44,11 +44,9 @@ __device__ __forceinline__ void CopyElement(const BoxCopyOp& op, int64_t si, int
   StoreFromF32(op.dst, op.dst_dtype, di, LoadAsF32(op.src, op.src_dtype, si));
 }
 
-// One block per tile; the block's threads stride over the tile's columns
-// of each of its rows.
-__global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* __restrict__ tiles) {
-  const BoxTile tile = tiles[blockIdx.x];
-  const BoxCopyOp op = ops[tile.op];
+// Copies one tile; the block's threads stride over the tile's columns of
+// each of its rows.
+__device__ __forceinline__ void CopyTile(const BoxCopyOp& op, const BoxTile& tile) {
   const int last = op.ndim - 1;
   const int64_t c0 = tile.col_begin, c1 = tile.col_end;
   const int esz = DTypeSize(op.dst_dtype);
@@ -75,15 +73,13 @@ __global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* 
   }
 }
 
-// Digest of the destination rows: each thread handles whole 8-byte words
-// of a row (the row zero-padded to a word multiple), block sums are added
-// atomically (the sums are modular, so the order does not matter). A row
-// contiguous in the destination is read a word at a time where the word
-// is 8-byte aligned and whole, byte by byte elsewhere.
-__global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_t* __restrict__ word_base,
-                                const BoxTile* __restrict__ tiles, DigestSums* sums) {
-  const BoxTile tile = tiles[blockIdx.x];
-  const BoxCopyOp op = ops[tile.op];
+// Adds this thread's digest terms of the tile's destination words to *s1,
+// *s2. Each thread handles whole 8-byte words of a row (the row zero-padded
+// to a word multiple). A row contiguous in the destination is read a word
+// at a time where the word is 8-byte aligned and whole, byte by byte
+// elsewhere.
+__device__ __forceinline__ void DigestTile(const BoxCopyOp& op, const BoxTile& tile, uint64_t word_base, uint64_t* s1,
+                                           uint64_t* s2) {
   const int last = op.ndim - 1;
   const int64_t n = op.extent[last];
   const int esz = DTypeSize(op.dst_dtype);
@@ -96,7 +92,6 @@ __global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_
   const int64_t w0 = tile.col_begin * esz / 8;
   const int64_t w1 = tile.col_end == n ? row_words : tile.col_end * esz / 8;
   const bool contiguous = op.dst_stride[last] == 1;
-  uint64_t s1 = 0, s2 = 0;
   for (int64_t r = tile.row_begin; r < tile.row_end; ++r) {
     int64_t so, dof;
     RowOffsets(op, r, &so, &dof);
@@ -122,13 +117,54 @@ __global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_
           word |= static_cast<uint64_t>(v) << (8 * b);
         }
       }
-      const uint64_t idx = word_base[tile.op] + r * row_words + w;
-      s1 += DigestG1(word ^ (idx * kDigestK1));
-      s2 += DigestG2(word + (idx + 1) * kDigestK2);
+      const uint64_t idx = word_base + r * row_words + w;
+      *s1 += DigestG1(word ^ (idx * kDigestK1));
+      *s2 += DigestG2(word + (idx + 1) * kDigestK2);
     }
   }
-  atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s1), static_cast<unsigned long long>(s1));
-  atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s2), static_cast<unsigned long long>(s2));
+}
+
+// Adds the block's sums into *sums: a warp reduction, then one atomic pair
+// per warp (the sums are modular, so the order does not matter).
+__device__ __forceinline__ void AddSums(DigestSums* sums, uint64_t s1, uint64_t s2) {
+  for (int off = 16; off > 0; off >>= 1) {
+    s1 += __shfl_down_sync(0xffffffffu, s1, off);
+    s2 += __shfl_down_sync(0xffffffffu, s2, off);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s1), static_cast<unsigned long long>(s1));
+    atomicAdd(reinterpret_cast<unsigned long long*>(&sums->s2), static_cast<unsigned long long>(s2));
+  }
+}
+
+// One block per tile.
+__global__ void BoxCopyKernel(const BoxCopyOp* __restrict__ ops, const BoxTile* __restrict__ tiles) {
+  const BoxTile tile = tiles[blockIdx.x];
+  CopyTile(ops[tile.op], tile);
+}
+
+// Digest of the destination boxes as they are in memory.
+__global__ void BoxDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_t* __restrict__ word_base,
+                                const BoxTile* __restrict__ tiles, DigestSums* sums) {
+  const BoxTile tile = tiles[blockIdx.x];
+  uint64_t s1 = 0, s2 = 0;
+  DigestTile(ops[tile.op], tile, word_base[tile.op], &s1, &s2);
+  AddSums(sums, s1, s2);
+}
+
+// Copy, then digest of what the block wrote: the tile's bytes are re-read
+// right after the block wrote them (from L2 rather than HBM, for tiles of
+// tens of KiB). Tiles of a batch never share a destination element, so the
+// block barrier is the only ordering needed.
+__global__ void BoxCopyDigestKernel(const BoxCopyOp* __restrict__ ops, const uint64_t* __restrict__ word_base,
+                                    const BoxTile* __restrict__ tiles, DigestSums* sums) {
+  const BoxTile tile = tiles[blockIdx.x];
+  const BoxCopyOp op = ops[tile.op];
+  CopyTile(op, tile);
+  __syncthreads();
+  uint64_t s1 = 0, s2 = 0;
+  DigestTile(op, tile, word_base[tile.op], &s1, &s2);
+  AddSums(sums, s1, s2);
 }
 
 // One thread per output element; the k loop runs in the CPU reference's

@@ -31,6 +31,12 @@ cudaError_t LaunchBoxDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base,
                             const BoxTile* d_tiles, int num_tiles, DigestSums* d_sums,
                             cudaStream_t stream);
 
+// LaunchBoxCopy and LaunchBoxDigest in one pass over the destination: each
+// tile is digested right after it is written (as BoxCopyDigestCpu).
+cudaError_t LaunchBoxCopyDigest(const BoxCopyOp* d_ops, const uint64_t* d_word_base,
+                                const BoxTile* d_tiles, int num_tiles, DigestSums* d_sums,
+                                cudaStream_t stream);
+
 // How LoRA merge computes B @ A.
 enum class LoraMath {
   // One thread per output element, in the CPU reference's operation order:

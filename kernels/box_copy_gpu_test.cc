@@ -110,6 +110,17 @@ TEST_CASE("GPU box copy and digest match the CPU references bit for bit", "[gpu]
         CHECK(got == want);
         CHECK(gpu.s1 == cpu.s1);
         CHECK(gpu.s2 == cpu.s2);
+        // The fused kernel: the same bytes and the same sums in one launch.
+        CUDA_REQUIRE(cudaMemcpy(d_dst, std::vector<uint8_t>(got.size(), 0x5a).data(), got.size(),
+                                cudaMemcpyHostToDevice));
+        CUDA_REQUIRE(cudaMemset(d_sums, 0, sizeof(DigestSums)));
+        CUDA_REQUIRE(LaunchBoxCopyDigest(d_ops, d_base, d_tiles, static_cast<int>(tiles.size()), d_sums, nullptr));
+        CUDA_REQUIRE(cudaDeviceSynchronize());
+        CUDA_REQUIRE(cudaMemcpy(got.data(), d_dst, got.size(), cudaMemcpyDeviceToHost));
+        CUDA_REQUIRE(cudaMemcpy(&gpu, d_sums, sizeof(gpu), cudaMemcpyDeviceToHost));
+        CHECK(got == want);
+        CHECK(gpu.s1 == cpu.s1);
+        CHECK(gpu.s2 == cpu.s2);
         for (void* p : {static_cast<void*>(d_src), static_cast<void*>(d_dst), static_cast<void*>(d_ops),
                         static_cast<void*>(d_tiles), static_cast<void*>(d_base), static_cast<void*>(d_sums)}) {
           CUDA_REQUIRE(cudaFree(p));

@@ -220,20 +220,15 @@ class CudaContext final : public ExecContext {
     if (!d_tiles.ok()) return d_tiles.status();
     const auto* o = static_cast<const kernels::BoxCopyOp*>(*d_ops);
     const auto* t = static_cast<const kernels::BoxTile*>(*d_tiles);
-    if (copy) {
-      if (absl::Status s = CudaStatus(kernels::LaunchBoxCopy(o, t, static_cast<int>(tiles.size()), *st), "box copy kernel");
-          !s.ok()) {
-        return s;
-      }
-    }
-    if (word_base == nullptr) return absl::OkStatus();
+    const int num_tiles = static_cast<int>(tiles.size());
+    if (word_base == nullptr) return CudaStatus(kernels::LaunchBoxCopy(o, t, num_tiles, *st), "box copy kernel");
     auto d_words = Upload(device, *st, word_base, n * sizeof(uint64_t));
     if (!d_words.ok()) return d_words.status();
     auto d_slot = Slot(device, *st, slot);
     if (!d_slot.ok()) return d_slot.status();
-    return CudaStatus(kernels::LaunchBoxDigest(o, static_cast<const uint64_t*>(*d_words), t,
-                                               static_cast<int>(tiles.size()), *d_slot, *st),
-                      "box digest kernel");
+    const auto* w = static_cast<const uint64_t*>(*d_words);
+    if (copy) return CudaStatus(kernels::LaunchBoxCopyDigest(o, w, t, num_tiles, *d_slot, *st), "box copy+digest kernel");
+    return CudaStatus(kernels::LaunchBoxDigest(o, w, t, num_tiles, *d_slot, *st), "box digest kernel");
   }
 
   CudaExecutor* const ex_;

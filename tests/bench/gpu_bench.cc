@@ -1,5 +1,6 @@
 // GPU benchmarks, as ratios against baselines measured in the same run:
-//   1. the batched box copy kernel against cudaMemcpy D2D of the same bytes;
+//   1. the batched box copy kernel, alone and with the digest fused in (as
+//      syncs run it), against cudaMemcpy D2D of the same bytes;
 //   2. LoRA merge (r = 8, 16, 64, 128) against D2D over W's bytes and
 //      against cuBLASLt computing D = s * B @ A + W;
 //   3. colocated syncs of Llama-2-7B shapes (bf16) through a daemon in this
@@ -81,7 +82,7 @@ T* Upload(const std::vector<T>& v) {
 
 void BoxCopyBench() {
   std::printf("\n== box copy kernel vs cudaMemcpy D2D (same bytes)\n");
-  std::printf("%-44s %10s %10s %8s\n", "case", "kernel ms", "D2D ms", "ratio");
+  std::printf("%-44s %10s %10s %8s %12s %8s\n", "case", "kernel ms", "D2D ms", "ratio", "+digest ms", "ratio");
   const int64_t rows = 4096, cols = 4096;
   struct Case {
     const char* name;
@@ -118,6 +119,14 @@ void BoxCopyBench() {
     auto* d_ops = Upload(ops);
     auto* d_tiles = Upload(tiles);
     const double k = TimeMs([&] { CK(kernels::LaunchBoxCopy(d_ops, d_tiles, static_cast<int>(tiles.size()), nullptr)); });
+    // The same copy with the sync's digest fused in (what a sync runs).
+    std::vector<uint64_t> base(ops.size());
+    kernels::BoxPayloadWords(ops.data(), ops.size(), 0, base.data());
+    auto* d_base = Upload(base);
+    auto* d_sums = Upload(std::vector<kernels::DigestSums>(1));
+    const double kd = TimeMs([&] {
+      CK(kernels::LaunchBoxCopyDigest(d_ops, d_base, d_tiles, static_cast<int>(tiles.size()), d_sums, nullptr));
+    });
     // Baseline: D2D moving the bytes the kernel reads + writes (a D2D copy
     // of n bytes reads n and writes n).
     const size_t moved = copies * rows * cols * (ssz + dsz) / 2;
@@ -125,9 +134,10 @@ void BoxCopyBench() {
     CK(cudaMalloc(&a, moved));
     CK(cudaMalloc(&b, moved));
     const double d = TimeMs([&] { CK(cudaMemcpyAsync(b, a, moved, cudaMemcpyDeviceToDevice)); });
-    std::printf("%-44s %10.3f %10.3f %7.0f%%\n", c.name, k, d, 100.0 * d / k);
+    std::printf("%-44s %10.3f %10.3f %7.0f%% %12.3f %7.0f%%\n", c.name, k, d, 100.0 * d / k, kd, 100.0 * d / kd);
     for (void* p : {static_cast<void*>(src), static_cast<void*>(dst), static_cast<void*>(d_ops),
-                    static_cast<void*>(d_tiles), static_cast<void*>(a), static_cast<void*>(b)}) {
+                    static_cast<void*>(d_tiles), static_cast<void*>(a), static_cast<void*>(b),
+                    static_cast<void*>(d_base), static_cast<void*>(d_sums)}) {
       CK(cudaFree(p));
     }
   }
