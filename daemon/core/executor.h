@@ -66,6 +66,50 @@ class Executor {
   virtual absl::StatusOr<std::unique_ptr<ExecContext>> NewContext() = 0;
 };
 
+// A context over host memory and GPUs together, for work that moves bytes
+// between them through host buffers (multi-node parts: wire buffers in host
+// memory, shards in GPU memory). Work for device -1 runs in a host context,
+// work for a GPU ordinal in a CUDA context made on first use; Finish sums
+// the slots of both. Not thread-safe: one job thread uses it.
+class MixedContext final : public ExecContext {
+ public:
+  // `gpu` makes the CUDA context (null: GPU work fails with `gpu_error`).
+  // With `stand_in`, GPU ordinals run in a second host context as device
+  // -1, so that tests without a GPU exercise the routing.
+  static absl::StatusOr<std::unique_ptr<MixedContext>> Create(Executor* host, Executor* gpu, absl::Status gpu_error,
+                                                              bool stand_in);
+  ~MixedContext() override;
+
+  // Host memory, zeroed, that work on every device of this context can read
+  // and write: pinned and mapped when `for_gpus` (plain when standing in).
+  absl::StatusOr<std::unique_ptr<memory::Buffer>> AllocateShared(uint64_t bytes, const std::string& what,
+                                                                 bool for_gpus);
+
+  absl::StatusOr<std::unique_ptr<memory::Buffer>> Allocate(int device, uint64_t bytes,
+                                                           const std::string& what) override;
+  absl::Status EnablePeer(int device, int from_device) override;
+  absl::Status WaitEvent(int device, void* event) override;
+  absl::Status Copy(int device, const kernels::BoxCopyOp* ops, size_t n) override;
+  absl::Status CopyDigest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
+                          size_t slot) override;
+  absl::Status LoraMerge(int device, const kernels::LoraMergeOp* ops, size_t n) override;
+  absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
+                      size_t slot) override;
+  absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) override;
+
+ private:
+  MixedContext(std::unique_ptr<ExecContext> host, Executor* gpu, absl::Status gpu_error)
+      : host_(std::move(host)), gpu_exec_(gpu), gpu_error_(std::move(gpu_error)) {}
+  // The context for `device` and the device number to pass it.
+  absl::StatusOr<std::pair<ExecContext*, int>> Route(int device);
+
+  std::unique_ptr<ExecContext> host_;
+  Executor* gpu_exec_;  // the CUDA executor, or the host one standing in
+  absl::Status gpu_error_;
+  bool stand_in_ = false;
+  std::unique_ptr<ExecContext> gpu_;  // made on first use
+};
+
 }  // namespace wsync::core
 
 #endif  // WSYNC_DAEMON_CORE_EXECUTOR_H_

@@ -234,6 +234,22 @@ DeviceBuffer::~DeviceBuffer() {
   cudaFree(data_);
 }
 
+absl::StatusOr<std::unique_ptr<PinnedHostBuffer>> PinnedHostBuffer::Allocate(uint64_t bytes,
+                                                                            const std::string& what) {
+  if (bytes == 0) bytes = 1;
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of pinned host memory for ", what, ": ", cudaGetErrorString(e)));
+  }
+  std::memset(p, 0, bytes);
+  return std::unique_ptr<PinnedHostBuffer>(new PinnedHostBuffer(p, bytes));
+}
+
+PinnedHostBuffer::~PinnedHostBuffer() { cudaFreeHost(data_); }
+
 absl::StatusOr<int> DeviceOrdinal(const std::string& device_uuid) {
   // The visible GPUs do not change during a process's life: query them once,
   // not for every buffer registered.

@@ -72,6 +72,22 @@ class DeviceBuffer final : public Buffer {
   int device_;
 };
 
+// Daemon-owned host memory, zero-initialized, page-locked and mapped: GPU
+// kernels read and write it at the same address (unified addressing).
+class PinnedHostBuffer final : public Buffer {
+ public:
+  static absl::StatusOr<std::unique_ptr<PinnedHostBuffer>> Allocate(uint64_t bytes, const std::string& what);
+  ~PinnedHostBuffer() override;
+  void* data() const override { return data_; }
+  uint64_t size() const override { return size_; }
+  int device() const override { return -1; }
+
+ private:
+  PinnedHostBuffer(void* data, uint64_t size) : data_(data), size_(size) {}
+  void* data_;
+  uint64_t size_;
+};
+
 // The CUDA ordinal of the visible GPU with this UUID.
 absl::StatusOr<int> DeviceOrdinal(const std::string& device_uuid);
 

@@ -31,6 +31,12 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Allocate(int, uint64
 
 DeviceBuffer::~DeviceBuffer() = default;
 
+absl::StatusOr<std::unique_ptr<PinnedHostBuffer>> PinnedHostBuffer::Allocate(uint64_t, const std::string& what) {
+  return NoCuda(what);
+}
+
+PinnedHostBuffer::~PinnedHostBuffer() = default;
+
 absl::StatusOr<int> DeviceOrdinal(const std::string& device_uuid) {
   return NoCuda(absl::StrCat("GPU ", device_uuid));
 }
