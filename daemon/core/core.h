@@ -296,6 +296,9 @@ struct TestHooks {
   // Flip the first byte of multi-node wire bucket N as this daemon receives
   // it (-1 = none).
   int64_t corrupt_wire = -1;
+  // Multi-node parts treat this daemon's host-memory ranks as if on GPU 0,
+  // run by a second host context: the host-staged GPU path without a GPU.
+  bool stand_in_gpu = false;
 };
 
 struct CoreOptions {

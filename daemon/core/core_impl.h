@@ -185,6 +185,7 @@ struct Model {
   // Wire buckets of multi-node syncs, kept between syncs; only the running
   // part's thread touches them.
   std::vector<std::unique_ptr<memory::Buffer>> wire;
+  bool wire_for_gpus = false;  // pinned, for GPU kernels to pack and unpack
   uint64_t generation = 0;  // bumps on every registration change
   // The last plan built, reused while the registrations, the replicas synced
   // and the bucket size are the same (plan_key).
@@ -389,6 +390,12 @@ class CoreImpl final : public Core {
                                                                           int rank, const std::string& key);
   void RunPart(Part* part);
   absl::Status TransferPart(Part* part);
+  // Where a multi-node part runs work on a local rank's memory: its GPU, or
+  // -1 for host memory (0 when the stand_in_gpu test hook is on).
+  int DeviceOf(const RankReg* r) const;
+  // A context for multi-node parts: host work, and GPU work on cuda_exec_
+  // (or on the host, standing in, under the stand_in_gpu test hook).
+  absl::StatusOr<std::unique_ptr<MixedContext>> NewMixedContext();
   void FinishPart(Part* part);
   void ReapParts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Replica::Commit, logging a commit the state machine refuses (a bug).

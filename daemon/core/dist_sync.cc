@@ -8,6 +8,7 @@
 // unpacking overlapped.
 #include <algorithm>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
@@ -309,10 +310,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
       if (r == nullptr || !r->daemon.empty()) {
         return absl::FailedPreconditionError(absl::StrCat(who, " is not registered here (any more)"));
       }
-      if (r->device >= 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            who, " is in GPU memory; multi-node syncs move host memory over gloo (NCCL is not wired to syncs yet)"));
-      }
+      if (r->device >= 0 && !cuda_exec_.ok()) return Annotate(cuda_exec_.status(), who);
       if (r->shards.size() != e.shards.size()) {
         return absl::FailedPreconditionError(absl::StrCat(who, " changed since it was announced"));
       }
@@ -388,6 +386,17 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   return hash;
 }
 
+int CoreImpl::DeviceOf(const RankReg* r) const {
+  if (r->device >= 0) return r->device;
+  return options_.test_hooks && options_.test_hooks->stand_in_gpu ? 0 : -1;
+}
+
+absl::StatusOr<std::unique_ptr<MixedContext>> CoreImpl::NewMixedContext() {
+  const bool stand_in = options_.test_hooks && options_.test_hooks->stand_in_gpu;
+  return MixedContext::Create(host_exec_.get(), cuda_exec_.ok() ? cuda_exec_->get() : nullptr,
+                              cuda_exec_.ok() ? absl::OkStatus() : cuda_exec_.status(), stand_in);
+}
+
 absl::Status CoreImpl::TransferPart(Part* p) {
   const PlanPart& plan = p->plan;
   const DistPlan& d = *p->dist;
@@ -395,9 +404,14 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   Model* model = p->model;
   const std::string& me = options_.daemon_id;
   const int my_rank = d.rank_of.at(me);
-  auto ctx_or = host_exec_->NewContext();
+  // Shards in GPU memory take the host-staged path: wire buffers in pinned
+  // host memory, which kernels on each shard's GPU pack and unpack.
+  auto ctx_or = NewMixedContext();
   if (!ctx_or.ok()) return ctx_or.status();
-  std::unique_ptr<ExecContext> ctx = std::move(*ctx_or);
+  std::unique_ptr<MixedContext> ctx = std::move(*ctx_or);
+  bool gpu_work = false;
+  for (RankReg* r : p->src_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
+  for (RankReg* r : p->dst_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
   auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
     return r->strides[s].empty() ? nullptr : r->strides[s].data();
   };
@@ -408,7 +422,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     for (size_t s = 0; s < r->shards.size(); ++s) {
       const layout::ShardSpec& sh = r->shards[s];
       if (p->dst_replica[j]->mode == UpdateMode::kStaged && !r->staging[s]) {
-        auto b = ctx->Allocate(-1, sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
+        auto b = ctx->Allocate(DeviceOf(r), sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
                                absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
         if (!b.ok()) return b.status();
         r->staging[s] = std::move(*b);
@@ -416,7 +430,8 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       bool tracked = false;
       for (const layout::Piece& pc : sh.pieces) tracked |= d.adapted.count(pc.tensor) > 0;
       if (tracked && d.full && !r->base[s]) {
-        auto b = ctx->Allocate(-1, sh.shape.NumElements() * 4, absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
+        auto b = ctx->Allocate(DeviceOf(r), sh.shape.NumElements() * 4,
+                               absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
         if (!b.ok()) return b.status();
         r->base[s] = std::move(*b);
       }
@@ -497,25 +512,39 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (!job->abort_reason.empty()) comm->Abort(job->abort_reason);
   }
 
-  // LoRA operands on daemons that hold targets.
-  std::map<int32_t, std::unique_ptr<memory::Buffer>> lora_mem;
-  if (d.has_gather && holds_targets) {
-    for (const layout::ShardSpec& s : d.gather_target.shards) {
-      auto b = ctx->Allocate(-1, s.shape.NumElements() * 4, "LoRA operands");
-      if (!b.ok()) return b.status();
-      lora_mem[s.pieces[0].tensor] = std::move(*b);
+  // LoRA operands, on every device of this daemon that holds targets:
+  // (device, tensor) -> fp32.
+  std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem;
+  std::set<int> target_devices;
+  for (RankReg* r : p->dst_local) {
+    if (r != nullptr) target_devices.insert(DeviceOf(r));
+  }
+  if (d.has_gather) {
+    for (int dev : target_devices) {
+      for (const layout::ShardSpec& s : d.gather_target.shards) {
+        auto b = ctx->Allocate(dev, s.shape.NumElements() * 4, "LoRA operands");
+        if (!b.ok()) return b.status();
+        lora_mem[{dev, s.pieces[0].tensor}] = std::move(*b);
+      }
     }
   }
+  auto lora_ptr = [&](int dev, int32_t tensor) { return static_cast<const float*>(lora_mem.at({dev, tensor})->data()); };
   // Wire buffers stay with the model between syncs: fresh ones would cost
   // page faults on every sync.
   std::vector<std::unique_ptr<memory::Buffer>>& bufs = model->wire;
-  if (bufs.size() != kWireBuffers || bufs[0]->size() < max_bytes) {
+  if (bufs.size() != kWireBuffers || bufs[0]->size() < max_bytes || model->wire_for_gpus != gpu_work) {
     bufs.clear();
     for (size_t i = 0; i < kWireBuffers; ++i) {
-      auto b = ctx->Allocate(-1, std::max<size_t>(max_bytes, 1), "wire bucket");
+      auto b = ctx->AllocateShared(std::max<size_t>(max_bytes, 1), "wire bucket", gpu_work);
       if (!b.ok()) return b.status();
       bufs.push_back(std::move(*b));
     }
+    model->wire_for_gpus = gpu_work;
+  }
+  // Sources in GPU memory: their producers' ready events come first.
+  for (RankReg* r : p->src_local) {
+    if (r == nullptr || r->device < 0) continue;
+    for (void* ev : r->events) WSYNC_RETURN_IF_ERROR(ctx->WaitEvent(r->device, ev));
   }
   const bool merge = plan.lora == LoraMode::kMerge;
   const double sign = plan.lora == LoraMode::kUnmerge ? -1.0 : 1.0;
@@ -567,7 +596,16 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                  {&specs[i], nullptr, buf + w.ops[i].offset}, /*merge=*/false);
     }
     auto words = word_bases(w, ops);
-    WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(-1, ops.data(), ops.size(), words.data(), 0));
+    // Each op runs on its source's device (a wire has one source rank).
+    std::map<int, std::pair<std::vector<kernels::BoxCopyOp>, std::vector<uint64_t>>> by_device;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      auto& [o, wb] = by_device[DeviceOf(p->src_local[pl.ops[w.ops[i].op].src_endpoint])];
+      o.push_back(ops[i]);
+      wb.push_back(words[i]);
+    }
+    for (auto& [dev, ow] : by_device) {
+      WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(dev, ow.first.data(), ow.first.size(), ow.second.data(), 0));
+    }
     auto sums = ctx->Finish(1);
     if (!sums.ok()) return sums.status();
     return (*sums)[0];
@@ -590,17 +628,19 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (w.gather) {
       std::vector<layout::ShardSpec> specs;
       specs.reserve(w.ops.size());
-      std::vector<kernels::BoxCopyOp> ops;
-      for (const WireOp& o : w.ops) {
-        const layout::CopyOp& c = d.gather.ops[o.op];
-        specs.push_back(RegionSpec(c.dst_box, layout::DType::kF32));
-        layout::CopyOp c2 = c;
-        c2.src_box = Origin(c.dst_box);
-        const layout::ShardSpec& gs = d.gather_target.shards[c.dst_shard];
-        ops.push_back(layout::LowerCopy(c2, {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset},
-                                        {&gs, nullptr, lora_mem[gs.pieces[0].tensor]->data()}));
+      for (const WireOp& o : w.ops) specs.push_back(RegionSpec(d.gather.ops[o.op].dst_box, layout::DType::kF32));
+      for (int dev : target_devices) {
+        std::vector<kernels::BoxCopyOp> ops;
+        for (size_t i = 0; i < w.ops.size(); ++i) {
+          const layout::CopyOp& c = d.gather.ops[w.ops[i].op];
+          layout::CopyOp c2 = c;
+          c2.src_box = Origin(c.dst_box);
+          const layout::ShardSpec& gs = d.gather_target.shards[c.dst_shard];
+          ops.push_back(layout::LowerCopy(c2, {&specs[i], nullptr, const_cast<char*>(buf) + w.ops[i].offset},
+                                          {&gs, nullptr, lora_mem.at({dev, gs.pieces[0].tensor})->data()}));
+        }
+        WSYNC_RETURN_IF_ERROR(ctx->Copy(dev, ops.data(), ops.size()));
       }
-      WSYNC_RETURN_IF_ERROR(ctx->Copy(-1, ops.data(), ops.size()));
       auto got = got_of();
       if (!got.ok()) return got.status();
       wsync::MutexLock lock(&mu_);
@@ -611,6 +651,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     for (uint32_t j : d.receivers[bk.dst_endpoint]) {
       if (p->dst_local[j] == nullptr) continue;
       RankReg* tr = p->dst_local[j];
+      const int dev = DeviceOf(tr);
       if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       std::vector<layout::ShardSpec> specs;
       specs.reserve(bk.num_ops);
@@ -637,8 +678,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           if (merge && active) {
             const Adapter& ad = adapters.at(c.tensor);
             loras.push_back(layout::LowerLoraMerge(
-                c, LoraFactorsOf(model->spec, ad, static_cast<const float*>(lora_mem[ad.a]->data()),
-                                 static_cast<const float*>(lora_mem[ad.b]->data())),
+                c, LoraFactorsOf(model->spec, ad, lora_ptr(dev, ad.a), lora_ptr(dev, ad.b)),
                 layout::LowerMatrix(c2, c2.src_box, region), o.dtype, layout::LowerMatrix(c, c.dst_box, dst),
                 dst.spec->dtype, static_cast<float>(ad.scaling)));
           } else {
@@ -651,8 +691,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
                                      : layout::ShardView{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard),
                                                          tr->live[c.dst_shard]};
           loras.push_back(layout::LowerLoraMerge(
-              c, LoraFactorsOf(model->spec, ad, static_cast<const float*>(lora_mem[ad.a]->data()),
-                               static_cast<const float*>(lora_mem[ad.b]->data())),
+              c, LoraFactorsOf(model->spec, ad, lora_ptr(dev, ad.a), lora_ptr(dev, ad.b)),
               layout::LowerMatrix(c, c.dst_box, wv), wv.spec->dtype, layout::LowerMatrix(c, c.dst_box, dst),
               dst.spec->dtype, static_cast<float>(sign * ad.scaling)));
         }
@@ -662,13 +701,13 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         words.push_back(base);
         p->written.push_back({j, c.dst_shard, c.dst_box});
       }
-      absl::Status s = ctx->Copy(-1, base_copies.data(), base_copies.size());
+      absl::Status s = ctx->Copy(dev, base_copies.data(), base_copies.size());
       if (loras.empty()) {  // one pass: every op is a copy, digested as written
-        if (s.ok()) s = ctx->CopyDigest(-1, copies.data(), copies.size(), words.data(), 0);
+        if (s.ok()) s = ctx->CopyDigest(dev, copies.data(), copies.size(), words.data(), 0);
       } else {
-        if (s.ok()) s = ctx->Copy(-1, copies.data(), copies.size());
-        if (s.ok()) s = ctx->LoraMerge(-1, loras.data(), loras.size());
-        if (s.ok()) s = ctx->Digest(-1, digests.data(), digests.size(), words.data(), 0);
+        if (s.ok()) s = ctx->Copy(dev, copies.data(), copies.size());
+        if (s.ok()) s = ctx->LoraMerge(dev, loras.data(), loras.size());
+        if (s.ok()) s = ctx->Digest(dev, digests.data(), digests.size(), words.data(), 0);
       }
       if (!s.ok()) return s;
       auto sums = ctx->Finish(1);
@@ -748,16 +787,16 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   }
   // Zero padding (full syncs).
   if (d.full) {
-    std::vector<kernels::BoxCopyOp> fills;
+    std::map<int, std::vector<kernels::BoxCopyOp>> fills;  // by device
     for (const layout::FillOp& f : d.plan.fills) {
       for (uint32_t j : d.receivers[f.dst_endpoint]) {
         if (p->dst_local[j] == nullptr) continue;
-        fills.push_back(layout::LowerFill(f, write_view(j, f.dst_shard)));
+        fills[DeviceOf(p->dst_local[j])].push_back(layout::LowerFill(f, write_view(j, f.dst_shard)));
         p->written.push_back({j, f.dst_shard, f.dst_box});
         if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       }
     }
-    WSYNC_RETURN_IF_ERROR(ctx->Copy(-1, fills.data(), fills.size()));
+    for (auto& [dev, ops] : fills) WSYNC_RETURN_IF_ERROR(ctx->Copy(dev, ops.data(), ops.size()));
   }
   if (auto done = ctx->Finish(0); !done.ok()) return done.status();
   return CheckJob(job, p->deadline, "transfer", nullptr);
@@ -812,19 +851,22 @@ void CoreImpl::FinishPart(Part* p) {
       status = PauseTargets(p->job, staged, plan.model_id, plan.version, p->deadline + absl::Seconds(5));
       p->paused.insert(staged.begin(), staged.end());
       if (status.ok()) {
-        std::vector<kernels::BoxCopyOp> ops;
+        std::map<int, std::vector<kernels::BoxCopyOp>> ops;  // by device
         for (const Part::Written& w : p->written) {
           RankReg* r = p->dst_local[w.target];
           if (p->dst_replica[w.target]->mode != UpdateMode::kStaged) continue;
           layout::CopyOp c;
           c.src_box = c.dst_box = c.canonical = w.box;
-          ops.push_back(layout::LowerCopy(
+          ops[DeviceOf(r)].push_back(layout::LowerCopy(
               c, {&r->shards[w.shard], nullptr, r->staging[w.shard]->data()},
               {&r->shards[w.shard], r->strides[w.shard].empty() ? nullptr : r->strides[w.shard].data(), r->live[w.shard]}));
           p->live_written.insert(plan.targets[w.target].replica_id);
         }
-        auto ctx = host_exec_->NewContext();
-        status = ctx.ok() ? (*ctx)->Copy(-1, ops.data(), ops.size()) : ctx.status();
+        auto ctx = NewMixedContext();
+        status = ctx.status();
+        for (auto& [dev, o] : ops) {
+          if (status.ok()) status = (*ctx)->Copy(dev, o.data(), o.size());
+        }
         if (status.ok()) status = (*ctx)->Finish(0).status();
         if (status.ok()) status = CheckMemory(p->job->sessions);
       }

@@ -100,6 +100,9 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_option("--fault-corrupt-wire", o.fault_corrupt_wire,
                  "fault injection for tests: flip a byte of multi-node wire bucket N on receipt (-1 = off)")
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40));
+  app.add_flag("--test-stand-in-gpu", o.test_stand_in_gpu,
+               "for tests: multi-node syncs treat this daemon's host-memory ranks as GPU ranks, run on the host "
+               "(exercises the host-staged GPU path without a GPU)");
   app.add_option("--log-level", o.log.level,
                  "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

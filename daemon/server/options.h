@@ -74,6 +74,9 @@ struct Options {
   int64_t fault_bucket_delay_ms = 0;
   // Fault injection (tests only): corrupt received multi-node wire bucket N.
   int64_t fault_corrupt_wire = -1;
+  // Tests only: multi-node parts treat host-memory ranks as GPU ranks run
+  // by a host context (the host-staged GPU path without a GPU).
+  bool test_stand_in_gpu = false;
   LogOptions log;
 };
 

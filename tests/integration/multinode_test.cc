@@ -454,6 +454,25 @@ TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W 
   CHECK(c.Replica("g0", "gen-a").version() == 4);
 }
 
+TEST_CASE("the host-staged GPU path, host memory standing in for GPUs on every daemon: full and LoRA syncs exact") {
+  // --test-stand-in-gpu routes every rank's work through the GPU side of
+  // the part (per-device staging, LoRA operands and contexts, wire buffers
+  // shared with the devices), run by a second host context.
+  ClusterOptions o;
+  o.lora = true;
+  o.trainer_flags = {"--test-stand-in-gpu"};
+  o.generator_flags = {"--test-stand-in-gpu"};
+  Cluster c(o);
+  c.RegisterAll();
+  c.SyncOk(1);
+  auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  c.SyncOk(2, v1::ADAPTER_ONLY, &merged);
+  c.SyncOk(3, v1::MERGE, &merged);
+  CHECK(c.Replica("g0", "gen-a").version() == 3);
+  CHECK(c.Replica("g1", "gen-b").version() == 3);
+  CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("--test-stand-in-gpu"));
+}
+
 TEST_CASE("bytes corrupted on a generator node: DATA_LOSS before anything commits") {
   ClusterOptions o;
   o.generator_flags = {"--fault-corrupt-wire", "3"};
