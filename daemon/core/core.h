@@ -19,13 +19,10 @@
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 #include "daemon/layout/types.h"
+#include "daemon/core/modes.h"
 
 namespace wsync::core {
 
-enum class Role { kSource, kTarget };
-enum class UpdateMode { kStaged, kInPlace };
-enum class LoraMode { kNone, kMerge, kAdapterOnly, kUnmerge };
-enum class LoraConvention { kPeft, kDeepSpeed };
 
 const char* RoleName(Role r);
 const char* UpdateModeName(UpdateMode m);

@@ -20,6 +20,7 @@
 #include "daemon/core/peer.h"
 #include "daemon/core/part_state.h"
 #include "daemon/core/recent.h"
+#include "daemon/core/target_write.h"
 #include "daemon/transport/communicator_cache.h"
 #include "daemon/layout/lowering.h"
 #include "daemon/layout/planner.h"
@@ -133,12 +134,6 @@ struct Replica {
   bool base_valid_ = false;
 };
 
-struct Adapter {
-  int32_t a = -1, b = -1;  // tensor ids
-  int64_t rank = 0;
-  double scaling = 1.0;
-  LoraConvention convention = LoraConvention::kPeft;
-};
 
 struct Job {
   std::string id;
@@ -246,7 +241,6 @@ absl::Status CheckModelId(const std::string& id);
 
 // The factors of adapter `ad` for layout::LowerLoraMerge: A and B are the
 // adapter's whole tensors, held in fp32.
-layout::LoraFactors LoraFactorsOf(const layout::ModelSpec& spec, const Adapter& ad, const float* A, const float* B);
 // "world_size=4 (tp=2,cp=1,dp=2,pp=1; etp=1,ep=2,edp=2)".
 std::string SizesString(const layout::RankCoords& r);
 

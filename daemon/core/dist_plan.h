@@ -14,9 +14,11 @@
 #include "daemon/core/peer.h"
 #include "daemon/layout/planner.h"
 
-namespace wsync::core::internal {
-
+namespace wsync::core {
 struct Adapter;
+}  // namespace wsync::core
+
+namespace wsync::core::internal {
 
 // One op of a wire bucket: plan op `op`, at byte `offset` of the bucket,
 // travelling as `dtype`.

@@ -547,7 +547,6 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     for (void* ev : r->events) WSYNC_RETURN_IF_ERROR(ctx->WaitEvent(r->device, ev));
   }
   const bool merge = plan.lora == LoraMode::kMerge;
-  const double sign = plan.lora == LoraMode::kUnmerge ? -1.0 : 1.0;
   std::map<int32_t, Adapter> adapters = model->adapters;
 
   // Wire digests. The digest of a wire is the payload digest (kernels/
@@ -655,60 +654,39 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
       std::vector<layout::ShardSpec> specs;
       specs.reserve(bk.num_ops);
-      std::vector<kernels::BoxCopyOp> copies, base_copies, digests;
-      std::vector<kernels::LoraMergeOp> loras;
-      std::vector<uint64_t> words;
+      TargetWrite tw;
       uint64_t word = w.word_base;
       bool same_bytes = d.full && w.moves;  // every box holds the wire's bytes as they are
       for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
         const layout::CopyOp& c = d.plan.ops[i];
         const bool active = d.active.count(c.tensor) > 0;
         if (!d.full && !active) continue;
-        layout::ShardView dst = write_view(j, c.dst_shard);
+        TargetOp in;
+        in.dst = write_view(j, c.dst_shard);
+        in.live = {&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
+        layout::CopyOp c2 = c;
         if (d.full) {
           const WireOp& o = w.ops[i - bk.first_op];  // full syncs carry every op, in order
           specs.push_back(RegionSpec(c.dst_box, o.dtype));
-          layout::CopyOp c2 = c;
           c2.src_box = Origin(c.dst_box);
-          layout::ShardView region{&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
-          if (d.adapted.count(c.tensor) && tr->base[c.dst_shard]) {
-            base_copies.push_back(layout::LowerCopy(c2, region, base_view(j, c.dst_shard)));
-          }
-          same_bytes &= o.dtype == dst.spec->dtype && !(merge && active);
-          if (merge && active) {
-            const Adapter& ad = adapters.at(c.tensor);
-            loras.push_back(layout::LowerLoraMerge(
-                c, LoraFactorsOf(model->spec, ad, lora_ptr(dev, ad.a), lora_ptr(dev, ad.b)),
-                layout::LowerMatrix(c2, c2.src_box, region), o.dtype, layout::LowerMatrix(c, c.dst_box, dst),
-                dst.spec->dtype, static_cast<float>(ad.scaling)));
-          } else {
-            copies.push_back(layout::LowerCopy(c2, region, dst, /*merge=*/false));  // digested as written
-          }
-        } else {
-          const Adapter& ad = adapters.at(c.tensor);
-          layout::ShardView wv = plan.lora == LoraMode::kAdapterOnly
-                                     ? base_view(j, c.dst_shard)
-                                     : layout::ShardView{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard),
-                                                         tr->live[c.dst_shard]};
-          loras.push_back(layout::LowerLoraMerge(
-              c, LoraFactorsOf(model->spec, ad, lora_ptr(dev, ad.a), lora_ptr(dev, ad.b)),
-              layout::LowerMatrix(c, c.dst_box, wv), wv.spec->dtype, layout::LowerMatrix(c, c.dst_box, dst),
-              dst.spec->dtype, static_cast<float>(sign * ad.scaling)));
+          in.src = {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
+          same_bytes &= o.dtype == in.dst.spec->dtype && !(merge && active);
         }
-        digests.push_back(layout::LowerBox(c.dst_box, dst));
-        uint64_t base;
-        word += kernels::BoxPayloadWords(&digests.back(), 1, word, &base);
-        words.push_back(base);
+        layout::ShardView base;
+        if (tr->base[c.dst_shard] && (plan.lora == LoraMode::kAdapterOnly || (d.full && d.adapted.count(c.tensor)))) {
+          base = base_view(j, c.dst_shard);
+          in.base = &base;
+        }
+        if (active && plan.lora != LoraMode::kNone) {
+          const Adapter& ad = adapters.at(c.tensor);
+          in.adapter = &ad;
+          in.lora_a = lora_ptr(dev, ad.a);
+          in.lora_b = lora_ptr(dev, ad.b);
+        }
+        AddTargetOp(model->spec, plan.lora, c2, in, /*merge_dims=*/false, &word, &tw);
         p->written.push_back({j, c.dst_shard, c.dst_box});
       }
-      absl::Status s = ctx->Copy(dev, base_copies.data(), base_copies.size());
-      if (loras.empty()) {  // one pass: every op is a copy, digested as written
-        if (s.ok()) s = ctx->CopyDigest(dev, copies.data(), copies.size(), words.data(), 0);
-      } else {
-        if (s.ok()) s = ctx->Copy(dev, copies.data(), copies.size());
-        if (s.ok()) s = ctx->LoraMerge(dev, loras.data(), loras.size());
-        if (s.ok()) s = ctx->Digest(dev, digests.data(), digests.size(), words.data(), 0);
-      }
+      absl::Status s = RunTargetWrite(ctx.get(), dev, tw, 0);
       if (!s.ok()) return s;
       auto sums = ctx->Finish(1);
       if (!sums.ok()) return sums.status();

@@ -63,18 +63,6 @@ std::string UncoveredSources(const layout::ModelSpec& spec,
 
 }  // namespace
 
-layout::LoraFactors LoraFactorsOf(const layout::ModelSpec& spec, const Adapter& ad, const float* A,
-                                  const float* B) {
-  layout::LoraFactors f;
-  f.a = A;
-  f.a_cols = spec.tensor(ad.a).shape.d[1];
-  f.b = B;
-  f.b_cols = spec.tensor(ad.b).shape.d[1];
-  f.rank = ad.rank;
-  f.transposed = ad.convention == LoraConvention::kDeepSpeed;
-  return f;
-}
-
 void CoreImpl::SetProgress(Job* job, const Progress& p) {
   wsync::MutexLock lock(&mu_);
   job->progress = p;
@@ -706,9 +694,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) return status = s;
     const layout::Bucket& bk = plan->buckets[b];
     const int dev = dst_side[bk.dst_endpoint].rank->device;
-    std::vector<kernels::BoxCopyOp> copies, base_copies, lora_descs;
-    std::vector<uint64_t> copy_words, lora_words;
-    std::vector<kernels::LoraMergeOp> loras;
+    TargetWrite tw;
     uint64_t bytes = 0;
     const uint64_t first_word = word;
     for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
@@ -717,57 +703,32 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       if (!full && !adapted) continue;
       RankReg* sr = src_ranks[c.src_endpoint];
       RankReg* tr = dst_side[c.dst_endpoint].rank;
-      layout::ShardView src{&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]};
-      layout::ShardView dst = write_view(c.dst_endpoint, c.dst_shard);
-      kernels::BoxCopyOp desc = layout::LowerCopy(c, src, dst);
-      uint64_t w0;
-      const uint64_t words = kernels::BoxPayloadWords(&desc, 1, word, &w0);
-      word += words;
-      if (full && adapters.count(c.tensor) && tr->base[c.dst_shard]) {
-        base_copies.push_back(layout::LowerCopy(c, src, base_view(c.dst_endpoint, c.dst_shard)));
+      TargetOp in;
+      in.src = {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]};
+      in.dst = write_view(c.dst_endpoint, c.dst_shard);
+      in.live = {&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
+      layout::ShardView base;
+      if (tr->base[c.dst_shard] && (args.lora == LoraMode::kAdapterOnly || (full && adapters.count(c.tensor)))) {
+        base = base_view(c.dst_endpoint, c.dst_shard);
+        in.base = &base;
       }
-      if (!adapted) {
-        copies.push_back(desc);
-        copy_words.push_back(w0);
-      } else {
+      if (adapted) {
         const Adapter& ad = adapters[c.tensor];
-        layout::MatrixView wv;
-        layout::DType w_dtype;
-        if (args.lora == LoraMode::kMerge) {
-          wv = layout::LowerMatrix(c, c.src_box, src);
-          w_dtype = src.spec->dtype;
-        } else if (args.lora == LoraMode::kAdapterOnly) {
-          layout::ShardView bv = base_view(c.dst_endpoint, c.dst_shard);
-          wv = layout::LowerMatrix(c, c.dst_box, bv);
-          w_dtype = layout::DType::kF32;
-        } else {  // unmerge: from the live target itself
-          layout::ShardView lv{&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
-          wv = layout::LowerMatrix(c, c.dst_box, lv);
-          w_dtype = tr->shards[c.dst_shard].dtype;
-        }
-        layout::MatrixView dv = layout::LowerMatrix(c, c.dst_box, dst);
-        const float* A = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
-        const float* B = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
-        kernels::LoraMergeOp m = layout::LowerLoraMerge(
-            c, LoraFactorsOf(model->spec, ad, A, B), wv, w_dtype, dv, dst.spec->dtype,
-            static_cast<float>(args.lora == LoraMode::kUnmerge ? -ad.scaling : ad.scaling));
-        loras.push_back(m);
-        lora_descs.push_back(desc);
-        lora_words.push_back(w0);
+        in.adapter = &ad;
+        in.lora_a = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
+        in.lora_b = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
       }
-      descs.push_back(desc);
-      desc_words.push_back(w0);
+      AddTargetOp(model->spec, args.lora, c, in, /*merge_dims=*/true, &word, &tw);
       written.push_back({c.dst_endpoint, c.dst_shard, c.dst_box});
-      bytes += layout::BoxBytes(c.dst_box, dst.spec->dtype);
+      bytes += layout::BoxBytes(c.dst_box, in.dst.spec->dtype);
       if (dst_side[c.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[c.dst_endpoint].replica->id] = true;
     }
+    descs.insert(descs.end(), tw.boxes.begin(), tw.boxes.end());
+    desc_words.insert(desc_words.end(), tw.box_words.begin(), tw.box_words.end());
     bucket_desc.back().second = descs.size();
     bucket_words[b] = word - first_word;
     // Digest slot b: what bucket b sent.
-    absl::Status ks = ctx->Copy(dev, base_copies.data(), base_copies.size());
-    if (ks.ok()) ks = ctx->CopyDigest(dev, copies.data(), copies.size(), copy_words.data(), b);
-    if (ks.ok()) ks = ctx->LoraMerge(dev, loras.data(), loras.size());
-    if (ks.ok()) ks = ctx->Digest(dev, lora_descs.data(), lora_descs.size(), lora_words.data(), b);
+    absl::Status ks = RunTargetWrite(ctx.get(), dev, tw, b);
     if (!ks.ok()) return fail(Annotate(ks, absl::StrCat("bucket ", b)));
     if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
       absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
