@@ -174,6 +174,49 @@ std::string Session::Label() const {
   return absl::StrCat("client '", client.name, "' (pid ", client.pid, ", ", client.caller.ToString(), ")");
 }
 
+absl::Status RankReg::PrepareTargetMemory(ExecContext* ctx, int device, UpdateMode mode,
+                                          const std::function<bool(int32_t)>& tracked, bool moves) {
+  base_specs.resize(shards.size());
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const layout::ShardSpec& sh = shards[s];
+    if (mode == UpdateMode::kStaged && !staging[s]) {
+      auto b = ctx->Allocate(device, sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
+                             absl::StrCat("staging of ", Label(), " buffer '", sh.name, "'"));
+      if (!b.ok()) return b.status();
+      staging[s] = std::move(*b);
+    }
+    bool holds_tracked = false;
+    for (const layout::Piece& p : sh.pieces) holds_tracked |= tracked(p.tensor);
+    if (holds_tracked && moves && !base[s]) {
+      auto b = ctx->Allocate(device, sh.shape.NumElements() * 4,
+                             absl::StrCat("LoRA base of ", Label(), " buffer '", sh.name, "'"));
+      if (!b.ok()) return b.status();
+      base[s] = std::move(*b);
+      base_specs[s] = sh;
+      base_specs[s].dtype = layout::DType::kF32;
+      base_specs[s].pieces.clear();
+    }
+  }
+  return absl::OkStatus();
+}
+
+layout::ShardView RankReg::Live(uint32_t s) const {
+  return {&shards[s], strides[s].empty() ? nullptr : strides[s].data(), live[s]};
+}
+
+layout::ShardView RankReg::Write(uint32_t s, UpdateMode mode) const {
+  if (mode == UpdateMode::kStaged) return {&shards[s], nullptr, staging[s]->data()};
+  return Live(s);
+}
+
+layout::ShardView RankReg::Base(uint32_t s) const { return {&base_specs[s], nullptr, base[s]->data()}; }
+
+kernels::BoxCopyOp RankReg::CommitCopy(uint32_t s, const layout::Box& box) const {
+  layout::CopyOp c;
+  c.src_box = c.dst_box = c.canonical = box;
+  return layout::LowerCopy(c, {&shards[s], nullptr, staging[s]->data()}, Live(s));
+}
+
 std::string RankReg::Label() const {
   if (role == Role::kSource) return absl::StrCat("source ", coords.ToString());
   return absl::StrCat("replica '", replica_id, "' ", coords.ToString());

@@ -4,6 +4,7 @@
 // Internal to daemon/core: the registry and job structures behind Core.
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -79,7 +80,23 @@ struct RankReg {
   // rank's device.
   std::vector<std::unique_ptr<memory::Buffer>> staging;
   std::vector<std::unique_ptr<memory::Buffer>> base;  // fp32 pristine base (LoRA)
+  std::vector<layout::ShardSpec> base_specs;          // their fp32 twins of `shards`
   std::string Label() const;
+
+  // Target memory, the same for local syncs and multi-node parts. Allocates
+  // through `ctx` on `device` what a sync writing this rank needs and does
+  // not have yet: staging for every shard when `mode` is staged, and an fp32
+  // base for every shard holding a tensor for which `tracked` is true when
+  // W moves (`moves`). Both are kept for later syncs.
+  absl::Status PrepareTargetMemory(ExecContext* ctx, int device, UpdateMode mode,
+                                   const std::function<bool(int32_t)>& tracked, bool moves);
+  // Views of shard `s`: the client's live memory; where a sync writes it
+  // (staging when staged, else live); its fp32 base (requires base[s]).
+  layout::ShardView Live(uint32_t s) const;
+  layout::ShardView Write(uint32_t s, UpdateMode mode) const;
+  layout::ShardView Base(uint32_t s) const;
+  // The staged commit of `box` of shard `s`: staging to live memory.
+  kernels::BoxCopyOp CommitCopy(uint32_t s, const layout::Box& box) const;
 };
 
 // A target replica. What its memory holds is one checked state machine:

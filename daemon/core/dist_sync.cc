@@ -412,48 +412,14 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   bool gpu_work = false;
   for (RankReg* r : p->src_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
   for (RankReg* r : p->dst_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
-  auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
-    return r->strides[s].empty() ? nullptr : r->strides[s].data();
-  };
   // Target memory: staging for staged replicas, fp32 bases of adapted shards.
+  auto tracked = [&](int32_t t) { return d.adapted.count(t) > 0; };
   for (size_t j = 0; j < plan.targets.size(); ++j) {
     RankReg* r = p->dst_local[j];
     if (r == nullptr) continue;
-    for (size_t s = 0; s < r->shards.size(); ++s) {
-      const layout::ShardSpec& sh = r->shards[s];
-      if (p->dst_replica[j]->mode == UpdateMode::kStaged && !r->staging[s]) {
-        auto b = ctx->Allocate(DeviceOf(r), sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
-                               absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return b.status();
-        r->staging[s] = std::move(*b);
-      }
-      bool tracked = false;
-      for (const layout::Piece& pc : sh.pieces) tracked |= d.adapted.count(pc.tensor) > 0;
-      if (tracked && d.full && !r->base[s]) {
-        auto b = ctx->Allocate(DeviceOf(r), sh.shape.NumElements() * 4,
-                               absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return b.status();
-        r->base[s] = std::move(*b);
-      }
-    }
+    WSYNC_RETURN_IF_ERROR(r->PrepareTargetMemory(ctx.get(), DeviceOf(r), p->dst_replica[j]->mode, tracked, d.full));
   }
-  auto write_view = [&](uint32_t j, uint32_t s) -> layout::ShardView {
-    RankReg* r = p->dst_local[j];
-    if (p->dst_replica[j]->mode == UpdateMode::kStaged) return {&r->shards[s], nullptr, r->staging[s]->data()};
-    return {&r->shards[s], strides_of(r, s), r->live[s]};
-  };
-  std::map<std::pair<uint32_t, uint32_t>, layout::ShardSpec> base_spec;
-  auto base_view = [&](uint32_t j, uint32_t s) -> layout::ShardView {
-    auto key = std::make_pair(j, s);
-    auto it = base_spec.find(key);
-    if (it == base_spec.end()) {
-      layout::ShardSpec sp = p->dst_local[j]->shards[s];
-      sp.dtype = layout::DType::kF32;
-      sp.pieces.clear();
-      it = base_spec.emplace(key, sp).first;
-    }
-    return {&it->second, nullptr, p->dst_local[j]->base[s]->data()};
-  };
+  auto write_view = [&](uint32_t j, uint32_t s) { return p->dst_local[j]->Write(s, p->dst_replica[j]->mode); };
   // In-place targets pause before their live memory is written.
   SessionReplicas inplace;
   bool holds_targets = false;
@@ -591,7 +557,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       RankReg* sr = p->src_local[c.src_endpoint];
       layout::CopyOp c2 = c;
       c2.dst_box = Origin(c.dst_box);
-      ops[i] = layout::LowerCopy(c2, {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]},
+      ops[i] = layout::LowerCopy(c2, sr->Live(c.src_shard),
                                  {&specs[i], nullptr, buf + w.ops[i].offset}, /*merge=*/false);
     }
     auto words = word_bases(w, ops);
@@ -663,7 +629,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         if (!d.full && !active) continue;
         TargetOp in;
         in.dst = write_view(j, c.dst_shard);
-        in.live = {&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
+        in.live = tr->Live(c.dst_shard);
         layout::CopyOp c2 = c;
         if (d.full) {
           const WireOp& o = w.ops[i - bk.first_op];  // full syncs carry every op, in order
@@ -674,7 +640,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         }
         layout::ShardView base;
         if (tr->base[c.dst_shard] && (plan.lora == LoraMode::kAdapterOnly || (d.full && d.adapted.count(c.tensor)))) {
-          base = base_view(j, c.dst_shard);
+          base = tr->Base(c.dst_shard);
           in.base = &base;
         }
         if (active && plan.lora != LoraMode::kNone) {
@@ -833,11 +799,7 @@ void CoreImpl::FinishPart(Part* p) {
         for (const Part::Written& w : p->written) {
           RankReg* r = p->dst_local[w.target];
           if (p->dst_replica[w.target]->mode != UpdateMode::kStaged) continue;
-          layout::CopyOp c;
-          c.src_box = c.dst_box = c.canonical = w.box;
-          ops[DeviceOf(r)].push_back(layout::LowerCopy(
-              c, {&r->shards[w.shard], nullptr, r->staging[w.shard]->data()},
-              {&r->shards[w.shard], r->strides[w.shard].empty() ? nullptr : r->strides[w.shard].data(), r->live[w.shard]}));
+          ops[DeviceOf(r)].push_back(r->CommitCopy(w.shard, w.box));
           p->live_written.insert(plan.targets[w.target].replica_id);
         }
         auto ctx = NewMixedContext();

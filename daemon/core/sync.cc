@@ -601,47 +601,14 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   }
 
   // ---- Memory the job writes.
-  auto strides_of = [](RankReg* r, uint32_t s) -> const int64_t* {
-    return r->strides[s].empty() ? nullptr : r->strides[s].data();
-  };
-  for (size_t e = 0; e < dst_side.size(); ++e) {
-    RankReg* r = dst_side[e].rank;
-    for (size_t s = 0; s < r->shards.size(); ++s) {
-      const layout::ShardSpec& sh = r->shards[s];
-      if (dst_side[e].replica->mode == UpdateMode::kStaged && !r->staging[s]) {
-        auto b = ctx->Allocate(r->device, sh.shape.NumElements() * kernels::DTypeSize(sh.dtype),
-                               absl::StrCat("staging of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return fail(b.status());
-        r->staging[s] = std::move(*b);
-      }
-      bool tracked = false;
-      for (const layout::Piece& p : sh.pieces) tracked |= adapters.count(p.tensor) > 0;
-      if (tracked && full && !r->base[s]) {
-        auto b = ctx->Allocate(r->device, sh.shape.NumElements() * 4,
-                               absl::StrCat("LoRA base of ", r->Label(), " buffer '", sh.name, "'"));
-        if (!b.ok()) return fail(b.status());
-        r->base[s] = std::move(*b);
-      }
+  auto tracked = [&](int32_t t) { return adapters.count(t) > 0; };
+  for (const TargetSide& t : dst_side) {
+    if (absl::Status s = t.rank->PrepareTargetMemory(ctx.get(), t.rank->device, t.replica->mode, tracked, full);
+        !s.ok()) {
+      return fail(s);
     }
   }
-  auto write_view = [&](uint32_t e, uint32_t s) -> layout::ShardView {
-    RankReg* r = dst_side[e].rank;
-    if (dst_side[e].replica->mode == UpdateMode::kStaged) return {&r->shards[s], nullptr, r->staging[s]->data()};
-    return {&r->shards[s], strides_of(r, s), r->live[s]};
-  };
-  // fp32 twins of target shards holding the pristine LoRA base, per (e, s).
-  std::map<std::pair<uint32_t, uint32_t>, layout::ShardSpec> base_spec;
-  auto base_view = [&](uint32_t e, uint32_t s) -> layout::ShardView {
-    auto key = std::make_pair(e, s);
-    auto it = base_spec.find(key);
-    if (it == base_spec.end()) {
-      layout::ShardSpec sp = dst_side[e].rank->shards[s];
-      sp.dtype = layout::DType::kF32;
-      sp.pieces.clear();
-      it = base_spec.emplace(key, sp).first;
-    }
-    return {&it->second, nullptr, dst_side[e].rank->base[s]->data()};
-  };
+  auto write_view = [&](uint32_t e, uint32_t s) { return dst_side[e].rank->Write(s, dst_side[e].replica->mode); };
 
   // ---- Pause in-place targets before their live memory is written.
   if (absl::Status s = CheckJob(job, deadline, "planning", client_gone); !s.ok()) return status = s;
@@ -704,12 +671,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       RankReg* sr = src_ranks[c.src_endpoint];
       RankReg* tr = dst_side[c.dst_endpoint].rank;
       TargetOp in;
-      in.src = {&sr->shards[c.src_shard], strides_of(sr, c.src_shard), sr->live[c.src_shard]};
+      in.src = sr->Live(c.src_shard);
       in.dst = write_view(c.dst_endpoint, c.dst_shard);
-      in.live = {&tr->shards[c.dst_shard], strides_of(tr, c.dst_shard), tr->live[c.dst_shard]};
+      in.live = tr->Live(c.dst_shard);
       layout::ShardView base;
       if (tr->base[c.dst_shard] && (args.lora == LoraMode::kAdapterOnly || (full && adapters.count(c.tensor)))) {
-        base = base_view(c.dst_endpoint, c.dst_shard);
+        base = tr->Base(c.dst_shard);
         in.base = &base;
       }
       if (adapted) {
@@ -802,10 +769,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     for (const Written& w : written) {
       TargetSide& t = dst_side[w.endpoint];
       if (t.replica->mode != UpdateMode::kStaged) continue;
-      layout::CopyOp c;
-      c.src_box = c.dst_box = c.canonical = w.box;
-      ops.push_back(layout::LowerCopy(c, {&t.rank->shards[w.shard], nullptr, t.rank->staging[w.shard]->data()},
-                                      {&t.rank->shards[w.shard], strides_of(t.rank, w.shard), t.rank->live[w.shard]}));
+      ops.push_back(t.rank->CommitCopy(w.shard, w.box));
       ops_dev.push_back(t.rank->device);
       poison[t.replica->id] = true;  // a failure from here on leaves live memory mixed
     }
