@@ -113,6 +113,13 @@ std::string CheckFp8QuantOps(const Fp8QuantOp* ops, size_t n);
 // and the value; that op's outputs are then unspecified.
 std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads);
 
+// The inverse, for reading FP8 checkpoints: w = E4m3ToF32(q) * scale_inv
+// of the element's block, in fp32, for one `rows` x `cols` matrix (dense
+// row-major q and out; scale_inv ceil(rows / block_rows) x
+// ceil(cols / block_cols), row-major).
+void DequantizeFp8Cpu(const uint8_t* q, const float* scale_inv, int64_t rows, int64_t cols, int64_t block_rows,
+                      int64_t block_cols, float* out);
+
 }  // namespace wsync::kernels
 
 #endif  // WSYNC_KERNELS_FP8_H_

@@ -120,4 +120,13 @@ std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads) {
   return "";
 }
 
+void DequantizeFp8Cpu(const uint8_t* q, const float* scale_inv, int64_t rows, int64_t cols, int64_t block_rows,
+                      int64_t block_cols, float* out) {
+  const int64_t scale_cols = (cols + block_cols - 1) / block_cols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* srow = scale_inv + (r / block_rows) * scale_cols;
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = E4m3ToF32(q[r * cols + c]) * srow[c / block_cols];
+  }
+}
+
 }  // namespace wsync::kernels

@@ -468,7 +468,10 @@ int RunWsyncctl(int argc, const char* const argv[], std::ostream& out, std::ostr
   conv_cmd->add_option("--to", to_text, "output layout, same syntax as --from")->required();
   conv_cmd->add_option("--in", conv.in_dir, "input directory")->required();
   conv_cmd->add_option("--out", conv.out_dir, "output directory (created if missing)")->required();
-  conv_cmd->add_option("--dtype", conv.dtype, "output dtype: fp32, bf16 or fp16 (default: the input's)");
+  conv_cmd->add_option("--dtype", conv.dtype,
+                       "output dtype: fp32, bf16 or fp16 (default: the input's); fp8: a block-FP8 checkpoint "
+                       "(--to hf: linear weights of decoder layers in float8_e4m3fn with one fp32 weight_scale_inv "
+                       "per 128x128 block, the rest bf16); a block-FP8 input is dequantized to fp32/bf16/fp16");
   conv_cmd->add_option("--lora", conv.lora_dir,
                        "PEFT adapter directory (adapter_config.json, adapter_model.safetensors)");
   conv_cmd->add_option("--lora-mode", conv.lora_mode, "merge (W + s*B@A) or unmerge (W - s*B@A)")

@@ -24,10 +24,12 @@
 #include "absl/strings/str_split.h"
 #include "client/convert/files.h"
 #include "client/convert/safetensors.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/lowering.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/planner.h"
 #include "kernels/box_copy.h"
+#include "kernels/fp8.h"
 #include "kernels/lora.h"
 #include "daemon/common/status.h"
 
@@ -69,6 +71,9 @@ struct InputRank {
   Endpoint endpoint;
   std::vector<const SafetensorsFile*> file;  // per shard
   std::vector<const TensorInfo*> info;       // per shard
+  // Per shard: the fp32 weight_scale_inv of a block-FP8 weight (hf input),
+  // in `file`; null otherwise.
+  std::vector<const TensorInfo*> scale;
 };
 
 struct Inputs {
@@ -158,6 +163,22 @@ absl::Status LoadHfInputs(const ConvertOptions& o, const ModelSpec& model,
     s.dtype = info->dtype;
     rank.file.push_back(it->second.first);
     rank.info.push_back(info);
+    rank.scale.push_back(nullptr);
+    // A block-FP8 weight brings its scales (layout/fp8_checkpoint.h).
+    auto sc = where.find(layout::Fp8ScaleName(s.name));
+    if (sc != where.end()) {
+      const TensorInfo* si = sc->second.second;
+      if (info->dtype != DType::kF8E4M3 || si->dtype != DType::kF32 || si->shape != layout::Fp8ScaleShape(info->shape) ||
+          sc->second.first != it->second.first) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            sc->second.first->path(), ": '", sc->first, "' is ", kernels::DTypeName(si->dtype), " ",
+            si->shape.ToString(), " for '", s.name, "' (", kernels::DTypeName(info->dtype), " ",
+            info->shape.ToString(), "); a block-FP8 weight needs fp8_e4m3 with fp32 scales of shape ",
+            layout::Fp8ScaleShape(info->shape).ToString(), " in the same file"));
+      }
+      expected.insert(sc->first);
+      rank.scale.back() = si;
+    }
   }
   for (const auto& [name, at] : where) {
     if (!expected.count(name)) {
@@ -338,6 +359,7 @@ absl::Status LoadShardedInputs(const ConvertOptions& o, const ModelSpec& model,
       s.dtype = info->dtype;
       rank.file.push_back(f->get());
       rank.info.push_back(info);
+      rank.scale.push_back(nullptr);
     }
     if ((*f)->tensors().size() != shards->size()) {
       for (const TensorInfo& t : (*f)->tensors()) {
@@ -520,6 +542,29 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
   absl::Status loaded = o.from.recipe == "hf" ? LoadHfInputs(o, *model, *config, &in, &fused_in)
                                               : LoadShardedInputs(o, *model, *config, &in);
   if (!loaded.ok()) return loaded;
+  // --dtype fp8: a block-FP8 Hugging Face checkpoint (layout/fp8_checkpoint.h).
+  const bool fp8_out = absl::AsciiStrToLower(o.dtype) == "fp8";
+  if (fp8_out) {
+    if (o.to.recipe != "hf") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--dtype fp8 writes a Hugging Face block-FP8 checkpoint (--to hf); FP8 with scales in the '",
+          o.to.recipe, "' layout is not supported yet"));
+    }
+    if (config->IsMoe() && o.to.options.count("experts") && o.to.options.at("experts") == "fused") {
+      return absl::InvalidArgumentError(
+          "--dtype fp8 writes MoE experts one matrix per expert with its own scales (--to hf:experts=per_expert), "
+          "as block-FP8 checkpoints store them");
+    }
+    if (config->IsMoe()) o.to.options["experts"] = "per_expert";
+    if (!o.lora_dir.empty() && o.lora_mode != "merge") {
+      return absl::InvalidArgumentError("--dtype fp8 with --lora merges the adapter before quantizing; "
+                                        "--lora-mode unmerge of an FP8 output is not supported");
+    }
+  }
+  bool scaled_input = false;  // block-FP8 weights with scales, dequantized as read
+  for (const InputRank& r : in.ranks) {
+    for (const TensorInfo* t : r.scale) scaled_input |= t != nullptr;
+  }
   // hf and fsdp outputs keep the input's expert form unless --to names one.
   if ((o.to.recipe == "hf" || o.to.recipe == "fsdp") && config->IsMoe() && !o.to.options.count("experts")) {
     o.to.options["experts"] = fused_in ? "fused" : "per_expert";
@@ -527,10 +572,16 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
 
   // Output dtype.
   DType out_dtype;
-  if (!o.dtype.empty()) {
+  if (fp8_out) {
+    out_dtype = DType::kBF16;  // what is not quantized
+  } else if (!o.dtype.empty()) {
     auto d = layout::ParseDType(o.dtype);
     if (!d.ok()) return d.status();
     out_dtype = *d;
+  } else if (scaled_input) {
+    return absl::InvalidArgumentError(
+        "the input is a block-FP8 checkpoint (weights with weight_scale_inv): choose the output with --dtype "
+        "(bf16 or fp32 dequantizes, fp8 writes block FP8 again)");
   } else {
     const InputRank& first = in.ranks.front();
     out_dtype = first.endpoint.shards.front().dtype;
@@ -549,11 +600,12 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
   for (const InputRank& r : in.ranks) {
     for (size_t s = 0; s < r.endpoint.shards.size(); ++s) {
       DType dt = r.endpoint.shards[s].dtype;
-      if ((dt == DType::kF8E4M3) != (out_dtype == DType::kF8E4M3)) {
+      if (r.scale[s] == nullptr && (dt == DType::kF8E4M3) != (out_dtype == DType::kF8E4M3)) {
         return absl::InvalidArgumentError(absl::StrCat(
             r.file[s]->path(), ": tensor '", r.endpoint.shards[s].name, "' is ",
             kernels::DTypeName(dt), ", which cannot be converted to ",
-            kernels::DTypeName(out_dtype), " (fp8_e4m3 is copied, not converted)"));
+            kernels::DTypeName(out_dtype),
+            " (fp8_e4m3 without scales is copied, not converted; --dtype fp8 quantizes with block scales)"));
       }
     }
   }
@@ -603,11 +655,17 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
     std::vector<std::pair<uint32_t, uint32_t>> shards;  // (endpoint, shard)
   };
   std::vector<OutFile> files;
+  // Block FP8 (hf only): which output tensors are quantized.
+  auto quantized = [&](uint32_t e, uint32_t s) {
+    const ShardSpec& sh = targets[e].shards[s];
+    return fp8_out && layout::Fp8Quantized({sh.name, sh.shape, sh.dtype});
+  };
   if (o.to.recipe == "hf") {
     uint64_t acc = 0;
     for (uint32_t s = 0; s < targets[0].shards.size(); ++s) {
       const ShardSpec& sh = targets[0].shards[s];
       uint64_t bytes = sh.shape.NumElements() * kernels::DTypeSize(sh.dtype);
+      if (quantized(0, s)) bytes = sh.shape.NumElements() + layout::Fp8ScaleShape(sh.shape).NumElements() * 4;
       if (files.empty() || (acc > 0 && acc + bytes > o.max_shard_bytes)) {
         files.push_back({});
         acc = 0;
@@ -630,15 +688,51 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
 
   ConvertReport report;
   const uint64_t bucket = o.bucket_bytes;
-  std::vector<uint8_t> staging;
+  std::vector<uint8_t> staging, fp8_bytes;
+  // Block-FP8 inputs, dequantized to fp32 when an output tensor first reads
+  // them and dropped once it is written: (endpoint, shard) -> (spec, data).
+  std::map<std::pair<uint32_t, uint32_t>, std::pair<ShardSpec, std::vector<float>>> dequantized;
+  auto source_view = [&](uint32_t e, uint32_t s) -> layout::ShardView {
+    const InputRank& src = in.ranks[e];
+    const ShardSpec& spec = src.endpoint.shards[s];
+    const void* data = src.file[s]->Data(*src.info[s]);
+    if (src.scale[s] == nullptr) return {&spec, nullptr, const_cast<void*>(data)};
+    auto it = dequantized.find({e, s});
+    if (it == dequantized.end()) {
+      ShardSpec f32 = spec;
+      f32.dtype = DType::kF32;
+      std::vector<float> v(spec.shape.NumElements());
+      const int64_t cols = spec.shape.d[spec.shape.ndim - 1], rows = spec.shape.d[spec.shape.ndim - 2];
+      const int64_t matrices = spec.shape.NumElements() / (rows * cols);
+      const layout::Shape ss = layout::Fp8ScaleShape(spec.shape);
+      const int64_t scales_per = ss.d[ss.ndim - 1] * ss.d[ss.ndim - 2];
+      const auto* q = static_cast<const uint8_t*>(data);
+      const auto* scale = static_cast<const float*>(src.file[s]->Data(*src.scale[s]));
+      for (int64_t m = 0; m < matrices; ++m) {
+        kernels::DequantizeFp8Cpu(q + m * rows * cols, scale + m * scales_per, rows, cols, layout::kFp8Block,
+                                  layout::kFp8Block, v.data() + m * rows * cols);
+      }
+      it = dequantized.emplace(std::make_pair(e, s), std::make_pair(std::move(f32), std::move(v))).first;
+    }
+    return {&it->second.first, nullptr, it->second.second.data()};
+  };
   uint64_t read_since_release = 0;  // input bytes touched since pages were last dropped
   std::map<std::string, std::string> metadata = {{"format", "pt"},
                                                  {"wsync_layout", o.to.ToString()}};
   for (const OutFile& of : files) {
     std::vector<TensorInfo> layout_info;
+    std::vector<size_t> weight_index, scale_index;  // per shard of the file: its writer entries
     for (auto [e, s] : of.shards) {
       const ShardSpec& sh = targets[e].shards[s];
-      layout_info.push_back({sh.name, sh.dtype, sh.shape, 0, 0});
+      weight_index.push_back(layout_info.size());
+      scale_index.push_back(0);
+      if (!quantized(e, s)) {
+        layout_info.push_back({sh.name, sh.dtype, sh.shape, 0, 0});
+        continue;
+      }
+      layout_info.push_back({sh.name, DType::kF8E4M3, sh.shape, 0, 0});
+      scale_index.back() = layout_info.size();
+      layout_info.push_back({layout::Fp8ScaleName(sh.name), DType::kF32, layout::Fp8ScaleShape(sh.shape), 0, 0});
     }
     const std::string path = Join(o.out_dir, of.name);
     auto writer = SafetensorsWriter::Create(path, layout_info, metadata);
@@ -646,16 +740,25 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
     for (size_t k = 0; k < of.shards.size(); ++k) {
       auto [e, s] = of.shards[k];
       const ShardSpec& sh = targets[e].shards[s];
+      // A quantized tensor is assembled in fp32 (LoRA merged there: one
+      // rounding), then quantized slab by slab: whole 128-row blocks of a
+      // matrix, or whole expert matrices.
+      const bool quant = quantized(e, s);
       const int64_t rows = sh.shape.d[0];
-      const uint64_t row_bytes =
-          static_cast<uint64_t>(sh.shape.NumElements() / rows) * kernels::DTypeSize(sh.dtype);
-      const int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(bucket / row_bytes));
+      const int64_t row_elems = sh.shape.NumElements() / rows;
+      const uint64_t row_bytes = static_cast<uint64_t>(row_elems) * kernels::DTypeSize(quant ? DType::kF32 : sh.dtype);
+      const uint64_t out_row_bytes = quant ? static_cast<uint64_t>(row_elems) : row_bytes;
+      int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(bucket / row_bytes));
+      if (quant && sh.shape.ndim == 2) slab_rows = std::max(layout::kFp8Block, slab_rows / layout::kFp8Block * layout::kFp8Block);
+      const layout::Shape scale_shape = layout::Fp8ScaleShape(sh.shape);
+      std::vector<float> scales(quant ? scale_shape.NumElements() : 0);
       for (int64_t a = 0; a < rows; a += slab_rows) {
         const int64_t n = std::min(slab_rows, rows - a);
         staging.resize(n * row_bytes);
         ShardSpec slab = sh;
         slab.pieces.clear();
         slab.shape.d[0] = n;
+        if (quant) slab.dtype = DType::kF32;
         Box window = Box::Whole(sh.shape);
         window.off[0] = a;
         window.size[0] = n;
@@ -673,9 +776,10 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
           if (!layout::ClipCopy(plan->ops[oi], window, &c)) continue;
           c.dst_box.off[0] -= a;
           const InputRank& src = in.ranks[c.src_endpoint];
-          const ShardSpec& src_spec = src.endpoint.shards[c.src_shard];
-          const void* src_data = src.file[c.src_shard]->Data(*src.info[c.src_shard]);
-          const uint64_t src_bytes = layout::BoxBytes(c.src_box, src_spec.dtype);
+          const layout::ShardView src_view = source_view(c.src_endpoint, c.src_shard);
+          const ShardSpec& src_spec = *src_view.spec;
+          const void* src_data = src_view.base;
+          const uint64_t src_bytes = layout::BoxBytes(c.src_box, src.endpoint.shards[c.src_shard].dtype);
           report.bytes_read += src_bytes;
           read_since_release += src_bytes;
           auto ad = adapters.find(c.tensor);
@@ -707,8 +811,39 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
         }
         kernels::BoxCopyCpu(copies.data(), copies.size(), o.threads);
         kernels::LoraMergeCpu(merges.data(), merges.size(), o.threads);
-        if (absl::Status st = (*writer)->Write(k, a * row_bytes, staging.data(), staging.size());
-            !st.ok()) {
+        const void* out = staging.data();
+        uint64_t out_bytes = staging.size();
+        if (quant) {
+          fp8_bytes.resize(n * row_elems);
+          std::vector<kernels::Fp8QuantOp> qops;
+          const int64_t r = sh.shape.d[sh.shape.ndim - 2], cols = sh.shape.d[sh.shape.ndim - 1];
+          const int64_t scale_cols = scale_shape.d[scale_shape.ndim - 1];
+          const int64_t matrices = sh.shape.ndim == 2 ? 1 : n;
+          for (int64_t m = 0; m < matrices; ++m) {
+            kernels::Fp8QuantOp q;
+            q.src = staging.data() + m * r * cols * 4;
+            q.src_dtype = DType::kF32;
+            q.rows = sh.shape.ndim == 2 ? n : r;
+            q.cols = q.src_ld = q.dst_ld = cols;
+            q.dst = fp8_bytes.data() + m * r * cols;
+            q.scale_inv = sh.shape.ndim == 2 ? scales.data() + (a / layout::kFp8Block) * scale_cols
+                                             : scales.data() + (a + m) * scale_shape.d[1] * scale_cols;
+            q.scale_ld = scale_cols;
+            q.block_rows = q.block_cols = layout::kFp8Block;
+            qops.push_back(q);
+          }
+          if (std::string err = kernels::CheckFp8QuantOps(qops.data(), qops.size()); !err.empty()) {
+            return absl::InternalError(absl::StrCat("tensor '", sh.name, "': ", err));
+          }
+          if (std::string err = kernels::QuantizeFp8Cpu(qops.data(), qops.size(), o.threads); !err.empty()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "tensor '", sh.name, "' cannot be quantized to FP8: ", err, " (", sh.shape.ndim == 2 ? "rows" : "experts",
+                " counted from ", a, ")"));
+          }
+          out = fp8_bytes.data();
+          out_bytes = fp8_bytes.size();
+        }
+        if (absl::Status st = (*writer)->Write(weight_index[k], a * out_row_bytes, out, out_bytes); !st.ok()) {
           return st;
         }
         // Drop mapped input pages once a bucket's worth was read (not after
@@ -718,8 +853,16 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
           read_since_release = 0;
         }
       }
-      report.bytes_written += rows * row_bytes;
+      report.bytes_written += rows * out_row_bytes;
       report.tensors_written++;
+      if (quant) {
+        if (absl::Status st = (*writer)->Write(scale_index[k], 0, scales.data(), scales.size() * 4); !st.ok()) {
+          return st;
+        }
+        report.bytes_written += scales.size() * 4;
+        report.tensors_written++;
+      }
+      dequantized.clear();
     }
     if (absl::Status st = (*writer)->Commit(); !st.ok()) return st;
     written->push_back(path);
@@ -734,7 +877,10 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
       nlohmann::ordered_json idx;
       idx["metadata"]["total_size"] = report.bytes_written;
       for (const OutFile& of : files) {
-        for (auto [e, s] : of.shards) idx["weight_map"][targets[e].shards[s].name] = of.name;
+        for (auto [e, s] : of.shards) {
+          idx["weight_map"][targets[e].shards[s].name] = of.name;
+          if (quantized(e, s)) idx["weight_map"][layout::Fp8ScaleName(targets[e].shards[s].name)] = of.name;
+        }
       }
       if (absl::Status st = write_text(Join(o.out_dir, "model.safetensors.index.json"),
                                                 idx.dump(2) + "\n");
@@ -742,7 +888,21 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
         return st;
       }
     }
-    if (absl::Status st = write_text(Join(o.out_dir, "config.json"), *config_text); !st.ok()) {
+    // A block-FP8 output says so in its config (vLLM reads the method from
+    // there); a dequantized one drops the input's FP8 quantization_config.
+    std::string out_config = *config_text;
+    if (fp8_out || scaled_input) {
+      nlohmann::ordered_json j = nlohmann::ordered_json::parse(*config_text, nullptr, false);
+      if (j.is_object()) {
+        if (fp8_out) {
+          j["quantization_config"] = nlohmann::ordered_json::parse(layout::Fp8QuantizationConfigJson());
+        } else {
+          j.erase("quantization_config");
+        }
+        out_config = j.dump(2) + "\n";
+      }
+    }
+    if (absl::Status st = write_text(Join(o.out_dir, "config.json"), out_config); !st.ok()) {
       return st;
     }
   } else {

@@ -509,6 +509,181 @@ TEST_CASE("a LoRA merge during conversion matches the kernels' merge reference")
   }
 }
 
+// Block FP8, worked out plainly here: e4m3fn values decoded from their
+// bits, the nearest one chosen by search (ties to the even code), 448 and
+// beyond saturated; one scale per 128 x 128 block, amax / 448 in fp32.
+double E4m3Value(int code) {
+  const int e = (code >> 3) & 15, m = code & 7;
+  const double v = e == 0 ? m / 8.0 * std::ldexp(1.0, -6) : (1 + m / 8.0) * std::ldexp(1.0, e - 7);
+  return code & 0x80 ? -v : v;
+}
+
+uint8_t E4m3Nearest(float x) {
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const double a = std::fabs(static_cast<double>(x));
+  if (a >= 448) return sign | 0x7e;
+  int best = 0;
+  for (int code = 1; code <= 0x7e; ++code) {
+    const double d = std::fabs(E4m3Value(code) - a), bd = std::fabs(E4m3Value(best) - a);
+    if (d < bd || (d == bd && (code & 1) == 0)) best = code;
+  }
+  return sign | static_cast<uint8_t>(best);
+}
+
+// The quantized bytes and scales of a rows x cols fp32 matrix.
+void QuantizeReference(const float* w, int64_t rows, int64_t cols, std::vector<uint8_t>* q, std::vector<float>* scale) {
+  const int64_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
+  for (int64_t bi = 0; bi < br; ++bi) {
+    for (int64_t bj = 0; bj < bc; ++bj) {
+      float amax = 0;
+      for (int64_t r = bi * 128; r < std::min(rows, bi * 128 + 128); ++r) {
+        for (int64_t c = bj * 128; c < std::min(cols, bj * 128 + 128); ++c) amax = std::max(amax, std::fabs(w[r * cols + c]));
+      }
+      const float s = amax == 0 ? 1.0f : amax / 448.0f;
+      scale->push_back(s);
+      for (int64_t r = bi * 128; r < std::min(rows, bi * 128 + 128); ++r) {
+        for (int64_t c = bj * 128; c < std::min(cols, bj * 128 + 128); ++c) (*q)[r * cols + c] = E4m3Nearest(w[r * cols + c] / s);
+      }
+    }
+  }
+  // scales were pushed block row by block row: row-major already
+}
+
+// Large enough for partial and multiple blocks: hidden 160 (128 + 32),
+// intermediate 272 (128 + 128 + 16).
+constexpr char kFp8Dense[] = R"({"model_type": "qwen2", "hidden_size": 160, "intermediate_size": 272,
+  "num_attention_heads": 5, "num_key_value_heads": 1, "num_hidden_layers": 2,
+  "vocab_size": 40, "tie_word_embeddings": false})";
+
+bool QuantizedName(const std::string& n) {  // as Qwen3-FP8 checkpoints
+  return n.rfind("model.layers.", 0) == 0 && n.find("_proj.weight") != std::string::npos;
+}
+
+TEST_CASE("--dtype fp8 writes a block-FP8 checkpoint equal to a plain reference, and bf16 reads it back") {
+  Checkpoint c = MakeHf(kFp8Dense, false, 21);
+  size_t qi = 0;
+  while (c.tensors[qi].name != "model.layers.0.self_attn.q_proj.weight") ++qi;
+  c.values[qi][5] = 3000.0f;     // far beyond 448: sets its block's scale
+  for (int r = 128; r < 160; ++r) {
+    for (int k = 128; k < 160; ++k) c.values[qi][r * 160 + k] = 0;  // a block of zeros: scale 1
+  }
+  {  // rewrite the input with the changed value
+    std::vector<TensorInfo> infos;
+    for (const auto& ts : c.tensors) infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
+    auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
+    REQUIRE(w.ok());
+    for (size_t i = 0; i < c.values.size(); ++i) REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
+    REQUIRE((*w)->Commit().ok());
+  }
+  ConvertOptions q = Opts(c, "hf", "hf", "hf", "fp8");
+  q.dtype = "fp8";
+  Run(q);
+  auto got = ReadHf(c.dir + "/fp8");
+  int quantized = 0;
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const layout::TensorSpec& t = c.tensors[i];
+    INFO(t.name);
+    const auto& [dt, bytes] = got.at(t.name);
+    if (!QuantizedName(t.name)) {
+      REQUIRE(dt == DType::kBF16);
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes.data());
+      for (size_t k = 0; k < c.values[i].size(); ++k) REQUIRE(h[k] == kernels::F32ToBf16(c.values[i][k]));
+      CHECK(got.count(t.name + "_scale_inv") == 0);
+      continue;
+    }
+    ++quantized;
+    REQUIRE(dt == DType::kF8E4M3);
+    const int64_t rows = t.shape.d[0], cols = t.shape.d[1];
+    std::vector<uint8_t> want(rows * cols);
+    std::vector<float> scales;
+    QuantizeReference(c.values[i].data(), rows, cols, &want, &scales);
+    CHECK(bytes == want);
+    const std::string sname = t.name.substr(0, t.name.size() - 7) + ".weight_scale_inv";
+    REQUIRE(got.count(sname) == 1);
+    const auto& [sdt, sbytes] = got.at(sname);
+    CHECK(sdt == DType::kF32);
+    REQUIRE(sbytes.size() == scales.size() * 4);
+    CHECK(std::memcmp(sbytes.data(), scales.data(), sbytes.size()) == 0);
+  }
+  CHECK(quantized == 2 * 7);  // q k v o gate up down, per layer
+  std::ifstream cfg(c.dir + "/fp8/config.json");
+  std::string text((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Catch::Contains(R"("quant_method": "fp8")"));
+  CHECK_THAT(text, Catch::Contains(R"("weight_block_size")"));
+
+  // Back to bf16: each weight is E4m3Value(q) * scale of its block, rounded once.
+  ConvertOptions back = Opts(c, "hf", "hf", "fp8", "bf16");
+  back.dtype = "bf16";
+  Run(back);
+  auto deq = ReadHf(c.dir + "/bf16");
+  CHECK(deq.size() == c.tensors.size());
+  for (size_t i = 0; i < c.tensors.size(); ++i) {
+    const layout::TensorSpec& t = c.tensors[i];
+    INFO(t.name);
+    const auto& [dt, bytes] = deq.at(t.name);
+    REQUIRE(dt == DType::kBF16);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(bytes.data());
+    if (!QuantizedName(t.name)) {
+      CHECK(bytes == got.at(t.name).second);
+      continue;
+    }
+    const auto& qb = got.at(t.name).second;
+    const auto& sb = got.at(t.name.substr(0, t.name.size() - 7) + ".weight_scale_inv").second;
+    const float* sc = reinterpret_cast<const float*>(sb.data());
+    const int64_t cols = t.shape.d[1], bc = (cols + 127) / 128;
+    for (int64_t k = 0; k < t.shape.NumElements(); ++k) {
+      const float v = static_cast<float>(E4m3Value(qb[k])) * sc[(k / cols / 128) * bc + (k % cols) / 128];
+      REQUIRE(h[k] == kernels::F32ToBf16(v));
+    }
+  }
+  std::ifstream cfg2(c.dir + "/bf16/config.json");
+  std::string text2((std::istreambuf_iterator<char>(cfg2)), std::istreambuf_iterator<char>());
+  CHECK(text2.find("quantization_config") == std::string::npos);
+
+  // Without --dtype, a block-FP8 input asks for one.
+  CHECK_THAT(Error(Opts(c, "hf", "hf", "fp8", "again")), Catch::Contains("choose the output with --dtype"));
+}
+
+TEST_CASE("--dtype fp8 refusals: sharded layouts, fused experts, non-finite weights") {
+  Checkpoint c = MakeHf(kFp8Dense, false, 22);
+  ConvertOptions v = Opts(c, "hf", "vllm:tp=2", "hf", "v");
+  v.dtype = "fp8";
+  CHECK_THAT(Error(v), Catch::Contains("(--to hf)"));
+  Checkpoint m = MakeHf(kMoe, true, 23);
+  ConvertOptions f = Opts(m, "hf", "hf:experts=fused", "hf", "f");
+  f.dtype = "fp8";
+  CHECK_THAT(Error(f), Catch::Contains("experts=per_expert"));
+
+  size_t t = 0;
+  while (c.tensors[t].name != "model.layers.1.mlp.down_proj.weight") ++t;
+  c.values[t][3 * 272 + 200] = std::nanf("");
+  std::vector<TensorInfo> infos;
+  for (const auto& ts : c.tensors) infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
+  auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
+  REQUIRE(w.ok());
+  for (size_t i = 0; i < c.values.size(); ++i) REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
+  REQUIRE((*w)->Commit().ok());
+  ConvertOptions q = Opts(c, "hf", "hf", "hf", "q");
+  q.dtype = "fp8";
+  const std::string err = Error(q);
+  CHECK_THAT(err, Catch::Contains("tensor 'model.layers.1.mlp.down_proj.weight' cannot be quantized to FP8"));
+  CHECK_THAT(err, Catch::Contains("nan"));
+}
+
+TEST_CASE("MoE experts are quantized one matrix each; the router and shared gate stay bf16") {
+  Checkpoint m = MakeHf(kMoe, false, 24);
+  ConvertOptions q = Opts(m, "hf", "hf", "hf", "fp8");
+  q.dtype = "fp8";
+  Run(q);
+  auto got = ReadHf(m.dir + "/fp8");
+  CHECK(got.at("model.layers.0.mlp.experts.3.down_proj.weight").first == DType::kF8E4M3);
+  CHECK(got.count("model.layers.0.mlp.experts.3.down_proj.weight_scale_inv") == 1);
+  CHECK(got.at("model.layers.0.mlp.shared_expert.up_proj.weight").first == DType::kF8E4M3);
+  CHECK(got.at("model.layers.0.mlp.gate.weight").first == DType::kBF16);
+  CHECK(got.at("model.layers.0.mlp.shared_expert_gate.weight").first == DType::kBF16);
+  CHECK(got.at("model.embed_tokens.weight").first == DType::kBF16);
+}
+
 TEST_CASE("layout specs parse, and bad ones are named") {
   auto l = ParseLayoutSpec("megatron:tp=2,pp=4,make_vocab_size_divisible_by=64");
   REQUIRE(l.ok());
