@@ -1,0 +1,158 @@
+"""wsyncctl convert --dtype fp8 against torch's own float8_e4m3fn cast and
+against real vLLM 0.33 loading the checkpoint it writes.
+
+vLLM on CPU cannot build a block-FP8 model as is: choosing the GEMM kernel
+for Fp8LinearMethod raises "CPUFp8BlockScaledMMKernel requires AMX tile
+support (Sapphire Rapids or newer)". No forward pass runs in these tests, so
+the worker replaces that choice (init_fp8_linear_kernel) with nothing;
+everything the loader does (parameter creation, load_weights, the fused
+qkv/gate_up shards and their scales) is vLLM's own."""
+import json
+import multiprocessing
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+CFG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256,
+       "intermediate_size": 384, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+       "vocab_size": 64, "tie_word_embeddings": False, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+       "torch_dtype": "bfloat16"}
+
+
+def hf_tensors(seed):
+    h, i, v = CFG["hidden_size"], CFG["intermediate_size"], CFG["vocab_size"]
+    kv = CFG["num_key_value_heads"] * h // CFG["num_attention_heads"]
+    shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
+    for l in range(CFG["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                       p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
+                       p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+                       p + "self_attn.o_proj.weight": (h, h), p + "mlp.gate_proj.weight": (i, h),
+                       p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i)})
+    rng = np.random.default_rng(seed)
+    out = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    out["model.layers.1.mlp.up_proj.weight"][:128, :128] = 0  # a block of zeros: scale 1
+    out["model.layers.0.self_attn.o_proj.weight"][3, 200] = 5000.0  # far beyond 448
+    return out
+
+
+def quantized(name):
+    return name.startswith("model.layers.") and name.endswith("_proj.weight")
+
+
+def torch_block_fp8(w):
+    """Block FP8 with torch's own float8_e4m3fn cast."""
+    t = torch.from_numpy(w)
+    rows, cols = t.shape
+    br, bc = -(-rows // 128), -(-cols // 128)
+    padded = torch.zeros(br * 128, bc * 128)
+    padded[:rows, :cols] = t
+    amax = padded.abs().reshape(br, 128, bc, 128).amax(dim=(1, 3))
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / 448.0)
+    expanded = scale.repeat_interleave(128, 0).repeat_interleave(128, 1)[:rows, :cols]
+    q = (t / expanded).to(torch.float8_e4m3fn)
+    return q.view(torch.uint8).numpy(), scale.numpy()
+
+
+def vllm_worker(ckpt, port, out):
+    import vllm_cpu  # noqa: F401  (selects vLLM's CPU platform before vLLM is imported)
+    import vllm.model_executor.layers.quantization.fp8 as vfp8
+    vfp8.init_fp8_linear_kernel = lambda *a, **k: None  # the GEMM needs AMX; no forward pass runs
+    from safetensors.torch import load_file
+    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
+                             set_current_vllm_config)
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.model_executor.models.registry import ModelRegistry
+    from vllm.utils.torch_utils import set_default_torch_dtype
+    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True)
+    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"), load_config=LoadConfig(load_format="dummy"),
+                    parallel_config=ParallelConfig(tensor_parallel_size=1))
+    with set_current_vllm_config(vc):
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
+        initialize_model_parallel(tensor_model_parallel_size=1)
+        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+        with set_default_torch_dtype(mc.dtype):
+            model = cls(vllm_config=vc, prefix="")
+        loaded = model.load_weights(load_file(os.path.join(ckpt, "model.safetensors")).items())
+        params = {}
+        for n, p in model.named_parameters():
+            if n.endswith("_scale") or ".attn." in n:
+                continue  # kv-cache scales: not in weight checkpoints
+            t = p.detach()
+            params[n] = (str(t.dtype), (t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t.float()).numpy())
+        np.save(out, {"quantization": mc.quantization, "params": params, "loaded": sorted(loaded)}, allow_pickle=True)
+
+
+def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
+    from safetensors.numpy import load_file, save_file
+    src = hf_tensors(7)
+    (tmp_path / "hf").mkdir()
+    json.dump(CFG, open(tmp_path / "hf" / "config.json", "w"))
+    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
+    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
+                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8",
+                        "--bucket-mib", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out_cfg = json.load(open(tmp_path / "fp8" / "config.json"))
+    assert out_cfg["quantization_config"] == {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                              "weight_block_size": [128, 128]}
+
+    # Byte for byte what torch's own cast gives.
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "fp8" / "model.safetensors"), "pt") as f:
+        ck = {n: f.get_tensor(n) for n in f.keys()}
+    n_quantized = 0
+    for name, w in src.items():
+        if quantized(name):
+            n_quantized += 1
+            q, scale = torch_block_fp8(w)
+            assert ck[name].dtype == torch.float8_e4m3fn, name
+            assert np.array_equal(ck[name].view(torch.uint8).numpy(), q), name
+            assert np.array_equal(ck[name + "_scale_inv"].numpy(), scale), name
+        else:
+            assert ck[name].dtype == torch.bfloat16, name
+            assert torch.equal(ck[name], torch.from_numpy(w).to(torch.bfloat16)), name
+            assert name + "_scale_inv" not in ck
+    assert n_quantized == 14
+
+    # vLLM's own loader puts those bytes and scales into its fused parameters.
+    ctx = multiprocessing.get_context("spawn")
+    out = str(tmp_path / "vllm.npy")
+    from reference import free_port
+    p = ctx.Process(target=vllm_worker, args=(str(tmp_path / "fp8"), free_port(), out))
+    p.start()
+    p.join(600)
+    assert p.exitcode == 0, "the vLLM worker failed (its traceback is above)"
+    got = np.load(out, allow_pickle=True).item()
+    assert got["quantization"] == "fp8"
+    params = got["params"]
+
+    def fp8(name):
+        return ck[name].view(torch.uint8).numpy()
+
+    for layer in range(CFG["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        fused = {p + "self_attn.qkv_proj": ["q_proj", "k_proj", "v_proj"], p + "mlp.gate_up_proj": ["gate_proj", "up_proj"]}
+        for vname, parts in fused.items():
+            sub = "self_attn." if "qkv" in vname else "mlp."
+            dt, w = params[vname + ".weight"]
+            assert dt == "torch.float8_e4m3fn", vname
+            assert np.array_equal(w, np.concatenate([fp8(p + sub + x + ".weight") for x in parts])), vname
+            _, s = params[vname + ".weight_scale_inv"]
+            assert np.array_equal(s, np.concatenate([ck[p + sub + x + ".weight_scale_inv"].numpy() for x in parts])), vname
+        for single in ["self_attn.o_proj", "mlp.down_proj"]:
+            _, w = params[p + single + ".weight"]
+            assert np.array_equal(w, fp8(p + single + ".weight")), single
+            _, s = params[p + single + ".weight_scale_inv"]
+            assert np.array_equal(s, ck[p + single + ".weight_scale_inv"].numpy()), single
+    for name in ["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]:
+        dt, w = params[name]
+        assert dt == "torch.bfloat16", name
+        assert np.array_equal(w, ck[name].float().numpy()), name
