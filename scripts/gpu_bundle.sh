@@ -33,15 +33,17 @@ bash scripts/setup.sh >/dev/null
 targets=$(bazel query 'attr(tags, "\bgpu\b", tests(//...))' 2>/dev/null)
 [[ -n "$targets" ]] || { echo "no gpu-tagged tests" >&2; exit 1; }
 # shellcheck disable=SC2086
-bazel build $targets //tests/bench:gpu_bench
+bazel build $targets //tests/bench:gpu_bench //daemon:wsyncd
 bin=$(bazel info bazel-bin 2>/dev/null)
-mkdir -p "$out/bin" "$out/lib"
+mkdir -p "$out/bin" "$out/lib" "$out/runfiles/wsync/daemon"
+# Tests that start real daemons find wsyncd as a Bazel runfile.
+cp -f "$bin/daemon/wsyncd" "$out/runfiles/wsync/daemon/wsyncd"
 names=()
-for t in $targets //tests/bench:gpu_bench; do
+for t in $targets //tests/bench:gpu_bench //daemon:wsyncd; do
   rel=${t#//}; rel=${rel/://}
   name=$(basename "$rel")
-  cp -f "$bin/$rel" "$out/bin/$name"
-  [[ "$t" == *gpu_bench ]] || names+=("$name")
+  [[ "$t" == //daemon:wsyncd ]] || cp -f "$bin/$rel" "$out/bin/$name"
+  [[ "$t" == *gpu_bench || "$t" == //daemon:wsyncd ]] || names+=("$name")
   [[ $libs != 0 ]] || continue
   ldd "$bin/$rel" | awk '/=> \//{print $3}' | while read -r lib; do
     case $(basename "$lib") in
@@ -65,9 +67,10 @@ cat > "$out/run_all.sh" <<RUN
 # exit status is non-zero if any fails.
 cd "\$(dirname "\$0")"
 export LD_LIBRARY_PATH="\$PWD/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export TEST_SRCDIR="\$PWD/runfiles" TEST_WORKSPACE=wsync
 # Libraries left out of the bundle (--no-cuda-libs): find each one the
 # binaries miss in the CUDA toolkit or Python's nvidia-* wheels here.
-missing=\$(for b in bin/*; do ldd "\$b" 2>/dev/null | awk '/not found/{print \$1}'; done | sort -u)
+missing=\$(for b in bin/* runfiles/wsync/daemon/wsyncd; do ldd "\$b" 2>/dev/null | awk '/not found/{print \$1}'; done | sort -u)
 for l in \$missing; do
   f=\$(find /usr/local/cuda*/ /usr/lib /usr/local/lib /opt -name "\$l" 2>/dev/null | head -1)
   [[ -n "\$f" ]] || f=\$(find / -xdev -name "\$l" 2>/dev/null | head -1)

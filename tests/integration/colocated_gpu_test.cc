@@ -1,8 +1,10 @@
-// GPU test (tag gpu): colocated syncs through a real daemon (in this
-// process) between a trainer process and a generator process that hold
-// cudaMalloc'ed buffers registered through CUDA IPC. The expected generator
-// bytes are computed here from the canonical tensors with a bf16 rounding
-// written for this test, independent of the planner and the kernels.
+// GPU test (tag gpu): syncs between a trainer process and a generator
+// process that hold cudaMalloc'ed buffers registered through CUDA IPC:
+// colocated, through a real daemon in this process; and across two wsyncd
+// processes on one GPU (the host-staged path: pinned wire buffers, Gloo).
+// The expected generator bytes are computed here from the canonical tensors
+// with a bf16 rounding written for this test, independent of the planner
+// and the kernels.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -11,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/testing/gpu_child.h"
+#include "tests/testing/process.h"
 
 namespace wsync {
 namespace {
@@ -53,12 +56,14 @@ void SetBox(v1::Box* b, std::vector<int64_t> off, std::vector<int64_t> size) {
 }
 
 // "trainer-tp1", "trainer-tp2": fp32 sources; "gen-staged", "gen-in_place":
-// one bf16 TP=1 replica "gen", zero-filled.
+// one bf16 TP=1 replica "gen", zero-filled. A "-remote" generator also
+// registers the model, on its own daemon.
 GpuScenario Scenario(const std::string& name, uint64_t seed) {
   GpuScenario sc;
   const bool trainer = name.rfind("trainer", 0) == 0;
+  const bool remote = name.size() > 7 && name.substr(name.size() - 7) == "-remote";
   const int tp = name == "trainer-tp2" ? 2 : 1;
-  if (trainer) {
+  if (trainer || remote) {
     v1::RegisterModelRequest m;
     m.set_model_id("m");
     for (const Tensor& t : kTensors) {
@@ -190,6 +195,75 @@ TEST_CASE("killing the trainer mid-sync leaves the generator on its previous ver
   auto r3 = d->Sync("m", 3);  // the trainer's ranks are gone: a precise refusal
   REQUIRE_FALSE(r3.ok());
   CHECK(r3.status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+// Two wsyncd processes on one GPU: "a" (coordinator) serves the trainer,
+// "b" the generator. NCCL cannot join two ranks on one GPU, so the bytes
+// take the host-staged path.
+struct WsyncdProcess {
+  WsyncdProcess(const std::string& id, const std::string& dir, const std::vector<std::string>& extra) {
+    socket = dir + "/" + id + ".sock";
+    std::vector<std::string> argv = {testing::Runfile("daemon/wsyncd"), "--socket", socket, "--daemon-id", id,
+                                     "--listen", "127.0.0.1:0", "--insecure", "--heartbeat-ms", "200",
+                                     "--peer-timeout-ms", "5000", "--grace-period-ms", "1000"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proc = std::make_unique<testing::Process>(argv);
+    client::ConnectOptions o;
+    o.socket = socket;
+    o.connect_timeout_ms = 200;
+    bool up = testing::WaitFor([&] { return !proc->Running() || client::Connect(o).ok(); }, 20000);
+    INFO(id << " stderr:\n" << proc->Stderr());
+    REQUIRE(up);
+    REQUIRE(proc->Running());
+    auto c = client::Client::Attach(o, "probe", nullptr);
+    REQUIRE(c.ok());
+    auto st = (*c)->GetStatus();
+    REQUIRE(st.ok());
+    for (const auto& e : st->endpoints()) {
+      if (e.kind() == "tcp") address = e.address();
+    }
+    REQUIRE(!address.empty());
+  }
+  std::string socket, address;
+  std::unique_ptr<testing::Process> proc;
+};
+
+TEST_CASE("two daemons on one GPU: TP=2 fp32 trainer on one, TP=1 bf16 generator on the other (host-staged)", "[gpu]") {
+  for (const char* mode : {"gen-staged-remote", "gen-in_place-remote"}) {
+    INFO(mode);
+    const std::string dir = testing::MakeTempDir();
+    WsyncdProcess a("a", dir, {});
+    WsyncdProcess b("b", dir, {"--peers", a.address});
+    auto trainer = GpuChild::Spawn(a.socket, "trainer", "trainer-tp2");
+    REQUIRE(trainer.ok());
+    auto gen = GpuChild::Spawn(b.socket, "generator", mode);
+    REQUIRE(gen.ok());
+    absl::Status ts = (*trainer)->WaitRegistered(), gs = (*gen)->WaitRegistered();
+    INFO(ts.ToString() << " / " << gs.ToString() << "\na:\n" << a.proc->Stderr() << "\nb:\n" << b.proc->Stderr());
+    REQUIRE(ts.ok());
+    REQUIRE(gs.ok());
+    client::ConnectOptions o;
+    o.socket = a.socket;
+    auto driver = client::Client::Attach(o, "driver", nullptr);
+    REQUIRE(driver.ok());
+    for (uint64_t v : {1, 2}) {
+      if (v == 2) REQUIRE((*trainer)->Fill(2).ok());
+      v1::SyncRequest req;
+      req.set_model_id("m");
+      req.set_version(v);
+      req.set_max_bucket_bytes(4096);  // several wire buckets
+      auto r = (*driver)->Sync(req, nullptr);
+      INFO(r.status().ToString() << "\na:\n" << a.proc->Stderr() << "\nb:\n" << b.proc->Stderr());
+      REQUIRE(r.ok());
+      CHECK(r->version() == v);
+      for (int t = 0; t < 3; ++t) {
+        auto got = (*gen)->Read(0, t);
+        REQUIRE(got.ok());
+        INFO("tensor " << kTensors[t].name << ", version " << v);
+        CHECK(*got == ExpectedBf16(t, v));
+      }
+    }
+  }
 }
 
 }  // namespace

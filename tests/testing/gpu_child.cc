@@ -161,7 +161,7 @@ v1::RegisterShardsRequest RankRequest(const std::string& model, const std::strin
   req.set_role(trainer ? v1::SOURCE : v1::TARGET);
   if (!trainer) {
     req.set_replica_id("gen");
-    req.set_update_mode(scenario == "gen-in_place" ? v1::IN_PLACE : v1::STAGED);
+    req.set_update_mode(scenario.rfind("gen-in_place", 0) == 0 ? v1::IN_PLACE : v1::STAGED);
   }
   req.mutable_rank()->set_tp(tp);
   req.mutable_rank()->set_tp_size(tp_size);

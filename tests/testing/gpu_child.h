@@ -41,7 +41,8 @@ struct GpuScenario {
 
 // The request header of one rank of scenario `scenario` under the naming
 // the GPU tests share: names starting with "trainer" register sources;
-// others register replica "gen", in place for "gen-in_place", else staged.
+// others register replica "gen", in place for names starting with
+// "gen-in_place", else staged.
 v1::RegisterShardsRequest RankRequest(const std::string& model, const std::string& scenario, int tp, int tp_size);
 
 // Builds a scenario by name for a fill seed; the parent and the child call
