@@ -37,8 +37,9 @@ cudaError_t LaunchLoraMerge(const LoraMergeOp* d_ops, int num_ops, int64_t max_r
     device::LoraMergeTcKernel<<<grid, device::kTcThreads, 0, stream>>>(d_ops);
     return cudaGetLastError();
   }
-  dim3 block(32, 8);
-  dim3 grid(static_cast<unsigned>((max_cols + 31) / 32), static_cast<unsigned>((max_rows + 7) / 8),
+  dim3 block(device::kLoraTile, device::kLoraThreadsY);
+  dim3 grid(static_cast<unsigned>((max_cols + device::kLoraTile - 1) / device::kLoraTile),
+            static_cast<unsigned>((max_rows + device::kLoraTile - 1) / device::kLoraTile),
             static_cast<unsigned>(num_ops));
   device::LoraMergeKernel<<<grid, block, 0, stream>>>(d_ops);
   return cudaGetLastError();

@@ -167,22 +167,53 @@ __global__ void BoxCopyDigestKernel(const BoxCopyOp* __restrict__ ops, const uin
   AddSums(sums, s1, s2);
 }
 
-// One thread per output element; the k loop runs in the CPU reference's
-// order with separately rounded multiplies and adds.
+// The exact merge: a block of 32 x 8 threads computes a 32 x 32 output
+// tile, each thread one column of 4 rows (8 apart). A and B pass through
+// shared memory in chunks of 32 k, converted to fp32 once; the k loop runs
+// in the CPU reference's order with separately rounded multiplies and adds.
+inline constexpr int kLoraTile = 32;       // output rows and columns per block
+inline constexpr int kLoraThreadsY = 8;    // blockDim = (kLoraTile, kLoraThreadsY)
+inline constexpr int kLoraRowsPerThread = kLoraTile / kLoraThreadsY;
+inline constexpr int kLoraKChunk = 32;
+
 __global__ void LoraMergeKernel(const LoraMergeOp* __restrict__ ops) {
+  __shared__ float sa[kLoraKChunk][kLoraTile];      // A[k0 + k][c0 + c]
+  __shared__ float sb[kLoraTile][kLoraKChunk + 1];  // B[r0 + r][k0 + k]
   const LoraMergeOp op = ops[blockIdx.z];
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t r = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y;
-  if (r >= op.rows || c >= op.cols) return;
-  float acc = 0.0f;
-  for (int64_t k = 0; k < op.rank; ++k) {
-    const float b = LoadAsF32(op.b, op.b_dtype, r * op.b_row_stride + k * op.b_k_stride);
-    const float a = LoadAsF32(op.a, op.a_dtype, k * op.a_k_stride + c * op.a_col_stride);
-    acc = __fadd_rn(acc, __fmul_rn(b, a));
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kLoraTile, r0 = static_cast<int64_t>(blockIdx.y) * kLoraTile;
+  if (r0 >= op.rows || c0 >= op.cols) return;  // the whole block: ops differ in size
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kLoraTile + tx;
+  float acc[kLoraRowsPerThread] = {};
+  for (int64_t k0 = 0; k0 < op.rank; k0 += kLoraKChunk) {
+    const int kn = static_cast<int>(op.rank - k0 < kLoraKChunk ? op.rank - k0 : kLoraKChunk);
+    for (int i = tid; i < kLoraKChunk * kLoraTile; i += kLoraTile * kLoraThreadsY) {
+      const int k = i / kLoraTile, c = i % kLoraTile;
+      sa[k][c] = k < kn && c0 + c < op.cols
+                     ? LoadAsF32(op.a, op.a_dtype, (k0 + k) * op.a_k_stride + (c0 + c) * op.a_col_stride)
+                     : 0.0f;
+      const int r = i / kLoraKChunk, kb = i % kLoraKChunk;
+      sb[r][kb] = kb < kn && r0 + r < op.rows
+                      ? LoadAsF32(op.b, op.b_dtype, (r0 + r) * op.b_row_stride + (k0 + kb) * op.b_k_stride)
+                      : 0.0f;
+    }
+    __syncthreads();
+    for (int k = 0; k < kn; ++k) {
+      const float a = sa[k][tx];
+#pragma unroll
+      for (int j = 0; j < kLoraRowsPerThread; ++j) acc[j] = __fadd_rn(acc[j], __fmul_rn(sb[ty + j * kLoraThreadsY][k], a));
+    }
+    __syncthreads();
   }
-  const float w = LoadAsF32(op.w, op.w_dtype, r * op.w_row_stride + c * op.w_col_stride);
-  StoreFromF32(op.dst, op.dst_dtype, r * op.dst_row_stride + c * op.dst_col_stride,
-               __fadd_rn(w, __fmul_rn(op.scale, acc)));
+  const int64_t c = c0 + tx;
+  if (c >= op.cols) return;
+#pragma unroll
+  for (int j = 0; j < kLoraRowsPerThread; ++j) {
+    const int64_t r = r0 + ty + j * kLoraThreadsY;
+    if (r >= op.rows) break;
+    const float w = LoadAsF32(op.w, op.w_dtype, r * op.w_row_stride + c * op.w_col_stride);
+    StoreFromF32(op.dst, op.dst_dtype, r * op.dst_row_stride + c * op.dst_col_stride,
+                 __fadd_rn(w, __fmul_rn(op.scale, acc[j])));
+  }
 }
 
 }  // namespace wsync::kernels::device
