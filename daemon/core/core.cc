@@ -14,6 +14,7 @@
 #include "daemon/common/build_info.h"
 #include "daemon/common/logging.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/common/mutex.h"
 #include "daemon/common/status.h"
 
@@ -407,6 +408,43 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
   return it->second.get();
 }
 
+// FP8 quantization at registration (docs/fp8.md): scale tensors are
+// computed by syncs, so sources never hold them and targets hold them in
+// fp32; a weight with scales in an fp8 buffer covers whole 128 x 128 blocks
+// (vLLM needs block-aligned shards), as a plain 2-d box.
+absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layout::ShardSpec& shard,
+                            const std::string& bw) {
+  for (const layout::Piece& p : shard.pieces) {
+    const std::string& name = spec.tensor(p.tensor).name;
+    if (spec.ScalesOf(p.tensor) >= 0) {
+      if (role == Role::kSource) {
+        return absl::InvalidArgumentError(absl::StrCat(bw, ": '", name, "' holds FP8 scales, which syncs compute; "
+                                                       "sources do not register them"));
+      }
+      if (shard.dtype != layout::DType::kF32) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(bw, ": the FP8 scales '", name, "' are fp32, not ", kernels::DTypeName(shard.dtype)));
+      }
+      continue;
+    }
+    if (role != Role::kTarget || shard.dtype != layout::DType::kF8E4M3 || spec.ScaleTensorOf(p.tensor) < 0) continue;
+    const layout::Shape& full = spec.tensor(p.tensor).shape;
+    const layout::Box& b = p.canonical;
+    bool aligned = shard.shape.ndim == 2 && p.shard.ndim == 2;
+    for (int d = 0; aligned && d < 2; ++d) {
+      aligned = p.shard.size[d] == b.size[d] && b.off[d] % layout::kFp8Block == 0 &&
+                (b.size[d] % layout::kFp8Block == 0 || b.off[d] + b.size[d] == full.d[d]);
+    }
+    if (!aligned) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          bw, ": FP8 piece ", b.ToString(), " of '", name, "' ", full.ToString(),
+          " does not cover whole 128 x 128 blocks (a tensor-parallel cut that splits a block cannot get "
+          "block scales; vLLM needs block-aligned FP8 shards)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs& a) {
   WSYNC_RETURN_IF_ERROR(CheckModelId(a.model_id));
   if (!a.announced) {
@@ -478,6 +516,17 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
       }
     }
   }
+  // FP8 block scales of the weights block-FP8 checkpoints quantize, when
+  // asked and not listed already.
+  if (a.fp8_block_scales) {
+    std::vector<layout::TensorSpec> scales;
+    for (const layout::TensorSpec& t : tensors) {
+      if (!t.scales_of.empty() || t.shape.ndim != 2 || !layout::Fp8Quantized(t)) continue;
+      const std::string name = layout::Fp8ScaleName(t.name);
+      if (find(name) == nullptr) scales.push_back({name, layout::Fp8ScaleShape(t.shape), layout::DType::kF32, t.name});
+    }
+    tensors.insert(tensors.end(), scales.begin(), scales.end());
+  }
   auto spec = layout::ModelSpec::Create(tensors);
   if (!spec.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", a.model_id, "': ", spec.status().message()));
@@ -515,7 +564,8 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
     for (int32_t i = 0; same && i < old.spec.size(); ++i) {
       same = old.spec.tensor(i).name == m->spec.tensor(i).name &&
-             old.spec.tensor(i).shape == m->spec.tensor(i).shape;
+             old.spec.tensor(i).shape == m->spec.tensor(i).shape &&
+             old.spec.tensor(i).scales_of == m->spec.tensor(i).scales_of;
     }
     if (!same) {
       return absl::AlreadyExistsError(absl::StrCat(
@@ -763,6 +813,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     if (absl::Status s = layout::ValidateShard(model.spec, shard); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(who, ": ", s.message()));
     }
+    WSYNC_RETURN_IF_ERROR(CheckFp8Pieces(model.spec, a.role, shard, bw));
     if (!b.strides.empty()) {
       if (static_cast<int>(b.strides.size()) != b.shape.ndim) {
         return absl::InvalidArgumentError(absl::StrCat(bw, ": ", b.strides.size(),

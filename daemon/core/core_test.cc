@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -17,7 +18,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/layout_testing.h"
+#include "kernels/fp8.h"
 #include "daemon/core/pause_acker.h"
 #include "daemon/layout/model_config.h"
 
@@ -886,6 +889,221 @@ TEST_CASE("an fp32 source to an fp8 target is refused before anything is written
   // Nothing was written and the replica is not poisoned.
   CHECK(static_cast<unsigned char*>(m[0][0])[0] == 0xab);
   CHECK_FALSE(w.core->GetStatus(Me()).models[0].replicas[0].poisoned);
+}
+
+// FP8 targets: a dense model large enough for several 128 x 128 blocks, with
+// Megatron TP=2 cuts (intermediate 384: 192 rows per rank) that split
+// blocks, so that block scales must come from two trainer ranks.
+constexpr char kFp8Config[] = R"({"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 384,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 64,
+  "tie_word_embeddings": false})";
+
+struct Fp8World {
+  std::unique_ptr<Core> core = Core::Create({"test", {}, 60000, 2000, 4096, 2});
+  layout::ModelConfig config = *layout::ParseHfConfig(kFp8Config);
+  layout::ModelSpec spec;
+  layout::testing::CanonicalData data;
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<std::vector<void*>> src_mem;
+  std::vector<std::vector<layout::ShardSpec>> src_shards;
+
+  explicit Fp8World(uint32_t seed = 3) {
+    clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
+    RegisterModelArgs m;
+    m.caller = Me();
+    m.session_id = clients[0]->session;
+    m.model_id = "m";
+    m.has_config = true;
+    m.config = config;
+    m.fp8_block_scales = true;
+    auto reg = core->RegisterModel(m);
+    INFO(reg.status().ToString());
+    REQUIRE(reg.ok());
+    // The spec as the core builds it: the canonical tensors, then the scales.
+    std::vector<layout::TensorSpec> tensors = *layout::CanonicalTensors(config, DType::kBF16);
+    const size_t n = tensors.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i])) {
+        tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
+                           DType::kF32, tensors[i].name});
+      }
+    }
+    spec = *layout::ModelSpec::Create(tensors);
+    REQUIRE(reg->num_tensors == spec.size());
+    std::mt19937 rng(seed);
+    data = layout::testing::RandomCanonical(spec, rng);
+    for (int r = 0; r < 2; ++r) {
+      if (r > 0) clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
+      layout::RankCoords rc;
+      rc.tp = r;
+      rc.tp_size = 2;
+      auto shards = *layout::BuildShards(spec, config, "megatron", {}, rc, DType::kF32);
+      auto ptrs = clients.back()->Register("m", Role::kSource, "", shards, "megatron", rc);
+      for (size_t i = 0; i < shards.size(); ++i) {
+        auto bytes = layout::testing::Materialize(spec, shards[i], data);
+        std::memcpy(ptrs[i], bytes.data(), bytes.size());
+      }
+      src_mem.push_back(ptrs);
+      src_shards.push_back(shards);
+    }
+  }
+
+  // A vLLM replica whose quantized weights are fp8 with a scale buffer each
+  // (the scales of its pieces, rows stacked as vLLM fuses them).
+  absl::StatusOr<std::vector<layout::ShardSpec>> Replica(const std::string& id, int tp, UpdateMode mode,
+                                                         std::vector<std::vector<void*>>* mem) {
+    clients.push_back(std::make_unique<Client>(core.get(), "gen-" + id));
+    std::vector<layout::ShardSpec> all;
+    for (int r = 0; r < tp; ++r) {
+      layout::RankCoords rc;
+      rc.tp = r;
+      rc.tp_size = tp;
+      auto shards = *layout::BuildShards(spec, config, "vllm", {}, rc, DType::kBF16);
+      const size_t recipe_shards = shards.size();
+      for (size_t i = 0; i < recipe_shards; ++i) {
+        layout::ShardSpec& sh = shards[i];
+        if (sh.pieces.empty() || spec.ScaleTensorOf(sh.pieces[0].tensor) < 0) continue;
+        sh.dtype = DType::kF8E4M3;
+        layout::ShardSpec sc{sh.name + "_scale_inv", layout::Fp8ScaleShape(sh.shape), DType::kF32, {}};
+        for (const layout::Piece& p : sh.pieces) {
+          layout::Piece q;
+          q.tensor = spec.ScaleTensorOf(p.tensor);
+          q.canonical.ndim = q.shard.ndim = 2;
+          for (int d = 0; d < 2; ++d) {
+            q.canonical.off[d] = p.canonical.off[d] / 128;
+            q.shard.off[d] = p.shard.off[d] / 128;
+            q.canonical.size[d] = q.shard.size[d] = (p.canonical.size[d] + 127) / 128;
+          }
+          sc.pieces.push_back(q);
+        }
+        shards.push_back(sc);
+      }
+      std::vector<void*> ptrs;
+      auto reg = clients.back()->TryRegister("m", Role::kTarget, id, shards, "vllm", rc, mode, &spec,
+                                             recipe_shards, &ptrs);
+      if (!reg.ok()) return reg.status();
+      for (size_t i = 0; i < shards.size(); ++i) {
+        std::memset(ptrs[i], 0xab, shards[i].shape.NumElements() * kernels::DTypeSize(shards[i].dtype));
+      }
+      mem->push_back(ptrs);
+      all.insert(all.end(), shards.begin(), shards.end());
+    }
+    return all;
+  }
+};
+
+// Every quantized weight of a TP=1 replica, whole, against the CPU
+// reference quantizing the canonical tensor (fp32 from the trainers).
+void CheckFp8Replica(const Fp8World& w, const std::vector<layout::ShardSpec>& shards, const std::vector<void*>& mem) {
+  int quantized = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const layout::ShardSpec& sh = shards[i];
+    INFO(sh.name);
+    if (sh.dtype == DType::kF32 && !sh.pieces.empty() && w.spec.ScalesOf(sh.pieces[0].tensor) >= 0) continue;
+    if (sh.dtype != DType::kF8E4M3) {
+      auto want = layout::testing::Materialize(w.spec, sh, w.data);
+      CHECK(std::memcmp(want.data(), mem[i], want.size()) == 0);
+      continue;
+    }
+    const size_t si = std::find_if(shards.begin(), shards.end(),
+                                   [&](const layout::ShardSpec& s) { return s.name == sh.name + "_scale_inv"; }) -
+                      shards.begin();
+    REQUIRE(si < shards.size());
+    for (const layout::Piece& p : sh.pieces) {
+      ++quantized;
+      const layout::Shape shape = w.spec.tensor(p.tensor).shape;
+      const layout::Shape ss = layout::Fp8ScaleShape(shape);
+      std::vector<uint8_t> q(shape.NumElements());
+      std::vector<float> scale(ss.NumElements());
+      kernels::Fp8QuantOp op;
+      op.src = w.data[p.tensor].data();
+      op.src_dtype = DType::kF32;
+      op.rows = shape.d[0];
+      op.cols = op.src_ld = op.dst_ld = shape.d[1];
+      op.dst = q.data();
+      op.scale_inv = scale.data();
+      op.scale_ld = ss.d[1];
+      REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
+      const auto* got = static_cast<const uint8_t*>(mem[i]);
+      for (int64_t r = 0; r < p.canonical.size[0]; ++r) {
+        REQUIRE(std::memcmp(got + (p.shard.off[0] + r) * sh.shape.d[1],
+                            q.data() + (p.canonical.off[0] + r) * shape.d[1], shape.d[1]) == 0);
+      }
+      const auto* gs = static_cast<const float*>(mem[si]);
+      for (int64_t r = 0; r < ss.d[0]; ++r) {
+        REQUIRE(std::memcmp(gs + (p.shard.off[0] / 128 + r) * shards[si].shape.d[1], scale.data() + r * ss.d[1],
+                            ss.d[1] * 4) == 0);
+      }
+    }
+  }
+  CHECK(quantized == 7);  // q k v o gate up down
+}
+
+TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged and in place, exact") {
+  Fp8World w;
+  std::vector<std::vector<void*>> staged, inplace;
+  auto s1 = w.Replica("staged", 1, UpdateMode::kStaged, &staged);
+  INFO(s1.status().ToString());
+  REQUIRE(s1.ok());
+  auto s2 = w.Replica("inplace", 1, UpdateMode::kInPlace, &inplace);
+  REQUIRE(s2.ok());
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CheckFp8Replica(w, *s1, staged[0]);
+  CheckFp8Replica(w, *s2, inplace[0]);
+  for (const auto& rep : w.core->GetStatus(Me()).models[0].replicas) CHECK(rep.version == 1);
+
+  // New weights: a second version lands the same way.
+  std::mt19937 rng(11);
+  w.data = layout::testing::RandomCanonical(w.spec, rng);
+  for (size_t t = 0; t < w.src_mem.size(); ++t) {
+    for (size_t i = 0; i < w.src_shards[t].size(); ++i) {
+      auto bytes = layout::testing::Materialize(w.spec, w.src_shards[t][i], w.data);
+      std::memcpy(w.src_mem[t][i], bytes.data(), bytes.size());
+    }
+  }
+  r = w.core->Sync(Args(2), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CheckFp8Replica(w, *s1, staged[0]);
+  CheckFp8Replica(w, *s2, inplace[0]);
+}
+
+TEST_CASE("FP8 refusals: a TP cut that splits a block, scales held by a source, a NaN weight") {
+  Fp8World w;
+  std::vector<std::vector<void*>> mem;
+  auto split = w.Replica("tp2", 2, UpdateMode::kStaged, &mem);  // k_proj: 128 rows -> 64 per rank
+  REQUIRE_FALSE(split.ok());
+  CHECK(split.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(split.status().message()),
+             Catch::Contains("of 'model.layers.0.self_attn.k_proj.weight' [128, 256] does not cover whole 128 x 128 blocks"));
+
+  // A source cannot register scales.
+  Client c(w.core.get(), "bad-trainer");
+  const int32_t st = w.spec.Find("model.layers.0.mlp.down_proj.weight_scale_inv");
+  layout::ShardSpec sc{"scales", w.spec.tensor(st).shape, DType::kF32, {}};
+  sc.pieces.push_back({st, layout::Box::Whole(sc.shape), layout::Box::Whole(sc.shape)});
+  std::vector<void*> ptrs;
+  layout::RankCoords rc;
+  auto bad = c.TryRegister("m", Role::kSource, "", {sc}, "", rc, UpdateMode::kStaged, &w.spec, 0, &ptrs);
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains("holds FP8 scales, which syncs compute"));
+
+  // A NaN in a trainer's weights fails the sync naming the tensor; nothing commits.
+  std::vector<std::vector<void*>> one;
+  auto ok = w.Replica("one", 1, UpdateMode::kStaged, &one);
+  REQUIRE(ok.ok());
+  const auto& shards = w.src_shards[1];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards[i].name.find("linear_fc2") != std::string::npos) static_cast<float*>(w.src_mem[1][i])[5] = std::nanf("");
+  }
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("'model.layers.0.mlp.down_proj.weight'") &&
+                                                    Catch::Contains("nan"));
+  CHECK(w.core->GetStatus(Me()).models[0].replicas[0].version == 0);
 }
 
 TEST_CASE("bad registrations get precise errors") {

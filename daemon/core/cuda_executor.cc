@@ -13,6 +13,7 @@
 #include "daemon/core/executor.h"
 #include "daemon/memory/cuda_memory.h"
 #include "kernels/box_copy_cuda.h"
+#include "kernels/fp8_cuda.h"
 #include "kernels/cuda_status.h"
 #include "daemon/common/mutex.h"
 #include "daemon/common/status.h"
@@ -95,6 +96,44 @@ class CudaContext final : public ExecContext {
   absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                       size_t slot) override {
     return Batch(device, ops, n, /*copy=*/false, word_base, slot);
+  }
+
+  absl::Status QuantizeFp8(int device, const kernels::Fp8QuantOp* ops, size_t n) override {
+    if (n == 0) return absl::OkStatus();
+    if (std::string err = kernels::CheckFp8QuantOps(ops, n); !err.empty()) return absl::InternalError(err);
+    auto st = Stream(device);
+    if (!st.ok()) return st.status();
+    const std::vector<kernels::Fp8Block> blocks = kernels::MakeFp8Blocks(ops, n);
+    auto d_ops = Upload(device, *st, ops, n * sizeof(*ops));
+    if (!d_ops.ok()) return d_ops.status();
+    auto d_blocks = Upload(device, *st, blocks.data(), blocks.size() * sizeof(blocks[0]));
+    if (!d_blocks.ok()) return d_blocks.status();
+    const unsigned long long all_finite = kernels::kFp8AllFinite;
+    auto d_bad = Upload(device, *st, &all_finite, sizeof(all_finite));
+    if (!d_bad.ok()) return d_bad.status();
+    auto* bad_ptr = static_cast<unsigned long long*>(*d_bad);
+    WSYNC_RETURN_IF_ERROR(CudaStatus(
+        kernels::LaunchQuantizeFp8(static_cast<const kernels::Fp8QuantOp*>(*d_ops),
+                                   static_cast<const kernels::Fp8Block*>(*d_blocks),
+                                   static_cast<int64_t>(blocks.size()), bad_ptr, *st),
+        "FP8 quantization kernel"));
+    unsigned long long bad = 0;
+    WSYNC_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(&bad, bad_ptr, sizeof(bad), cudaMemcpyDeviceToHost, *st),
+                                     "reading the FP8 check"));
+    WSYNC_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(*st), absl::StrCat("GPU ", device, " stream")));
+    if (bad == kernels::kFp8AllFinite) return absl::OkStatus();
+    kernels::Fp8Element e;
+    if (!kernels::Fp8BadElement(ops, blocks, bad, &e)) {
+      return absl::InternalError(absl::StrCat("the FP8 kernel reported element key ", bad, ", which names none"));
+    }
+    const kernels::Fp8QuantOp& op = ops[e.op];
+    const size_t esz = kernels::DTypeSize(op.src_dtype);
+    unsigned char raw[4] = {};
+    WSYNC_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpy(raw, static_cast<const char*>(op.src) + (e.row * op.src_ld + e.col) * esz, esz,
+                   cudaMemcpyDeviceToHost),
+        "reading a non-finite weight"));
+    return absl::InvalidArgumentError(kernels::Fp8BadMessage(e, kernels::LoadAsF32(raw, op.src_dtype, 0)));
   }
 
   absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) override {

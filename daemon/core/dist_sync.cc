@@ -412,6 +412,20 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   bool gpu_work = false;
   for (RankReg* r : p->src_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
   for (RankReg* r : p->dst_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
+  // FP8 quantization runs in local syncs only (docs/fp8.md).
+  for (size_t j = 0; j < plan.targets.size(); ++j) {
+    RankReg* r = p->dst_local[j];
+    if (r == nullptr) continue;
+    for (const layout::ShardSpec& sh : r->shards) {
+      for (const layout::Piece& pc : sh.pieces) {
+        if (model->spec.ScaleTensorOf(pc.tensor) < 0 && model->spec.ScalesOf(pc.tensor) < 0) continue;
+        if (sh.dtype != layout::DType::kF8E4M3 && model->spec.ScalesOf(pc.tensor) < 0) continue;
+        return absl::FailedPreconditionError(absl::StrCat(
+            "model '", plan.model_id, "' ", r->Label(), " on daemon '", me, "' has FP8 buffer '", sh.name,
+            "' with block scales; quantizing during multi-node syncs is not supported yet (local syncs do it)"));
+      }
+    }
+  }
   // Target memory: staging for staged replicas, fp32 bases of adapted shards.
   auto tracked = [&](int32_t t) { return d.adapted.count(t) > 0; };
   for (size_t j = 0; j < plan.targets.size(); ++j) {

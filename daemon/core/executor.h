@@ -15,6 +15,7 @@
 #include "daemon/memory/host_memory.h"
 #include "kernels/box_copy.h"
 #include "kernels/digest.h"
+#include "kernels/fp8.h"
 #include "kernels/lora.h"
 
 namespace wsync::core {
@@ -46,6 +47,10 @@ class ExecContext {
   // Add the digest of the ops' destination boxes as they are then into `slot`.
   virtual absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n,
                               const uint64_t* word_base, size_t slot) = 0;
+  // Scaled FP8 quantization (kernels/fp8.h) of `ops`, after the work before
+  // it. INVALID_ARGUMENT naming the op's element and value when an input is
+  // not finite (its outputs are then unspecified). Waits for the result.
+  virtual absl::Status QuantizeFp8(int device, const kernels::Fp8QuantOp* ops, size_t n) = 0;
 
   // Waits for every enqueued call and returns the slots (summed over
   // devices); the first kernel or transfer error if any. Slots restart at
@@ -95,6 +100,7 @@ class MixedContext final : public ExecContext {
   absl::Status LoraMerge(int device, const kernels::LoraMergeOp* ops, size_t n) override;
   absl::Status Digest(int device, const kernels::BoxCopyOp* ops, size_t n, const uint64_t* word_base,
                       size_t slot) override;
+  absl::Status QuantizeFp8(int device, const kernels::Fp8QuantOp* ops, size_t n) override;
   absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) override;
 
  private:

@@ -46,6 +46,14 @@ class HostContext final : public ExecContext {
     Add(slot, kernels::BoxDigestCpu(ops, n, word_base, threads_));
     return absl::OkStatus();
   }
+  absl::Status QuantizeFp8(int device, const kernels::Fp8QuantOp* ops, size_t n) override {
+    WSYNC_RETURN_IF_ERROR(Host(device, "FP8 quantization"));
+    if (std::string err = kernels::CheckFp8QuantOps(ops, n); !err.empty()) return absl::InternalError(err);
+    if (std::string err = kernels::QuantizeFp8Cpu(ops, n, threads_); !err.empty()) {
+      return absl::InvalidArgumentError(err);
+    }
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::vector<kernels::DigestSums>> Finish(size_t num_slots) override {
     std::vector<kernels::DigestSums> out = std::move(slots_);
     out.resize(std::max(out.size(), num_slots));

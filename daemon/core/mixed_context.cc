@@ -93,6 +93,13 @@ absl::Status MixedContext::Digest(int device, const kernels::BoxCopyOp* ops, siz
   return r->first->Digest(r->second, ops, n, word_base, slot);
 }
 
+absl::Status MixedContext::QuantizeFp8(int device, const kernels::Fp8QuantOp* ops, size_t n) {
+  if (n == 0) return absl::OkStatus();
+  auto r = Route(device);
+  if (!r.ok()) return r.status();
+  return r->first->QuantizeFp8(r->second, ops, n);
+}
+
 absl::StatusOr<std::vector<kernels::DigestSums>> MixedContext::Finish(size_t num_slots) {
   auto out = host_->Finish(num_slots);
   if (!out.ok() || gpu_ == nullptr) return out;

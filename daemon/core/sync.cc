@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/lowering.h"
 #include "daemon/layout/planner.h"
 #include "kernels/box_copy.h"
@@ -59,6 +60,140 @@ std::string UncoveredSources(const layout::ModelSpec& spec,
     for (const layout::ShardSpec& s : r->shards) shards.push_back(&s);
   }
   return absl::StrJoin(layout::UncoveredParts(spec, shards, 5), "; ");
+}
+
+// One piece of a weight with block scales in an fp8 target buffer, and
+// the plan ops that fill it (their sources, and adapters in merge mode).
+struct QuantPiece {
+  const layout::ModelSpec* spec;
+  LoraMode lora;
+  RankReg* rank;
+  UpdateMode mode;
+  std::string label;  // the target rank, for messages
+  uint32_t shard;
+  int32_t tensor;
+  std::vector<std::pair<layout::CopyOp, TargetOp>> ops;  // TargetOp: src and adapter set
+};
+
+struct QuantWritten {
+  uint64_t bytes = 0;
+  std::vector<std::pair<uint32_t, layout::Box>> boxes;  // (shard, box) written
+  std::vector<std::unique_ptr<memory::Buffer>> keep;     // until the context's Finish
+};
+
+// Assembles the piece in fp32 scratch on the rank's device (its ops run
+// there, LoRA merged: one rounding), quantizes it into the fp8 buffer with
+// one scale per 128 x 128 block, and copies the scales into the rank's
+// pieces of the weight's scale tensor. What lands in the target is digested
+// into `slot` (the scratch into `scratch_slot`), and its boxes appended to
+// descs/desc_words from payload word *word on, for the verify to re-read.
+absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContext* ctx, size_t slot,
+                                                size_t scratch_slot, uint64_t* word,
+                                                std::vector<kernels::BoxCopyOp>* descs,
+                                                std::vector<uint64_t>* desc_words) {
+  const layout::ModelSpec& spec = *q.spec;
+  RankReg* r = q.rank;
+  const layout::ShardSpec& sh = r->shards[q.shard];
+  const layout::Piece* piece = nullptr;
+  for (const layout::Piece& pc : sh.pieces) {
+    if (pc.tensor == q.tensor) piece = &pc;
+  }
+  const std::string what = absl::StrCat("'", spec.tensor(q.tensor).name, "' in FP8 buffer '", sh.name, "' of ", q.label);
+  if (piece == nullptr) return absl::InternalError(absl::StrCat(what, ": no piece"));
+  const layout::Box& b = piece->canonical;
+  const int dev = r->device;
+  const int64_t rows = b.size[0], cols = b.size[1];
+  QuantWritten out;
+
+  // 1. The piece in fp32.
+  layout::ShardSpec scratch_spec{"FP8 scratch", layout::Shape::Of({rows, cols}), layout::DType::kF32, {}};
+  auto scratch = ctx->Allocate(dev, rows * cols * 4, absl::StrCat("FP8 scratch for ", what));
+  if (!scratch.ok()) return scratch.status();
+  TargetWrite tw;
+  uint64_t scratch_word = 0;
+  for (const auto& [c, src] : q.ops) {
+    layout::CopyOp c2 = c;
+    for (int d = 0; d < 2; ++d) c2.dst_box.off[d] = c.canonical.off[d] - b.off[d];
+    c2.dst_box.size[0] = c.canonical.size[0];
+    c2.dst_box.size[1] = c.canonical.size[1];
+    c2.dst_box.ndim = 2;
+    TargetOp in = src;
+    in.dst = in.live = {&scratch_spec, nullptr, (*scratch)->data()};
+    AddTargetOp(spec, q.lora, c2, in, /*merge_dims=*/true, &scratch_word, &tw);
+  }
+  WSYNC_RETURN_IF_ERROR(RunTargetWrite(ctx, dev, tw, scratch_slot));
+
+  // 2. Quantized into the buffer (where the sync writes it), with scales.
+  const layout::ShardView dst = r->Write(q.shard, q.mode);
+  if (dst.strides != nullptr && dst.strides[1] != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": FP8 rows must be contiguous in memory"));
+  }
+  const int64_t ld = dst.strides != nullptr ? dst.strides[0] : sh.shape.d[1];
+  const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
+  auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
+  if (!scales.ok()) return scales.status();
+  kernels::Fp8QuantOp op;
+  op.src = (*scratch)->data();
+  op.src_dtype = layout::DType::kF32;
+  op.rows = rows;
+  op.cols = op.src_ld = cols;
+  op.dst = static_cast<uint8_t*>(dst.base) + piece->shard.off[0] * ld + piece->shard.off[1];
+  op.dst_ld = ld;
+  op.scale_inv = static_cast<float*>((*scales)->data());
+  op.scale_ld = ss.d[1];
+  op.block_rows = op.block_cols = layout::kFp8Block;
+  if (absl::Status s = ctx->QuantizeFp8(dev, &op, 1); !s.ok()) return Annotate(s, what);
+  kernels::BoxCopyOp box = layout::LowerBox(piece->shard, dst);
+  uint64_t w0 = 0;
+  *word += kernels::BoxPayloadWords(&box, 1, *word, &w0);
+  WSYNC_RETURN_IF_ERROR(ctx->Digest(dev, &box, 1, &w0, slot));
+  descs->push_back(box);
+  desc_words->push_back(w0);
+  out.boxes.push_back({q.shard, piece->shard});
+  out.bytes += rows * cols;
+
+  // 3. The scales of the piece's blocks into the rank's scale pieces.
+  const int32_t st = spec.ScaleTensorOf(q.tensor);
+  layout::Box blocks;
+  blocks.ndim = 2;
+  for (int d = 0; d < 2; ++d) {
+    blocks.off[d] = b.off[d] / layout::kFp8Block;
+    blocks.size[d] = ss.d[d];
+  }
+  layout::ShardSpec scale_spec{"FP8 scales", ss, layout::DType::kF32, {}};
+  int64_t covered = 0;
+  for (uint32_t s2 = 0; s2 < r->shards.size(); ++s2) {
+    for (const layout::Piece& pc : r->shards[s2].pieces) {
+      if (pc.tensor != st) continue;
+      const layout::Box in = blocks.Intersect(pc.canonical);
+      if (in.ndim == 0) continue;
+      layout::CopyOp c;
+      c.tensor = st;
+      c.canonical = c.src_box = c.dst_box = in;
+      for (int d = 0; d < 2; ++d) {
+        c.src_box.off[d] = in.off[d] - blocks.off[d];
+        c.dst_box.off[d] = pc.shard.off[d] + (in.off[d] - pc.canonical.off[d]);
+      }
+      kernels::BoxCopyOp k = layout::LowerCopy(c, {&scale_spec, nullptr, (*scales)->data()}, r->Write(s2, q.mode));
+      uint64_t kw = 0;
+      *word += kernels::BoxPayloadWords(&k, 1, *word, &kw);
+      WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(dev, &k, 1, &kw, slot));
+      descs->push_back(k);
+      desc_words->push_back(kw);
+      out.boxes.push_back({s2, c.dst_box});
+      out.bytes += in.NumElements() * 4;
+      covered += in.NumElements();
+    }
+  }
+  if (covered != ss.NumElements()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " holds rows ", b.ToString(), " but not all of their scales: register the pieces ",
+        blocks.ToString(), " of '", spec.tensor(st).name, "' with it"));
+  }
+  // Work queued above still reads the scratch and the scales.
+  out.keep.push_back(std::move(*scratch));
+  out.keep.push_back(std::move(*scales));
+  return out;
 }
 
 }  // namespace
@@ -506,7 +641,18 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     for (const layout::CopyOp& c : built->ops) {
       const layout::ShardSpec& s = src_shard(c.src_endpoint, c.src_shard);
       const layout::ShardSpec& d = dst_shard(c.dst_endpoint, c.dst_shard);
-      if (s.dtype != d.dtype && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+      // A weight with block scales goes into an fp8 buffer by quantization.
+      const bool quantized = d.dtype == layout::DType::kF8E4M3 && model->spec.ScaleTensorOf(c.tensor) >= 0 &&
+                             s.dtype != layout::DType::kF8E4M3;
+      if (quantized && (args.lora == LoraMode::kAdapterOnly || args.lora == LoraMode::kUnmerge)) {
+        status = absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' is quantized to FP8 in '",
+            d.name, "' (", dst_ids[c.dst_endpoint], "); LoRA ", LoraModeName(args.lora),
+            " cannot start from FP8 weights (merge quantizes W + s*B@A once)"));
+        return status;
+      }
+      if (!quantized && s.dtype != d.dtype &&
+          (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
         status = absl::InvalidArgumentError(absl::StrCat(
             "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' goes from ",
             kernels::DTypeName(s.dtype), " buffer '", s.name, "' (", src_ids[c.src_endpoint], ") to ",
@@ -655,6 +801,24 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     }
     if (absl::Status s = copy_by_device(fills, fill_dev); !s.ok()) return fail(s);
   }
+  // FP8 targets: a piece of a weight with block scales in an fp8 buffer is
+  // assembled in fp32 from its ops and quantized with its scales after the
+  // buckets (docs/fp8.md). (endpoint, shard, tensor) -> its ops.
+  std::map<std::tuple<uint32_t, uint32_t, int32_t>, std::vector<uint32_t>> quant_ops;
+  for (uint32_t e = 0; e < dst_side.size(); ++e) {
+    const RankReg* r = dst_side[e].rank;
+    for (uint32_t s = 0; s < r->shards.size(); ++s) {
+      if (r->shards[s].dtype != layout::DType::kF8E4M3) continue;
+      for (const layout::Piece& pc : r->shards[s].pieces) {
+        if (model->spec.ScaleTensorOf(pc.tensor) >= 0) quant_ops[{e, s, pc.tensor}];
+      }
+    }
+  }
+  for (uint32_t i = 0; i < plan->ops.size(); ++i) {
+    const layout::CopyOp& c = plan->ops[i];
+    auto q = quant_ops.find({c.dst_endpoint, c.dst_shard, c.tensor});
+    if (q != quant_ops.end()) q->second.push_back(i);
+  }
   for (size_t b = 0; b < plan->buckets.size(); ++b) {
     bucket_desc.push_back({descs.size(), descs.size()});
     if (!bucket_used[b]) continue;
@@ -668,6 +832,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       const layout::CopyOp& c = plan->ops[i];
       const bool adapted = active.count(c.tensor) > 0;
       if (!full && !adapted) continue;
+      if (quant_ops.count({c.dst_endpoint, c.dst_shard, c.tensor})) continue;  // quantized below
       RankReg* sr = src_ranks[c.src_endpoint];
       RankReg* tr = dst_side[c.dst_endpoint].rank;
       TargetOp in;
@@ -707,7 +872,50 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (progress) progress(prog);
   }
   const size_t nb = plan->buckets.size();
-  auto sent = ctx->Finish(nb);
+  // Quantized pieces: digest slot nb + k holds what target endpoint
+  // quant_eps[k] got; the slot after them takes the fp32 assembly's digests,
+  // which nothing reads.
+  std::vector<uint32_t> quant_eps;
+  for (const auto& [key, ops] : quant_ops) {
+    if (quant_eps.empty() || quant_eps.back() != std::get<0>(key)) quant_eps.push_back(std::get<0>(key));
+  }
+  const size_t nq = quant_eps.size();
+  std::vector<std::unique_ptr<memory::Buffer>> quant_buffers;
+  std::vector<std::pair<size_t, size_t>> quant_desc(nq);
+  std::vector<uint64_t> quant_words(nq, 0);
+  for (size_t k = 0; k < nq; ++k) {
+    const uint32_t e = quant_eps[k];
+    const uint64_t first_word = word;
+    quant_desc[k].first = descs.size();
+    for (const auto& [key, ops] : quant_ops) {
+      if (std::get<0>(key) != e) continue;
+      const int dev = dst_side[e].rank->device;
+      QuantPiece qp{&model->spec, args.lora, dst_side[e].rank, dst_side[e].replica->mode, dst_ids[e],
+                    std::get<1>(key), std::get<2>(key)};
+      for (uint32_t i : ops) {
+        const layout::CopyOp& c = plan->ops[i];
+        const bool adapted = active.count(c.tensor) > 0;
+        TargetOp in;
+        in.src = src_ranks[c.src_endpoint]->Live(c.src_shard);
+        if (adapted && args.lora == LoraMode::kMerge) {
+          const Adapter& ad = adapters[c.tensor];
+          in.adapter = &ad;
+          in.lora_a = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
+          in.lora_b = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
+        }
+        qp.ops.push_back({c, in});
+      }
+      auto q = QuantizeTargetPiece(qp, ctx.get(), nb + k, nb + nq, &word, &descs, &desc_words);
+      if (!q.ok()) return fail(q.status());
+      for (auto& b : q->keep) quant_buffers.push_back(std::move(b));
+      for (const auto& [s, box] : q->boxes) written.push_back({e, s, box});
+      prog.bytes_done += q->bytes;
+      if (dst_side[e].replica->mode == UpdateMode::kInPlace) poison[dst_side[e].replica->id] = true;
+    }
+    quant_desc[k].second = descs.size();
+    quant_words[k] = word - first_word;
+  }
+  auto sent = ctx->Finish(nb + nq + 1);
   if (!sent.ok()) return fail(sent.status());
   const absl::Time t_xfer = absl::Now();
 
@@ -726,8 +934,31 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       return fail(s);
     }
   }
-  auto received = ctx->Finish(nb);
+  for (size_t k = 0; k < nq; ++k) {
+    auto [lo, hi] = quant_desc[k];
+    const int dev = dst_side[quant_eps[k]].rank->device;
+    if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, nb + k); !s.ok()) {
+      return fail(s);
+    }
+  }
+  auto received = ctx->Finish(nb + nq);
   if (!received.ok()) return fail(received.status());
+  for (size_t k = 0; k < nq; ++k) {
+    const kernels::DigestSums& got = (*received)[nb + k];
+    const kernels::DigestSums& want = (*sent)[nb + k];
+    if (got.s1 != want.s1 || got.s2 != want.s2) {
+      status = absl::DataLossError(absl::StrCat("model '", args.model_id, "' version ", v,
+                                                ": the FP8 weights and scales written to ", dst_ids[quant_eps[k]],
+                                                " changed before the verify (target memory changed during the sync?)"));
+      return status;
+    }
+    const std::string& rid = dst_side[quant_eps[k]].replica->id;
+    rep_sums[rid].s1 += got.s1;
+    rep_sums[rid].s2 += got.s2;
+    rep_words[rid] += quant_words[k];
+    all.s1 += got.s1;
+    all.s2 += got.s2;
+  }
   for (size_t b = 0; b < nb; ++b) {
     if (!bucket_used[b]) continue;
     const kernels::DigestSums& got = (*received)[b];

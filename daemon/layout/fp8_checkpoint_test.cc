@@ -45,5 +45,30 @@ TEST_CASE("scale tensors: names, and one scale per 128 x 128 block, partial bloc
   CHECK(Fp8ScaleShape(Shape::Of({128, 1536, 2048})) == Shape::Of({128, 12, 16}));
 }
 
+TEST_CASE("a model's scale tensors must fit their weights") {
+  const TensorSpec w = {"model.layers.0.mlp.up_proj.weight", Shape::Of({300, 256}), DType::kBF16};
+  auto ok = ModelSpec::Create({w, {"s", Shape::Of({3, 2}), DType::kF32, w.name}});
+  INFO(ok.status().ToString());
+  REQUIRE(ok.ok());
+  CHECK(ok->ScalesOf(1) == 0);
+  CHECK(ok->ScaleTensorOf(0) == 1);
+  CHECK(ok->ScalesOf(0) == -1);
+  CHECK(ok->ScaleTensorOf(1) == -1);
+  auto err = [&](std::vector<TensorSpec> t) {
+    auto m = ModelSpec::Create(std::move(t));
+    REQUIRE_FALSE(m.ok());
+    return std::string(m.status().message());
+  };
+  CHECK(err({w, {"s", Shape::Of({2, 2}), DType::kF32, w.name}}) ==
+        "scale tensor 's' of 'model.layers.0.mlp.up_proj.weight' is fp32 [2, 2]; one fp32 per 128 x 128 block of "
+        "[300, 256] is [3, 2]");
+  CHECK_THAT(err({w, {"s", Shape::Of({3, 2}), DType::kBF16, w.name}}), Catch::Contains("is bf16 [3, 2]"));
+  CHECK_THAT(err({w, {"s", Shape::Of({3, 2}), DType::kF32, "nope"}}), Catch::Contains("the model has no such tensor"));
+  CHECK_THAT(err({w, {"s", Shape::Of({3, 2}), DType::kF32, w.name}, {"t", Shape::Of({3, 2}), DType::kF32, w.name}}),
+             Catch::Contains("'s' already holds its scales"));
+  CHECK_THAT(err({{"v", Shape::Of({300}), DType::kBF16}, {"s", Shape::Of({3}), DType::kF32, "v"}}),
+             Catch::Contains("FP8 block scales are for 2-d weights"));
+}
+
 }  // namespace
 }  // namespace wsync::layout

@@ -147,6 +147,7 @@ absl::StatusOr<Plan> BuildPlan(const ModelSpec& model, const std::vector<Endpoin
       for (const Box& b : pad) plan.fills.push_back({te, ts, b});
 
       for (const Piece& tp : tshard.pieces) {
+        if (model.ScalesOf(tp.tensor) >= 0) continue;  // computed by the sync, from no source
         int32_t tmap[kMaxDims];
         PieceDimMap(tp, tmap);
         candidates.clear();

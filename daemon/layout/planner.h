@@ -80,6 +80,8 @@ struct Plan {
 // ValidateShard. FAILED_PRECONDITION when target bytes have no source,
 // naming the target endpoint, shard, tensor and the uncovered box (up to 5
 // of them); INVALID_ARGUMENT for a bad option or duplicate endpoint ids.
+// Target pieces of derived scale tensors get no ops (the sync computes
+// them while quantizing their weights) and no fills.
 absl::StatusOr<Plan> BuildPlan(const ModelSpec& model, const std::vector<Endpoint>& sources,
                                const std::vector<Endpoint>& targets,
                                const PlanOptions& options = {});

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/layout/fp8_checkpoint.h"
 
 namespace wsync::layout {
 
@@ -118,6 +119,7 @@ std::vector<std::string> UncoveredParts(const ModelSpec& model,
   }
   std::vector<std::string> out;
   for (int32_t t = 0; t < model.size() && out.size() < limit; ++t) {
+    if (model.ScalesOf(t) >= 0) continue;
     std::vector<Box> left = {Box::Whole(model.tensor(t).shape)}, next;
     for (const Box* h : held[t]) {
       next.clear();
@@ -194,6 +196,32 @@ absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
     if (!m.index_.emplace(t.name, static_cast<int32_t>(i)).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name '", t.name, "'"));
     }
+  }
+  m.scales_of_.assign(tensors.size(), -1);
+  m.scale_tensor_.assign(tensors.size(), -1);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorSpec& t = tensors[i];
+    if (t.scales_of.empty()) continue;
+    const std::string what = absl::StrCat("scale tensor '", t.name, "' of '", t.scales_of, "'");
+    const int32_t w = m.Find(t.scales_of);
+    if (w < 0) return absl::InvalidArgumentError(absl::StrCat(what, ": the model has no such tensor"));
+    const TensorSpec& wt = tensors[w];
+    if (!wt.scales_of.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": that is a scale tensor itself"));
+    if (wt.shape.ndim != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": FP8 block scales are for 2-d weights, not ", wt.shape.ToString()));
+    }
+    if (t.dtype != DType::kF32 || t.shape != Fp8ScaleShape(wt.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " is ", kernels::DTypeName(t.dtype), " ",
+                                                     t.shape.ToString(), "; one fp32 per 128 x 128 block of ",
+                                                     wt.shape.ToString(), " is ", Fp8ScaleShape(wt.shape).ToString()));
+    }
+    if (m.scale_tensor_[w] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": '", tensors[m.scale_tensor_[w]].name, "' already holds its scales"));
+    }
+    m.scales_of_[i] = w;
+    m.scale_tensor_[w] = static_cast<int32_t>(i);
   }
   m.tensors_ = std::move(tensors);
   return m;

@@ -69,6 +69,11 @@ struct TensorSpec {
   std::string name;
   Shape shape;
   DType dtype = DType::kF32;
+  // Set on a derived tensor: the FP8 block scales (weight_scale_inv: fp32,
+  // one per 128 x 128 block, layout/fp8_checkpoint.h) of the 2-d weight
+  // named here. Syncs compute it while quantizing that weight into FP8
+  // target buffers; no source holds it.
+  std::string scales_of;
 };
 
 // One piece of a shard: canonical box of `tensor` (an index into the
@@ -99,8 +104,9 @@ class ModelSpec {
   ModelSpec() = default;
 
   // Rejects empty or duplicate names, bad shapes (CheckShape), reserved
-  // dtypes and models over kMaxShapeBytes in all with INVALID_ARGUMENT naming
-  // the tensor.
+  // dtypes, models over kMaxShapeBytes in all, and scale tensors that do not
+  // fit their weight (unknown, not 2-d, itself derived, already scaled, not
+  // fp32 of the block grid's shape) with INVALID_ARGUMENT naming the tensor.
   static absl::StatusOr<ModelSpec> Create(std::vector<TensorSpec> tensors);
 
   int32_t size() const { return static_cast<int32_t>(tensors_.size()); }
@@ -108,12 +114,17 @@ class ModelSpec {
   const std::vector<TensorSpec>& tensors() const { return tensors_; }
   // Index of `name`, or -1.
   int32_t Find(const std::string& name) const;
+  // For a derived scale tensor, the weight it scales; else -1.
+  int32_t ScalesOf(int32_t t) const { return scales_of_[t]; }
+  // The derived scale tensor of weight `w`, or -1.
+  int32_t ScaleTensorOf(int32_t w) const { return scale_tensor_[w]; }
   // Sum of canonical sizes in bytes at each tensor's dtype.
   uint64_t TotalBytes() const;
 
  private:
   std::vector<TensorSpec> tensors_;
   absl::flat_hash_map<std::string, int32_t> index_;
+  std::vector<int32_t> scales_of_, scale_tensor_;
 };
 
 // Checks one shard against the model: shape and dtype, every piece's
@@ -131,7 +142,8 @@ absl::Status CheckDeclaredBuffer(const ShardSpec& expected, const Shape& shape, 
 
 // The parts of canonical tensors that no piece of `shards` covers, as
 // "tensor 'name' [0:4, 8:16]", at most `limit` of them (checkpoint order);
-// empty when every canonical byte has at least one holder.
+// empty when every canonical byte has at least one holder. Derived scale
+// tensors are skipped: syncs compute them, nothing holds them.
 std::vector<std::string> UncoveredParts(const ModelSpec& model,
                                         const std::vector<const ShardSpec*>& shards, size_t limit);
 

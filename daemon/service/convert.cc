@@ -113,6 +113,7 @@ void ToProto(const layout::ModelSpec& spec, const std::vector<layout::ShardSpec>
     v1::CanonicalTensor* c = out->add_tensors();
     c->set_name(spec.tensor(t).name);
     for (int i = 0; i < spec.tensor(t).shape.ndim; ++i) c->add_shape(spec.tensor(t).shape.d[i]);
+    c->set_scales_of(spec.tensor(t).scales_of);
   }
   for (const layout::ShardSpec& s : shards) {
     v1::BufferSpec* b = out->add_buffers();
@@ -133,7 +134,7 @@ absl::StatusOr<layout::TensorSpec> FromProto(const v1::CanonicalTensor& t, const
   if (!shape.ok()) return shape.status();
   auto dt = DTypeFromProto(t.dtype(), field);
   if (!dt.ok()) return dt.status();
-  return layout::TensorSpec{t.name(), *shape, *dt};
+  return layout::TensorSpec{t.name(), *shape, *dt, t.scales_of()};
 }
 
 absl::StatusOr<core::LoraAdapterArg> FromProto(const v1::LoraAdapter& l, const std::string& model_id) {
@@ -179,6 +180,7 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     if (!ad.ok()) return ad.status();
     a.adapters.push_back(*std::move(ad));
   }
+  a.fp8_block_scales = in.fp8_block_scales();
   return a;
 }
 

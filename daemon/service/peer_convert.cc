@@ -100,6 +100,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
     c->set_name(t.name);
     for (int i = 0; i < t.shape.ndim; ++i) c->add_shape(t.shape.d[i]);
     c->set_dtype(ToProto(t.dtype));
+    c->set_scales_of(t.scales_of);
     names.push_back(t.name);
   }
   for (const auto& a : in.adapters) {
