@@ -958,26 +958,35 @@ struct Fp8World {
       layout::RankCoords rc;
       rc.tp = r;
       rc.tp_size = tp;
+      // The recipe's buffers, the weights that have scales in fp8, and (by
+      // explicit pieces, checked here) their scale buffers.
       auto shards = *layout::BuildShards(spec, config, "vllm", {}, rc, DType::kBF16);
-      const size_t recipe_shards = shards.size();
-      for (size_t i = 0; i < recipe_shards; ++i) {
-        layout::ShardSpec& sh = shards[i];
-        if (sh.pieces.empty() || spec.ScaleTensorOf(sh.pieces[0].tensor) < 0) continue;
-        sh.dtype = DType::kF8E4M3;
-        layout::ShardSpec sc{sh.name + "_scale_inv", layout::Fp8ScaleShape(sh.shape), DType::kF32, {}};
-        for (const layout::Piece& p : sh.pieces) {
-          layout::Piece q;
-          q.tensor = spec.ScaleTensorOf(p.tensor);
-          q.canonical.ndim = q.shard.ndim = 2;
-          for (int d = 0; d < 2; ++d) {
-            q.canonical.off[d] = p.canonical.off[d] / 128;
-            q.shard.off[d] = p.shard.off[d] / 128;
-            q.canonical.size[d] = q.shard.size[d] = (p.canonical.size[d] + 127) / 128;
-          }
-          sc.pieces.push_back(q);
+      std::vector<layout::ShardSpec> plain, scales;
+      for (layout::ShardSpec& sh : shards) {
+        if (!sh.pieces.empty() && spec.ScalesOf(sh.pieces[0].tensor) >= 0) {
+          sh.dtype = DType::kF32;
+          scales.push_back(sh);
+          continue;
         }
-        shards.push_back(sc);
+        if (!sh.pieces.empty() && spec.ScaleTensorOf(sh.pieces[0].tensor) >= 0) sh.dtype = DType::kF8E4M3;
+        plain.push_back(sh);
       }
+      const size_t recipe_shards = plain.size();
+      for (const layout::ShardSpec& sc : scales) {  // rows stacked as the weights: q, k, v
+        const std::string weight = sc.name.substr(0, sc.name.size() - 10);
+        const layout::ShardSpec* w = nullptr;
+        for (const auto& p : plain) {
+          if (p.name == weight) w = &p;
+        }
+        REQUIRE(w != nullptr);
+        REQUIRE(sc.pieces.size() == w->pieces.size());
+        for (size_t k = 0; k < sc.pieces.size(); ++k) {
+          CHECK(sc.pieces[k].shard.off[0] * 128 == w->pieces[k].shard.off[0]);
+          CHECK(spec.ScalesOf(sc.pieces[k].tensor) == w->pieces[k].tensor);
+        }
+      }
+      shards = plain;
+      shards.insert(shards.end(), scales.begin(), scales.end());
       std::vector<void*> ptrs;
       auto reg = clients.back()->TryRegister("m", Role::kTarget, id, shards, "vllm", rc, mode, &spec,
                                              recipe_shards, &ptrs);

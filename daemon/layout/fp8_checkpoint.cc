@@ -38,6 +38,31 @@ Shape Fp8ScaleShape(const Shape& w) {
   return s;
 }
 
+std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& weights) {
+  if (weights.shape.ndim != 2 || weights.pieces.empty()) return std::nullopt;
+  ShardSpec out{Fp8ScaleName(weights.name), Fp8ScaleShape(weights.shape), DType::kF32, {}};
+  for (const Piece& p : weights.pieces) {
+    const int32_t st = model.ScaleTensorOf(p.tensor);
+    if (st < 0 || p.canonical.ndim != 2 || p.shard.ndim != 2) return std::nullopt;
+    const Shape& full = model.tensor(p.tensor).shape;
+    Piece q;
+    q.tensor = st;
+    q.canonical.ndim = q.shard.ndim = 2;
+    for (int d = 0; d < 2; ++d) {
+      const int64_t off = p.canonical.off[d], size = p.canonical.size[d];
+      if (p.shard.size[d] != size || off % kFp8Block != 0 || p.shard.off[d] % kFp8Block != 0 ||
+          (size % kFp8Block != 0 && off + size != full.d[d])) {
+        return std::nullopt;
+      }
+      q.canonical.off[d] = off / kFp8Block;
+      q.shard.off[d] = p.shard.off[d] / kFp8Block;
+      q.canonical.size[d] = q.shard.size[d] = (size + kFp8Block - 1) / kFp8Block;
+    }
+    out.pieces.push_back(q);
+  }
+  return out;
+}
+
 std::string Fp8QuantizationConfigJson() {
   return R"({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]})";
 }

@@ -12,6 +12,7 @@
 //                           "weight_block_size": [128, 128]}
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "daemon/layout/types.h"
@@ -36,6 +37,15 @@ bool IsFp8ScaleName(const std::string& name, std::string* weight_name);
 // The scale tensor's shape for a weight of shape `w`: leading dimensions
 // kept, the last two divided by kFp8Block rounding up.
 Shape Fp8ScaleShape(const Shape& w);
+
+// The buffer that holds the block scales of `weights` where an engine keeps
+// them beside an FP8 weight buffer: "<name>_scale_inv", fp32, one scale per
+// 128 x 128 block of the buffer, each piece's blocks where its rows and
+// columns are (vLLM stacks q/k/v and gate/up scales as it stacks their
+// weights). Empty when a piece's tensor has no scale tensor in `model` or
+// does not cover whole blocks (such a buffer cannot be FP8), or the buffer
+// is not 2-d.
+std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& weights);
 
 // The "quantization_config" object above, as JSON text.
 std::string Fp8QuantizationConfigJson();

@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/recipe_internal.h"
 
 namespace wsync::layout {
@@ -350,8 +351,18 @@ absl::StatusOr<std::vector<ShardSpec>> BuildShards(const ModelSpec& model,
   RankCoords r = in_rank;
   if (absl::Status st = CompleteRank(&r); !st.ok()) return st;
   if (recipe == "megatron") return internal::Megatron(model, config, options, r, dtype);
-  if (recipe == "vllm") return internal::Vllm(model, config, options, r, dtype);
-  if (recipe == "hf") return internal::Hf(model, config, options, r, dtype);
+  // Generator layouts also offer the buffers of FP8 block scales, where the
+  // model has them (the trainer's never hold them).
+  auto with_scales = [&](absl::StatusOr<std::vector<ShardSpec>> shards) -> absl::StatusOr<std::vector<ShardSpec>> {
+    if (!shards.ok()) return shards;
+    const size_t n = shards->size();
+    for (size_t i = 0; i < n; ++i) {
+      if (auto sc = Fp8ScaleShard(model, (*shards)[i])) shards->push_back(*std::move(sc));
+    }
+    return shards;
+  };
+  if (recipe == "vllm") return with_scales(internal::Vllm(model, config, options, r, dtype));
+  if (recipe == "hf") return with_scales(internal::Hf(model, config, options, r, dtype));
   if (recipe == "fsdp") return internal::Fsdp(model, config, options, r, dtype);
   return absl::InvalidArgumentError(
       absl::StrCat("unknown recipe '", recipe, "' (known: megatron, vllm, hf, fsdp)"));

@@ -87,7 +87,9 @@ const std::vector<std::string>& RecipeNames();
 // returned shard passes ValidateShard. INVALID_ARGUMENT for an unknown
 // recipe or option, coordinates out of range, or a parallel size the model
 // cannot be split by (naming the quantity and the size), NOT_FOUND if the
-// model lacks a tensor the recipe needs.
+// model lacks a tensor the recipe needs. Where the model has FP8 block
+// scales, "vllm" and "hf" also return the fp32 scale buffer of each weight
+// buffer that can be FP8 (Fp8ScaleShard), after the others, in fp32.
 absl::StatusOr<std::vector<ShardSpec>> BuildShards(const ModelSpec& model,
                                                    const ModelConfig& config,
                                                    const std::string& recipe,
