@@ -450,11 +450,16 @@ class Client:
                                        nbytes=nbytes))
 
     # ------------------------------------------------------- registration
-    def register_model(self, model_id, config=None, tensors=None, lora_adapters=None):
+    def register_model(self, model_id, config=None, tensors=None, lora_adapters=None, fp8_block_scales=False):
         """Declares a model from a Hugging Face config (dict) and/or explicit
         tensors [(name, shape, dtype)]. lora_adapters: [dict(base, a, b, rank,
-        scaling[, convention="peft"])]."""
-        req = wsync_pb2.RegisterModelRequest(session_id=self.session_id, model_id=model_id)
+        scaling[, convention="peft"])]. fp8_block_scales: add the block-scale
+        tensors ("<weight>_scale_inv") of the weights block-FP8 checkpoints
+        quantize, so that generators can register float8_e4m3fn weights and
+        syncs quantize into them (docs/fp8.md); every registrant of the model
+        must pass the same."""
+        req = wsync_pb2.RegisterModelRequest(session_id=self.session_id, model_id=model_id,
+                                             fp8_block_scales=bool(fp8_block_scales))
         if config is not None:
             c = req.config
             c.family = config["model_type"]
