@@ -876,6 +876,10 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
     rank->bytes += need;
   }
   for (const auto& [name, s] : from_recipe) {
+    // Scale buffers are a generator's choice (its FP8 weights need them);
+    // sources never hold them.
+    const bool scales = !s.pieces.empty() && model.spec.ScalesOf(s.pieces[0].tensor) >= 0;
+    if (scales && a.role == Role::kSource) continue;
     if (!seen.count(name)) {
       return absl::InvalidArgumentError(absl::StrCat(who, ": buffer '", name, "' of the ", a.recipe,
                                                      " layout was not registered (", from_recipe.size(),

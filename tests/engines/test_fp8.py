@@ -156,3 +156,91 @@ def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
         dt, w = params[name]
         assert dt == "torch.bfloat16", name
         assert np.array_equal(w, ck[name].float().numpy()), name
+
+
+def sync_worker(rank, fp8_ckpt, port, sock, registered, synced, results, done):
+    """A vLLM block-FP8 model registered through wsync.vllm (target), and a
+    second instance that vLLM's own load_weights fills from the checkpoint
+    wsyncctl convert --dtype fp8 wrote (reference)."""
+    import vllm_cpu  # noqa: F401
+    import vllm.model_executor.layers.quantization.fp8 as vfp8
+    vfp8.init_fp8_linear_kernel = lambda *a, **k: None  # the GEMM needs AMX; no forward pass runs
+    from safetensors.torch import load_file
+    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
+                             set_current_vllm_config)
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.model_executor.models.registry import ModelRegistry
+    from vllm.utils.torch_utils import set_default_torch_dtype
+    import wsync
+    import wsync.vllm
+    mc = ModelConfig(model=fp8_ckpt, skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True)
+    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"), load_config=LoadConfig(load_format="dummy"),
+                    parallel_config=ParallelConfig(tensor_parallel_size=1))
+    with set_current_vllm_config(vc):
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
+        initialize_model_parallel(tensor_model_parallel_size=1)
+        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+        with set_default_torch_dtype(mc.dtype):
+            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
+        reference.load_weights(load_file(os.path.join(fp8_ckpt, "model.safetensors")).items())
+        client = wsync.Client(socket=sock, name="vllm-0")
+        wsync.vllm.register(client, target, "policy", replica="gen", probe_layout=False)
+        registered.put((0, "registered"))
+        synced.wait(600)
+        want = dict(reference.named_parameters())
+        compared, bad = 0, []
+        for n, p in target.named_parameters():
+            if n.endswith(wsync.vllm.ATTENTION_SCALES):
+                continue
+            compared += 1
+            a, b = p.detach(), want[n].detach()
+            if a.dtype != b.dtype or not torch.equal(a.view(torch.uint8), b.view(torch.uint8)):
+                bad.append(n)
+        results.put((0, bad, compared))
+        done.wait(600)
+        client.close()
+
+
+def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_checkpoint(tmp_path, wsyncctl, daemon):
+    """fp32 weights registered with fp8_block_scales sync into a vLLM block-FP8
+    model: every parameter, FP8 bytes and scales included, equals what vLLM's
+    load_weights makes of the checkpoint wsyncctl convert --dtype fp8 writes
+    from the same weights."""
+    import torch.multiprocessing as mp
+    import wsync
+    from safetensors.numpy import save_file
+    from conftest import wait_registered
+    from reference import free_port
+    src = hf_tensors(9)
+    (tmp_path / "hf").mkdir()
+    json.dump(CFG, open(tmp_path / "hf" / "config.json", "w"))
+    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
+    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
+                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    client = wsync.Client(socket=daemon, name="trainer")
+    client.register_model("policy", config=CFG, fp8_block_scales=True)
+    bufs = {n: client.empty(t.shape, "fp32") for n, t in src.items()}
+    for n, b in bufs.items():
+        b[...] = src[n]
+    client.register_shards("policy", "source", bufs, recipe="hf", rank=dict(rank=0, world_size=1))
+
+    ctx = mp.get_context("spawn")
+    registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = mp.start_processes(sync_worker, nprocs=1, join=False, start_method="spawn",
+                               args=(str(tmp_path / "fp8"), free_port(), daemon, registered, synced, results, done))
+    try:
+        wait_registered(procs, registered, 1)
+        assert client.sync("policy", 1, progress=False).version == 1
+        synced.set()
+        [(_, bad, compared)] = wait_registered(procs, results, 1)
+        assert compared == 3 + 2 * (3 + 2 + 2 + 2 + 2)  # embed, norm, lm_head; per layer qkv w/s/b, o w/s, gate_up w/s, down w/s, 2 norms
+        assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
+    finally:
+        synced.set()
+        done.set()
+        procs.join(timeout=60)
+        client.close()

@@ -307,6 +307,11 @@ class Registration:
 LOADER_PREFIX = "loader:"
 
 
+# The attention and kv-cache scales vLLM gives FP8 models: not weights (no
+# trainer holds them), so they keep vLLM's values and are not registered.
+ATTENTION_SCALES = (".attn.q_scale", ".attn.k_scale", ".attn.v_scale", ".attn.prob_scale")
+
+
 def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True,
              on_mismatch="refuse", probe_chunk_bytes=1 << 30):
     """Registers this worker's parameters as one process of target replica
@@ -339,7 +344,7 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
     in_place, pieces, staging = {}, {}, {}
     params = dict(model.named_parameters())
     for name, p in params.items():
-        if name in loader:
+        if name in loader or name.endswith(ATTENTION_SCALES):
             continue
         if p.is_cuda:
             torch_dtype_name(p.dtype, f"parameter {name!r}")
