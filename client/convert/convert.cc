@@ -750,7 +750,7 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
       const uint64_t out_row_bytes = quant ? static_cast<uint64_t>(row_elems) : row_bytes;
       int64_t slab_rows = std::max<int64_t>(1, static_cast<int64_t>(bucket / row_bytes));
       if (quant && sh.shape.ndim == 2) slab_rows = std::max(layout::kFp8Block, slab_rows / layout::kFp8Block * layout::kFp8Block);
-      const layout::Shape scale_shape = layout::Fp8ScaleShape(sh.shape);
+      const layout::Shape scale_shape = quant ? layout::Fp8ScaleShape(sh.shape) : layout::Shape{};
       std::vector<float> scales(quant ? scale_shape.NumElements() : 0);
       for (int64_t a = 0; a < rows; a += slab_rows) {
         const int64_t n = std::min(slab_rows, rows - a);

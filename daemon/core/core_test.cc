@@ -898,16 +898,24 @@ constexpr char kFp8Config[] = R"({"model_type": "qwen2", "hidden_size": 256, "in
   "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 64,
   "tie_word_embeddings": false})";
 
+// The same with 4 KV heads and intermediate 768: Megatron TP=4 cuts at 192
+// rows and 64 columns split blocks, vLLM TP=2 cuts (128 q/k/v rows, 384
+// gate/up rows, 128 and 384 columns) keep them whole.
+constexpr char kFp8Config4[] = R"({"model_type": "qwen2", "hidden_size": 256, "intermediate_size": 768,
+  "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 64,
+  "tie_word_embeddings": false})";
+
 struct Fp8World {
   std::unique_ptr<Core> core = Core::Create({"test", {}, 60000, 2000, 4096, 2});
-  layout::ModelConfig config = *layout::ParseHfConfig(kFp8Config);
+  layout::ModelConfig config;
   layout::ModelSpec spec;
   layout::testing::CanonicalData data;
   std::vector<std::unique_ptr<Client>> clients;
   std::vector<std::vector<void*>> src_mem;
   std::vector<std::vector<layout::ShardSpec>> src_shards;
 
-  explicit Fp8World(uint32_t seed = 3) {
+  explicit Fp8World(uint32_t seed = 3, const char* config_json = kFp8Config, int trainer_tp = 2)
+      : config(*layout::ParseHfConfig(config_json)) {
     clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
     RegisterModelArgs m;
     m.caller = Me();
@@ -932,11 +940,11 @@ struct Fp8World {
     REQUIRE(reg->num_tensors == spec.size());
     std::mt19937 rng(seed);
     data = layout::testing::RandomCanonical(spec, rng);
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < trainer_tp; ++r) {
       if (r > 0) clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
       layout::RankCoords rc;
       rc.tp = r;
-      rc.tp_size = 2;
+      rc.tp_size = trainer_tp;
       auto shards = *layout::BuildShards(spec, config, "megatron", {}, rc, DType::kF32);
       auto ptrs = clients.back()->Register("m", Role::kSource, "", shards, "megatron", rc);
       for (size_t i = 0; i < shards.size(); ++i) {
@@ -951,7 +959,8 @@ struct Fp8World {
   // A vLLM replica whose quantized weights are fp8 with a scale buffer each
   // (the scales of its pieces, rows stacked as vLLM fuses them).
   absl::StatusOr<std::vector<layout::ShardSpec>> Replica(const std::string& id, int tp, UpdateMode mode,
-                                                         std::vector<std::vector<void*>>* mem) {
+                                                         std::vector<std::vector<void*>>* mem,
+                                                         std::vector<std::vector<layout::ShardSpec>>* per_rank = nullptr) {
     clients.push_back(std::make_unique<Client>(core.get(), "gen-" + id));
     std::vector<layout::ShardSpec> all;
     for (int r = 0; r < tp; ++r) {
@@ -995,15 +1004,18 @@ struct Fp8World {
         std::memset(ptrs[i], 0xab, shards[i].shape.NumElements() * kernels::DTypeSize(shards[i].dtype));
       }
       mem->push_back(ptrs);
+      if (per_rank != nullptr) per_rank->push_back(shards);
       all.insert(all.end(), shards.begin(), shards.end());
     }
     return all;
   }
 };
 
-// Every quantized weight of a TP=1 replica, whole, against the CPU
-// reference quantizing the canonical tensor (fp32 from the trainers).
-void CheckFp8Replica(const Fp8World& w, const std::vector<layout::ShardSpec>& shards, const std::vector<void*>& mem) {
+// Every buffer of one target process: its FP8 pieces (and their scales,
+// where Fp8ScaleShard puts them) against the CPU reference quantizing the
+// whole canonical tensor (fp32 from the trainers), the rest against the
+// canonical data. Returns the number of FP8 pieces checked.
+int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards, const std::vector<void*>& mem) {
   int quantized = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
     const layout::ShardSpec& sh = shards[i];
@@ -1035,17 +1047,25 @@ void CheckFp8Replica(const Fp8World& w, const std::vector<layout::ShardSpec>& sh
       REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
       const auto* got = static_cast<const uint8_t*>(mem[i]);
       for (int64_t r = 0; r < p.canonical.size[0]; ++r) {
-        REQUIRE(std::memcmp(got + (p.shard.off[0] + r) * sh.shape.d[1],
-                            q.data() + (p.canonical.off[0] + r) * shape.d[1], shape.d[1]) == 0);
+        REQUIRE(std::memcmp(got + (p.shard.off[0] + r) * sh.shape.d[1] + p.shard.off[1],
+                            q.data() + (p.canonical.off[0] + r) * shape.d[1] + p.canonical.off[1],
+                            p.canonical.size[1]) == 0);
       }
       const auto* gs = static_cast<const float*>(mem[si]);
-      for (int64_t r = 0; r < ss.d[0]; ++r) {
-        REQUIRE(std::memcmp(gs + (p.shard.off[0] / 128 + r) * shards[si].shape.d[1], scale.data() + r * ss.d[1],
-                            ss.d[1] * 4) == 0);
+      const int64_t scols = shards[si].shape.d[1];
+      for (int64_t r = 0; r < (p.canonical.size[0] + 127) / 128; ++r) {
+        for (int64_t c = 0; c < (p.canonical.size[1] + 127) / 128; ++c) {
+          const float want = scale[(p.canonical.off[0] / 128 + r) * ss.d[1] + p.canonical.off[1] / 128 + c];
+          REQUIRE(gs[(p.shard.off[0] / 128 + r) * scols + p.shard.off[1] / 128 + c] == want);
+        }
       }
     }
   }
-  CHECK(quantized == 7);  // q k v o gate up down
+  return quantized;
+}
+
+void CheckFp8Replica(const Fp8World& w, const std::vector<layout::ShardSpec>& shards, const std::vector<void*>& mem) {
+  CHECK(CheckFp8Rank(w, shards, mem) == 7);  // q k v o gate up down
 }
 
 TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged and in place, exact") {
@@ -1061,7 +1081,8 @@ TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged
   REQUIRE(r.ok());
   CheckFp8Replica(w, *s1, staged[0]);
   CheckFp8Replica(w, *s2, inplace[0]);
-  for (const auto& rep : w.core->GetStatus(Me()).models[0].replicas) CHECK(rep.version == 1);
+  const DaemonStatus st = w.core->GetStatus(Me());
+  for (const auto& rep : st.models[0].replicas) CHECK(rep.version == 1);
 
   // New weights: a second version lands the same way.
   std::mt19937 rng(11);
@@ -1077,6 +1098,21 @@ TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged
   REQUIRE(r.ok());
   CheckFp8Replica(w, *s1, staged[0]);
   CheckFp8Replica(w, *s2, inplace[0]);
+}
+
+TEST_CASE("FP8 targets: Megatron TP=4 into vLLM TP=2, blocks split by the trainers' cuts and whole at the targets'") {
+  Fp8World w(5, kFp8Config4, /*trainer_tp=*/4);
+  std::vector<std::vector<void*>> mem;
+  std::vector<std::vector<layout::ShardSpec>> ranks;
+  auto reg = w.Replica("tp2", 2, UpdateMode::kStaged, &mem, &ranks);
+  INFO(reg.status().ToString());
+  REQUIRE(reg.ok());
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  int quantized = 0;
+  for (size_t k = 0; k < ranks.size(); ++k) quantized += CheckFp8Rank(w, ranks[k], mem[k]);
+  CHECK(quantized == 14);  // 7 weights, each split over both processes
 }
 
 TEST_CASE("FP8 refusals: a TP cut that splits a block, scales held by a source, a NaN weight") {

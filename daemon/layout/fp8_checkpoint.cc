@@ -1,5 +1,7 @@
 #include "daemon/layout/fp8_checkpoint.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 
@@ -34,7 +36,7 @@ bool IsFp8ScaleName(const std::string& name, std::string* weight_name) {
 
 Shape Fp8ScaleShape(const Shape& w) {
   Shape s = w;
-  for (int d = w.ndim - 2; d < w.ndim; ++d) s.d[d] = (w.d[d] + kFp8Block - 1) / kFp8Block;
+  for (int d = std::max(0, w.ndim - 2); d < w.ndim; ++d) s.d[d] = (w.d[d] + kFp8Block - 1) / kFp8Block;
   return s;
 }
 

@@ -35,7 +35,7 @@ std::string Fp8ScaleName(const std::string& weight_name);
 bool IsFp8ScaleName(const std::string& name, std::string* weight_name);
 
 // The scale tensor's shape for a weight of shape `w`: leading dimensions
-// kept, the last two divided by kFp8Block rounding up.
+// kept, the last two (or the only one) divided by kFp8Block rounding up.
 Shape Fp8ScaleShape(const Shape& w);
 
 // The buffer that holds the block scales of `weights` where an engine keeps
