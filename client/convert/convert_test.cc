@@ -40,6 +40,18 @@ struct Checkpoint {
   std::vector<std::vector<float>> values;  // canonical, fp32
 };
 
+// (Re)writes c.dir/hf/model.safetensors from c.values, in fp32.
+void WriteHf(const Checkpoint& c) {
+  std::vector<TensorInfo> infos;
+  for (const auto& ts : c.tensors) infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
+  auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
+  REQUIRE(w.ok());
+  for (size_t i = 0; i < c.values.size(); ++i) {
+    REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
+  }
+  REQUIRE((*w)->Commit().ok());
+}
+
 // Writes an HF checkpoint of random fp32 values. `exact` limits values to
 // m/64 (exact in every dtype); otherwise normal(0, 1).
 Checkpoint MakeHf(const char* config_json, bool exact, uint32_t seed) {
@@ -55,20 +67,13 @@ Checkpoint MakeHf(const char* config_json, bool exact, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_int_distribution<int> m(-127, 127);
-  std::vector<TensorInfo> infos;
   for (const auto& ts : c.tensors) {
     std::vector<float> v(ts.shape.NumElements());
     for (float& x : v) x = exact ? m(rng) / 64.0f : normal(rng);
     c.values.push_back(std::move(v));
-    infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
   }
   mkdir((c.dir + "/hf").c_str(), 0755);
-  auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
-  REQUIRE(w.ok());
-  for (size_t i = 0; i < c.values.size(); ++i) {
-    REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
-  }
-  REQUIRE((*w)->Commit().ok());
+  WriteHf(c);
   return c;
 }
 
@@ -567,14 +572,7 @@ TEST_CASE("--dtype fp8 writes a block-FP8 checkpoint equal to a plain reference,
   for (int r = 128; r < 160; ++r) {
     for (int k = 128; k < 160; ++k) c.values[qi][r * 160 + k] = 0;  // a block of zeros: scale 1
   }
-  {  // rewrite the input with the changed value
-    std::vector<TensorInfo> infos;
-    for (const auto& ts : c.tensors) infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
-    auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
-    REQUIRE(w.ok());
-    for (size_t i = 0; i < c.values.size(); ++i) REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
-    REQUIRE((*w)->Commit().ok());
-  }
+  WriteHf(c);
   ConvertOptions q = Opts(c, "hf", "hf", "hf", "fp8");
   q.dtype = "fp8";
   Run(q);
@@ -657,12 +655,7 @@ TEST_CASE("--dtype fp8 refusals: sharded layouts, fused experts, non-finite weig
   size_t t = 0;
   while (c.tensors[t].name != "model.layers.1.mlp.down_proj.weight") ++t;
   c.values[t][3 * 272 + 200] = std::nanf("");
-  std::vector<TensorInfo> infos;
-  for (const auto& ts : c.tensors) infos.push_back({ts.name, DType::kF32, ts.shape, 0, 0});
-  auto w = SafetensorsWriter::Create(c.dir + "/hf/model.safetensors", infos, {});
-  REQUIRE(w.ok());
-  for (size_t i = 0; i < c.values.size(); ++i) REQUIRE((*w)->Write(i, 0, c.values[i].data(), c.values[i].size() * 4).ok());
-  REQUIRE((*w)->Commit().ok());
+  WriteHf(c);
   ConvertOptions q = Opts(c, "hf", "hf", "hf", "q");
   q.dtype = "fp8";
   const std::string err = Error(q);

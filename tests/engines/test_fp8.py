@@ -7,6 +7,7 @@ support (Sapphire Rapids or newer)". No forward pass runs in these tests, so
 the worker replaces that choice (init_fp8_linear_kernel) with nothing;
 everything the loader does (parameter creation, load_weights, the fused
 qkv/gate_up shards and their scales) is vLLM's own."""
+import contextlib
 import json
 import multiprocessing
 import os
@@ -60,11 +61,13 @@ def torch_block_fp8(w):
     return q.view(torch.uint8).numpy(), scale.numpy()
 
 
-def vllm_worker(ckpt, port, out):
+@contextlib.contextmanager
+def fp8_models(ckpt, port, prefixes):
+    """vLLM instances of the block-FP8 checkpoint `ckpt` (TP=1, CPU), one per
+    prefix, inside vLLM's current-config context: (model config, models)."""
     import vllm_cpu  # noqa: F401  (selects vLLM's CPU platform before vLLM is imported)
     import vllm.model_executor.layers.quantization.fp8 as vfp8
     vfp8.init_fp8_linear_kernel = lambda *a, **k: None  # the GEMM needs AMX; no forward pass runs
-    from safetensors.torch import load_file
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
                              set_current_vllm_config)
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
@@ -79,7 +82,13 @@ def vllm_worker(ckpt, port, out):
         initialize_model_parallel(tensor_model_parallel_size=1)
         cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
         with set_default_torch_dtype(mc.dtype):
-            model = cls(vllm_config=vc, prefix="")
+            models = [cls(vllm_config=vc, prefix=p) for p in prefixes]
+        yield mc, models
+
+
+def vllm_worker(ckpt, port, out):
+    from safetensors.torch import load_file
+    with fp8_models(ckpt, port, [""]) as (mc, [model]):
         loaded = model.load_weights(load_file(os.path.join(ckpt, "model.safetensors")).items())
         params = {}
         for n, p in model.named_parameters():
@@ -162,27 +171,10 @@ def sync_worker(rank, fp8_ckpt, port, sock, registered, synced, results, done):
     """A vLLM block-FP8 model registered through wsync.vllm (target), and a
     second instance that vLLM's own load_weights fills from the checkpoint
     wsyncctl convert --dtype fp8 wrote (reference)."""
-    import vllm_cpu  # noqa: F401
-    import vllm.model_executor.layers.quantization.fp8 as vfp8
-    vfp8.init_fp8_linear_kernel = lambda *a, **k: None  # the GEMM needs AMX; no forward pass runs
     from safetensors.torch import load_file
-    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
-                             set_current_vllm_config)
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.model_executor.models.registry import ModelRegistry
-    from vllm.utils.torch_utils import set_default_torch_dtype
     import wsync
     import wsync.vllm
-    mc = ModelConfig(model=fp8_ckpt, skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True)
-    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"), load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=1))
-    with set_current_vllm_config(vc):
-        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
-        initialize_model_parallel(tensor_model_parallel_size=1)
-        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
-        with set_default_torch_dtype(mc.dtype):
-            target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
+    with fp8_models(fp8_ckpt, port, ["", "reference"]) as (_, [target, reference]):
         reference.load_weights(load_file(os.path.join(fp8_ckpt, "model.safetensors")).items())
         client = wsync.Client(socket=sock, name="vllm-0")
         wsync.vllm.register(client, target, "policy", replica="gen", probe_layout=False)

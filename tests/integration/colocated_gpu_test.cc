@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "tests/testing/gpu_child.h"
 #include "tests/testing/process.h"
+#include "tests/testing/wsyncd_process.h"
 
 namespace wsync {
 namespace {
@@ -200,51 +201,30 @@ TEST_CASE("killing the trainer mid-sync leaves the generator on its previous ver
 // Two wsyncd processes on one GPU: "a" (coordinator) serves the trainer,
 // "b" the generator. NCCL cannot join two ranks on one GPU, so the bytes
 // take the host-staged path.
-struct WsyncdProcess {
-  WsyncdProcess(const std::string& id, const std::string& dir, const std::vector<std::string>& extra) {
-    socket = dir + "/" + id + ".sock";
-    std::vector<std::string> argv = {testing::Runfile("daemon/wsyncd"), "--socket", socket, "--daemon-id", id,
-                                     "--listen", "127.0.0.1:0", "--insecure", "--heartbeat-ms", "200",
-                                     "--peer-timeout-ms", "5000", "--grace-period-ms", "1000"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    proc = std::make_unique<testing::Process>(argv);
-    client::ConnectOptions o;
-    o.socket = socket;
-    o.connect_timeout_ms = 200;
-    bool up = testing::WaitFor([&] { return !proc->Running() || client::Connect(o).ok(); }, 20000);
-    INFO(id << " stderr:\n" << proc->Stderr());
-    REQUIRE(up);
-    REQUIRE(proc->Running());
-    auto c = client::Client::Attach(o, "probe", nullptr);
-    REQUIRE(c.ok());
-    auto st = (*c)->GetStatus();
-    REQUIRE(st.ok());
-    for (const auto& e : st->endpoints()) {
-      if (e.kind() == "tcp") address = e.address();
-    }
-    REQUIRE(!address.empty());
-  }
-  std::string socket, address;
-  std::unique_ptr<testing::Process> proc;
-};
+std::unique_ptr<testing::WsyncdProcess> StartWsyncd(const std::string& id, const std::string& dir,
+                                                    std::vector<std::string> extra) {
+  extra.push_back("--insecure");
+  auto d = testing::WsyncdProcess::Start(id, dir, extra);
+  INFO(d.status().ToString());
+  REQUIRE(d.ok());
+  return std::move(*d);
+}
 
 TEST_CASE("two daemons on one GPU: TP=2 fp32 trainer on one, TP=1 bf16 generator on the other (host-staged)", "[gpu]") {
   for (const char* mode : {"gen-staged-remote", "gen-in_place-remote"}) {
     INFO(mode);
     const std::string dir = testing::MakeTempDir();
-    WsyncdProcess a("a", dir, {});
-    WsyncdProcess b("b", dir, {"--peers", a.address});
-    auto trainer = GpuChild::Spawn(a.socket, "trainer", "trainer-tp2");
+    auto a = StartWsyncd("a", dir, {});
+    auto b = StartWsyncd("b", dir, {"--peers", a->address()});
+    auto trainer = GpuChild::Spawn(a->socket(), "trainer", "trainer-tp2");
     REQUIRE(trainer.ok());
-    auto gen = GpuChild::Spawn(b.socket, "generator", mode);
+    auto gen = GpuChild::Spawn(b->socket(), "generator", mode);
     REQUIRE(gen.ok());
     absl::Status ts = (*trainer)->WaitRegistered(), gs = (*gen)->WaitRegistered();
-    INFO(ts.ToString() << " / " << gs.ToString() << "\na:\n" << a.proc->Stderr() << "\nb:\n" << b.proc->Stderr());
+    INFO(ts.ToString() << " / " << gs.ToString() << "\na:\n" << a->proc().Stderr() << "\nb:\n" << b->proc().Stderr());
     REQUIRE(ts.ok());
     REQUIRE(gs.ok());
-    client::ConnectOptions o;
-    o.socket = a.socket;
-    auto driver = client::Client::Attach(o, "driver", nullptr);
+    auto driver = a->Attach("driver");
     REQUIRE(driver.ok());
     for (uint64_t v : {1, 2}) {
       if (v == 2) REQUIRE((*trainer)->Fill(2).ok());
@@ -253,7 +233,7 @@ TEST_CASE("two daemons on one GPU: TP=2 fp32 trainer on one, TP=1 bf16 generator
       req.set_version(v);
       req.set_max_bucket_bytes(4096);  // several wire buckets
       auto r = (*driver)->Sync(req, nullptr);
-      INFO(r.status().ToString() << "\na:\n" << a.proc->Stderr() << "\nb:\n" << b.proc->Stderr());
+      INFO(r.status().ToString() << "\na:\n" << a->proc().Stderr() << "\nb:\n" << b->proc().Stderr());
       REQUIRE(r.ok());
       CHECK(r->version() == v);
       for (int t = 0; t < 3; ++t) {

@@ -25,6 +25,7 @@
 #include "tests/testing/pki.h"
 #include <tuple>
 #include "tests/testing/process.h"
+#include "tests/testing/wsyncd_process.h"
 
 namespace wsync {
 namespace {
@@ -45,42 +46,30 @@ std::vector<std::string> Security(const std::string& pki, const std::string& id)
           pki + "/ca.pem", "--peer-identities", "t0,t1,g0,g1"};
 }
 
+// A wsyncd of the cluster, up and answering (the test fails otherwise).
 struct Daemon {
   Daemon(const std::string& id, const std::string& dir, std::vector<std::string> extra = {},
          const std::string& pki = "")
       : id(id) {
-    socket = dir + "/" + id + ".sock";
-    std::vector<std::string> argv = {Runfile("daemon/wsyncd"), "--socket", socket, "--daemon-id", id,
-                                     "--listen", "127.0.0.1:0", "--heartbeat-ms", "200",
-                                     "--peer-timeout-ms", "3000", "--grace-period-ms", "1000"};
-    for (const std::string& f : Security(pki, id)) argv.push_back(f);
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    proc = std::make_unique<Process>(argv);
-    client::ConnectOptions o;
-    o.socket = socket;
-    o.connect_timeout_ms = 200;
-    bool up = testing::WaitFor([&] { return !proc->Running() || client::Connect(o).ok(); }, 20000);
-    INFO(id << " stderr:\n" << proc->Stderr());
-    REQUIRE(up);
-    REQUIRE(proc->Running());
-    auto c = Attach("probe");
-    auto st = c->GetStatus();
-    REQUIRE(st.ok());
-    for (const auto& e : st->endpoints()) {
-      if (e.kind() == "tcp") address = e.address();
-    }
-    REQUIRE(!address.empty());
+    std::vector<std::string> flags = Security(pki, id);
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    auto d = testing::WsyncdProcess::Start(id, dir, flags);
+    INFO(d.status().ToString());
+    REQUIRE(d.ok());
+    daemon = std::move(*d);
+    socket = daemon->socket();
+    address = daemon->address();
+    proc = &daemon->proc();
   }
   std::unique_ptr<client::Client> Attach(const std::string& name) {
-    client::ConnectOptions o;
-    o.socket = socket;
-    auto c = client::Client::Attach(o, name, nullptr);
+    auto c = daemon->Attach(name);
     INFO(c.status().ToString());
     REQUIRE(c.ok());
     return std::move(*c);
   }
   std::string id, socket, address;
-  std::unique_ptr<Process> proc;
+  std::unique_ptr<testing::WsyncdProcess> daemon;
+  testing::Process* proc = nullptr;
 };
 
 // One rank registered through a client of its node's daemon.
