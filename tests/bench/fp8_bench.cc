@@ -1,0 +1,80 @@
+// CPU block-FP8 quantization (kernels/fp8.h: the reference that FP8 syncs
+// and `wsyncctl convert --dtype fp8` run on the host) against memcpy of the
+// bytes it reads plus writes, measured in the same run. Prints ratios; it
+// asserts nothing.
+//
+//   bazel run -c opt //tests/bench:fp8_bench [-- --mib 512 --reps 5 --threads 2]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/dtype.h"
+#include "kernels/fp8.h"
+
+namespace {
+
+template <typename F>
+double MedianSeconds(int reps, F f) {
+  std::vector<double> t;
+  f();  // warm up (page faults, caches)
+  for (int i = 0; i < reps; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t mib = 512;
+  int reps = 5, threads = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--mib") mib = std::atoll(argv[i + 1]);
+    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "usage: fp8_bench [--mib N] [--reps N] [--threads N]\n");
+      return 2;
+    }
+  }
+  // A bf16 weight of `mib` MiB, 4096 columns (32 blocks wide).
+  const int64_t cols = 4096, rows = std::max<int64_t>(128, mib * (1 << 20) / 2 / cols);
+  std::vector<uint16_t> w(rows * cols);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  for (auto& x : w) x = wsync::kernels::F32ToBf16(nd(rng));
+  std::vector<uint8_t> q(rows * cols);
+  std::vector<float> scale(((rows + 127) / 128) * (cols / 128));
+  wsync::kernels::Fp8QuantOp op;
+  op.src = w.data();
+  op.src_dtype = wsync::kernels::DType::kBF16;
+  op.rows = rows;
+  op.cols = op.src_ld = op.dst_ld = cols;
+  op.dst = q.data();
+  op.scale_inv = scale.data();
+  op.scale_ld = cols / 128;
+  if (std::string err = wsync::kernels::CheckFp8QuantOps(&op, 1); !err.empty()) {
+    std::fprintf(stderr, "%s\n", err.c_str());
+    return 1;
+  }
+  const double quant = MedianSeconds(reps, [&] { wsync::kernels::QuantizeFp8Cpu(&op, 1, threads); });
+  // Baseline: memcpy of the bytes quantization reads plus writes (bf16 in,
+  // fp8 out: 3 bytes per element), on one thread.
+  const size_t moved = rows * cols * 3 / 2;
+  std::vector<char> a(moved, 1), b(moved, 0);
+  const double copy = MedianSeconds(reps, [&] { std::memcpy(b.data(), a.data(), moved); });
+  std::printf("block FP8 quantization, bf16 [%lld, %lld] (%.0f MiB), %d thread(s), median of %d\n",
+              static_cast<long long>(rows), static_cast<long long>(cols), rows * cols * 2 / 1048576.0, threads, reps);
+  std::printf("  quantize %.1f ms (%.2f GB/s of bf16 read)   memcpy of read+written bytes %.1f ms   memcpy/quantize %.0f%%\n",
+              quant * 1e3, rows * cols * 2 / quant / 1e9, copy * 1e3, 100.0 * copy / quant);
+  return 0;
+}
