@@ -19,27 +19,59 @@ float Load(const void* p, DType t, int64_t i) {
 
 std::string Where(size_t i) { return "fp8 quantization op " + std::to_string(i) + ": "; }
 
-// Quantizes block `k`; returns kFp8AllFinite or the key of the first
-// non-finite element (row-major), leaving the block unwritten.
-uint64_t QuantizeBlock(const Fp8QuantOp& op, const Fp8Block& b, uint64_t k) {
+inline float ToF32(float x) { return x; }
+struct Bf16Bits {
+  uint16_t v;
+};
+struct F16Bits {
+  uint16_t v;
+};
+inline float ToF32(Bf16Bits x) { return Bf16ToF32(x.v); }
+inline float ToF32(F16Bits x) { return F16ToF32(x.v); }
+
+// Quantizes block `k` of elements of type T; returns kFp8AllFinite or the
+// key of the first non-finite element (row-major), leaving the block
+// unwritten. The loops carry no branch, so that the compiler can vectorize
+// them; a block with a non-finite element is scanned again for the first.
+template <typename T>
+uint64_t QuantizeBlockOf(const Fp8QuantOp& op, const T* src, const Fp8Block& b, uint64_t k) {
   const int64_t r0 = b.bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
   const int64_t c0 = b.bj * op.block_cols, c1 = std::min(op.cols, c0 + op.block_cols);
   float amax = 0.0f;
+  bool finite = true;
   for (int64_t r = r0; r < r1; ++r) {
+    const T* row = src + r * op.src_ld;
     for (int64_t c = c0; c < c1; ++c) {
-      const float w = Load(op.src, op.src_dtype, r * op.src_ld + c);
-      if (!std::isfinite(w)) return Fp8BadKey(k, static_cast<uint64_t>((r - r0) * (c1 - c0) + (c - c0)));
-      amax = std::max(amax, std::fabs(w));
+      const float a = std::fabs(ToF32(row[c]));
+      finite &= a <= 3.4028234663852886e38f;  // false for NaN and infinity
+      amax = a > amax ? a : amax;
+    }
+  }
+  if (!finite) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = c0; c < c1; ++c) {
+        if (!std::isfinite(ToF32(src[r * op.src_ld + c]))) {
+          return Fp8BadKey(k, static_cast<uint64_t>((r - r0) * (c1 - c0) + (c - c0)));
+        }
+      }
     }
   }
   const float scale_inv = amax == 0.0f ? 1.0f : amax / kE4m3Max;
   op.scale_inv[b.bi * op.scale_ld + b.bj] = scale_inv;
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t c = c0; c < c1; ++c) {
-      op.dst[r * op.dst_ld + c] = F32ToE4m3(Load(op.src, op.src_dtype, r * op.src_ld + c) / scale_inv);
-    }
+    const T* row = src + r * op.src_ld;
+    uint8_t* out = op.dst + r * op.dst_ld;
+    for (int64_t c = c0; c < c1; ++c) out[c] = F32ToE4m3(ToF32(row[c]) / scale_inv);
   }
   return kFp8AllFinite;
+}
+
+uint64_t QuantizeBlock(const Fp8QuantOp& op, const Fp8Block& b, uint64_t k) {
+  switch (op.src_dtype) {
+    case DType::kF32: return QuantizeBlockOf(op, static_cast<const float*>(op.src), b, k);
+    case DType::kBF16: return QuantizeBlockOf(op, static_cast<const Bf16Bits*>(op.src), b, k);
+    default: return QuantizeBlockOf(op, static_cast<const F16Bits*>(op.src), b, k);
+  }
 }
 
 }  // namespace
