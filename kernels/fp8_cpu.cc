@@ -31,8 +31,8 @@ inline float ToF32(F16Bits x) { return F16ToF32(x.v); }
 
 // Quantizes block `k` of elements of type T; returns kFp8AllFinite or the
 // key of the first non-finite element (row-major), leaving the block
-// unwritten. The loops carry no branch, so that the compiler can vectorize
-// them; a block with a non-finite element is scanned again for the first.
+// unwritten. The amax scan carries no branch (a block with a non-finite
+// element is scanned again for the first one); the rounding still does.
 template <typename T>
 uint64_t QuantizeBlockOf(const Fp8QuantOp& op, const T* src, const Fp8Block& b, uint64_t k) {
   const int64_t r0 = b.bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
