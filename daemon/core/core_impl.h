@@ -81,6 +81,7 @@ struct RankReg {
   std::vector<std::unique_ptr<memory::Buffer>> staging;
   std::vector<std::unique_ptr<memory::Buffer>> base;  // fp32 pristine base (LoRA)
   std::vector<layout::ShardSpec> base_specs;          // their fp32 twins of `shards`
+  std::unique_ptr<memory::Buffer> fp8_scratch;        // fp32 assembly of FP8 pieces (targets)
   std::string Label() const;
 
   // Target memory, the same for local syncs and multi-node parts. Allocates

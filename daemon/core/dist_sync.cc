@@ -418,11 +418,14 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (r == nullptr) continue;
     for (const layout::ShardSpec& sh : r->shards) {
       for (const layout::Piece& pc : sh.pieces) {
-        if (model->spec.ScaleTensorOf(pc.tensor) < 0 && model->spec.ScalesOf(pc.tensor) < 0) continue;
-        if (sh.dtype != layout::DType::kF8E4M3 && model->spec.ScalesOf(pc.tensor) < 0) continue;
+        const bool quantized = sh.dtype == layout::DType::kF8E4M3 && model->spec.ScaleTensorOf(pc.tensor) >= 0;
+        const bool scales = model->spec.ScalesOf(pc.tensor) >= 0;
+        if (!quantized && !scales) continue;
         return absl::FailedPreconditionError(absl::StrCat(
-            "model '", plan.model_id, "' ", r->Label(), " on daemon '", me, "' has FP8 buffer '", sh.name,
-            "' with block scales; quantizing during multi-node syncs is not supported yet (local syncs do it)"));
+            "model '", plan.model_id, "' ", r->Label(), " on daemon '", me, "' buffer '", sh.name, "' holds ",
+            scales ? "the FP8 block scales '" : "FP8 quantized '", model->spec.tensor(pc.tensor).name,
+            "'; quantizing during multi-node syncs is not supported yet (register FP8 targets on the "
+            "trainer's daemon, or bf16 targets here)"));
       }
     }
   }

@@ -78,7 +78,7 @@ struct QuantPiece {
 struct QuantWritten {
   uint64_t bytes = 0;
   std::vector<std::pair<uint32_t, layout::Box>> boxes;  // (shard, box) written
-  std::vector<std::unique_ptr<memory::Buffer>> keep;     // until the context's Finish
+  std::vector<std::unique_ptr<memory::Buffer>> keep;     // the scales, until the context's Finish
 };
 
 // Assembles the piece in fp32 scratch on the rank's device (its ops run
@@ -107,8 +107,16 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
 
   // 1. The piece in fp32.
   layout::ShardSpec scratch_spec{"FP8 scratch", layout::Shape::Of({rows, cols}), layout::DType::kF32, {}};
-  auto scratch = ctx->Allocate(dev, rows * cols * 4, absl::StrCat("FP8 scratch for ", what));
-  if (!scratch.ok()) return scratch.status();
+  // The rank keeps its scratch between pieces and syncs (QuantizeFp8 waits
+  // for the work that reads it): no allocation and page faults per sync.
+  const uint64_t need = static_cast<uint64_t>(rows) * cols * 4;
+  if (!r->fp8_scratch || r->fp8_scratch->size() < need) {
+    r->fp8_scratch.reset();
+    auto b = ctx->Allocate(dev, need, absl::StrCat("FP8 scratch of ", r->Label()));
+    if (!b.ok()) return b.status();
+    r->fp8_scratch = std::move(*b);
+  }
+  void* scratch = r->fp8_scratch->data();
   TargetWrite tw;
   uint64_t scratch_word = 0;
   for (const auto& [c, src] : q.ops) {
@@ -118,7 +126,7 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
     c2.dst_box.size[1] = c.canonical.size[1];
     c2.dst_box.ndim = 2;
     TargetOp in = src;
-    in.dst = in.live = {&scratch_spec, nullptr, (*scratch)->data()};
+    in.dst = in.live = {&scratch_spec, nullptr, scratch};
     AddTargetOp(spec, q.lora, c2, in, /*merge_dims=*/true, &scratch_word, &tw);
   }
   WSYNC_RETURN_IF_ERROR(RunTargetWrite(ctx, dev, tw, scratch_slot));
@@ -126,14 +134,15 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
   // 2. Quantized into the buffer (where the sync writes it), with scales.
   const layout::ShardView dst = r->Write(q.shard, q.mode);
   if (dst.strides != nullptr && dst.strides[1] != 1) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": FP8 rows must be contiguous in memory"));
+    return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", dst.strides[1],
+                                                      " elements; FP8 rows must be contiguous (stride 1)"));
   }
   const int64_t ld = dst.strides != nullptr ? dst.strides[0] : sh.shape.d[1];
   const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
   auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
   if (!scales.ok()) return scales.status();
   kernels::Fp8QuantOp op;
-  op.src = (*scratch)->data();
+  op.src = scratch;
   op.src_dtype = layout::DType::kF32;
   op.rows = rows;
   op.cols = op.src_ld = cols;
@@ -191,7 +200,6 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
         blocks.ToString(), " of '", spec.tensor(st).name, "' with it"));
   }
   // Work queued above still reads the scratch and the scales.
-  out.keep.push_back(std::move(*scratch));
   out.keep.push_back(std::move(*scales));
   return out;
 }
@@ -832,7 +840,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       const layout::CopyOp& c = plan->ops[i];
       const bool adapted = active.count(c.tensor) > 0;
       if (!full && !adapted) continue;
-      if (quant_ops.count({c.dst_endpoint, c.dst_shard, c.tensor})) continue;  // quantized below
+      if (!quant_ops.empty() && quant_ops.count({c.dst_endpoint, c.dst_shard, c.tensor})) continue;  // quantized below
       RankReg* sr = src_ranks[c.src_endpoint];
       RankReg* tr = dst_side[c.dst_endpoint].rank;
       TargetOp in;
