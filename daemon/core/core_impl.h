@@ -21,6 +21,7 @@
 #include "daemon/core/peer.h"
 #include "daemon/core/part_state.h"
 #include "daemon/core/recent.h"
+#include "daemon/core/sync_job.h"
 #include "daemon/core/target_write.h"
 #include "daemon/transport/communicator_cache.h"
 #include "daemon/layout/lowering.h"
@@ -206,9 +207,6 @@ struct Model {
   std::unique_ptr<layout::Plan> plan;
 };
 
-// Session id -> replicas it holds target ranks of.
-using SessionReplicas = std::map<std::string, std::set<std::string>>;
-
 // A participant's part of a multi-node sync (dist_sync.cc).
 struct Part {
   using Phase = PartState::Phase;
@@ -217,20 +215,13 @@ struct Part {
   std::unique_ptr<DistPlan> dist;
   Job* job = nullptr;  // owned by jobs_, under "part:<job id>"
   Model* model = nullptr;
-  // This daemon's ranks in the plan (null where another daemon holds it).
-  std::vector<RankReg*> src_local, dst_local;
-  std::vector<Replica*> dst_replica;
-  // What the transfer wrote: (target index, shard, box), for the staged
-  // commit; replicas whose live memory was written (in_place).
-  struct Written {
-    uint32_t target, shard;
-    layout::Box box;
-  };
-  // Touched only by the part's own thread.
-  std::vector<Written> written;
-  std::set<std::string> live_written;
-  SessionReplicas paused;  // sessions paused so far, resumed at the end
-  bool full = true;
+  // This daemon's source ranks in the plan (null where another daemon
+  // holds it).
+  std::vector<RankReg*> src_local;
+  // The plan's targets (PlanPart::targets, null ranks where another daemon
+  // holds them) and what the part did to them. Touched only by the part's
+  // own thread, and by FinishPart under the lock.
+  std::unique_ptr<SyncJob> sj;
   absl::Time deadline;
   // Phase and decision (commit with the replicas' digests, or abort with
   // the reason).
@@ -410,9 +401,15 @@ class CoreImpl final : public Core {
   absl::StatusOr<std::unique_ptr<MixedContext>> NewMixedContext();
   void FinishPart(Part* part);
   void ReapParts() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // SyncJob::Settle on `model`, logging commits the replicas' state machine
+  // refuses (a bug). Returns the notices to send once the lock is released.
+  std::vector<SyncJob::Notice> SettleJob(Model* model, SyncJob* sj, uint64_t version, const absl::Status& error,
+                                         const std::map<std::string, std::string>& digests)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Replica::Commit, logging a commit the state machine refuses (a bug).
   void CommitReplica(Model* model, Replica* rep, uint64_t version, std::string digest, bool full)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LogRefusedCommit(const Model& model, const std::string& replica_id, uint64_t version);
   // Moves `p` to `next`, logging an illegal transition (which leaves it).
   void EnterPhase(Part* p, Part::Phase next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

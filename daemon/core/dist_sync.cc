@@ -284,6 +284,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   p->plan = plan;
   Model* model = nullptr;
   uint64_t generation = 0;
+  std::vector<std::pair<RankReg*, Replica*>> dst_local;  // per plan target: this daemon's rank
   {
     wsync::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
@@ -324,8 +325,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
       return absl::OkStatus();
     };
     p->src_local.assign(plan.sources.size(), nullptr);
-    p->dst_local.assign(plan.targets.size(), nullptr);
-    p->dst_replica.assign(plan.targets.size(), nullptr);
+    dst_local.assign(plan.targets.size(), {nullptr, nullptr});
     for (size_t i = 0; i < plan.sources.size(); ++i) {
       if (plan.sources[i].daemon_id != me) continue;
       auto it = model->sources.find(CoordsKey(plan.sources[i].rank));
@@ -342,8 +342,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
         if (it != rit->second.ranks.end()) r = it->second.get();
       }
       WSYNC_RETURN_IF_ERROR(check(plan.targets[j], r));
-      p->dst_local[j] = r;
-      p->dst_replica[j] = &rit->second;
+      dst_local[j] = {r, &rit->second};
     }
   }
   // The model is not frozen yet, but its spec and adapters never change.
@@ -356,7 +355,11 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
         " (different wsync versions, or the model differs)"));
   }
   p->dist = std::make_unique<DistPlan>(std::move(*dist));
-  p->full = p->dist->full;
+  p->sj = std::make_unique<SyncJob>(&model->spec, plan.lora, model->adapters, p->dist->active);
+  for (size_t j = 0; j < plan.targets.size(); ++j) {
+    auto [r, rep] = dst_local[j];
+    p->sj->AddTarget(r, rep, plan.targets[j].replica_id, r == nullptr ? -1 : DeviceOf(r));
+  }
   p->deadline = absl::FromUnixMillis(static_cast<int64_t>(plan.deadline_unix_ms));
   const std::string hash = p->dist->hash;
   wsync::MutexLock lock(&mu_);
@@ -371,7 +374,7 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   job->version = plan.version;
   job->start = absl::Now();
   for (RankReg* r : p->src_local) if (r) job->sessions.insert(r->session_id);
-  for (RankReg* r : p->dst_local) if (r) job->sessions.insert(r->session_id);
+  for (const auto& [sid, reps] : p->sj->Sessions()) job->sessions.insert(sid);
   if (plan.coordinator_id != options_.daemon_id) job->daemons.insert(plan.coordinator_id);
   job->progress.phase = "TRANSFERRING";
   p->job = job.get();
@@ -400,6 +403,7 @@ absl::StatusOr<std::unique_ptr<MixedContext>> CoreImpl::NewMixedContext() {
 absl::Status CoreImpl::TransferPart(Part* p) {
   const PlanPart& plan = p->plan;
   const DistPlan& d = *p->dist;
+  SyncJob& sj = *p->sj;
   Job* job = p->job;
   Model* model = p->model;
   const std::string& me = options_.daemon_id;
@@ -411,10 +415,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   std::unique_ptr<MixedContext> ctx = std::move(*ctx_or);
   bool gpu_work = false;
   for (RankReg* r : p->src_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
-  for (RankReg* r : p->dst_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
+  for (int dev : sj.Devices()) gpu_work |= dev >= 0;
   // FP8 quantization runs in local syncs only (docs/fp8.md).
-  for (size_t j = 0; j < plan.targets.size(); ++j) {
-    RankReg* r = p->dst_local[j];
+  for (uint32_t j = 0; j < sj.num_targets(); ++j) {
+    RankReg* r = sj.rank(j);
     if (r == nullptr) continue;
     for (const layout::ShardSpec& sh : r->shards) {
       for (const layout::Piece& pc : sh.pieces) {
@@ -429,25 +433,13 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       }
     }
   }
-  // Target memory: staging for staged replicas, fp32 bases of adapted shards.
-  auto tracked = [&](int32_t t) { return d.adapted.count(t) > 0; };
-  for (size_t j = 0; j < plan.targets.size(); ++j) {
-    RankReg* r = p->dst_local[j];
-    if (r == nullptr) continue;
-    WSYNC_RETURN_IF_ERROR(r->PrepareTargetMemory(ctx.get(), DeviceOf(r), p->dst_replica[j]->mode, tracked, d.full));
-  }
-  auto write_view = [&](uint32_t j, uint32_t s) { return p->dst_local[j]->Write(s, p->dst_replica[j]->mode); };
+  WSYNC_RETURN_IF_ERROR(sj.PrepareTargets(ctx.get()));
   // In-place targets pause before their live memory is written.
-  SessionReplicas inplace;
-  bool holds_targets = false;
-  for (size_t j = 0; j < plan.targets.size(); ++j) {
-    if (p->dst_local[j] == nullptr) continue;
-    holds_targets = true;
-    if (p->dst_replica[j]->mode == UpdateMode::kInPlace) inplace[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
-  }
-  if (!inplace.empty()) {
+  const std::set<int> target_devices = sj.Devices();
+  const bool holds_targets = !target_devices.empty();
+  if (const SessionReplicas inplace = sj.Sessions(UpdateMode::kInPlace); !inplace.empty()) {
     absl::Status s = PauseTargets(job, inplace, plan.model_id, plan.version, p->deadline);
-    p->paused.insert(inplace.begin(), inplace.end());
+    sj.Paused(inplace);
     if (!s.ok()) return s;
   }
   WSYNC_RETURN_IF_ERROR(CheckJob(job, p->deadline, "transfer", nullptr));
@@ -495,23 +487,12 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (!job->abort_reason.empty()) comm->Abort(job->abort_reason);
   }
 
-  // LoRA operands, on every device of this daemon that holds targets:
-  // (device, tensor) -> fp32.
-  std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem;
-  std::set<int> target_devices;
-  for (RankReg* r : p->dst_local) {
-    if (r != nullptr) target_devices.insert(DeviceOf(r));
-  }
+  // LoRA operands, on every device of this daemon that holds targets.
   if (d.has_gather) {
-    for (int dev : target_devices) {
-      for (const layout::ShardSpec& s : d.gather_target.shards) {
-        auto b = ctx->Allocate(dev, s.shape.NumElements() * 4, "LoRA operands");
-        if (!b.ok()) return b.status();
-        lora_mem[{dev, s.pieces[0].tensor}] = std::move(*b);
-      }
-    }
+    std::vector<std::pair<int32_t, uint64_t>> operands;
+    for (const layout::ShardSpec& s : d.gather_target.shards) operands.push_back({s.pieces[0].tensor, s.shape.NumElements()});
+    WSYNC_RETURN_IF_ERROR(sj.PrepareLoraOperands(ctx.get(), operands));
   }
-  auto lora_ptr = [&](int dev, int32_t tensor) { return static_cast<const float*>(lora_mem.at({dev, tensor})->data()); };
   // Wire buffers stay with the model between syncs: fresh ones would cost
   // page faults on every sync.
   std::vector<std::unique_ptr<memory::Buffer>>& bufs = model->wire;
@@ -530,7 +511,6 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     for (void* ev : r->events) WSYNC_RETURN_IF_ERROR(ctx->WaitEvent(r->device, ev));
   }
   const bool merge = plan.lora == LoraMode::kMerge;
-  std::map<int32_t, Adapter> adapters = model->adapters;
 
   // Wire digests. The digest of a wire is the payload digest (kernels/
   // box_copy.h) of its regions, words numbered from w.word_base: the same
@@ -619,7 +599,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           c2.src_box = Origin(c.dst_box);
           const layout::ShardSpec& gs = d.gather_target.shards[c.dst_shard];
           ops.push_back(layout::LowerCopy(c2, {&specs[i], nullptr, const_cast<char*>(buf) + w.ops[i].offset},
-                                          {&gs, nullptr, lora_mem.at({dev, gs.pieces[0].tensor})->data()}));
+                                          {&gs, nullptr, sj.LoraOperand(dev, gs.pieces[0].tensor)}));
         }
         WSYNC_RETURN_IF_ERROR(ctx->Copy(dev, ops.data(), ops.size()));
       }
@@ -631,10 +611,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     }
     const layout::Bucket& bk = d.plan.buckets[w.bucket];
     for (uint32_t j : d.receivers[bk.dst_endpoint]) {
-      if (p->dst_local[j] == nullptr) continue;
-      RankReg* tr = p->dst_local[j];
-      const int dev = DeviceOf(tr);
-      if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
+      RankReg* tr = sj.rank(j);
+      if (tr == nullptr) continue;
+      const int dev = sj.device(j);
       std::vector<layout::ShardSpec> specs;
       specs.reserve(bk.num_ops);
       TargetWrite tw;
@@ -642,32 +621,19 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       bool same_bytes = d.full && w.moves;  // every box holds the wire's bytes as they are
       for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
         const layout::CopyOp& c = d.plan.ops[i];
-        const bool active = d.active.count(c.tensor) > 0;
-        if (!d.full && !active) continue;
-        TargetOp in;
-        in.dst = write_view(j, c.dst_shard);
-        in.live = tr->Live(c.dst_shard);
+        if (!sj.Writes(c)) continue;
+        // W's bytes: the op's region of the wire buffer (full syncs carry
+        // every op, in order).
         layout::CopyOp c2 = c;
+        layout::ShardView src;
         if (d.full) {
-          const WireOp& o = w.ops[i - bk.first_op];  // full syncs carry every op, in order
+          const WireOp& o = w.ops[i - bk.first_op];
           specs.push_back(RegionSpec(c.dst_box, o.dtype));
           c2.src_box = Origin(c.dst_box);
-          in.src = {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
-          same_bytes &= o.dtype == in.dst.spec->dtype && !(merge && active);
+          src = {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
+          same_bytes &= o.dtype == tr->shards[c.dst_shard].dtype && !(merge && d.active.count(c.tensor));
         }
-        layout::ShardView base;
-        if (tr->base[c.dst_shard] && (plan.lora == LoraMode::kAdapterOnly || (d.full && d.adapted.count(c.tensor)))) {
-          base = tr->Base(c.dst_shard);
-          in.base = &base;
-        }
-        if (active && plan.lora != LoraMode::kNone) {
-          const Adapter& ad = adapters.at(c.tensor);
-          in.adapter = &ad;
-          in.lora_a = lora_ptr(dev, ad.a);
-          in.lora_b = lora_ptr(dev, ad.b);
-        }
-        AddTargetOp(model->spec, plan.lora, c2, in, /*merge_dims=*/false, &word, &tw);
-        p->written.push_back({j, c.dst_shard, c.dst_box});
+        sj.AddWrite(j, c2, src, /*merge_dims=*/false, &word, &tw);
       }
       absl::Status s = RunTargetWrite(ctx.get(), dev, tw, 0);
       if (!s.ok()) return s;
@@ -748,16 +714,13 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   }
   // Zero padding (full syncs).
   if (d.full) {
-    std::map<int, std::vector<kernels::BoxCopyOp>> fills;  // by device
+    std::vector<std::pair<uint32_t, const layout::FillOp*>> fills;
     for (const layout::FillOp& f : d.plan.fills) {
       for (uint32_t j : d.receivers[f.dst_endpoint]) {
-        if (p->dst_local[j] == nullptr) continue;
-        fills[DeviceOf(p->dst_local[j])].push_back(layout::LowerFill(f, write_view(j, f.dst_shard)));
-        p->written.push_back({j, f.dst_shard, f.dst_box});
-        if (p->dst_replica[j]->mode == UpdateMode::kInPlace) p->live_written.insert(plan.targets[j].replica_id);
+        if (sj.rank(j) != nullptr) fills.push_back({j, &f});
       }
     }
-    for (auto& [dev, ops] : fills) WSYNC_RETURN_IF_ERROR(ctx->Copy(dev, ops.data(), ops.size()));
+    WSYNC_RETURN_IF_ERROR(sj.WriteFills(ctx.get(), fills));
   }
   if (auto done = ctx->Finish(0); !done.ok()) return done.status();
   return CheckJob(job, p->deadline, "transfer", nullptr);
@@ -797,96 +760,39 @@ void CoreImpl::FinishPart(Part* p) {
     wsync::MutexLock lock(&mu_);
     commit = p->state.decision() == Part::Decision::kCommit && p->state.phase() == Part::Phase::kPrepared;
   }
-  SessionReplicas targets;
-  for (size_t j = 0; j < plan.targets.size(); ++j) {
-    if (p->dst_local[j]) targets[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
-  }
+  SyncJob& sj = *p->sj;
   if (commit) {
-    SessionReplicas staged;
-    for (size_t j = 0; j < plan.targets.size(); ++j) {
-      if (p->dst_local[j] && p->dst_replica[j]->mode == UpdateMode::kStaged) {
-        staged[p->dst_local[j]->session_id].insert(plan.targets[j].replica_id);
-      }
-    }
-    if (!staged.empty()) {
+    if (const SessionReplicas staged = sj.Sessions(UpdateMode::kStaged); !staged.empty()) {
       status = PauseTargets(p->job, staged, plan.model_id, plan.version, p->deadline + absl::Seconds(5));
-      p->paused.insert(staged.begin(), staged.end());
+      sj.Paused(staged);
       if (status.ok()) {
-        std::map<int, std::vector<kernels::BoxCopyOp>> ops;  // by device
-        for (const Part::Written& w : p->written) {
-          RankReg* r = p->dst_local[w.target];
-          if (p->dst_replica[w.target]->mode != UpdateMode::kStaged) continue;
-          ops[DeviceOf(r)].push_back(r->CommitCopy(w.shard, w.box));
-          p->live_written.insert(plan.targets[w.target].replica_id);
-        }
         auto ctx = NewMixedContext();
-        status = ctx.status();
-        for (auto& [dev, o] : ops) {
-          if (status.ok()) status = (*ctx)->Copy(dev, o.data(), o.size());
-        }
-        if (status.ok()) status = (*ctx)->Finish(0).status();
-        if (status.ok()) status = CheckMemory(p->job->sessions);
+        status = ctx.ok() ? sj.CommitStaged(ctx->get()) : ctx.status();
       }
+      if (status.ok()) status = CheckMemory(p->job->sessions);
     }
   }
   std::set<std::string> replicas;
-  for (const auto& [sid, reps] : targets) replicas.insert(reps.begin(), reps.end());
+  for (const auto& [sid, reps] : sj.Sessions()) replicas.insert(reps.begin(), reps.end());
+  std::vector<SyncJob::Notice> notices;
   {
     wsync::MutexLock lock(&mu_);
-    if (commit && status.ok()) {
-      for (const std::string& rid : replicas) {
-        auto it = p->digests.find(rid);
-        CommitReplica(p->model, &p->model->replicas[rid], plan.version, it == p->digests.end() ? "" : it->second,
-                      p->full);
-      }
-      EnterPhase(p, Part::Phase::kCommitted);
-    } else {
-      for (const std::string& rid : p->live_written) p->model->replicas[rid].Poison();
-      if (p->full) {
-        for (const std::string& rid : replicas) p->model->replicas[rid].FullSyncFailed();
-      }
-      EnterPhase(p, Part::Phase::kAborted);
+    if (!commit || !status.ok()) {
       if (status.ok()) status = absl::AbortedError(p->abort_reason.empty() ? "aborted" : p->abort_reason);
       p->error = status;
       p->model->last_error = std::string(status.message());
     }
+    notices = SettleJob(p->model, &sj, plan.version, status, p->digests);
+    EnterPhase(p, status.ok() ? Part::Phase::kCommitted : Part::Phase::kAborted);
   }
-  for (const auto& [sid, reps] : p->paused) {
-    for (const std::string& rid : reps) {
-      Event e;
-      e.kind = Event::Kind::kResume;
-      e.model_id = plan.model_id;
-      e.version = plan.version;
-      e.replica_id = rid;
-      e.poisoned = p->state.phase() != Part::Phase::kCommitted && p->live_written.count(rid);
-      Notify({sid}, e);
-    }
-  }
-  for (const auto& [sid, reps] : targets) {
-    for (const std::string& rid : reps) {
-      Event e;
-      e.model_id = plan.model_id;
-      e.replica_id = rid;
-      e.version = plan.version;
-      if (p->state.phase() == Part::Phase::kCommitted) {
-        e.kind = Event::Kind::kCommitted;
-        auto it = p->digests.find(rid);
-        e.digest = it == p->digests.end() ? "" : it->second;
-      } else {
-        e.kind = Event::Kind::kFailed;
-        e.code = static_cast<int>(status.code());
-        e.message = std::string(status.message());
-      }
-      Notify({sid}, e);
-    }
-  }
+  for (const SyncJob::Notice& n : notices) Notify({n.session}, n.event);
   wsync::MutexLock lock(&mu_);
   if (p->state.phase() == Part::Phase::kCommitted) {
     log_->info("job {} of model '{}': committed version {} on {}", plan.job_id, plan.model_id, plan.version,
                absl::StrJoin(replicas, ", "));
   } else {
     log_->warn("job {} of model '{}' version {}: aborted here ({}); replicas keep their version{}", plan.job_id,
-               plan.model_id, plan.version, std::string(status.message()), p->live_written.empty() ? "" : " (in_place ones written so far are poisoned)");
+               plan.model_id, plan.version, std::string(status.message()), sj.AnyLiveWritten() ? " (in_place ones written so far are poisoned)" : "");
   }
   outcomes_.Put(plan.job_id, {p->state.phase() == Part::Phase::kCommitted, p->error});
   p->model->part = nullptr;
@@ -895,11 +801,22 @@ void CoreImpl::FinishPart(Part* p) {
   p->done = true;
 }
 
+std::vector<SyncJob::Notice> CoreImpl::SettleJob(Model* model, SyncJob* sj, uint64_t version, const absl::Status& error,
+                                                 const std::map<std::string, std::string>& digests) {
+  std::vector<std::string> refused;
+  std::vector<SyncJob::Notice> notices = sj->Settle(model->id, version, error, digests, !model->adapters.empty(), &refused);
+  for (const std::string& rid : refused) LogRefusedCommit(*model, rid, version);
+  return notices;
+}
+
 void CoreImpl::CommitReplica(Model* model, Replica* rep, uint64_t version, std::string digest, bool full) {
-  if (rep->Commit(version, std::move(digest), full, !model->adapters.empty())) return;
+  if (!rep->Commit(version, std::move(digest), full, !model->adapters.empty())) LogRefusedCommit(*model, rep->id, version);
+}
+
+void CoreImpl::LogRefusedCommit(const Model& model, const std::string& replica_id, uint64_t version) {
   log_->error("model '{}' replica '{}': version {} cannot be committed onto a poisoned replica by a partial "
               "(adapter-only) sync; a wsyncd bug, please report it",
-              model->id, rep->id, version);
+              model.id, replica_id, version);
 }
 
 void CoreImpl::EnterPhase(Part* p, Part::Phase next) {

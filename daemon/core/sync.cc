@@ -23,19 +23,6 @@ namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
-// What the job reads and writes for one target rank.
-struct TargetSide {
-  RankReg* rank = nullptr;
-  Replica* replica = nullptr;
-};
-
-// Which elements a copy op's destination covers, lowered for digests and
-// the staged commit.
-struct Written {
-  uint32_t endpoint, shard;
-  layout::Box box;
-};
-
 // The processes of a layout of `world_size` that have not registered.
 std::string MissingRanks(const std::map<std::string, std::unique_ptr<RankReg>>& have, int world_size) {
   std::vector<std::string> missing;
@@ -470,13 +457,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   // endpoints only when a plan must be built.
   std::vector<std::string> src_ids, dst_ids;
   std::vector<RankReg*> src_ranks;
-  std::vector<TargetSide> dst_side;
   std::vector<std::string> replica_ids;
-  // Target sessions and, for each, the replicas it holds ranks of.
-  SessionReplicas inplace_sessions, staged_sessions, target_replicas;
   std::set<std::string> target_sessions;
   std::set<int32_t> active;  // adapted base tensors for this sync
   std::map<int32_t, Adapter> adapters;
+  // The targets, and the phases the local and multi-node engines share.
+  std::unique_ptr<SyncJob> sj;
   // The model's cached plan when still valid. While the job runs, the model
   // accepts no registration, so the cache entry outlives its use here.
   const layout::Plan* plan = nullptr;
@@ -503,14 +489,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       src_ids.push_back(absl::StrCat("source/", key));
       src_ranks.push_back(r.get());
     }
+    sj = std::make_unique<SyncJob>(&model->spec, args.lora, adapters, active);
     for (Replica* rep : todo) {
       replica_ids.push_back(rep->id);
       for (auto& [key, r] : rep->ranks) {
         dst_ids.push_back(absl::StrCat(rep->id, "/", key));
-        dst_side.push_back({r.get(), rep});
+        sj->AddTarget(r.get(), rep, rep->id, r->device);
         target_sessions.insert(r->session_id);
-        (rep->mode == UpdateMode::kInPlace ? inplace_sessions : staged_sessions)[r->session_id].insert(rep->id);
-        target_replicas[r->session_id].insert(rep->id);
       }
     }
     plan_key = absl::StrCat(model->generation, "|", bucket_bytes, "|", absl::StrJoin(replica_ids, ","));
@@ -531,53 +516,34 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
              job->id, args.model_id, v, src_ids.size(), dst_ids.size(), absl::StrJoin(replica_ids, ", "),
              LoraModeName(args.lora));
 
-  SessionReplicas paused;
-  std::map<std::string, bool> poison;  // replica -> live memory partly written
-  // Writes every byte (and the LoRA base twins, when there are adapters).
-  const bool full = args.lora == LoraMode::kNone || args.lora == LoraMode::kMerge;
   absl::Status status;
   SyncOutcome out;
+  std::map<std::string, std::string> digests;  // replica -> digest of what it committed
+  // Settle: replica states, then the sessions hear the outcome.
   auto finish = absl::MakeCleanup([&] {
+    std::vector<SyncJob::Notice> notices;
     {
       wsync::MutexLock lock(&mu_);
-      for (const std::string& rid : replica_ids) {
-        auto it = model->replicas.find(rid);
-        if (it == model->replicas.end() || status.ok()) continue;
-        if (poison[rid]) it->second.Poison();
-        if (full) it->second.FullSyncFailed();
+      notices = SettleJob(model, sj.get(), v, status, digests);
+      if (status.ok()) {
+        model->has_last = true;
+        model->last = out;
+        model->last_error.clear();
+      } else {
+        model->last_error = std::string(status.message());
       }
-      if (!status.ok()) model->last_error = std::string(status.message());
       model->running = nullptr;
       jobs_.erase(job->id);
     }
-    for (const auto& [sid, reps] : paused) {
-      for (const std::string& rid : reps) {
-        Event e;
-        e.kind = Event::Kind::kResume;
-        e.model_id = args.model_id;
-        e.version = v;
-        e.replica_id = rid;
-        e.poisoned = !status.ok() && poison[rid];
-        Notify({sid}, e);
-      }
-    }
-    if (!status.ok()) {
-      Event e;
-      e.kind = Event::Kind::kFailed;
-      e.model_id = args.model_id;
-      e.version = v;
-      e.code = static_cast<int>(status.code());
-      e.message = std::string(status.message());
-      Notify(target_sessions, e);
-      log_->warn("sync of model '{}' version {} failed: {}", args.model_id, v, status.ToString());
-    }
+    for (const SyncJob::Notice& n : notices) Notify({n.session}, n.event);
+    if (!status.ok()) log_->warn("sync of model '{}' version {} failed: {}", args.model_id, v, status.ToString());
   });
   // The job's steps run in `steps`, and `status` is set from their result
   // here, so no return statement moves it away before `finish` reads it.
   auto steps = [&]() -> absl::StatusOr<SyncOutcome> {
 
   auto src_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return src_ranks[e]->shards[s]; };
-  auto dst_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return dst_side[e].rank->shards[s]; };
+  auto dst_shard = [&](uint32_t e, uint32_t s) -> const layout::ShardSpec& { return sj->rank(e)->shards[s]; };
   auto source_endpoints = [&] {
     std::vector<layout::Endpoint> eps;
     for (size_t i = 0; i < src_ranks.size(); ++i) eps.push_back({src_ids[i], {}, src_ranks[i]->shards});
@@ -592,9 +558,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     devices.insert(src_ranks[i]->device);
     (src_ranks[i]->device < 0 ? host_rank : gpu_rank) = src_ids[i];
   }
-  for (size_t i = 0; i < dst_side.size(); ++i) {
-    devices.insert(dst_side[i].rank->device);
-    (dst_side[i].rank->device < 0 ? host_rank : gpu_rank) = dst_ids[i];
+  for (uint32_t i = 0; i < sj->num_targets(); ++i) {
+    devices.insert(sj->device(i));
+    (sj->device(i) < 0 ? host_rank : gpu_rank) = dst_ids[i];
   }
   const bool on_gpu = *devices.rbegin() >= 0;
   if (on_gpu && *devices.begin() < 0) {
@@ -603,8 +569,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
         " is on a GPU; a sync on one node needs every buffer in the same kind of memory"));
     return status;
   }
-  // Declared before the context, so that they outlive the work it queued.
-  std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem;  // (device, tensor) -> fp32
+  // `sj` (LoRA operands) and the ranks (staging, bases) outlive the context
+  // and the work it queued.
   std::unique_ptr<ExecContext> ctx;
   {
     Executor* ex = host_exec_.get();
@@ -625,19 +591,11 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     return status;
   };
   // Runs ops grouped by the device of their destination endpoint.
-  auto copy_by_device = [&](const std::vector<kernels::BoxCopyOp>& ops, const std::vector<int>& dev) {
-    std::map<int, std::vector<kernels::BoxCopyOp>> by;
-    for (size_t i = 0; i < ops.size(); ++i) by[dev[i]].push_back(ops[i]);
-    for (auto& [d, o] : by) {
-      WSYNC_RETURN_IF_ERROR(ctx->Copy(d, o.data(), o.size()));
-    }
-    return absl::OkStatus();
-  };
 
   // ---- Plan (or reuse the cached one).
   if (plan == nullptr) {
     std::vector<layout::Endpoint> dst_eps;
-    for (size_t i = 0; i < dst_side.size(); ++i) dst_eps.push_back({dst_ids[i], {}, dst_side[i].rank->shards});
+    for (uint32_t i = 0; i < sj->num_targets(); ++i) dst_eps.push_back({dst_ids[i], {}, sj->rank(i)->shards});
     auto built = layout::BuildPlan(model->spec, source_endpoints(), dst_eps, {bucket_bytes});
     if (!built.ok()) {
       status = absl::Status(built.status().code(),
@@ -687,14 +645,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       }
     }
   }
-  std::set<int> dst_devices;
-  for (const TargetSide& t : dst_side) dst_devices.insert(t.rank->device);
+  const std::set<int> dst_devices = sj->Devices();
   if (on_gpu) {
     // Kernels run on the target's device and read sources over P2P: the
     // buckets' pairs, and every pair when LoRA operands are gathered.
     std::set<std::pair<int, int>> pairs;
     for (const layout::Bucket& bk : plan->buckets) {
-      pairs.insert({dst_side[bk.dst_endpoint].rank->device, src_ranks[bk.src_endpoint]->device});
+      pairs.insert({sj->device(bk.dst_endpoint), src_ranks[bk.src_endpoint]->device});
     }
     if (!active.empty()) {
       for (int d : dst_devices) {
@@ -718,14 +675,14 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   // device that holds targets.
   if (!active.empty()) {
     layout::Endpoint gather{"lora", {}, {}};
-    std::vector<int32_t> ids;
+    std::vector<std::pair<int32_t, uint64_t>> operands;  // tensor, elements
     for (int32_t base : active) {
       for (int32_t t : {adapters[base].a, adapters[base].b}) {
         const layout::Shape& sh = model->spec.tensor(t).shape;
         layout::ShardSpec s{model->spec.tensor(t).name, sh, layout::DType::kF32, {}};
         s.pieces.push_back({t, layout::Box::Whole(sh), layout::Box::Whole(sh)});
         gather.shards.push_back(s);
-        ids.push_back(t);
+        operands.push_back({t, sh.NumElements()});
       }
     }
     auto gplan = layout::BuildPlan(model->spec, source_endpoints(), {gather}, {bucket_bytes});
@@ -734,44 +691,29 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
                                                           gplan.status().message()));
       return status;
     }
+    if (absl::Status s = sj->PrepareLoraOperands(ctx.get(), operands); !s.ok()) return fail(s);
     for (int d : dst_devices) {
       std::vector<kernels::BoxCopyOp> ops;
-      std::vector<void*> ptrs;
-      for (size_t i = 0; i < ids.size(); ++i) {
-        auto buf = ctx->Allocate(d, gather.shards[i].shape.NumElements() * 4, "LoRA operands");
-        if (!buf.ok()) return fail(buf.status());
-        ptrs.push_back((*buf)->data());
-        lora_mem[{d, ids[i]}] = std::move(*buf);
-      }
       for (const layout::CopyOp& c : gplan->ops) {
-        RankReg* sr = src_ranks[c.src_endpoint];
-        ops.push_back(layout::LowerCopy(
-            c, {&sr->shards[c.src_shard], sr->strides[c.src_shard].empty() ? nullptr : sr->strides[c.src_shard].data(),
-                sr->live[c.src_shard]},
-            {&gather.shards[c.dst_shard], nullptr, ptrs[c.dst_shard]}));
+        ops.push_back(layout::LowerCopy(c, src_ranks[c.src_endpoint]->Live(c.src_shard),
+                                        {&gather.shards[c.dst_shard], nullptr,
+                                         sj->LoraOperand(d, operands[c.dst_shard].first)}));
       }
       if (absl::Status s = ctx->Copy(d, ops.data(), ops.size()); !s.ok()) return fail(s);
     }
   }
 
   // ---- Memory the job writes.
-  auto tracked = [&](int32_t t) { return adapters.count(t) > 0; };
-  for (const TargetSide& t : dst_side) {
-    if (absl::Status s = t.rank->PrepareTargetMemory(ctx.get(), t.rank->device, t.replica->mode, tracked, full);
-        !s.ok()) {
-      return fail(s);
-    }
-  }
-  auto write_view = [&](uint32_t e, uint32_t s) { return dst_side[e].rank->Write(s, dst_side[e].replica->mode); };
+  if (absl::Status s = sj->PrepareTargets(ctx.get()); !s.ok()) return fail(s);
 
   // ---- Pause in-place targets before their live memory is written.
   if (absl::Status s = CheckJob(job, deadline, "planning", client_gone); !s.ok()) return status = s;
   if (absl::Status s = CheckMemory(job->sessions); !s.ok()) return fail(s);
-  if (!inplace_sessions.empty()) {
+  if (const SessionReplicas inplace = sj->Sessions(UpdateMode::kInPlace); !inplace.empty()) {
     SetProgress(job, {"PAUSING", 0, 0, 0, 0, 0});
-    status = PauseTargets(job, inplace_sessions, args.model_id, v, deadline);
-    paused.insert(inplace_sessions.begin(), inplace_sessions.end());
-    if (!status.ok()) return status;
+    absl::Status s = PauseTargets(job, inplace, args.model_id, v, deadline);
+    sj->Paused(inplace);
+    if (!s.ok()) return s;
   }
 
   // ---- Transfer, bucket by bucket.
@@ -780,7 +722,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   for (size_t b = 0; b < plan->buckets.size(); ++b) {
     for (uint32_t i = plan->buckets[b].first_op; i < plan->buckets[b].first_op + plan->buckets[b].num_ops; ++i) {
       const layout::CopyOp& c = plan->ops[i];
-      if (full || active.count(c.tensor)) {
+      if (sj->Writes(c)) {
         bucket_used[b] = true;
         prog.bytes_total += layout::BoxBytes(c.dst_box, dst_shard(c.dst_endpoint, c.dst_shard).dtype);
       }
@@ -792,29 +734,22 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
 
   std::vector<kernels::BoxCopyOp> descs;  // destination side of every op, for verify and commit
   std::vector<uint64_t> desc_words;
-  std::vector<Written> written;
   std::vector<std::pair<size_t, size_t>> bucket_desc;  // [begin, end) into descs
   std::vector<uint64_t> bucket_words(plan->buckets.size(), 0);
   uint64_t word = 0;
   const absl::Time t_xfer0 = absl::Now();
   // Padding of full syncs first (zero fills, not digested).
-  if (full) {
-    std::vector<kernels::BoxCopyOp> fills;
-    std::vector<int> fill_dev;
-    for (const layout::FillOp& f : plan->fills) {
-      fills.push_back(layout::LowerFill(f, write_view(f.dst_endpoint, f.dst_shard)));
-      fill_dev.push_back(dst_side[f.dst_endpoint].rank->device);
-      written.push_back({f.dst_endpoint, f.dst_shard, f.dst_box});
-      if (dst_side[f.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[f.dst_endpoint].replica->id] = true;
-    }
-    if (absl::Status s = copy_by_device(fills, fill_dev); !s.ok()) return fail(s);
+  if (sj->full()) {
+    std::vector<std::pair<uint32_t, const layout::FillOp*>> fills;
+    for (const layout::FillOp& f : plan->fills) fills.push_back({f.dst_endpoint, &f});
+    if (absl::Status s = sj->WriteFills(ctx.get(), fills); !s.ok()) return fail(s);
   }
   // FP8 targets: a piece of a weight with block scales in an fp8 buffer is
   // assembled in fp32 from its ops and quantized with its scales after the
   // buckets (docs/fp8.md). (endpoint, shard, tensor) -> its ops.
   std::map<std::tuple<uint32_t, uint32_t, int32_t>, std::vector<uint32_t>> quant_ops;
-  for (uint32_t e = 0; e < dst_side.size(); ++e) {
-    const RankReg* r = dst_side[e].rank;
+  for (uint32_t e = 0; e < sj->num_targets(); ++e) {
+    const RankReg* r = sj->rank(e);
     for (uint32_t s = 0; s < r->shards.size(); ++s) {
       if (r->shards[s].dtype != layout::DType::kF8E4M3) continue;
       for (const layout::Piece& pc : r->shards[s].pieces) {
@@ -832,36 +767,15 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (!bucket_used[b]) continue;
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) return status = s;
     const layout::Bucket& bk = plan->buckets[b];
-    const int dev = dst_side[bk.dst_endpoint].rank->device;
+    const int dev = sj->device(bk.dst_endpoint);
     TargetWrite tw;
     uint64_t bytes = 0;
     const uint64_t first_word = word;
     for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
       const layout::CopyOp& c = plan->ops[i];
-      const bool adapted = active.count(c.tensor) > 0;
-      if (!full && !adapted) continue;
       if (!quant_ops.empty() && quant_ops.count({c.dst_endpoint, c.dst_shard, c.tensor})) continue;  // quantized below
-      RankReg* sr = src_ranks[c.src_endpoint];
-      RankReg* tr = dst_side[c.dst_endpoint].rank;
-      TargetOp in;
-      in.src = sr->Live(c.src_shard);
-      in.dst = write_view(c.dst_endpoint, c.dst_shard);
-      in.live = tr->Live(c.dst_shard);
-      layout::ShardView base;
-      if (tr->base[c.dst_shard] && (args.lora == LoraMode::kAdapterOnly || (full && adapters.count(c.tensor)))) {
-        base = tr->Base(c.dst_shard);
-        in.base = &base;
-      }
-      if (adapted) {
-        const Adapter& ad = adapters[c.tensor];
-        in.adapter = &ad;
-        in.lora_a = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
-        in.lora_b = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
-      }
-      AddTargetOp(model->spec, args.lora, c, in, /*merge_dims=*/true, &word, &tw);
-      written.push_back({c.dst_endpoint, c.dst_shard, c.dst_box});
-      bytes += layout::BoxBytes(c.dst_box, in.dst.spec->dtype);
-      if (dst_side[c.dst_endpoint].replica->mode == UpdateMode::kInPlace) poison[dst_side[c.dst_endpoint].replica->id] = true;
+      bytes += sj->AddWrite(c.dst_endpoint, c, src_ranks[c.src_endpoint]->Live(c.src_shard), /*merge_dims=*/true,
+                            &word, &tw);
     }
     descs.insert(descs.end(), tw.boxes.begin(), tw.boxes.end());
     desc_words.insert(desc_words.end(), tw.box_words.begin(), tw.box_words.end());
@@ -897,9 +811,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     quant_desc[k].first = descs.size();
     for (const auto& [key, ops] : quant_ops) {
       if (std::get<0>(key) != e) continue;
-      const int dev = dst_side[e].rank->device;
-      QuantPiece qp{&model->spec, args.lora, dst_side[e].rank, dst_side[e].replica->mode, dst_ids[e],
-                    std::get<1>(key), std::get<2>(key)};
+      const int dev = sj->device(e);
+      QuantPiece qp{&model->spec, args.lora, sj->rank(e), sj->mode(e), dst_ids[e], std::get<1>(key),
+                    std::get<2>(key)};
       for (uint32_t i : ops) {
         const layout::CopyOp& c = plan->ops[i];
         const bool adapted = active.count(c.tensor) > 0;
@@ -908,17 +822,16 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
         if (adapted && args.lora == LoraMode::kMerge) {
           const Adapter& ad = adapters[c.tensor];
           in.adapter = &ad;
-          in.lora_a = static_cast<const float*>(lora_mem[{dev, ad.a}]->data());
-          in.lora_b = static_cast<const float*>(lora_mem[{dev, ad.b}]->data());
+          in.lora_a = sj->LoraOperand(dev, ad.a);
+          in.lora_b = sj->LoraOperand(dev, ad.b);
         }
         qp.ops.push_back({c, in});
       }
       auto q = QuantizeTargetPiece(qp, ctx.get(), nb + k, nb + nq, &word, &descs, &desc_words);
       if (!q.ok()) return fail(q.status());
       for (auto& b : q->keep) quant_buffers.push_back(std::move(b));
-      for (const auto& [s, box] : q->boxes) written.push_back({e, s, box});
+      for (const auto& [s, box] : q->boxes) sj->Wrote(e, s, box);
       prog.bytes_done += q->bytes;
-      if (dst_side[e].replica->mode == UpdateMode::kInPlace) poison[dst_side[e].replica->id] = true;
     }
     quant_desc[k].second = descs.size();
     quant_words[k] = word - first_word;
@@ -937,14 +850,14 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   for (size_t b = 0; b < nb; ++b) {
     if (!bucket_used[b]) continue;
     auto [lo, hi] = bucket_desc[b];
-    const int dev = dst_side[plan->buckets[b].dst_endpoint].rank->device;
+    const int dev = sj->device(plan->buckets[b].dst_endpoint);
     if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, b); !s.ok()) {
       return fail(s);
     }
   }
   for (size_t k = 0; k < nq; ++k) {
     auto [lo, hi] = quant_desc[k];
-    const int dev = dst_side[quant_eps[k]].rank->device;
+    const int dev = sj->device(quant_eps[k]);
     if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, nb + k); !s.ok()) {
       return fail(s);
     }
@@ -960,7 +873,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
                                                 " changed before the verify (target memory changed during the sync?)"));
       return status;
     }
-    const std::string& rid = dst_side[quant_eps[k]].replica->id;
+    const std::string& rid = sj->replica_id(quant_eps[k]);
     rep_sums[rid].s1 += got.s1;
     rep_sums[rid].s2 += got.s2;
     rep_words[rid] += quant_words[k];
@@ -981,7 +894,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
           " (target memory changed during the sync?)"));
       return status;
     }
-    const std::string& rid = dst_side[plan->buckets[b].dst_endpoint].replica->id;
+    const std::string& rid = sj->replica_id(plan->buckets[b].dst_endpoint);
     rep_sums[rid].s1 += got.s1;
     rep_sums[rid].s2 += got.s2;
     rep_words[rid] += bucket_words[b];
@@ -998,23 +911,13 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   prog.phase = "COMMITTING";
   SetProgress(job, prog);
   if (progress) progress(prog);
-  if (!staged_sessions.empty()) {
-    status = PauseTargets(job, staged_sessions, args.model_id, v, deadline);
-    paused.insert(staged_sessions.begin(), staged_sessions.end());
-    if (!status.ok()) return status;
-    if (absl::Status s = CheckJob(job, deadline, "commit", client_gone); !s.ok()) return status = s;
-    std::vector<kernels::BoxCopyOp> ops;
-    std::vector<int> ops_dev;
-    for (const Written& w : written) {
-      TargetSide& t = dst_side[w.endpoint];
-      if (t.replica->mode != UpdateMode::kStaged) continue;
-      ops.push_back(t.rank->CommitCopy(w.shard, w.box));
-      ops_dev.push_back(t.rank->device);
-      poison[t.replica->id] = true;  // a failure from here on leaves live memory mixed
-    }
-    if (absl::Status s = copy_by_device(ops, ops_dev); !s.ok()) return fail(s);
-    if (auto done = ctx->Finish(0); !done.ok()) return fail(done.status());
-    if (absl::Status s = CheckMemory(job->sessions); !s.ok()) return fail(s);
+  if (const SessionReplicas staged = sj->Sessions(UpdateMode::kStaged); !staged.empty()) {
+    absl::Status s = PauseTargets(job, staged, args.model_id, v, deadline);
+    sj->Paused(staged);
+    if (!s.ok()) return s;
+    if (s = CheckJob(job, deadline, "commit", client_gone); !s.ok()) return s;
+    if (s = sj->CommitStaged(ctx.get()); !s.ok()) return fail(s);
+    if (s = CheckMemory(job->sessions); !s.ok()) return fail(s);
   }
   const absl::Time t_commit = absl::Now();
 
@@ -1030,30 +933,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   out.replicas = replica_ids;
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),
                Ms(absl::Now() - t0)};
-  {
-    wsync::MutexLock lock(&mu_);
-    for (const std::string& rid : replica_ids) {
-      CommitReplica(model, &model->replicas[rid], v, kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex(),
-                    full);
-      poison[rid] = false;
-    }
-    model->has_last = true;
-    model->last = out;
-    model->last_error.clear();
-  }
-  for (const auto& [sid, reps] : target_replicas) {
-    for (const std::string& rid : reps) {
-      Event e;
-      e.kind = Event::Kind::kCommitted;
-      e.model_id = args.model_id;
-      e.replica_id = rid;
-      e.version = v;
-      {
-        wsync::MutexLock lock(&mu_);
-        e.digest = model->replicas[rid].digest;
-      }
-      Notify({sid}, e);
-    }
+  for (const std::string& rid : replica_ids) {
+    digests[rid] = kernels::DigestFinish(rep_sums[rid], rep_words[rid] * 8).Hex();
   }
   log_->info("sync {} of model '{}' committed version {}: {:.1f} MiB in {} buckets, {:.1f} ms "
              "(plan {:.1f}, transfer {:.1f}, verify {:.1f}, commit {:.1f}), digest {}",

@@ -1,0 +1,159 @@
+#ifndef WSYNC_DAEMON_CORE_SYNC_JOB_H_
+#define WSYNC_DAEMON_CORE_SYNC_JOB_H_
+
+// Internal to daemon/core: the phases of a sync job on the target ranks this
+// daemon holds, run through one object by both engines: local syncs
+// (sync.cc) and the parts of multi-node syncs (dist_sync.cc).
+//
+//   prepare targets -> LoRA operands -> pause (in-place) -> write each bucket
+//   -> [verify: the engine's] -> pause (staged) -> commit staged -> settle
+//
+// The one seam between the engines is where W's bytes come from: AddWrite
+// takes a view of them, a source shard on this daemon (local syncs) or a
+// region of a received wire buffer (multi-node parts). LoRA modes, staging,
+// pristine bases, what was written and which replicas' live memory it
+// touched live here. Planning, moving bytes between daemons, verification
+// and pausing (which waits on clients) stay with each engine.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "daemon/core/core.h"
+#include "daemon/core/executor.h"
+#include "daemon/core/modes.h"
+#include "daemon/core/target_write.h"
+#include "daemon/layout/lowering.h"
+#include "daemon/layout/planner.h"
+
+namespace wsync::core::internal {
+
+struct RankReg;
+struct Replica;
+
+// Session id -> replicas it holds target ranks of.
+using SessionReplicas = std::map<std::string, std::set<std::string>>;
+
+// One job's targets on this daemon and what the job did to them. Not
+// thread-safe: the job's thread drives it, and Settle runs under the core's
+// lock (it changes the replicas).
+class SyncJob {
+ public:
+  // A sync of `spec` in LoRA mode `lora`. `adapters`: every adapter of the
+  // model (their bases keep fp32 pristine copies); `active`: the bases whose
+  // adapters this sync applies.
+  SyncJob(const layout::ModelSpec* spec, LoraMode lora, std::map<int32_t, Adapter> adapters,
+          std::set<int32_t> active);
+
+  // Whether W's bytes move (LoRA none or merge): every byte of the targets is
+  // written.
+  bool full() const { return full_; }
+  LoraMode lora() const { return lora_; }
+
+  // Adds the next target (index num_targets()): `rank` of replica `replica`,
+  // its kernels running on `device`. A null rank is a target another daemon
+  // holds, which every phase skips. Call before any phase.
+  void AddTarget(RankReg* rank, Replica* replica, const std::string& replica_id, int device);
+  size_t num_targets() const { return targets_.size(); }
+  RankReg* rank(uint32_t t) const { return targets_[t].rank; }
+  Replica* replica(uint32_t t) const { return targets_[t].replica; }
+  const std::string& replica_id(uint32_t t) const { return targets_[t].replica_id; }
+  int device(uint32_t t) const { return targets_[t].device; }
+  UpdateMode mode(uint32_t t) const;
+  // The devices of the local targets.
+  std::set<int> Devices() const;
+  // Sessions of local targets -> their replicas; of `mode` only, when given.
+  SessionReplicas Sessions() const;
+  SessionReplicas Sessions(UpdateMode mode) const;
+
+  // Phase "prepare targets": allocates, on each target's device, staging for
+  // staged targets and fp32 pristine bases of shards holding adapted tensors
+  // when W moves (kept by the ranks for later syncs).
+  absl::Status PrepareTargets(ExecContext* ctx);
+
+  // Phase "LoRA operands": zeroed fp32 memory for whole copies of `tensors`
+  // (tensor id, elements) on every device of Devices(), for the engine to
+  // fill before the first AddWrite that needs them.
+  absl::Status PrepareLoraOperands(ExecContext* ctx, const std::vector<std::pair<int32_t, uint64_t>>& tensors);
+  // The fp32 copy of `tensor` on `device`; requires PrepareLoraOperands.
+  float* LoraOperand(int device, int32_t tensor) const;
+
+  // Phase "pause": records sessions the engine paused; Settle resumes them.
+  void Paused(const SessionReplicas& sessions);
+
+  // Phase "write": adds to `tw` the write of plan op `c` into its shard of
+  // target `t` (staging or live memory by its mode), from W's bytes in `src`
+  // at c.src_box (unused where W does not move), in the job's LoRA mode
+  // (target_write.h; `merge_dims` and `word` as AddTargetOp). Nothing when
+  // the op is not written in this mode (adapter_only/unmerge of a tensor
+  // without an active adapter). Returns the bytes it writes.
+  uint64_t AddWrite(uint32_t t, const layout::CopyOp& c, const layout::ShardView& src, bool merge_dims,
+                    uint64_t* word, TargetWrite* tw);
+  // Whether plan op `c` is written in this job's mode.
+  bool Writes(const layout::CopyOp& c) const { return full_ || active_.count(c.tensor) > 0; }
+  // Enqueues the zero fills of full syncs, (target, op) each, on their
+  // targets' devices, recorded as written.
+  absl::Status WriteFills(ExecContext* ctx, const std::vector<std::pair<uint32_t, const layout::FillOp*>>& fills);
+  // Records that the job wrote `box` of shard `s` of target `t` by other
+  // means (FP8 quantization).
+  void Wrote(uint32_t t, uint32_t s, const layout::Box& box);
+  // Where the job writes shard `s` of target `t`.
+  layout::ShardView WriteView(uint32_t t, uint32_t s) const;
+  // Whether the job wrote live memory of `replica_id` (in place, or the
+  // staged commit began): a failure from then on leaves it mixed.
+  bool LiveWritten(const std::string& replica_id) const { return live_written_.count(replica_id) > 0; }
+  bool AnyLiveWritten() const { return !live_written_.empty(); }
+
+  // Phase "commit": copies everything written to staging into the staged
+  // targets' live memory and waits. The engine has paused their sessions.
+  absl::Status CommitStaged(ExecContext* ctx);
+
+  // Phase "settle", under the core's lock. Committed (`error` OK): every
+  // replica of a local target records `version` with its digest from
+  // `digests` (a partial commit onto a poisoned replica is refused and its
+  // id appended to `refused`). Failed: replicas whose live memory was
+  // written are poisoned, and a full sync leaves their LoRA bases invalid.
+  // Returns what to tell the sessions, in order: Resume for every paused
+  // replica (poisoned when it failed after its live memory was written),
+  // then Committed or Failed for every replica of a local target.
+  struct Notice {
+    std::string session;
+    Event event;
+  };
+  std::vector<Notice> Settle(const std::string& model_id, uint64_t version, const absl::Status& error,
+                             const std::map<std::string, std::string>& digests, bool has_adapters,
+                             std::vector<std::string>* refused);
+
+ private:
+  struct Target {
+    RankReg* rank = nullptr;
+    Replica* replica = nullptr;
+    std::string replica_id;
+    int device = -1;
+  };
+  struct Written {
+    uint32_t target, shard;
+    layout::Box box;
+  };
+  void Record(uint32_t t, uint32_t s, const layout::Box& box);
+
+  const layout::ModelSpec* spec_;
+  LoraMode lora_;
+  bool full_;
+  std::map<int32_t, Adapter> adapters_;
+  std::set<int32_t> active_;
+  std::vector<Target> targets_;
+  std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem_;  // (device, tensor) -> fp32
+  std::vector<Written> written_;
+  std::set<std::string> live_written_;
+  SessionReplicas paused_;
+};
+
+}  // namespace wsync::core::internal
+
+#endif  // WSYNC_DAEMON_CORE_SYNC_JOB_H_
