@@ -317,10 +317,10 @@ int RunSync(const Global& g, const SyncCmd& c, std::ostream& out, std::ostream& 
   }
   const auto& t = result.timings();
   out << absl::StrFormat(
-      "model %s version %d committed on %s\n  %s in %d buckets, digest %s, plan %s\n"
+      "model %s version %d committed on %s\n  %s in %d buckets over %s, digest %s, plan %s\n"
       "  total %.1f ms: plan %.1f, transfer %.1f, verify %.1f, commit %.1f\n",
       result.model_id(), result.version(), absl::StrJoin(result.replicas(), ", "),
-      HumanBytes(result.bytes()), result.buckets(), result.digest(), result.plan_hash(), t.total_ms(),
+      HumanBytes(result.bytes()), result.buckets(), result.path(), result.digest(), result.plan_hash(), t.total_ms(),
       t.plan_ms(), t.transfer_ms(), t.verify_ms(), t.commit_ms());
   return kOk;
 }

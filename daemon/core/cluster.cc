@@ -12,7 +12,7 @@
 namespace wsync::core::internal {
 
 PeerMember CoreImpl::self() const {
-  return {options_.daemon_id, PeerAddress(), options_.incarnation, Version()};
+  return {options_.daemon_id, PeerAddress(), options_.incarnation, Version(), nccl_};
 }
 
 bool CoreImpl::IsDistributed(const Model& m) const {
@@ -126,6 +126,7 @@ absl::Status CoreImpl::AcceptRanks(const RankAnnouncement& a) {
   rank->replica_id = a.role == Role::kTarget ? a.replica_id : "";
   rank->coords = a.rank;
   rank->recipe = a.recipe;
+  rank->gpu_uuid = a.gpu_uuid;
   const std::string who = absl::StrCat("model '", a.model_id, "' ", rank->Label(), " of daemon '", a.daemon_id, "'");
   for (layout::ShardSpec s : a.shards) {
     for (layout::Piece& p : s.pieces) {
@@ -193,6 +194,7 @@ RankAnnouncement CoreImpl::MakeAnnouncement(const Model& m, const RankReg& r, Up
   a.recipe = r.recipe;
   a.mode = mode;
   a.shards = r.shards;
+  a.gpu_uuid = GpuOf(r);
   return a;
 }
 

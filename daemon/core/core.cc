@@ -15,6 +15,7 @@
 #include "daemon/common/logging.h"
 #include "daemon/core/core_impl.h"
 #include "daemon/layout/fp8_checkpoint.h"
+#include "daemon/transport/nccl_communicator.h"
 #include "daemon/common/mutex.h"
 #include "daemon/common/status.h"
 
@@ -232,6 +233,8 @@ CoreImpl::CoreImpl(const CoreOptions& options)
       started_(absl::Now()),
       host_exec_(Executor::Host(options.copy_threads)),
       cuda_exec_(Executor::Cuda()),
+      nccl_((cuda_exec_.ok() && transport::NcclAvailable()) ||
+            (options.test_hooks.has_value() && options.test_hooks->stand_in_nccl)),
       log_(Logger("core")),
       comms_([this](const std::vector<std::string>& members, int rank, const std::string& key) {
         return NewCommunicator(members, rank, key);
@@ -850,6 +853,7 @@ absl::StatusOr<ShardsRegistered> CoreImpl::RegisterShardsLocal(const RegisterSha
       rank->cuda_handles.push_back(b.cuda_handle);
       ptr = r->ptr;
       device = r->device;
+      rank->gpu_uuid = b.device_uuid;
       if (!b.event_handle.empty()) {
         auto ev = session->cuda->OpenEvent(b.event_handle, r->device, bw);
         if (!ev.ok()) return ev.status();

@@ -198,7 +198,7 @@ struct SyncOutcome {
   PhaseTimes times;
   std::vector<std::string> replicas;
   bool already_committed = false;  // an identical retry: nothing moved
-  std::string path;                // how the bytes moved: "host", "gpu" or "gloo"
+  std::string path;                // how the bytes moved: "host", "gpu", "gloo" or "nccl"
 };
 
 struct VersionInfo {
@@ -282,6 +282,7 @@ struct PeerMember {
   std::string address;       // host:port of its peer endpoint
   uint64_t incarnation = 0;  // start time in ns; changes on restart
   std::string version;
+  bool nccl = false;  // it can build NCCL communicators
 };
 
 class PeerLink;
@@ -299,6 +300,12 @@ struct TestHooks {
   // Multi-node parts treat this daemon's host-memory ranks as if on GPU 0,
   // run by a second host context: the host-staged GPU path without a GPU.
   bool stand_in_gpu = false;
+  // As stand_in_gpu, and further: this daemon says it can run NCCL, its
+  // ranks are on a GPU of their own ("GPU-stand-in-<daemon id>"), and the
+  // communicators of parts that choose NCCL are built over Gloo. Exercises
+  // the NCCL path's choice and its device-resident wire buffers without a
+  // GPU (not NCCL itself).
+  bool stand_in_nccl = false;
 };
 
 struct CoreOptions {

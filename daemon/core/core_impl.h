@@ -77,6 +77,7 @@ struct RankReg {
   memory::CudaLease* cuda = nullptr;        // the session's, when device >= 0
   std::vector<std::string> cuda_handles;    // one reference each on `cuda`
   std::vector<void*> events;                // producer events to wait on (sources)
+  std::string gpu_uuid;                     // the GPU's UUID when device >= 0, or announced
   // Daemon-owned, per shard, allocated on first use (targets only), on the
   // rank's device.
   std::vector<std::unique_ptr<memory::Buffer>> staging;
@@ -199,7 +200,9 @@ struct Model {
   // Wire buckets of multi-node syncs, kept between syncs; only the running
   // part's thread touches them.
   std::vector<std::unique_ptr<memory::Buffer>> wire;
-  bool wire_for_gpus = false;  // pinned, for GPU kernels to pack and unpack
+  // Where they are: "host", "pinned" (GPU kernels pack and unpack them) or
+  // "gpu<N>" (NCCL).
+  std::string wire_kind;
   uint64_t generation = 0;  // bumps on every registration change
   // The last plan built, reused while the registrations, the replicas synced
   // and the bucket size are the same (plan_key).
@@ -396,6 +399,12 @@ class CoreImpl final : public Core {
   // Where a multi-node part runs work on a local rank's memory: its GPU, or
   // -1 for host memory (0 when the stand_in_gpu test hook is on).
   int DeviceOf(const RankReg* r) const;
+  // The UUID of the GPU holding rank `r` ("" = host memory; a stand-in
+  // under the stand_in_nccl test hook).
+  std::string GpuOf(const RankReg& r) const;
+  // Test hooks standing in for GPUs (stand_in_gpu or stand_in_nccl).
+  bool StandIn() const;
+  bool StandInNccl() const;
   // A context for multi-node parts: host work, and GPU work on cuda_exec_
   // (or on the host, standing in, under the stand_in_gpu test hook).
   absl::StatusOr<std::unique_ptr<MixedContext>> NewMixedContext();
@@ -417,6 +426,7 @@ class CoreImpl final : public Core {
   const absl::Time started_;
   const std::unique_ptr<Executor> host_exec_;
   absl::StatusOr<std::unique_ptr<Executor>> cuda_exec_;
+  const bool nccl_;  // this daemon can build NCCL communicators (PeerMember::nccl)
   std::shared_ptr<spdlog::logger> log_;
   mutable wsync::Mutex mu_;
   bool serving_ ABSL_GUARDED_BY(mu_) = true;
@@ -447,7 +457,13 @@ class CoreImpl final : public Core {
   };
   std::vector<Withdrawal> withdrawals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Part>> parts_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> comm_store_ ABSL_GUARDED_BY(mu_);  // comm key -> coordinator address
+  // Comm key -> where its communicator rendezvouses (the coordinator's
+  // address) and, for NCCL, this daemon's GPU (-1: Gloo).
+  struct CommRoute {
+    std::string coordinator;
+    int nccl_device = -1;
+  };
+  std::map<std::string, CommRoute> comm_store_ ABSL_GUARDED_BY(mu_);
   // Finished parts -> committed, so that a retried Prepare or Commit of a
   // recent job still gets its answer.
   // How recent parts ended, kept after the part is reaped: a coordinator

@@ -58,6 +58,14 @@ struct DistPlan {
   std::string hash;
 };
 
+// Which transport carries the wires of `part`, chosen the way NCCL chooses
+// its own transports: NCCL when it can connect every pair of members (both
+// can run NCCL, each holds all its ranks of the part on one GPU, and the
+// two GPUs differ), else Gloo, which connects anything (GPU shards staged
+// through pinned host buffers). `why`, when Gloo is chosen for a part with
+// GPU ranks, says what kept NCCL out.
+WireTransport ChooseWireTransport(const PlanPart& part, std::string* why);
+
 // Builds the schedule of `part` over the local model `spec` and its
 // adapters. Deterministic: equal parts give equal schedules and hashes.
 absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::ModelSpec& spec,

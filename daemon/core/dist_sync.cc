@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/transport/nccl_communicator.h"
 #include "daemon/transport/wire_pipeline.h"
 #include "daemon/layout/lowering.h"
 #include "kernels/digest.h"
@@ -74,6 +75,47 @@ layout::Box Origin(const layout::Box& box) {
 }
 
 }  // namespace
+
+WireTransport ChooseWireTransport(const PlanPart& part, std::string* why) {
+  why->clear();
+  // Each member's GPU: the one GPU all its ranks of the part are on, or
+  // why it has none.
+  std::map<std::string, std::set<std::string>> gpus;  // daemon -> GPU UUIDs ("" = host memory)
+  bool any_gpu = false;
+  for (const auto* eps : {&part.sources, &part.targets}) {
+    for (const PlanEndpoint& e : *eps) {
+      gpus[e.daemon_id].insert(e.gpu_uuid);
+      any_gpu |= !e.gpu_uuid.empty();
+    }
+  }
+  if (!any_gpu || part.members.size() < 2) return WireTransport::kGloo;
+  std::map<std::string, std::string> gpu_of;  // daemon -> its one GPU
+  for (const PeerMember& m : part.members) {
+    const std::set<std::string>& g = gpus[m.daemon_id];
+    if (!m.nccl) {
+      *why = absl::StrCat("daemon '", m.daemon_id, "' cannot run NCCL (no CUDA build or no visible GPU)");
+    } else if (g.count("")) {
+      *why = absl::StrCat("daemon '", m.daemon_id, "' holds ranks in host memory");
+    } else if (g.size() != 1) {
+      *why = absl::StrCat("daemon '", m.daemon_id, "' holds ranks on ", g.size(),
+                          " GPUs (an NCCL part takes one GPU per daemon)");
+    } else {
+      gpu_of[m.daemon_id] = *g.begin();
+      continue;
+    }
+    return WireTransport::kGloo;
+  }
+  std::map<std::string, std::string> holder;  // GPU -> the member on it
+  for (const auto& [daemon, gpu] : gpu_of) {
+    auto [it, fresh] = holder.emplace(gpu, daemon);
+    if (!fresh) {
+      *why = absl::StrCat("daemons '", it->second, "' and '", daemon, "' share GPU ", gpu,
+                          " (NCCL connects distinct GPUs)");
+      return WireTransport::kGloo;
+    }
+  }
+  return WireTransport::kNccl;
+}
 
 absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::ModelSpec& spec,
                                        const std::map<int32_t, Adapter>& adapters) {
@@ -260,21 +302,30 @@ std::string WireTensors(const DistPlan& d, const Wire& w, const layout::ModelSpe
 
 absl::StatusOr<std::unique_ptr<transport::Communicator>> CoreImpl::NewCommunicator(
     const std::vector<std::string>& members, int rank, const std::string& key) {
-  std::string coordinator;
+  CommRoute route;
   {
     wsync::MutexLock lock(&mu_);
-    coordinator = comm_store_[key];
+    route = comm_store_[key];
   }
   std::unique_ptr<transport::KvStore> store;
-  if (coordinator.empty() || coordinator == PeerAddress()) {
+  if (route.coordinator.empty() || route.coordinator == PeerAddress()) {
     store = std::make_unique<LocalStore>(this, key);
   } else {
-    store = options_.peers->Store(coordinator, key);
+    store = options_.peers->Store(route.coordinator, key);
+  }
+  const auto timeout = std::chrono::milliseconds(options_.peer_timeout_ms * 3);
+  if (route.nccl_device >= 0 && !StandInNccl()) {
+    log_->info("building an NCCL communicator on GPU {}: rank {} of {} ({})", route.nccl_device, rank, members.size(),
+               absl::StrJoin(members, ", "));
+    return transport::CreateNcclCommunicator(store.get(), key, rank, static_cast<int>(members.size()),
+                                             {route.nccl_device, timeout});
   }
   transport::GlooOptions o;
   o.hostname = options_.data_host;
-  o.timeout = std::chrono::milliseconds(options_.peer_timeout_ms * 3);
-  log_->info("building a gloo communicator: rank {} of {} ({})", rank, members.size(), absl::StrJoin(members, ", "));
+  o.timeout = timeout;
+  log_->info("building a gloo communicator{}: rank {} of {} ({})",
+             route.nccl_device >= 0 ? " (standing in for NCCL: a test hook)" : "", rank, members.size(),
+             absl::StrJoin(members, ", "));
   return transport::CreateGlooCommunicator(store.get(), key, rank, static_cast<int>(members.size()), o);
 }
 
@@ -389,15 +440,25 @@ absl::StatusOr<std::string> CoreImpl::AcceptPlan(const PlanPart& plan) {
   return hash;
 }
 
+bool CoreImpl::StandIn() const {
+  return options_.test_hooks && (options_.test_hooks->stand_in_gpu || options_.test_hooks->stand_in_nccl);
+}
+
+bool CoreImpl::StandInNccl() const { return options_.test_hooks && options_.test_hooks->stand_in_nccl; }
+
 int CoreImpl::DeviceOf(const RankReg* r) const {
   if (r->device >= 0) return r->device;
-  return options_.test_hooks && options_.test_hooks->stand_in_gpu ? 0 : -1;
+  return StandIn() ? 0 : -1;
+}
+
+std::string CoreImpl::GpuOf(const RankReg& r) const {
+  if (!r.gpu_uuid.empty() || !r.daemon.empty()) return r.gpu_uuid;
+  return StandInNccl() ? absl::StrCat("GPU-stand-in-", options_.daemon_id) : "";
 }
 
 absl::StatusOr<std::unique_ptr<MixedContext>> CoreImpl::NewMixedContext() {
-  const bool stand_in = options_.test_hooks && options_.test_hooks->stand_in_gpu;
   return MixedContext::Create(host_exec_.get(), cuda_exec_.ok() ? cuda_exec_->get() : nullptr,
-                              cuda_exec_.ok() ? absl::OkStatus() : cuda_exec_.status(), stand_in);
+                              cuda_exec_.ok() ? absl::OkStatus() : cuda_exec_.status(), StandIn());
 }
 
 absl::Status CoreImpl::TransferPart(Part* p) {
@@ -408,14 +469,27 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   Model* model = p->model;
   const std::string& me = options_.daemon_id;
   const int my_rank = d.rank_of.at(me);
-  // Shards in GPU memory take the host-staged path: wire buffers in pinned
-  // host memory, which kernels on each shard's GPU pack and unpack.
+  // Where the wire buffers live (transport::ChooseWireTransport decided for
+  // every member): over NCCL, on this daemon's one GPU; over Gloo, in host
+  // memory, pinned when shards in GPU memory take the host-staged path
+  // (kernels on each shard's GPU pack and unpack them).
   auto ctx_or = NewMixedContext();
   if (!ctx_or.ok()) return ctx_or.status();
   std::unique_ptr<MixedContext> ctx = std::move(*ctx_or);
   bool gpu_work = false;
-  for (RankReg* r : p->src_local) gpu_work |= r != nullptr && DeviceOf(r) >= 0;
-  for (int dev : sj.Devices()) gpu_work |= dev >= 0;
+  std::set<int> devices = sj.Devices();
+  for (RankReg* r : p->src_local) {
+    if (r != nullptr) devices.insert(DeviceOf(r));
+  }
+  for (int dev : devices) gpu_work |= dev >= 0;
+  const bool nccl = plan.transport == WireTransport::kNccl;
+  if (nccl && (devices.size() != 1 || *devices.begin() < 0)) {
+    return absl::FailedPreconditionError(absl::StrCat("model '", plan.model_id, "' job ", plan.job_id, " on daemon '",
+                                                      me, "': the coordinator chose NCCL, but this daemon's ranks are "
+                                                      "not all on one GPU (changed since they were announced?)"));
+  }
+  const int wire_device = nccl ? *devices.begin() : -1;
+  const std::string wire_kind = nccl ? absl::StrCat("gpu", wire_device) : gpu_work ? "pinned" : "host";
   // FP8 quantization runs in local syncs only (docs/fp8.md).
   for (uint32_t j = 0; j < sj.num_targets(); ++j) {
     RankReg* r = sj.rank(j);
@@ -473,7 +547,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     const std::string key = transport::CommunicatorCache::Key(comm_kind, 0, ids);
     {
       wsync::MutexLock lock(&mu_);
-      comm_store_[key] = plan.coordinator_address;
+      comm_store_[key] = {plan.coordinator_address, nccl ? wire_device : -1};
     }
     auto c = comms_.Take(comm_kind, 0, ids, absl::StrCat(me, "@", options_.incarnation));
     {
@@ -496,14 +570,15 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   // Wire buffers stay with the model between syncs: fresh ones would cost
   // page faults on every sync.
   std::vector<std::unique_ptr<memory::Buffer>>& bufs = model->wire;
-  if (bufs.size() != kWireBuffers || bufs[0]->size() < max_bytes || model->wire_for_gpus != gpu_work) {
+  if (bufs.size() != kWireBuffers || bufs[0]->size() < max_bytes || model->wire_kind != wire_kind) {
     bufs.clear();
     for (size_t i = 0; i < kWireBuffers; ++i) {
-      auto b = ctx->AllocateShared(std::max<size_t>(max_bytes, 1), "wire bucket", gpu_work);
+      auto b = nccl ? ctx->Allocate(wire_device, std::max<size_t>(max_bytes, 1), "wire bucket")
+                    : ctx->AllocateShared(std::max<size_t>(max_bytes, 1), "wire bucket", gpu_work);
       if (!b.ok()) return b.status();
       bufs.push_back(std::move(*b));
     }
-    model->wire_for_gpus = gpu_work;
+    model->wire_kind = wire_kind;
   }
   // Sources in GPU memory: their producers' ready events come first.
   for (RankReg* r : p->src_local) {
@@ -538,7 +613,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     std::vector<layout::ShardSpec> specs;
     auto ops = regions(w, const_cast<char*>(buf), &specs);
     auto words = word_bases(w, ops);
-    WSYNC_RETURN_IF_ERROR(ctx->Digest(-1, ops.data(), ops.size(), words.data(), 0));
+    WSYNC_RETURN_IF_ERROR(ctx->Digest(wire_device, ops.data(), ops.size(), words.data(), 0));
     auto sums = ctx->Finish(1);
     if (!sums.ok()) return sums.status();
     return (*sums)[0];
@@ -694,8 +769,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   };
   hooks.drain = [&](size_t wi, char* buf) -> absl::Status {
     const Wire& w = d.wires[wi];
+    // (Wire buffers on a real GPU are not host-addressable.)
     if (options_.test_hooks && options_.test_hooks->corrupt_wire == static_cast<int64_t>(wi) &&
-        w.chain[0] != my_rank && w.bytes > 0) {
+        w.chain[0] != my_rank && w.bytes > 0 && (!nccl || StandIn())) {
       buf[0] ^= 0x5a;
       log_->warn("fault injection: corrupted wire bucket {} as received", wi);
     }
@@ -928,6 +1004,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   Job* job = nullptr;
   std::vector<std::string> replica_ids;
   std::map<std::string, std::string> address;  // member -> peer address
+  std::string no_nccl;  // why the wires take Gloo though ranks are on GPUs
   {
     wsync::MutexLock lock(&mu_);
     if (!serving_) return absl::UnavailableError("wsyncd is shutting down");
@@ -958,6 +1035,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
       e.rank = r.coords;
       e.mode = mode;
       e.shards = r.shards;
+      e.gpu_uuid = GpuOf(r);
       daemons.insert(e.daemon_id);
       return e;
     };
@@ -1000,7 +1078,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
     part.lora_bases = args.lora_bases;
     part.bucket_bytes = args.max_bucket_bytes ? args.max_bucket_bytes : options_.default_bucket_bytes;
     part.deadline_unix_ms = static_cast<uint64_t>(absl::ToUnixMillis(deadline));
-    part.comm_key = absl::StrCat("gloo/", me, "@", options_.incarnation, "/", comm_generation_);
+    part.transport = ChooseWireTransport(part, &no_nccl);
+    part.comm_key = absl::StrCat(part.transport == WireTransport::kNccl ? "nccl/" : "gloo/", me, "@",
+                                 options_.incarnation, "/", comm_generation_);
     for (int32_t i = 0; i < model->spec.size(); ++i) part.tensor_names.push_back(model->spec.tensor(i).name);
     auto j = std::make_unique<Job>();
     j->id = part.job_id;
@@ -1058,10 +1138,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   };
   if (!dist.ok()) return fail(dist.status());
   part.plan_hash = dist->hash;
-  log_->info("sync {} of model '{}' version {} started across {} daemons: {} -> {} ({} wire buckets, {:.1f} MiB, LoRA {})",
+  log_->info("sync {} of model '{}' version {} started across {} daemons: {} -> {} ({} wire buckets, {:.1f} MiB, LoRA {}, "
+             "wires over {}{})",
              part.job_id, args.model_id, v, part.members.size(), part.sources.size(),
              absl::StrJoin(replica_ids, ", "), dist->wires.size(), dist->plan.total_bytes / 1048576.0,
-             LoraModeName(args.lora));
+             LoraModeName(args.lora), part.transport == WireTransport::kNccl ? "NCCL" : "Gloo",
+             no_nccl.empty() ? "" : absl::StrCat(", not NCCL: ", no_nccl));
   // Distribute.
   for (const PeerMember& m : part.members) {
     auto hash = m.daemon_id == options_.daemon_id ? AcceptPlan(part)
@@ -1222,7 +1304,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   out.digest = kernels::DigestFinish(all, all_words * 8).Hex();
   out.bytes = moved;
   out.buckets = dist->wires.size();
-  out.path = "gloo";
+  out.path = part.transport == WireTransport::kNccl ? "nccl" : "gloo";
   out.plan_hash = part.plan_hash;
   out.replicas = replica_ids;
   out.times = {Ms(t_plan - t0), Ms(t_xfer - t_plan), Ms(t_verify - t_xfer), Ms(t_commit - t_verify),

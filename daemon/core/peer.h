@@ -34,6 +34,7 @@ struct RankAnnouncement {
   std::string recipe;  // for "ranks missing" messages; pieces are explicit
   UpdateMode mode = UpdateMode::kStaged;
   std::vector<layout::ShardSpec> shards;
+  std::string gpu_uuid;  // the GPU holding its buffers; "" = host memory
 };
 
 // A rank of a sync plan and the daemon that holds it.
@@ -44,6 +45,13 @@ struct PlanEndpoint {
   layout::RankCoords rank;
   UpdateMode mode = UpdateMode::kStaged;
   std::vector<layout::ShardSpec> shards;  // pieces index PlanPart::tensor_names
+  std::string gpu_uuid;                   // "" = host memory
+};
+
+// What carries a multi-node part's wire buckets.
+enum class WireTransport {
+  kGloo,  // host memory over TCP; GPU shards staged through pinned host buffers
+  kNccl,  // GPU memory: each member's wire buffers on its one GPU
 };
 
 // Everything a participant needs to run its part of a sync. Every member
@@ -62,6 +70,7 @@ struct PlanPart {
   // (a new key means a new communicator).
   std::vector<PeerMember> members;
   std::string comm_key;
+  WireTransport transport = WireTransport::kGloo;
   std::vector<std::string> tensor_names;  // the coordinator's spec, by id
   std::vector<PlanEndpoint> sources;
   // Replicas with identical layouts share one schedule: the first of each

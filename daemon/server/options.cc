@@ -103,6 +103,10 @@ void AddFlags(CLI::App& app, Options& o, std::string& log_format) {
   app.add_flag("--test-stand-in-gpu", o.test_stand_in_gpu,
                "for tests: multi-node syncs treat this daemon's host-memory ranks as GPU ranks, run on the host "
                "(exercises the host-staged GPU path without a GPU)");
+  app.add_flag("--test-stand-in-nccl", o.test_stand_in_nccl,
+               "for tests: as --test-stand-in-gpu, and this daemon claims NCCL with a GPU of its own, so that "
+               "multi-node syncs choose the NCCL path (wire buffers on the GPU), whose communicators are then "
+               "built over Gloo (exercises the NCCL path's choice and device wire buffers without a GPU)");
   app.add_option("--log-level", o.log.level,
                  "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();

@@ -77,6 +77,7 @@ struct Options {
   // Tests only: multi-node parts treat host-memory ranks as GPU ranks run
   // by a host context (the host-staged GPU path without a GPU).
   bool test_stand_in_gpu = false;
+  bool test_stand_in_nccl = false;
   LogOptions log;
 };
 

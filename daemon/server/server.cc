@@ -286,9 +286,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   core_options.pause_timeout_ms = static_cast<uint64_t>(options.pause_timeout_ms);
   core_options.default_bucket_bytes = static_cast<uint64_t>(options.bucket_mib) << 20;
   core_options.copy_threads = options.copy_threads;
-  if (options.fault_bucket_delay_ms > 0 || options.fault_corrupt_wire >= 0 || options.test_stand_in_gpu) {
-    core_options.test_hooks = core::TestHooks{static_cast<uint64_t>(options.fault_bucket_delay_ms),
-                                              options.fault_corrupt_wire, options.test_stand_in_gpu};
+  if (options.fault_bucket_delay_ms > 0 || options.fault_corrupt_wire >= 0 || options.test_stand_in_gpu ||
+      options.test_stand_in_nccl) {
+    core_options.test_hooks =
+        core::TestHooks{static_cast<uint64_t>(options.fault_bucket_delay_ms), options.fault_corrupt_wire,
+                        options.test_stand_in_gpu, options.test_stand_in_nccl};
   }
   core_options.limits.max_tensors_per_model = options.max_tensors_per_model;
   core_options.limits.max_kv_value_bytes = static_cast<uint64_t>(options.max_kv_value_bytes);
@@ -303,9 +305,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& input) {
   }
   for (const std::string& g : core_options.gpus) log->info("gpu {}", g);
   if (core_options.test_hooks) {
-    log->warn("test hooks are on (--fault-bucket-delay-ms {}, --fault-corrupt-wire {}{}): for tests only",
+    log->warn("test hooks are on (--fault-bucket-delay-ms {}, --fault-corrupt-wire {}{}{}): for tests only",
               options.fault_bucket_delay_ms, options.fault_corrupt_wire,
-              options.test_stand_in_gpu ? ", --test-stand-in-gpu" : "");
+              options.test_stand_in_gpu ? ", --test-stand-in-gpu" : "",
+              options.test_stand_in_nccl ? ", --test-stand-in-nccl" : "");
   }
 
   std::unique_ptr<core::PeerLink> peers;

@@ -90,6 +90,10 @@ TEST_CASE("requests carrying unknown enum values are refused, public and peer al
   part.mutable_lora()->set_mode(static_cast<v1::LoraMode>(99));
   CHECK(FromProto(part).status().code() == absl::StatusCode::kInvalidArgument);
 
+  part.mutable_lora()->set_mode(v1::NONE);
+  part.set_transport("infiniband");
+  CHECK(FromProto(part).status().code() == absl::StatusCode::kInvalidArgument);
+
   v1::RankAnnouncement ann;
   ann.set_model_id("m");
   ann.set_role(static_cast<v1::Role>(3));
@@ -109,6 +113,37 @@ TEST_CASE("LoRA scaling must be finite") {
     CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
     CHECK_THAT(std::string(r.status().message()), Catch::Contains("scaling") && Catch::Contains("'w'"));
   }
+}
+
+TEST_CASE("a plan's transport, its members' NCCL ability and its endpoints' GPUs cross the wire") {
+  core::PlanPart part;
+  part.job_id = "j";
+  part.transport = core::WireTransport::kNccl;
+  part.members.push_back({"g0", "g0:1", 7, "v", /*nccl=*/true});
+  core::PlanEndpoint e;
+  e.daemon_id = "g0";
+  e.gpu_uuid = "GPU-1234";
+  part.targets.push_back(e);
+  v1::PlanPart wire;
+  ToProto(part, &wire);
+  CHECK(wire.transport() == "nccl");
+  auto back = FromProto(wire);
+  REQUIRE(back.ok());
+  CHECK(back->transport == core::WireTransport::kNccl);
+  CHECK(back->members.at(0).nccl);
+  CHECK(back->targets.at(0).gpu_uuid == "GPU-1234");
+  part.transport = core::WireTransport::kGloo;
+  ToProto(part, &wire);
+  CHECK(wire.transport() == "gloo");
+
+  core::RankAnnouncement a;
+  a.model_id = "m";
+  a.gpu_uuid = "GPU-9";
+  v1::RankAnnouncement wa;
+  ToProto(a, &wa);
+  auto ab = FromProto(wa);
+  REQUIRE(ab.ok());
+  CHECK(ab->gpu_uuid == "GPU-9");
 }
 
 }  // namespace

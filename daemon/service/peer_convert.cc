@@ -43,6 +43,7 @@ void EndpointProto(const core::PlanEndpoint& e, const std::vector<std::string>& 
   ToProto(e.rank, out->mutable_rank());
   out->set_update_mode(ToProto(e.mode));
   for (const auto& s : e.shards) ToProto(s, names, out->add_buffers());
+  out->set_gpu_uuid(e.gpu_uuid);
 }
 
 absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in, std::vector<std::string>* names) {
@@ -57,6 +58,7 @@ absl::StatusOr<core::PlanEndpoint> EndpointFromProto(const v1::PlanEndpoint& in,
   auto mode = UpdateModeFromProto(in.update_mode(), where);
   if (!mode.ok()) return mode.status();
   e.mode = *mode;
+  e.gpu_uuid = in.gpu_uuid();
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, names, where);
     if (!s.ok()) return s.status();
@@ -84,10 +86,11 @@ void ToProto(const core::PeerMember& in, v1::Member* out) {
   out->set_address(in.address);
   out->set_incarnation(in.incarnation);
   out->set_version(in.version);
+  out->set_nccl(in.nccl);
 }
 
 core::PeerMember FromProto(const v1::Member& in) {
-  return {in.daemon_id(), in.address(), in.incarnation(), in.version()};
+  return {in.daemon_id(), in.address(), in.incarnation(), in.version(), in.nccl()};
 }
 
 void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
@@ -118,6 +121,7 @@ void ToProto(const core::RankAnnouncement& in, v1::RankAnnouncement* out) {
   out->set_recipe(in.recipe);
   out->set_update_mode(ToProto(in.mode));
   for (const auto& s : in.shards) ToProto(s, names, out->add_buffers());
+  out->set_gpu_uuid(in.gpu_uuid);
 }
 
 absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in) {
@@ -147,6 +151,7 @@ absl::StatusOr<core::RankAnnouncement> FromProto(const v1::RankAnnouncement& in)
   auto mode = UpdateModeFromProto(in.update_mode(), where);
   if (!mode.ok()) return mode.status();
   a.mode = *mode;
+  a.gpu_uuid = in.gpu_uuid();
   const size_t known = names.size();
   for (const auto& b : in.buffers()) {
     auto s = ShardFromProto(b, &names, absl::StrCat("model '", in.model_id(), "' announced by '", in.daemon_id(), "'"));
@@ -169,7 +174,7 @@ void ToProto(const core::PlanPart& in, v1::PlanPart* out) {
   out->mutable_lora()->set_mode(ToProto(in.lora));
   for (const auto& b : in.lora_bases) out->mutable_lora()->add_base_tensors(b);
   out->set_bucket_bytes(in.bucket_bytes);
-  out->set_transport("gloo");
+  out->set_transport(in.transport == core::WireTransport::kNccl ? "nccl" : "gloo");
   out->set_deadline_unix_ms(in.deadline_unix_ms);
   out->mutable_coordinator()->set_daemon_id(in.coordinator_id);
   out->mutable_coordinator()->set_address(in.coordinator_address);
@@ -193,9 +198,11 @@ absl::StatusOr<core::PlanPart> FromProto(const v1::PlanPart& in) {
   if (!lora.ok()) return lora.status();
   p.lora = *lora;
   p.lora_bases.assign(in.lora().base_tensors().begin(), in.lora().base_tensors().end());
-  if (in.transport() != "gloo") {
-    return absl::InvalidArgumentError(absl::StrCat("plan of job '", in.job_id(), "': transport '", in.transport(),
-                                                   "' is not supported here (host memory moves over gloo)"));
+  if (in.transport() == "nccl") {
+    p.transport = core::WireTransport::kNccl;
+  } else if (in.transport() != "gloo") {
+    return absl::InvalidArgumentError(absl::StrCat("plan of job '", in.job_id(), "': transport '",
+                                                   in.transport().substr(0, 32), "' is unknown (expected gloo or nccl)"));
   }
   p.bucket_bytes = in.bucket_bytes();
   p.deadline_unix_ms = in.deadline_unix_ms();

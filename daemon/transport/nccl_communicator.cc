@@ -160,6 +160,11 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
+bool NcclAvailable() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(KvStore* store, const std::string& prefix,
                                                                      int rank, int size,
                                                                      const NcclOptions& options) {

@@ -20,6 +20,9 @@ struct NcclOptions {
 // communicator (ncclCommAbort) when the timeout passes, and an errored
 // communicator is never reused. Rank 0 publishes the NCCL unique id in
 // `store` under `prefix`. Transfers to the own rank are allowed.
+// Whether this build has NCCL and a CUDA device is visible.
+bool NcclAvailable();
+
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(KvStore* store, const std::string& prefix,
                                                                      int rank, int size,
                                                                      const NcclOptions& options);

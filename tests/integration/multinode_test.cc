@@ -462,6 +462,37 @@ TEST_CASE("the host-staged GPU path, host memory standing in for GPUs on every d
   CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("--test-stand-in-gpu"));
 }
 
+TEST_CASE("every daemon on a GPU of its own that can run NCCL: the NCCL path, its wire buffers on the GPUs; exact") {
+  // --test-stand-in-nccl: each daemon says it can run NCCL and holds its
+  // ranks on a stand-in GPU of its own, so the coordinator chooses NCCL and
+  // every member keeps its wire buffers on that "GPU"; the communicators
+  // are built over Gloo (no NCCL without a GPU).
+  ClusterOptions o;
+  o.lora = true;
+  o.trainer_flags = {"--test-stand-in-nccl"};
+  o.generator_flags = {"--test-stand-in-nccl"};
+  Cluster c(o);
+  c.RegisterAll();
+  CHECK(c.SyncOk(1).path() == "nccl");
+  auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  CHECK(c.SyncOk(2, v1::ADAPTER_ONLY, &merged).path() == "nccl");
+  CHECK(c.SyncOk(3, v1::MERGE, &merged).path() == "nccl");
+  CHECK(c.Replica("g1", "gen-b").version() == 3);
+  CHECK_THAT(c.daemons["t0"]->proc->Stderr(), Catch::Contains("wires over NCCL"));
+  CHECK_THAT(c.daemons["g0"]->proc->Stderr(), Catch::Contains("standing in for NCCL"));
+}
+
+TEST_CASE("one daemon without NCCL: the part falls back to Gloo and the coordinator says why") {
+  ClusterOptions o;
+  o.trainer_flags = {"--test-stand-in-nccl"};
+  o.generator_flags = {"--test-stand-in-gpu"};  // GPU ranks, but no NCCL
+  Cluster c(o);
+  c.RegisterAll();
+  CHECK(c.SyncOk(1).path() == "gloo");
+  CHECK_THAT(c.daemons["t0"]->proc->Stderr(),
+             Catch::Contains("wires over Gloo, not NCCL: daemon 'g0' cannot run NCCL"));
+}
+
 TEST_CASE("bytes corrupted on a generator node: DATA_LOSS before anything commits") {
   ClusterOptions o;
   o.generator_flags = {"--fault-corrupt-wire", "3"};
