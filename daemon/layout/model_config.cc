@@ -10,8 +10,12 @@
 namespace wsync::layout {
 namespace {
 
-const char* const kFamilies[] = {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                                 "qwen3_moe"};
+const char* const kFamilies[] = {"llama",     "mistral",     "qwen2",       "qwen3",  "mixtral",
+                                 "qwen2_moe", "qwen3_moe",   "deepseek_v2", "deepseek_v3", "kimi_k2"};
+
+// Families with DeepSeek's architecture (vLLM: DeepseekV2ForCausalLM and
+// its subclasses; Kimi-K2 configs name DeepseekV3ForCausalLM).
+bool DeepSeekFamily(const std::string& f) { return f == "deepseek_v2" || f == "deepseek_v3" || f == "kimi_k2"; }
 
 absl::Status Need(int64_t v, const char* field, const std::string& family) {
   if (v > 0) return absl::OkStatus();
@@ -23,6 +27,7 @@ absl::Status Need(int64_t v, const char* field, const std::string& family) {
 
 bool ModelConfig::IsMoeLayer(int64_t l) const {
   if (num_experts <= 0) return false;
+  if (DeepSeekFamily(family)) return l >= first_k_dense_replace && l % std::max<int64_t>(moe_layer_freq, 1) == 0;
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), l) != mlp_only_layers.end()) {
     return false;
   }
@@ -38,8 +43,8 @@ absl::Status NormalizeConfig(ModelConfig* c) {
   if (std::find(std::begin(kFamilies), std::end(kFamilies), c->family) == std::end(kFamilies)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown model family '", c->family,
-        "' (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe; for other "
-        "architectures send explicit pieces)"));
+        "' (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, "
+        "kimi_k2; for other architectures send explicit pieces)"));
   }
   const std::string& f = c->family;
   // Bounds first, so that no loop, product or allocation below can run away
@@ -55,7 +60,16 @@ absl::Status NormalizeConfig(ModelConfig* c) {
                               {c->num_experts, "num_experts", kMaxCount},
                               {c->moe_intermediate_size, "moe_intermediate_size", kMaxDim},
                               {c->shared_expert_intermediate_size, "shared_expert_intermediate_size", kMaxDim},
-                              {c->decoder_sparse_step, "decoder_sparse_step", kMaxCount}}) {
+                              {c->decoder_sparse_step, "decoder_sparse_step", kMaxCount},
+                              {c->q_lora_rank, "q_lora_rank", kMaxDim},
+                              {c->kv_lora_rank, "kv_lora_rank", kMaxDim},
+                              {c->qk_nope_head_dim, "qk_nope_head_dim", kMaxDim},
+                              {c->qk_rope_head_dim, "qk_rope_head_dim", kMaxDim},
+                              {c->v_head_dim, "v_head_dim", kMaxDim},
+                              {c->first_k_dense_replace, "first_k_dense_replace", kMaxCount},
+                              {c->moe_layer_freq, "moe_layer_freq", kMaxCount},
+                              {c->num_shared_experts, "n_shared_experts", kMaxCount},
+                              {c->n_group, "n_group", kMaxCount}}) {
     if (v < 0 || v > max) {
       return absl::InvalidArgumentError(
           absl::StrCat("model config (", f, "): '", name, "' = ", v, " is outside [0, ", max, "]"));
@@ -73,6 +87,36 @@ absl::Status NormalizeConfig(ModelConfig* c) {
     if (absl::Status s = Need(v, name, f); !s.ok()) return s;
   }
   if (c->num_key_value_heads == 0) c->num_key_value_heads = c->num_attention_heads;
+  const bool deepseek = DeepSeekFamily(f);
+  if (deepseek) {
+    // Multi-head latent attention: every head has its own q (nope + rope)
+    // and its own k_nope and v from the shared latent; head_dim and the KV
+    // heads of GQA do not apply.
+    for (auto [v, name] : {std::pair{c->kv_lora_rank, "kv_lora_rank"},
+                           {c->qk_nope_head_dim, "qk_nope_head_dim"},
+                           {c->qk_rope_head_dim, "qk_rope_head_dim"},
+                           {c->v_head_dim, "v_head_dim"}}) {
+      if (absl::Status s = Need(v, name, f); !s.ok()) return s;
+    }
+    c->head_dim = c->QkHeadDim();
+    c->num_key_value_heads = c->num_attention_heads;
+    if (c->moe_layer_freq == 0) c->moe_layer_freq = 1;
+    if (c->n_group == 0) c->n_group = 1;
+    if (c->first_k_dense_replace > c->num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("model config (", f, "): first_k_dense_replace ",
+                                                     c->first_k_dense_replace, " exceeds num_hidden_layers ",
+                                                     c->num_hidden_layers));
+    }
+    c->decoder_sparse_step = 1;
+    c->mlp_only_layers.clear();
+  } else {
+    c->q_lora_rank = c->kv_lora_rank = c->qk_nope_head_dim = c->qk_rope_head_dim = c->v_head_dim = 0;
+    c->first_k_dense_replace = 0;
+    c->moe_layer_freq = 1;
+    c->num_shared_experts = 0;
+    c->n_group = 1;
+    c->router_bias = false;
+  }
   if (c->head_dim == 0) {
     if (c->hidden_size % c->num_attention_heads != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -87,9 +131,18 @@ absl::Status NormalizeConfig(ModelConfig* c) {
         " is not divisible by num_key_value_heads ", c->num_key_value_heads));
   }
   if (f == "qwen2" || f == "qwen2_moe") c->attention_bias = true;
+  if (deepseek && c->attention_bias) {
+    return absl::InvalidArgumentError(absl::StrCat("model config (", f, "): attention_bias = true is not part "
+                                                   "of the DeepSeek architecture the recipes know"));
+  }
   if (f == "qwen3" || f == "qwen3_moe") c->qk_norm = true;
   const bool moe_family = f == "mixtral" || f == "qwen2_moe" || f == "qwen3_moe";
-  if (moe_family) {
+  if (deepseek && c->num_experts > 0) {
+    if (absl::Status s = Need(c->moe_intermediate_size, "moe_intermediate_size", f); !s.ok()) return s;
+  } else if (deepseek) {
+    c->num_shared_experts = 0;  // n_routed_experts null: every layer is dense
+    c->router_bias = false;
+  } else if (moe_family) {
     if (absl::Status s = Need(c->num_experts, "num_experts", f); !s.ok()) return s;
     if (absl::Status s = Need(c->ExpertSize(), "moe_intermediate_size", f); !s.ok()) return s;
   } else if (c->num_experts > 0) {
@@ -106,7 +159,11 @@ absl::Status NormalizeConfig(ModelConfig* c) {
   if (any_dense) {
     if (absl::Status s = Need(c->intermediate_size, "intermediate_size", f); !s.ok()) return s;
   }
-  if (f != "qwen2_moe") c->shared_expert_intermediate_size = 0;
+  if (deepseek) {
+    c->shared_expert_intermediate_size = c->moe_intermediate_size * c->num_shared_experts;
+  } else if (f != "qwen2_moe") {
+    c->shared_expert_intermediate_size = 0;
+  }
   return absl::OkStatus();
 }
 
@@ -148,8 +205,23 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& text) {
                           {"num_hidden_layers", &c.num_hidden_layers},
                           {"moe_intermediate_size", &c.moe_intermediate_size},
                           {"shared_expert_intermediate_size", &c.shared_expert_intermediate_size},
-                          {"decoder_sparse_step", &c.decoder_sparse_step}}) {
+                          {"decoder_sparse_step", &c.decoder_sparse_step},
+                          {"q_lora_rank", &c.q_lora_rank},
+                          {"kv_lora_rank", &c.kv_lora_rank},
+                          {"qk_nope_head_dim", &c.qk_nope_head_dim},
+                          {"qk_rope_head_dim", &c.qk_rope_head_dim},
+                          {"v_head_dim", &c.v_head_dim},
+                          {"first_k_dense_replace", &c.first_k_dense_replace},
+                          {"moe_layer_freq", &c.moe_layer_freq},
+                          {"n_shared_experts", &c.num_shared_experts},
+                          {"n_group", &c.n_group}}) {
     if (absl::Status s = get_int(key, out); !s.ok()) return s;
+  }
+  // DeepSeek calls the routed experts n_routed_experts; topk_method noaux_tc
+  // adds the router's score-correction bias.
+  if (absl::Status s = get_int("n_routed_experts", &c.num_experts); !s.ok()) return s;
+  if (auto it = j.find("topk_method"); it != j.end() && it->is_string()) {
+    c.router_bias = it->get<std::string>() == "noaux_tc";
   }
   // Mixtral calls it num_local_experts; Qwen MoE models num_experts.
   if (absl::Status s = get_int("num_local_experts", &c.num_experts); !s.ok()) return s;
@@ -187,10 +259,13 @@ MoeNames MoeNamesFor(const ModelConfig& c, int64_t l) {
     n.up = "up_proj";
     n.down = "down_proj";
   }
-  if (c.shared_expert_intermediate_size > 0) {
+  if (c.shared_expert_intermediate_size > 0 && DeepSeekFamily(c.family)) {
+    n.shared_prefix = layer + "mlp.shared_experts.";
+  } else if (c.shared_expert_intermediate_size > 0) {
     n.shared_prefix = layer + "mlp.shared_expert.";
     n.shared_gate = layer + "mlp.shared_expert_gate.weight";
   }
+  if (c.router_bias) n.router_bias = layer + "mlp.gate.e_score_correction_bias";
   return n;
 }
 
@@ -212,19 +287,35 @@ absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& inpu
     if (static_cast<int64_t>(t.size()) > max_tensors) return too_many();
     const std::string p = absl::StrCat("model.layers.", l, ".");
     add(p + "input_layernorm.weight", Shape::Of({H}));
-    add(p + "self_attn.q_proj.weight", Shape::Of({nh * hd, H}));
-    add(p + "self_attn.k_proj.weight", Shape::Of({ng * hd, H}));
-    add(p + "self_attn.v_proj.weight", Shape::Of({ng * hd, H}));
-    if (c.attention_bias) {
-      add(p + "self_attn.q_proj.bias", Shape::Of({nh * hd}));
-      add(p + "self_attn.k_proj.bias", Shape::Of({ng * hd}));
-      add(p + "self_attn.v_proj.bias", Shape::Of({ng * hd}));
+    if (c.IsMla()) {
+      // HF's DeepseekV3Attention (and V2's), in checkpoint order.
+      const int64_t qk = c.QkHeadDim(), kvr = c.kv_lora_rank;
+      if (c.q_lora_rank > 0) {
+        add(p + "self_attn.q_a_proj.weight", Shape::Of({c.q_lora_rank, H}));
+        add(p + "self_attn.q_a_layernorm.weight", Shape::Of({c.q_lora_rank}));
+        add(p + "self_attn.q_b_proj.weight", Shape::Of({nh * qk, c.q_lora_rank}));
+      } else {
+        add(p + "self_attn.q_proj.weight", Shape::Of({nh * qk, H}));
+      }
+      add(p + "self_attn.kv_a_proj_with_mqa.weight", Shape::Of({kvr + c.qk_rope_head_dim, H}));
+      add(p + "self_attn.kv_a_layernorm.weight", Shape::Of({kvr}));
+      add(p + "self_attn.kv_b_proj.weight", Shape::Of({nh * (c.qk_nope_head_dim + c.v_head_dim), kvr}));
+      add(p + "self_attn.o_proj.weight", Shape::Of({H, nh * c.v_head_dim}));
+    } else {
+      add(p + "self_attn.q_proj.weight", Shape::Of({nh * hd, H}));
+      add(p + "self_attn.k_proj.weight", Shape::Of({ng * hd, H}));
+      add(p + "self_attn.v_proj.weight", Shape::Of({ng * hd, H}));
+      if (c.attention_bias) {
+        add(p + "self_attn.q_proj.bias", Shape::Of({nh * hd}));
+        add(p + "self_attn.k_proj.bias", Shape::Of({ng * hd}));
+        add(p + "self_attn.v_proj.bias", Shape::Of({ng * hd}));
+      }
+      if (c.qk_norm) {
+        add(p + "self_attn.q_norm.weight", Shape::Of({hd}));
+        add(p + "self_attn.k_norm.weight", Shape::Of({hd}));
+      }
+      add(p + "self_attn.o_proj.weight", Shape::Of({H, nh * hd}));
     }
-    if (c.qk_norm) {
-      add(p + "self_attn.q_norm.weight", Shape::Of({hd}));
-      add(p + "self_attn.k_norm.weight", Shape::Of({hd}));
-    }
-    add(p + "self_attn.o_proj.weight", Shape::Of({H, nh * hd}));
     add(p + "post_attention_layernorm.weight", Shape::Of({H}));
     if (!c.IsMoeLayer(l)) {
       const int64_t I = c.intermediate_size;
@@ -236,6 +327,7 @@ absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& inpu
     const MoeNames n = MoeNamesFor(c, l);
     const int64_t Ie = c.ExpertSize();
     add(n.router, Shape::Of({c.num_experts, H}));
+    if (!n.router_bias.empty()) t.push_back({n.router_bias, Shape::Of({c.num_experts}), DType::kF32});
     for (int64_t e = 0; e < c.num_experts; ++e) {
       const std::string ep = absl::StrCat(n.expert_prefix, e, ".");
       add(ep + n.gate + ".weight", Shape::Of({Ie, H}));
@@ -247,7 +339,7 @@ absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& inpu
       add(n.shared_prefix + "gate_proj.weight", Shape::Of({Is, H}));
       add(n.shared_prefix + "up_proj.weight", Shape::Of({Is, H}));
       add(n.shared_prefix + "down_proj.weight", Shape::Of({H, Is}));
-      add(n.shared_gate, Shape::Of({1, H}));
+      if (!n.shared_gate.empty()) add(n.shared_gate, Shape::Of({1, H}));
     }
   }
   add("model.norm.weight", Shape::Of({H}));

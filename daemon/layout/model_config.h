@@ -13,7 +13,9 @@ namespace wsync::layout {
 // Architecture hyper-parameters, as in a Hugging Face config.json.
 struct ModelConfig {
   // "llama", "mistral", "qwen2", "qwen3" (dense GQA); "mixtral", "qwen2_moe",
-  // "qwen3_moe" (MoE). Read from config.json's "model_type".
+  // "qwen3_moe" (MoE); "deepseek_v2", "deepseek_v3", "kimi_k2" (multi-head
+  // latent attention, dense first layers, routed and shared experts). Read
+  // from config.json's "model_type".
   std::string family;
   int64_t hidden_size = 0;
   int64_t num_attention_heads = 0;
@@ -30,8 +32,25 @@ struct ModelConfig {
   int64_t shared_expert_intermediate_size = 0;
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
+  // DeepSeek families. Multi-head latent attention: q_lora_rank 0 (null in
+  // config.json) means a plain q_proj instead of q_a_proj/q_b_proj.
+  int64_t q_lora_rank = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  // Layers below first_k_dense_replace are dense; after them every
+  // moe_layer_freq-th layer (l % freq == 0) has experts.
+  int64_t first_k_dense_replace = 0;
+  int64_t moe_layer_freq = 1;
+  int64_t num_shared_experts = 0;  // n_shared_experts, each moe_intermediate_size wide
+  int64_t n_group = 1;             // expert groups of the router (vLLM: round_robin needs > 1)
+  bool router_bias = false;        // topk_method "noaux_tc": mlp.gate.e_score_correction_bias (fp32)
 
   bool IsMoe() const { return num_experts > 0; }
+  bool IsMla() const { return kv_lora_rank > 0; }
+  // Per-head width of q and k (MLA: nope + rope).
+  int64_t QkHeadDim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // Whether layer `l` has experts (else a dense MLP).
   bool IsMoeLayer(int64_t l) const;
   // Per-expert MLP width.
@@ -52,12 +71,14 @@ struct MoeNames {
   std::string expert_prefix;          // e.g. model.layers.3.mlp.experts.
   std::string gate, up, down;         // per-expert suffixes: "gate_proj" or "w1", ...
   std::string shared_prefix;          // model.layers.3.mlp.shared_expert. ("" = none)
-  std::string shared_gate;            // model.layers.3.mlp.shared_expert_gate.weight
+  std::string shared_gate;            // model.layers.3.mlp.shared_expert_gate.weight ("" = none)
+  std::string router_bias;            // model.layers.3.mlp.gate.e_score_correction_bias ("" = none)
 };
 MoeNames MoeNamesFor(const ModelConfig& config, int64_t layer);
 
 // The canonical (Hugging Face) tensors of the model, in checkpoint order,
-// all of dtype `dtype`. INVALID_ARGUMENT as soon as the config makes more
+// of dtype `dtype` except the router biases, which are fp32 (as vLLM and
+// Megatron-core keep them). INVALID_ARGUMENT as soon as the config makes more
 // than `max_tensors`, before any more are generated.
 absl::StatusOr<std::vector<TensorSpec>> CanonicalTensors(const ModelConfig& config, DType dtype,
                                                          int64_t max_tensors = INT64_MAX);

@@ -1,6 +1,8 @@
 #include "daemon/layout/model_config.h"
 
 #include <catch2/catch.hpp>
+#include <map>
+#include <set>
 
 namespace wsync::layout {
 namespace {
@@ -42,6 +44,85 @@ constexpr char kQwen2Moe[] = R"({
   "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
   "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 24,
   "num_experts": 60, "decoder_sparse_step": 1, "vocab_size": 151936})";
+
+// DeepSeek-V3's published config.json (the MTP layer 61 is not part of the
+// canonical model) and Kimi-K2's.
+constexpr char kDeepSeekV3[] = R"({
+  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 7168,
+  "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_attention_heads": 128,
+  "num_key_value_heads": 128, "num_hidden_layers": 61, "first_k_dense_replace": 3, "moe_layer_freq": 1,
+  "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+  "topk_method": "noaux_tc", "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+  "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 129280, "tie_word_embeddings": false,
+  "num_nextn_predict_layers": 1, "attention_bias": false})";
+
+constexpr char kKimiK2[] = R"({
+  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2", "hidden_size": 7168,
+  "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_attention_heads": 64,
+  "num_key_value_heads": 64, "num_hidden_layers": 61, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+  "n_routed_experts": 384, "n_shared_experts": 1, "num_experts_per_tok": 8, "n_group": 1, "topk_group": 1,
+  "topk_method": "noaux_tc", "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+  "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 163840, "tie_word_embeddings": false})";
+
+// DeepSeek-V2-Lite: no q LoRA (a plain q_proj), no router bias.
+constexpr char kDeepSeekV2Lite[] = R"({
+  "model_type": "deepseek_v2", "hidden_size": 2048, "intermediate_size": 10944,
+  "moe_intermediate_size": 1408, "num_attention_heads": 16, "num_key_value_heads": 16,
+  "num_hidden_layers": 27, "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_routed_experts": 64,
+  "n_shared_experts": 2, "n_group": 1, "topk_method": "greedy", "q_lora_rank": null, "kv_lora_rank": 512,
+  "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 102400,
+  "tie_word_embeddings": false})";
+
+TEST_CASE("DeepSeek-V3: MLA, 3 dense layers, 256 routed + 1 shared expert, router bias; 671B parameters") {
+  auto c = ParseHfConfig(kDeepSeekV3);
+  REQUIRE(c.ok());
+  CHECK(c->IsMla());
+  CHECK(c->router_bias);
+  CHECK(c->n_group == 8);
+  CHECK_FALSE(c->IsMoeLayer(2));
+  CHECK(c->IsMoeLayer(3));
+  CHECK(c->shared_expert_intermediate_size == 2048);
+  auto t = CanonicalTensors(*c, DType::kBF16);
+  REQUIRE(t.ok());
+  std::map<std::string, TensorSpec> by;
+  for (const TensorSpec& s : *t) by[s.name] = s;
+  // Shapes worked out from the config (DeepSeek-V3's model.safetensors.index.json lists the same names).
+  CHECK(by.at("model.layers.0.self_attn.q_a_proj.weight").shape == Shape::Of({1536, 7168}));
+  CHECK(by.at("model.layers.0.self_attn.q_b_proj.weight").shape == Shape::Of({128 * 192, 1536}));
+  CHECK(by.at("model.layers.0.self_attn.kv_a_proj_with_mqa.weight").shape == Shape::Of({576, 7168}));
+  CHECK(by.at("model.layers.0.self_attn.kv_b_proj.weight").shape == Shape::Of({128 * 256, 512}));
+  CHECK(by.at("model.layers.0.self_attn.o_proj.weight").shape == Shape::Of({7168, 128 * 128}));
+  CHECK(by.at("model.layers.0.mlp.gate_proj.weight").shape == Shape::Of({18432, 7168}));
+  CHECK(by.at("model.layers.3.mlp.gate.e_score_correction_bias").dtype == DType::kF32);
+  CHECK(by.at("model.layers.60.mlp.experts.255.down_proj.weight").shape == Shape::Of({7168, 2048}));
+  CHECK(by.at("model.layers.60.mlp.shared_experts.up_proj.weight").shape == Shape::Of({2048, 7168}));
+  CHECK(by.count("model.layers.2.mlp.gate.weight") == 0);
+  // 671B as published (685B with the MTP module, which is not here).
+  CHECK(Params(*c) == 671026419200ull);
+}
+
+TEST_CASE("Kimi-K2 and DeepSeek-V2-Lite take the same architecture") {
+  auto k = ParseHfConfig(kKimiK2);
+  REQUIRE(k.ok());
+  CHECK(k->num_experts == 384);
+  CHECK(k->n_group == 1);
+  CHECK(k->IsMoeLayer(1));
+  auto lite = ParseHfConfig(kDeepSeekV2Lite);
+  REQUIRE(lite.ok());
+  CHECK(lite->q_lora_rank == 0);
+  CHECK_FALSE(lite->router_bias);
+  auto t = CanonicalTensors(*lite, DType::kBF16);
+  REQUIRE(t.ok());
+  std::set<std::string> names;
+  for (const TensorSpec& s : *t) names.insert(s.name);
+  CHECK(names.count("model.layers.0.self_attn.q_proj.weight"));
+  CHECK_FALSE(names.count("model.layers.0.self_attn.q_a_proj.weight"));
+  CHECK_FALSE(names.count("model.layers.1.mlp.gate.e_score_correction_bias"));
+  CHECK(names.count("model.layers.1.mlp.shared_experts.gate_proj.weight"));
+  // 15.7B as published for DeepSeek-V2-Lite.
+  CHECK(Params(*lite) > 15'600'000'000ull);
+  CHECK(Params(*lite) < 15'800'000'000ull);
+}
 
 TEST_CASE("Llama-2-7B: 291 tensors, 6,738,415,616 parameters") {
   auto c = ParseHfConfig(kLlama2_7b);
@@ -108,7 +189,7 @@ TEST_CASE("bad configs name the field") {
         "config.json: 'model_type' is missing");
   CHECK(ParseHfConfig(R"({"model_type": "gpt2", "hidden_size": 8})").status().message() ==
         "unknown model family 'gpt2' (supported: llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, "
-        "qwen3_moe; for other architectures send explicit pieces)");
+        "qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2; for other architectures send explicit pieces)");
   CHECK(ParseHfConfig(R"({"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
                           "vocab_size": 10, "intermediate_size": 4})")
             .status()

@@ -30,7 +30,7 @@ T Pick(std::mt19937& rng, std::initializer_list<T> options) {
 ModelConfig RandomConfig(std::mt19937& rng) {
   ModelConfig c;
   c.family = Pick<std::string>(rng, {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                                     "qwen3_moe"});
+                                     "qwen3_moe", "deepseek_v3", "deepseek_v2"});
   c.head_dim = Pick(rng, {2, 4});
   c.num_key_value_heads = Pick(rng, {1, 2, 4});
   c.num_attention_heads = c.num_key_value_heads * Pick(rng, {1, 2, 3});
@@ -39,6 +39,21 @@ ModelConfig RandomConfig(std::mt19937& rng) {
   c.vocab_size = std::uniform_int_distribution<int>(20, 200)(rng);
   c.num_hidden_layers = Pick(rng, {1, 2, 4});
   c.tie_word_embeddings = rng() % 3 == 0;
+  if (c.family == "deepseek_v3" || c.family == "deepseek_v2") {
+    c.q_lora_rank = Pick(rng, {0, 4, 6});
+    c.kv_lora_rank = Pick(rng, {4, 6});
+    c.qk_nope_head_dim = Pick(rng, {2, 4});
+    c.qk_rope_head_dim = Pick(rng, {2, 4});
+    c.v_head_dim = Pick(rng, {2, 3});
+    c.num_experts = Pick(rng, {0, 4, 6});
+    c.moe_intermediate_size = Pick(rng, {4, 8});
+    c.num_shared_experts = Pick(rng, {0, 1, 2});
+    c.first_k_dense_replace = Pick(rng, {0, 1});
+    c.moe_layer_freq = Pick(rng, {1, 1, 2});
+    c.n_group = Pick(rng, {1, 2});
+    c.router_bias = c.family == "deepseek_v3";
+    return c;
+  }
   if (c.family == "mixtral" || c.family == "qwen2_moe" || c.family == "qwen3_moe") {
     c.num_experts = Pick(rng, {2, 4, 6, 8});
     c.moe_intermediate_size = Pick(rng, {4, 8, 12});
@@ -84,7 +99,10 @@ Layout RandomLayout(std::mt19937& rng, bool source, bool moe) {
       l.sizes.etp = Pick(rng, {0, 1, 2});
       if (rng() % 2) l.options["moe_layout"] = Pick<std::string>(rng, {"grouped", "sequential"});
     }
-  } else if (moe) {
+  } else {
+    if (rng() % 4 == 0) l.options["qkv_a"] = "separate";  // only read for MLA models
+  }
+  if (l.recipe == "vllm" && moe) {
     if (rng() % 2) l.sizes.ep = l.sizes.tp * l.sizes.dp;
     if (rng() % 2) l.options["expert_placement"] = "round_robin";
     if (rng() % 3 == 0) l.options["moe_names"] = "legacy";

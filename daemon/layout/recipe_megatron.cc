@@ -13,6 +13,61 @@ void GluFc1(Builder& b, size_t shard, const std::string& gate, const std::string
   b.Map(shard, up, Rows(rank * local, local, hidden), Rows(local, local, hidden));
 }
 
+// Multi-latent attention of one layer (megatron/core/transformer/
+// multi_latent_attention.py): the down projections are duplicated on every
+// TP rank under the TE spec (TELinear, parallel_mode 'duplicated') but
+// column-parallel under the local spec (ColumnParallelLinear, rows split;
+// the output is gathered before the norm); the up projections are split by
+// heads, linear_proj by the heads' v columns. The TE spec fuses q and kv
+// layer norms into the up projections; input_layernorm is its own module in
+// both.
+absl::Status MlaAttention(Builder& b, const ModelConfig& c, bool te, const std::string& hf, const std::string& mc,
+                          int tp, int T) {
+  const int64_t H = c.hidden_size, hl = c.num_attention_heads / T, qa = c.q_lora_rank, kvr = c.kv_lora_rank,
+                kva = c.kv_lora_rank + c.qk_rope_head_dim;
+  const int64_t q_rows = hl * c.QkHeadDim(), kv_rows = hl * (c.qk_nope_head_dim + c.v_head_dim),
+                v_cols = hl * c.v_head_dim;
+  auto down = [&](const std::string& name, const std::string& tensor, int64_t rows) -> absl::Status {
+    if (te) {
+      b.Add(mc + name, Shape::Of({rows, H}));
+      b.Map(b.Last(), hf + tensor, Rows(0, rows, H), Rows(0, rows, H));
+      return absl::OkStatus();
+    }
+    if (absl::Status s = Divides(rows, T, "rows of " + tensor, "megatron tp_size (local spec)"); !s.ok()) return s;
+    b.Add(mc + name, Shape::Of({rows / T, H}));
+    b.Map(b.Last(), hf + tensor, Rows(tp * (rows / T), rows / T, H), Rows(0, rows / T, H));
+    return absl::OkStatus();
+  };
+  auto norm = [&](const std::string& name, const std::string& tensor, int64_t n) {
+    b.Add(mc + name, Shape::Of({n}));
+    b.Map(b.Last(), hf + tensor, Range(0, n), Range(0, n));
+  };
+  norm("input_layernorm.weight", "input_layernorm.weight", H);
+  if (qa > 0) {
+    if (absl::Status s = down("self_attention.linear_q_down_proj.weight", "self_attn.q_a_proj.weight", qa); !s.ok()) {
+      return s;
+    }
+    norm(te ? "self_attention.linear_q_up_proj.layer_norm_weight" : "self_attention.q_layernorm.weight",
+         "self_attn.q_a_layernorm.weight", qa);
+    b.Add(mc + "self_attention.linear_q_up_proj.weight", Shape::Of({q_rows, qa}));
+    b.Map(b.Last(), hf + "self_attn.q_b_proj.weight", Rows(tp * q_rows, q_rows, qa), Rows(0, q_rows, qa));
+  } else {
+    b.Add(mc + "self_attention.linear_q_proj.weight", Shape::Of({q_rows, H}));
+    b.Map(b.Last(), hf + "self_attn.q_proj.weight", Rows(tp * q_rows, q_rows, H), Rows(0, q_rows, H));
+  }
+  if (absl::Status s = down("self_attention.linear_kv_down_proj.weight", "self_attn.kv_a_proj_with_mqa.weight", kva);
+      !s.ok()) {
+    return s;
+  }
+  norm(te ? "self_attention.linear_kv_up_proj.layer_norm_weight" : "self_attention.kv_layernorm.weight",
+       "self_attn.kv_a_layernorm.weight", kvr);
+  b.Add(mc + "self_attention.linear_kv_up_proj.weight", Shape::Of({kv_rows, kvr}));
+  b.Map(b.Last(), hf + "self_attn.kv_b_proj.weight", Rows(tp * kv_rows, kv_rows, kvr), Rows(0, kv_rows, kvr));
+  b.Add(mc + "self_attention.linear_proj.weight", Shape::Of({H, v_cols}));
+  b.Map(b.Last(), hf + "self_attn.o_proj.weight", Cols(H, tp * v_cols, v_cols), Cols(H, 0, v_cols));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const ModelConfig& c,
@@ -69,47 +124,51 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
     const std::string hf = absl::StrCat("model.layers.", l, ".");
     const std::string mc = absl::StrCat("decoder.layers.", l, ".");
 
-    // The TE spec fuses the layer norms into the next linear layer; the
-    // local spec keeps them as modules of their own.
-    b.Add(mc + (te ? "self_attention.linear_qkv.layer_norm_weight" : "input_layernorm.weight"),
-          Shape::Of({H}));
-    b.Map(b.Last(), hf + "input_layernorm.weight", Range(0, H), Range(0, H));
+    if (c.IsMla()) {
+      if (absl::Status s = MlaAttention(b, c, te, hf, mc, tp, T); !s.ok()) return s;
+    } else {
+      // The TE spec fuses the layer norms into the next linear layer; the
+      // local spec keeps them as modules of their own.
+      b.Add(mc + (te ? "self_attention.linear_qkv.layer_norm_weight" : "input_layernorm.weight"),
+            Shape::Of({H}));
+      b.Map(b.Last(), hf + "input_layernorm.weight", Range(0, H), Range(0, H));
 
-    b.Add(mc + "self_attention.linear_qkv.weight", Shape::Of({groups * block, H}));
-    size_t qkv = b.Last();
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t G = tp * groups + g;  // global query group
-      const int64_t at = g * block;
-      b.Map(qkv, hf + "self_attn.q_proj.weight", Rows(G * q_per_group * hd, q_per_group * hd, H),
-            Rows(at, q_per_group * hd, H));
-      b.Map(qkv, hf + "self_attn.k_proj.weight", Rows(G * hd, hd, H),
-            Rows(at + q_per_group * hd, hd, H));
-      b.Map(qkv, hf + "self_attn.v_proj.weight", Rows(G * hd, hd, H),
-            Rows(at + (q_per_group + 1) * hd, hd, H));
-    }
-    if (c.attention_bias) {
-      b.Add(mc + "self_attention.linear_qkv.bias", Shape::Of({groups * block}));
-      size_t bias = b.Last();
+      b.Add(mc + "self_attention.linear_qkv.weight", Shape::Of({groups * block, H}));
+      size_t qkv = b.Last();
       for (int64_t g = 0; g < groups; ++g) {
-        const int64_t G = tp * groups + g;
+        const int64_t G = tp * groups + g;  // global query group
         const int64_t at = g * block;
-        b.Map(bias, hf + "self_attn.q_proj.bias", Range(G * q_per_group * hd, q_per_group * hd),
-              Range(at, q_per_group * hd));
-        b.Map(bias, hf + "self_attn.k_proj.bias", Range(G * hd, hd), Range(at + q_per_group * hd, hd));
-        b.Map(bias, hf + "self_attn.v_proj.bias", Range(G * hd, hd),
-              Range(at + (q_per_group + 1) * hd, hd));
+        b.Map(qkv, hf + "self_attn.q_proj.weight", Rows(G * q_per_group * hd, q_per_group * hd, H),
+              Rows(at, q_per_group * hd, H));
+        b.Map(qkv, hf + "self_attn.k_proj.weight", Rows(G * hd, hd, H),
+              Rows(at + q_per_group * hd, hd, H));
+        b.Map(qkv, hf + "self_attn.v_proj.weight", Rows(G * hd, hd, H),
+              Rows(at + (q_per_group + 1) * hd, hd, H));
       }
+      if (c.attention_bias) {
+        b.Add(mc + "self_attention.linear_qkv.bias", Shape::Of({groups * block}));
+        size_t bias = b.Last();
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t G = tp * groups + g;
+          const int64_t at = g * block;
+          b.Map(bias, hf + "self_attn.q_proj.bias", Range(G * q_per_group * hd, q_per_group * hd),
+                Range(at, q_per_group * hd));
+          b.Map(bias, hf + "self_attn.k_proj.bias", Range(G * hd, hd), Range(at + q_per_group * hd, hd));
+          b.Map(bias, hf + "self_attn.v_proj.bias", Range(G * hd, hd),
+                Range(at + (q_per_group + 1) * hd, hd));
+        }
+      }
+      if (c.qk_norm) {
+        b.Add(mc + "self_attention.q_layernorm.weight", Shape::Of({hd}));
+        b.Map(b.Last(), hf + "self_attn.q_norm.weight", Range(0, hd), Range(0, hd));
+        b.Add(mc + "self_attention.k_layernorm.weight", Shape::Of({hd}));
+        b.Map(b.Last(), hf + "self_attn.k_norm.weight", Range(0, hd), Range(0, hd));
+      }
+      const int64_t attn_cols = nh * hd / T;
+      b.Add(mc + "self_attention.linear_proj.weight", Shape::Of({H, attn_cols}));
+      b.Map(b.Last(), hf + "self_attn.o_proj.weight", Cols(H, tp * attn_cols, attn_cols),
+            Cols(H, 0, attn_cols));
     }
-    if (c.qk_norm) {
-      b.Add(mc + "self_attention.q_layernorm.weight", Shape::Of({hd}));
-      b.Map(b.Last(), hf + "self_attn.q_norm.weight", Range(0, hd), Range(0, hd));
-      b.Add(mc + "self_attention.k_layernorm.weight", Shape::Of({hd}));
-      b.Map(b.Last(), hf + "self_attn.k_norm.weight", Range(0, hd), Range(0, hd));
-    }
-    const int64_t attn_cols = nh * hd / T;
-    b.Add(mc + "self_attention.linear_proj.weight", Shape::Of({H, attn_cols}));
-    b.Map(b.Last(), hf + "self_attn.o_proj.weight", Cols(H, tp * attn_cols, attn_cols),
-          Cols(H, 0, attn_cols));
 
     if (!c.IsMoeLayer(l)) {
       const int64_t I = c.intermediate_size;
@@ -134,6 +193,10 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
     b.Map(b.Last(), hf + "post_attention_layernorm.weight", Range(0, H), Range(0, H));
     b.Add(mc + "mlp.router.weight", Shape::Of({E, H}));
     b.Map(b.Last(), n.router, Rows(0, E, H), Rows(0, E, H));
+    if (!n.router_bias.empty()) {  // moe_router_enable_expert_bias: an fp32 buffer
+      b.Add(mc + "mlp.router.expert_bias", Shape::Of({E}))->dtype = DType::kF32;
+      b.Map(b.Last(), n.router_bias, Range(0, E), Range(0, E));
+    }
     // Expert rank ep holds experts [ep * E/ep_size, (ep+1) * E/ep_size),
     // each split over etp.
     const int64_t local_experts = E / r.ep_size;
@@ -166,8 +229,10 @@ absl::StatusOr<std::vector<ShardSpec>> Megatron(const ModelSpec& model, const Mo
       b.Add(mc + "mlp.shared_experts.linear_fc2.weight", Shape::Of({H, Is / T}));
       b.Map(b.Last(), n.shared_prefix + "down_proj.weight", Cols(H, tp * (Is / T), Is / T),
             Cols(H, 0, Is / T));
-      b.Add(mc + "mlp.shared_experts.gate_weight", Shape::Of({1, H}));
-      b.Map(b.Last(), n.shared_gate, Rows(0, 1, H), Rows(0, 1, H));
+      if (!n.shared_gate.empty()) {
+        b.Add(mc + "mlp.shared_experts.gate_weight", Shape::Of({1, H}));
+        b.Map(b.Last(), n.shared_gate, Rows(0, 1, H), Rows(0, 1, H));
+      }
     }
   }
   if (last) {

@@ -27,13 +27,20 @@ std::vector<int64_t> LocalExperts(int64_t E, int rank, int size, bool round_robi
 absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelConfig& c,
                                             const RecipeOptions& options, const RankCoords& r,
                                             DType dtype) {
-  if (absl::Status s = CheckOptions("vllm", options, {"vocab_padding", "expert_placement", "moe_names"});
+  if (absl::Status s = CheckOptions("vllm", options, {"vocab_padding", "expert_placement", "moe_names", "qkv_a"});
       !s.ok()) {
     return s;
   }
-  std::string placement = "linear", moe_names = "routed_experts";
+  std::string placement = "linear", moe_names = "routed_experts", qkv_a = "fused";
   if (auto it = options.find("expert_placement"); it != options.end()) placement = it->second;
   if (auto it = options.find("moe_names"); it != options.end()) moe_names = it->second;
+  if (auto it = options.find("qkv_a"); it != options.end()) qkv_a = it->second;
+  if (qkv_a != "fused" && qkv_a != "separate") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "vllm recipe option qkv_a='", qkv_a,
+        "' must be fused (DeepseekV2MLAAttention: self_attn.fused_qkv_a_proj) or separate "
+        "(DeepseekV2Attention, without MLA: q_a_proj and kv_a_proj_with_mqa)"));
+  }
   if (placement != "linear" && placement != "round_robin") {
     return absl::InvalidArgumentError(absl::StrCat("vllm recipe option expert_placement='", placement,
                                                    "' must be linear or round_robin"));
@@ -52,9 +59,12 @@ absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelC
     if (!s.ok()) return s;
   }
   // KV heads: split when there are at least as many as ranks, else each rank
-  // holds one, replicated tp_size / ng times.
+  // holds one, replicated tp_size / ng times (MLA: every head has its own).
   int64_t kv_local, kv_first;
-  if (ng >= T) {
+  if (c.IsMla()) {
+    kv_local = nh / T;
+    kv_first = tp * kv_local;
+  } else if (ng >= T) {
     if (absl::Status s = Divides(ng, T, "num_key_value_heads", "vllm tp_size"); !s.ok()) return s;
     kv_local = ng / T;
     kv_first = tp * kv_local;
@@ -82,29 +92,65 @@ absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelC
       b.Add(p + norm, Shape::Of({H}));
       b.Map(b.Last(), p + norm, Range(0, H), Range(0, H));
     }
-    const int64_t q_rows = q_local * hd, kv_rows = kv_local * hd;
-    b.Add(p + "self_attn.qkv_proj.weight", Shape::Of({q_rows + 2 * kv_rows, H}));
-    b.Map(b.Last(), p + "self_attn.q_proj.weight", Rows(tp * q_rows, q_rows, H), Rows(0, q_rows, H));
-    b.Map(b.Last(), p + "self_attn.k_proj.weight", Rows(kv_first * hd, kv_rows, H),
-          Rows(q_rows, kv_rows, H));
-    b.Map(b.Last(), p + "self_attn.v_proj.weight", Rows(kv_first * hd, kv_rows, H),
-          Rows(q_rows + kv_rows, kv_rows, H));
-    if (c.attention_bias) {
-      b.Add(p + "self_attn.qkv_proj.bias", Shape::Of({q_rows + 2 * kv_rows}));
-      b.Map(b.Last(), p + "self_attn.q_proj.bias", Range(tp * q_rows, q_rows), Range(0, q_rows));
-      b.Map(b.Last(), p + "self_attn.k_proj.bias", Range(kv_first * hd, kv_rows),
-            Range(q_rows, kv_rows));
-      b.Map(b.Last(), p + "self_attn.v_proj.bias", Range(kv_first * hd, kv_rows),
-            Range(q_rows + kv_rows, kv_rows));
-    }
-    if (c.qk_norm) {
-      for (const char* norm : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
-        b.Add(p + norm, Shape::Of({hd}));
-        b.Map(b.Last(), p + norm, Range(0, hd), Range(0, hd));
+    if (c.IsMla()) {
+      // vllm/model_executor/models/deepseek_v2.py, DeepseekV2MLAAttention:
+      // q_a and kv_a stacked in fused_qkv_a_proj and replicated
+      // (disable_tp); q_b_proj, q_proj and kv_b_proj split by heads
+      // (ColumnParallelLinear), o_proj by heads' v columns (RowParallel).
+      const int64_t qa = c.q_lora_rank, kva = c.kv_lora_rank + c.qk_rope_head_dim, kvr = c.kv_lora_rank;
+      const int64_t q_rows = q_local * c.QkHeadDim(), kv_rows = q_local * (c.qk_nope_head_dim + c.v_head_dim),
+                    v_cols = q_local * c.v_head_dim;
+      auto whole = [&](const std::string& name, Shape shape) {
+        b.Add(p + name, shape);
+        b.Map(b.Last(), p + name, Box::Whole(shape), Box::Whole(shape));
+      };
+      if (qa > 0 && qkv_a == "fused") {
+        b.Add(p + "self_attn.fused_qkv_a_proj.weight", Shape::Of({qa + kva, H}));
+        b.Map(b.Last(), p + "self_attn.q_a_proj.weight", Rows(0, qa, H), Rows(0, qa, H));
+        b.Map(b.Last(), p + "self_attn.kv_a_proj_with_mqa.weight", Rows(0, kva, H), Rows(qa, kva, H));
+      } else {
+        if (qa > 0) whole("self_attn.q_a_proj.weight", Shape::Of({qa, H}));
+        whole("self_attn.kv_a_proj_with_mqa.weight", Shape::Of({kva, H}));
       }
+      if (qa > 0) {
+        whole("self_attn.q_a_layernorm.weight", Shape::Of({qa}));
+        b.Add(p + "self_attn.q_b_proj.weight", Shape::Of({q_rows, qa}));
+        b.Map(b.Last(), p + "self_attn.q_b_proj.weight", Rows(tp * q_rows, q_rows, qa), Rows(0, q_rows, qa));
+      } else {
+        b.Add(p + "self_attn.q_proj.weight", Shape::Of({q_rows, H}));
+        b.Map(b.Last(), p + "self_attn.q_proj.weight", Rows(tp * q_rows, q_rows, H), Rows(0, q_rows, H));
+      }
+      whole("self_attn.kv_a_layernorm.weight", Shape::Of({kvr}));
+      b.Add(p + "self_attn.kv_b_proj.weight", Shape::Of({kv_rows, kvr}));
+      b.Map(b.Last(), p + "self_attn.kv_b_proj.weight", Rows(tp * kv_rows, kv_rows, kvr), Rows(0, kv_rows, kvr));
+      b.Add(p + "self_attn.o_proj.weight", Shape::Of({H, v_cols}));
+      b.Map(b.Last(), p + "self_attn.o_proj.weight", Cols(H, tp * v_cols, v_cols), Cols(H, 0, v_cols));
     }
-    b.Add(p + "self_attn.o_proj.weight", Shape::Of({H, q_rows}));
-    b.Map(b.Last(), p + "self_attn.o_proj.weight", Cols(H, tp * q_rows, q_rows), Cols(H, 0, q_rows));
+    const int64_t q_rows = q_local * hd, kv_rows = kv_local * hd;
+    if (!c.IsMla()) {
+      b.Add(p + "self_attn.qkv_proj.weight", Shape::Of({q_rows + 2 * kv_rows, H}));
+      b.Map(b.Last(), p + "self_attn.q_proj.weight", Rows(tp * q_rows, q_rows, H), Rows(0, q_rows, H));
+      b.Map(b.Last(), p + "self_attn.k_proj.weight", Rows(kv_first * hd, kv_rows, H),
+            Rows(q_rows, kv_rows, H));
+      b.Map(b.Last(), p + "self_attn.v_proj.weight", Rows(kv_first * hd, kv_rows, H),
+            Rows(q_rows + kv_rows, kv_rows, H));
+      if (c.attention_bias) {
+        b.Add(p + "self_attn.qkv_proj.bias", Shape::Of({q_rows + 2 * kv_rows}));
+        b.Map(b.Last(), p + "self_attn.q_proj.bias", Range(tp * q_rows, q_rows), Range(0, q_rows));
+        b.Map(b.Last(), p + "self_attn.k_proj.bias", Range(kv_first * hd, kv_rows),
+              Range(q_rows, kv_rows));
+        b.Map(b.Last(), p + "self_attn.v_proj.bias", Range(kv_first * hd, kv_rows),
+              Range(q_rows + kv_rows, kv_rows));
+      }
+      if (c.qk_norm) {
+        for (const char* norm : {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
+          b.Add(p + norm, Shape::Of({hd}));
+          b.Map(b.Last(), p + norm, Range(0, hd), Range(0, hd));
+        }
+      }
+      b.Add(p + "self_attn.o_proj.weight", Shape::Of({H, q_rows}));
+      b.Map(b.Last(), p + "self_attn.o_proj.weight", Cols(H, tp * q_rows, q_rows), Cols(H, 0, q_rows));
+    }
 
     if (!c.IsMoeLayer(l)) {
       const int64_t I = c.intermediate_size;
@@ -123,6 +169,10 @@ absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelC
     const int64_t E = c.num_experts, Ie = c.ExpertSize();
     b.Add(moe + "gate.weight", Shape::Of({E, H}));
     b.Map(b.Last(), n.router, Rows(0, E, H), Rows(0, E, H));
+    if (!n.router_bias.empty()) {  // an fp32 parameter whatever the model's dtype
+      b.Add(moe + "gate.e_score_correction_bias", Shape::Of({E}))->dtype = DType::kF32;
+      b.Map(b.Last(), n.router_bias, Range(0, E), Range(0, E));
+    }
     // Experts: expert rank ep holds whole experts (placement), each split
     // over etp. vLLM uses one or the other: with enable_expert_parallel,
     // ep over dp x tp and etp 1; without, etp over dp x tp and ep 1.
@@ -158,8 +208,10 @@ absl::StatusOr<std::vector<ShardSpec>> Vllm(const ModelSpec& model, const ModelC
       b.Map(b.Last(), n.shared_prefix + "up_proj.weight", Rows(tp * Isl, Isl, H), Rows(Isl, Isl, H));
       b.Add(n.shared_prefix + "down_proj.weight", Shape::Of({H, Isl}));
       b.Map(b.Last(), n.shared_prefix + "down_proj.weight", Cols(H, tp * Isl, Isl), Cols(H, 0, Isl));
-      b.Add(n.shared_gate, Shape::Of({1, H}));
-      b.Map(b.Last(), n.shared_gate, Rows(0, 1, H), Rows(0, 1, H));
+      if (!n.shared_gate.empty()) {
+        b.Add(n.shared_gate, Shape::Of({1, H}));
+        b.Map(b.Last(), n.shared_gate, Rows(0, 1, H), Rows(0, 1, H));
+      }
     }
   }
   if (last) {

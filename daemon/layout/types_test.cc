@@ -147,7 +147,7 @@ TEST_CASE("recipes report unknown names, options and impossible splits") {
   CHECK(BuildShards(*model, c, "deepspeed", {}, r, DType::kBF16).status().message() ==
         "unknown recipe 'deepspeed' (known: megatron, vllm, hf, fsdp)");
   CHECK(BuildShards(*model, c, "vllm", {{"padding", "64"}}, r, DType::kBF16).status().message() ==
-        "unknown vllm recipe option 'padding' (known: vocab_padding, expert_placement, moe_names)");
+        "unknown vllm recipe option 'padding' (known: vocab_padding, expert_placement, moe_names, qkv_a)");
   r.tp = 3;
   r.tp_size = 2;
   CHECK(BuildShards(*model, c, "vllm", {}, r, DType::kBF16).status().message() ==
