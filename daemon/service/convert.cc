@@ -174,6 +174,17 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     a.config.moe_intermediate_size = c.moe_intermediate_size();
     a.config.shared_expert_intermediate_size = c.shared_expert_intermediate_size();
     a.config.decoder_sparse_step = c.decoder_sparse_step() > 0 ? c.decoder_sparse_step() : 1;
+    a.config.mlp_only_layers.assign(c.mlp_only_layers().begin(), c.mlp_only_layers().end());
+    a.config.q_lora_rank = c.q_lora_rank();
+    a.config.kv_lora_rank = c.kv_lora_rank();
+    a.config.qk_nope_head_dim = c.qk_nope_head_dim();
+    a.config.qk_rope_head_dim = c.qk_rope_head_dim();
+    a.config.v_head_dim = c.v_head_dim();
+    a.config.first_k_dense_replace = c.first_k_dense_replace();
+    a.config.moe_layer_freq = c.moe_layer_freq();
+    a.config.num_shared_experts = c.num_shared_experts();
+    a.config.n_group = c.n_group();
+    a.config.router_bias = c.router_bias();
   }
   for (const auto& l : in.lora_adapters()) {
     auto ad = FromProto(l, in.model_id());

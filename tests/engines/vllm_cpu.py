@@ -12,12 +12,13 @@ os.environ["VLLM_TARGET_DEVICE"] = "cpu"
 
 
 @contextlib.contextmanager
-def models(ckpt, world, rank, port, dtype="float32", ep=False):
+def models(ckpt, world, rank, port, dtype="float32", ep=False, placement="linear"):
     """Yields (vllm_config, target, reference): two instances of the model
     class of checkpoint directory `ckpt` (config.json) for TP rank `rank` of
-    `world` (enable_expert_parallel=ep), parameters in `dtype`, inside vLLM's
-    current-config context. The second instance has its own prefix, as vLLM
-    registers attention layers by name."""
+    `world` (enable_expert_parallel=ep, expert_placement_strategy=placement),
+    parameters in `dtype` (DeepSeek's router bias stays fp32, as vLLM makes
+    it), inside vLLM's current-config context. The second instance has its
+    own prefix, as vLLM registers attention layers by name."""
     from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
                              set_current_vllm_config)
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
@@ -26,7 +27,8 @@ def models(ckpt, world, rank, port, dtype="float32", ep=False):
     mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype=dtype, enforce_eager=True)
     vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"),
                     load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=ep))
+                    parallel_config=ParallelConfig(tensor_parallel_size=world, enable_expert_parallel=ep,
+                                                   expert_placement_strategy=placement))
     with set_current_vllm_config(vc):
         init_distributed_environment(world_size=world, rank=rank, local_rank=rank, backend="gloo",
                                      distributed_init_method=f"tcp://127.0.0.1:{port}")
@@ -36,6 +38,6 @@ def models(ckpt, world, rank, port, dtype="float32", ep=False):
         # (a bare constructor gives fp32 whatever the config says).
         with set_default_torch_dtype(mc.dtype):
             target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
-        dtypes = {p.dtype for p in target.parameters()}
+        dtypes = {p.dtype for n, p in target.named_parameters() if not n.endswith(".e_score_correction_bias")}
         assert dtypes == {mc.dtype}, f"vLLM built parameters of {dtypes}, not {mc.dtype}"
         yield vc, target, reference

@@ -21,6 +21,17 @@ v1::RegisterModelRequest ModelRequest(const std::string& model_id, const layout:
   c->set_moe_intermediate_size(config.moe_intermediate_size);
   c->set_shared_expert_intermediate_size(config.shared_expert_intermediate_size);
   c->set_decoder_sparse_step(config.decoder_sparse_step);
+  for (int64_t l : config.mlp_only_layers) c->add_mlp_only_layers(l);
+  c->set_q_lora_rank(config.q_lora_rank);
+  c->set_kv_lora_rank(config.kv_lora_rank);
+  c->set_qk_nope_head_dim(config.qk_nope_head_dim);
+  c->set_qk_rope_head_dim(config.qk_rope_head_dim);
+  c->set_v_head_dim(config.v_head_dim);
+  c->set_first_k_dense_replace(config.first_k_dense_replace);
+  c->set_moe_layer_freq(config.moe_layer_freq);
+  c->set_num_shared_experts(config.num_shared_experts);
+  c->set_n_group(config.n_group);
+  c->set_router_bias(config.router_bias);
   return m;
 }
 

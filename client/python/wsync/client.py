@@ -466,10 +466,15 @@ class Client:
             for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                         "intermediate_size", "vocab_size", "num_hidden_layers",
                         "moe_intermediate_size", "shared_expert_intermediate_size",
-                        "decoder_sparse_step"):
+                        "decoder_sparse_step", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                        "qk_rope_head_dim", "v_head_dim", "first_k_dense_replace", "moe_layer_freq", "n_group"):
                 if config.get(key) is not None:
                     setattr(c, key, int(config[key]))
-            c.num_experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+            c.mlp_only_layers.extend(int(x) for x in config.get("mlp_only_layers") or [])
+            c.num_experts = int(config.get("num_experts") or config.get("num_local_experts")
+                                or config.get("n_routed_experts") or 0)
+            c.num_shared_experts = int(config.get("n_shared_experts") or 0)
+            c.router_bias = config.get("topk_method") == "noaux_tc"
             c.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
             c.attention_bias = bool(config.get("attention_bias", False))
         for name, shape, dtype in tensors or []:

@@ -144,7 +144,7 @@ def probe_report(client, model, model_id, layout=None, chunk_bytes=1 << 30):
     start = time.monotonic()
     if layout is None:
         layout = client.describe_layout(model_id, "vllm", coordinates(model), recipe_options(model))
-    params = dict(model.named_parameters())
+    params = _weights(model)
     for name in layout["buffers"]:
         if name not in params:
             raise LayoutMismatch(f"the vllm recipe has a parameter {name!r} that this vLLM model does not")
@@ -310,6 +310,16 @@ LOADER_PREFIX = "loader:"
 # The attention and kv-cache scales vLLM gives FP8 models: not weights (no
 # trainer holds them), so they keep vLLM's values and are not registered.
 ATTENTION_SCALES = (".attn.q_scale", ".attn.k_scale", ".attn.v_scale", ".attn.prob_scale")
+# What MLA attention layers derive from kv_b_proj after loading (parameters
+# vLLM adds in process_weights_after_loading): refresh_derived recomputes
+# them after a sync instead.
+MLA_DERIVED = (".W_UV", ".W_UK_T", ".W_UK_T_dcp_qrep", ".W_K", ".W_K_scale", ".W_V", ".W_V_scale")
+
+
+def _weights(model):
+    """{name: parameter} of the model's weights: what the vllm recipe
+    describes, without the parameters vLLM derives or keeps for itself."""
+    return {n: p for n, p in model.named_parameters() if not n.endswith(ATTENTION_SCALES + MLA_DERIVED)}
 
 
 def register(client, model, model_id, replica, update_mode="staged", coordinator="", probe_layout=True,
@@ -342,9 +352,9 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
             raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
         loader = {n: report.feeds[n] for n in report.mismatches}
     in_place, pieces, staging = {}, {}, {}
-    params = dict(model.named_parameters())
+    params = _weights(model)
     for name, p in params.items():
-        if name in loader or name.endswith(ATTENTION_SCALES):
+        if name in loader:
             continue
         if p.is_cuda:
             torch_dtype_name(p.dtype, f"parameter {name!r}")
@@ -383,6 +393,38 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
         model_id, replica, coords["rank"], len(in_place), len(loader),
         f" ({', '.join(loader)}; {len(staging)} staging tensor(s))" if loader else "")
     return reg
+
+
+def refresh_derived(model):
+    """Recomputes the tensors vLLM derives from weights after loading them,
+    for the layers a sync can make stale: multi-head latent attention layers
+    (DeepSeek family) split kv_b_proj into W_UK_T and W_UV in their
+    process_weights_after_loading, and keep using those after kv_b_proj
+    changes. Call it after a version is committed and before generation
+    resumes (WorkerSession.update does). vLLM updates the tensors in place,
+    so captured CUDA graphs stay valid. Returns the number of layers
+    refreshed."""
+    import torch
+    dtype = None
+    try:
+        from vllm.config import get_current_vllm_config
+        mc = get_current_vllm_config().model_config
+        dtype = mc.dtype if mc is not None else None
+    except Exception:  # no current config outside vLLM's context
+        dtype = None
+    n = 0
+    for name, m in model.named_modules():
+        if type(m).__name__ != "MLAAttention" or not hasattr(m, "kv_b_proj"):
+            continue
+        w = getattr(m.kv_b_proj, "weight", None)
+        if w is None or w.numel() == 0:
+            raise RuntimeError(f"{name}: vLLM released kv_b_proj after deriving W_UK/W_UV from it (its AMX MLA "
+                               "path); wsync cannot update this model's attention")
+        act = dtype if dtype is not None else (w.dtype if w.dtype.is_floating_point and w.element_size() > 1
+                                               else torch.bfloat16)
+        m.process_weights_after_loading(act)
+        n += 1
+    return n
 
 
 class WorkerSession:
@@ -437,6 +479,7 @@ class WorkerSession:
                                "wsync_init was not called)")
         self.client.wait_committed(self.model_id, self.replica, version, timeout_ms / 1000.0)
         self.registration.load(self.model)
+        refresh_derived(self.model)
 
     def paths(self):
         """{parameter: "in_place" | "loader"} of this worker's registration."""
