@@ -169,6 +169,45 @@ TEST_CASE("MoE: HF -> megatron(tp=2,ep=2,etp=1) -> vllm(tp=2,ep=2) -> fsdp(dp=3,
   CheckRoundTrip(c, "back");
 }
 
+// DeepSeek-V3-shaped: MLA with q LoRA, one dense first layer, routed experts
+// with a shared expert, the fp32 router bias, two expert groups.
+constexpr char kDeepSeek[] = R"({"model_type": "deepseek_v3", "hidden_size": 16, "intermediate_size": 16,
+  "moe_intermediate_size": 8, "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 3,
+  "q_lora_rank": 8, "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 2, "v_head_dim": 4,
+  "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+  "n_group": 2, "topk_method": "noaux_tc", "vocab_size": 50, "tie_word_embeddings": false})";
+
+TEST_CASE("DeepSeek-V3 shape: HF -> every layout -> HF is bit-identical in fp32") {
+  Checkpoint c = MakeHf(kDeepSeek, false, 3);
+  Run(Opts(c, "hf", "megatron:tp=2,ep=2,etp=1", "hf", "meg"));
+  {
+    auto p0 = SafetensorsFile::Open(c.dir + "/meg/rank-00000.safetensors");
+    REQUIRE(p0.ok());
+    // TE spec: the down projections whole on every TP rank, the norms fused.
+    const TensorInfo* down = (*p0)->Find("decoder.layers.0.self_attention.linear_q_down_proj.weight");
+    REQUIRE(down != nullptr);
+    CHECK(down->shape == layout::Shape::Of({8, 16}));
+    CHECK((*p0)->Find("decoder.layers.0.self_attention.linear_kv_up_proj.layer_norm_weight") != nullptr);
+    CHECK((*p0)->Find("decoder.layers.1.mlp.router.expert_bias") != nullptr);
+    CHECK((*p0)->Find("decoder.layers.0.mlp.router.weight") == nullptr);  // the dense first layer
+  }
+  Run(Opts(c, "megatron:tp=2,ep=2,etp=1", "vllm:tp=2,ep=2,expert_placement=round_robin", "meg", "vllm"));
+  Run(Opts(c, "vllm:tp=2,ep=2,expert_placement=round_robin", "fsdp:dp=3,experts=fused", "vllm", "fsdp"));
+  Run(Opts(c, "fsdp:dp=3,experts=fused", "megatron:tp=2,spec=local", "fsdp", "meg2"));
+  {
+    auto p1 = SafetensorsFile::Open(c.dir + "/meg2/rank-00001.safetensors");
+    REQUIRE(p1.ok());
+    // Local spec: the down projections split by rows over TP.
+    const TensorInfo* down = (*p1)->Find("decoder.layers.0.self_attention.linear_kv_down_proj.weight");
+    REQUIRE(down != nullptr);
+    CHECK(down->shape == layout::Shape::Of({5, 16}));
+    CHECK((*p1)->Find("decoder.layers.0.self_attention.kv_layernorm.weight") != nullptr);
+  }
+  Run(Opts(c, "megatron:tp=2,spec=local", "vllm:tp=4,qkv_a=separate", "meg2", "vllm4"));
+  Run(Opts(c, "vllm:tp=4,qkv_a=separate", "hf", "vllm4", "back"));
+  CheckRoundTrip(c, "back");
+}
+
 TEST_CASE("Transformers v5 checkpoints: fused experts read and written, the form kept by default") {
   Checkpoint c = MakeHf(kMoe, false, 3);
   Run(Opts(c, "hf", "hf:experts=fused", "hf", "fused"));

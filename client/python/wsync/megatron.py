@@ -26,6 +26,11 @@ Parameters offloaded to CPU by an optimizer (`optimizer_cpu_offload`) are not
 model parameters and are not read; the model parameters must stay resident
 (on the GPU, or in host memory for CPU runs) while syncs read them.
 
+The router's score-correction bias of DeepSeek-style MoE layers
+(`moe_router_enable_expert_bias`: `mlp.router.expert_bias`) is a buffer, not
+a parameter; it is registered too, in fp32 (Megatron-core updates it in place
+after each step and keeps it fp32 even under a bf16 wrapper).
+
 GPU parameters are registered in place through CUDA IPC. CPU parameters must
 live in memory the daemon can map: `register` moves each one into the
 client's shared memory (`param.data` is replaced by a shared-memory tensor
@@ -76,12 +81,29 @@ _SEQUENTIAL = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.(.*)$")
 _GROUPED = re.compile(r"^(mlp\.experts\.linear_fc[12]\.weight)(\d+)$")
 
 
+def _weights(chunk):
+    """(name, tensor) of a chunk's parameters and router expert biases."""
+    yield from chunk.named_parameters()
+    for name, module in chunk.named_modules():
+        bias = getattr(module, "expert_bias", None)
+        if bias is None:
+            continue
+        # Megatron-core keeps the bias fp32 by replacing the tensor when a
+        # wrapper cast it (Router._maintain_float32_expert_bias): do it now,
+        # so that the tensor registered is the one it keeps updating.
+        keep = getattr(module, "_maintain_float32_expert_bias", None)
+        if keep is not None:
+            keep()
+        yield f"{name}.expert_bias", module.expert_bias
+
+
 def named_parameters(model):
     """[(global recipe name, parameter)] of every parameter of the model's
-    chunks: layer and expert numbers made global."""
+    chunks (and every router expert bias): layer and expert numbers made
+    global."""
     out = []
     for chunk in _chunks(model):
-        for name, p in chunk.named_parameters():
+        for name, p in _weights(chunk):
             m = _LAYER.match(name)
             if m is None:
                 out.append((name, p))
@@ -113,7 +135,8 @@ def recipe_options(model, make_vocab_size_divisible_by=128, names=None):
     if names is None:
         names = [n for n, _ in named_parameters(model)]
     options = {"make_vocab_size_divisible_by": str(make_vocab_size_divisible_by)}
-    options["spec"] = "te" if any(n.endswith("linear_qkv.layer_norm_weight") for n in names) else "local"
+    fused_norms = ("linear_qkv.layer_norm_weight", "linear_kv_up_proj.layer_norm_weight")
+    options["spec"] = "te" if any(n.endswith(fused_norms) for n in names) else "local"
     if any(".mlp.experts.local_experts." in n for n in names):
         options["moe_layout"] = "sequential"
     elif any(_GROUPED.search(n.split(".", 3)[-1]) for n in names if ".mlp.experts.linear_fc" in n):
