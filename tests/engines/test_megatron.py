@@ -58,6 +58,45 @@ def padded_vocab(tp):
     return (V + m - 1) // m * m
 
 
+def label_shards(chunks):
+    """Labels every element of the Megatron chunks by its global position in
+    Megatron-core's own placement (sharded_state_dict()): equal for copies
+    (DP, EDP, replicated norms), different everywhere else. Returns the
+    pieces (key, global offset, global shape, local shape, values)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    def shards(v):
+        if isinstance(v, ShardedTensorFactory):
+            built = v.build()
+            for x in built if isinstance(built, list) else [built]:
+                yield from shards(x)
+        elif isinstance(v, ShardedTensor):
+            yield v
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from shards(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from shards(x)
+
+    pieces = []
+    with torch.no_grad():
+        for sh in shards([c.sharded_state_dict() for c in chunks]):
+            local = (1,) * sh.prepend_axis_num + tuple(sh.data.shape)
+            idx = np.zeros(local, dtype=np.int64)
+            stride = 1
+            for d in reversed(range(len(local))):
+                idx += (np.arange(local[d]) + sh.global_offset[d]).reshape(
+                    [-1 if i == d else 1 for i in range(len(local))]) * stride
+                stride *= sh.global_shape[d]
+            # Small integers: exact in bf16 as in fp32.
+            label = ((idx * 7 + zlib.crc32(sh.key.encode())) % 251).astype(np.float32).reshape(sh.data.shape)
+            if not any(p[0] == sh.key and p[1] == tuple(sh.global_offset) for p in pieces):
+                sh.data.add_(torch.from_numpy(label).to(sh.data.dtype))
+            pieces.append((sh.key, tuple(sh.global_offset), tuple(sh.global_shape), local, as_numpy(sh.data)))
+    return pieces
+
+
 # ----------------------------------------------------------------- processes
 def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
     """One Megatron process: build, label, report its shards, register, wait."""
@@ -65,7 +104,6 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -110,37 +148,7 @@ def trainer(rank, world, port, sock, out, cfg, sizes, dtype, registered, done):
         chunks = [Float16Module(config, c) for c in chunks]
     model = chunks if vpp else chunks[0]
 
-    def shards(v):
-        if isinstance(v, ShardedTensorFactory):
-            built = v.build()
-            for x in built if isinstance(built, list) else [built]:
-                yield from shards(x)
-        elif isinstance(v, ShardedTensor):
-            yield v
-        elif isinstance(v, dict):
-            for x in v.values():
-                yield from shards(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                yield from shards(x)
-
-    # Label every element by its global position in Megatron's own placement:
-    # equal for copies (DP, EDP, replicated norms), different everywhere else.
-    pieces = []
-    with torch.no_grad():
-        for sh in shards([c.sharded_state_dict() for c in chunks]):
-            local = (1,) * sh.prepend_axis_num + tuple(sh.data.shape)
-            idx = np.zeros(local, dtype=np.int64)
-            stride = 1
-            for d in reversed(range(len(local))):
-                idx += (np.arange(local[d]) + sh.global_offset[d]).reshape(
-                    [-1 if i == d else 1 for i in range(len(local))]) * stride
-                stride *= sh.global_shape[d]
-            # Small integers: exact in bf16 as in fp32.
-            label = ((idx * 7 + zlib.crc32(sh.key.encode())) % 251).astype(np.float32).reshape(sh.data.shape)
-            if not any(p[0] == sh.key and p[1] == tuple(sh.global_offset) for p in pieces):
-                sh.data.add_(torch.from_numpy(label).to(sh.data.dtype))
-            pieces.append((sh.key, tuple(sh.global_offset), tuple(sh.global_shape), local, as_numpy(sh.data)))
+    pieces = label_shards(chunks)
 
     client = wsync.Client(socket=sock, name=f"megatron-{rank}")
     registered_params = wsync.megatron.register(client, model, "policy",

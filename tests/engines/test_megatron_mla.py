@@ -20,7 +20,6 @@ touches a weight:
 The TE spec needs Transformer Engine (a GPU) and is not built here; its
 names are covered by the recipe and `wsyncctl convert` tests."""
 import os
-import zlib
 
 import numpy as np
 import pytest
@@ -31,7 +30,7 @@ import wsync
 import wsync.megatron
 from conftest import wait_registered
 from reference import as_numpy, free_port, wsync_dtype
-from test_megatron import DIVISIBLE_BY, global_tensors, padded_vocab
+from test_megatron import DIVISIBLE_BY, global_tensors, label_shards, padded_vocab
 
 V = 100
 CFG = {"model_type": "deepseek_v3", "hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -49,7 +48,6 @@ def trainer(rank, world, port, sock, out, sizes, registered, done):
     import megatron.core.transformer.multi_latent_attention as mla
     mla.HAVE_TE = False  # shim 2
     from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.transformer.dot_product_attention import DotProductAttention
@@ -85,34 +83,7 @@ def trainer(rank, world, port, sock, out, sizes, registered, done):
                      pre_process=True, post_process=True, share_embeddings_and_output_weights=False,
                      position_embedding_type="rope")
 
-    def shards(v):
-        if isinstance(v, ShardedTensorFactory):
-            built = v.build()
-            for x in built if isinstance(built, list) else [built]:
-                yield from shards(x)
-        elif isinstance(v, ShardedTensor):
-            yield v
-        elif isinstance(v, dict):
-            for x in v.values():
-                yield from shards(x)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                yield from shards(x)
-
-    pieces = []
-    with torch.no_grad():
-        for sh in shards(model.sharded_state_dict()):
-            local = (1,) * sh.prepend_axis_num + tuple(sh.data.shape)
-            idx = np.zeros(local, dtype=np.int64)
-            stride = 1
-            for d in reversed(range(len(local))):
-                idx += (np.arange(local[d]) + sh.global_offset[d]).reshape(
-                    [-1 if i == d else 1 for i in range(len(local))]) * stride
-                stride *= sh.global_shape[d]
-            label = ((idx * 7 + zlib.crc32(sh.key.encode())) % 251).astype(np.float32).reshape(sh.data.shape)
-            if not any(p[0] == sh.key and p[1] == tuple(sh.global_offset) for p in pieces):
-                sh.data.add_(torch.from_numpy(label).to(sh.data.dtype))
-            pieces.append((sh.key, tuple(sh.global_offset), tuple(sh.global_shape), local, as_numpy(sh.data)))
+    pieces = label_shards([model])
     client = wsync.Client(socket=sock, name=f"megatron-{rank}")
     params = wsync.megatron.register(client, model, "policy", make_vocab_size_divisible_by=DIVISIBLE_BY)
     np.save(os.path.join(out, f"trainer-{rank}.npy"), np.array({
