@@ -648,6 +648,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     return (*sums)[0];
   };
   // Writes wire `w` (received into `buf`) into this daemon's targets.
+  std::vector<size_t> check_wire;  // per SyncJob check: its wire bucket
   auto unpack = [&](size_t wi, const Wire& w, const char* buf) -> absl::Status {
     if (!holds_targets) return absl::OkStatus();
     // What arrived: the written digest where a target's boxes hold exactly
@@ -714,6 +715,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       if (!s.ok()) return s;
       auto sums = ctx->Finish(1);
       if (!sums.ok()) return sums.status();
+      // Re-read before the part reports ready (SyncJob::Verify).
+      const size_t check = sj.AddCheck(j, std::move(tw.boxes), std::move(tw.box_words), word - w.word_base);
+      sj.SetWritten(check, (*sums)[0]);
+      check_wire.push_back(wi);
       kernels::DigestSums got = (*sums)[0];
       if (!same_bytes) {
         auto g = got_of();
@@ -799,6 +804,19 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     WSYNC_RETURN_IF_ERROR(sj.WriteFills(ctx.get(), fills));
   }
   if (auto done = ctx->Finish(0); !done.ok()) return done.status();
+  // Verify: everything written, re-read as it is now, against what the
+  // kernels wrote (the coordinator then compares what was written with what
+  // was sent).
+  auto changed = sj.Verify(ctx.get());
+  if (!changed.ok()) return changed.status();
+  if (!changed->empty()) {
+    const SyncJob::Check& c = sj.check(changed->front());
+    return absl::DataLossError(absl::StrCat(
+        "model '", plan.model_id, "' version ", plan.version, ": what wire bucket ", check_wire[changed->front()],
+        " wrote into ", sj.rank(c.target)->Label(), " on daemon '", me, "' changed before the verify (written ",
+        kernels::DigestFinish(c.written, c.num_words * 8).Hex(), ", re-read ",
+        kernels::DigestFinish(c.reread, c.num_words * 8).Hex(), "; target memory changed during the sync?)"));
+  }
   return CheckJob(job, p->deadline, "transfer", nullptr);
 }
 

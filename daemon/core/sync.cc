@@ -732,10 +732,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   SetProgress(job, prog);
   if (progress) progress(prog);
 
-  std::vector<kernels::BoxCopyOp> descs;  // destination side of every op, for verify and commit
-  std::vector<uint64_t> desc_words;
-  std::vector<std::pair<size_t, size_t>> bucket_desc;  // [begin, end) into descs
-  std::vector<uint64_t> bucket_words(plan->buckets.size(), 0);
+  // The verify's checks: bucket b's (check_of_bucket[b], -1 when unused),
+  // then one per FP8 target endpoint.
+  std::vector<int64_t> check_of_bucket(plan->buckets.size(), -1);
   uint64_t word = 0;
   const absl::Time t_xfer0 = absl::Now();
   // Padding of full syncs first (zero fills, not digested).
@@ -763,7 +762,6 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     if (q != quant_ops.end()) q->second.push_back(i);
   }
   for (size_t b = 0; b < plan->buckets.size(); ++b) {
-    bucket_desc.push_back({descs.size(), descs.size()});
     if (!bucket_used[b]) continue;
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) return status = s;
     const layout::Bucket& bk = plan->buckets[b];
@@ -777,13 +775,11 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       bytes += sj->AddWrite(c.dst_endpoint, c, src_ranks[c.src_endpoint]->Live(c.src_shard), /*merge_dims=*/true,
                             &word, &tw);
     }
-    descs.insert(descs.end(), tw.boxes.begin(), tw.boxes.end());
-    desc_words.insert(desc_words.end(), tw.box_words.begin(), tw.box_words.end());
-    bucket_desc.back().second = descs.size();
-    bucket_words[b] = word - first_word;
     // Digest slot b: what bucket b sent.
     absl::Status ks = RunTargetWrite(ctx.get(), dev, tw, b);
     if (!ks.ok()) return fail(Annotate(ks, absl::StrCat("bucket ", b)));
+    check_of_bucket[b] =
+        static_cast<int64_t>(sj->AddCheck(bk.dst_endpoint, std::move(tw.boxes), std::move(tw.box_words), word - first_word));
     if (options_.test_hooks && options_.test_hooks->bucket_delay_ms) {
       absl::SleepFor(absl::Milliseconds(options_.test_hooks->bucket_delay_ms));
     }
@@ -803,12 +799,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   }
   const size_t nq = quant_eps.size();
   std::vector<std::unique_ptr<memory::Buffer>> quant_buffers;
-  std::vector<std::pair<size_t, size_t>> quant_desc(nq);
-  std::vector<uint64_t> quant_words(nq, 0);
+  std::vector<size_t> check_of_quant(nq);
   for (size_t k = 0; k < nq; ++k) {
     const uint32_t e = quant_eps[k];
     const uint64_t first_word = word;
-    quant_desc[k].first = descs.size();
+    std::vector<kernels::BoxCopyOp> descs;  // what lands in the target, for the verify
+    std::vector<uint64_t> desc_words;
     for (const auto& [key, ops] : quant_ops) {
       if (std::get<0>(key) != e) continue;
       const int dev = sj->device(e);
@@ -833,73 +829,52 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       for (const auto& [s, box] : q->boxes) sj->Wrote(e, s, box);
       prog.bytes_done += q->bytes;
     }
-    quant_desc[k].second = descs.size();
-    quant_words[k] = word - first_word;
+    check_of_quant[k] = sj->AddCheck(e, std::move(descs), std::move(desc_words), word - first_word);
   }
   auto sent = ctx->Finish(nb + nq + 1);
   if (!sent.ok()) return fail(sent.status());
+  for (size_t b = 0; b < nb; ++b) {
+    if (check_of_bucket[b] >= 0) sj->SetWritten(check_of_bucket[b], (*sent)[b]);
+  }
+  for (size_t k = 0; k < nq; ++k) sj->SetWritten(check_of_quant[k], (*sent)[nb + k]);
   const absl::Time t_xfer = absl::Now();
 
   // ---- Verify: re-read every bucket's destination and compare digests.
   prog.phase = "VERIFYING";
   SetProgress(job, prog);
   if (progress) progress(prog);
+  auto changed = sj->Verify(ctx.get());
+  if (!changed.ok()) return fail(changed.status());
+  if (!changed->empty()) {
+    const size_t i = changed->front();
+    const SyncJob::Check& c = sj->check(i);
+    auto q = std::find(check_of_quant.begin(), check_of_quant.end(), i);
+    if (q != check_of_quant.end()) {
+      return status = absl::DataLossError(absl::StrCat("model '", args.model_id, "' version ", v,
+                                                       ": the FP8 weights and scales written to ", dst_ids[c.target],
+                                                       " changed before the verify (target memory changed during "
+                                                       "the sync?)"));
+    }
+    const size_t b = std::find(check_of_bucket.begin(), check_of_bucket.end(), static_cast<int64_t>(i)) -
+                     check_of_bucket.begin();
+    const layout::Bucket& bk = plan->buckets[b];
+    return status = absl::DataLossError(absl::StrCat(
+        "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_ids[bk.src_endpoint], " -> ",
+        dst_ids[bk.dst_endpoint], ", ", bk.bytes, " bytes) digest mismatch: sent ",
+        kernels::DigestFinish(c.written, c.num_words * 8).Hex(), ", received ",
+        kernels::DigestFinish(c.reread, c.num_words * 8).Hex(), " (target memory changed during the sync?)"));
+  }
   std::map<std::string, kernels::DigestSums> rep_sums;
   std::map<std::string, uint64_t> rep_words;
   kernels::DigestSums all;
-  for (size_t b = 0; b < nb; ++b) {
-    if (!bucket_used[b]) continue;
-    auto [lo, hi] = bucket_desc[b];
-    const int dev = sj->device(plan->buckets[b].dst_endpoint);
-    if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, b); !s.ok()) {
-      return fail(s);
-    }
-  }
-  for (size_t k = 0; k < nq; ++k) {
-    auto [lo, hi] = quant_desc[k];
-    const int dev = sj->device(quant_eps[k]);
-    if (absl::Status s = ctx->Digest(dev, descs.data() + lo, hi - lo, desc_words.data() + lo, nb + k); !s.ok()) {
-      return fail(s);
-    }
-  }
-  auto received = ctx->Finish(nb + nq);
-  if (!received.ok()) return fail(received.status());
-  for (size_t k = 0; k < nq; ++k) {
-    const kernels::DigestSums& got = (*received)[nb + k];
-    const kernels::DigestSums& want = (*sent)[nb + k];
-    if (got.s1 != want.s1 || got.s2 != want.s2) {
-      status = absl::DataLossError(absl::StrCat("model '", args.model_id, "' version ", v,
-                                                ": the FP8 weights and scales written to ", dst_ids[quant_eps[k]],
-                                                " changed before the verify (target memory changed during the sync?)"));
-      return status;
-    }
-    const std::string& rid = sj->replica_id(quant_eps[k]);
-    rep_sums[rid].s1 += got.s1;
-    rep_sums[rid].s2 += got.s2;
-    rep_words[rid] += quant_words[k];
-    all.s1 += got.s1;
-    all.s2 += got.s2;
-  }
-  for (size_t b = 0; b < nb; ++b) {
-    if (!bucket_used[b]) continue;
-    const kernels::DigestSums& got = (*received)[b];
-    const kernels::DigestSums& want = (*sent)[b];
-    if (got.s1 != want.s1 || got.s2 != want.s2) {
-      const layout::Bucket& bk = plan->buckets[b];
-      status = absl::DataLossError(absl::StrCat(
-          "model '", args.model_id, "' version ", v, ": bucket ", b, " (", src_ids[bk.src_endpoint], " -> ",
-          dst_ids[bk.dst_endpoint], ", ", bk.bytes, " bytes) digest mismatch: sent ",
-          kernels::DigestFinish(want, bucket_words[b] * 8).Hex(), ", received ",
-          kernels::DigestFinish(got, bucket_words[b] * 8).Hex(),
-          " (target memory changed during the sync?)"));
-      return status;
-    }
-    const std::string& rid = sj->replica_id(plan->buckets[b].dst_endpoint);
-    rep_sums[rid].s1 += got.s1;
-    rep_sums[rid].s2 += got.s2;
-    rep_words[rid] += bucket_words[b];
-    all.s1 += got.s1;
-    all.s2 += got.s2;
+  for (size_t i = 0; i < sj->num_checks(); ++i) {
+    const SyncJob::Check& c = sj->check(i);
+    const std::string& rid = sj->replica_id(c.target);
+    rep_sums[rid].s1 += c.reread.s1;
+    rep_sums[rid].s2 += c.reread.s2;
+    rep_words[rid] += c.num_words;
+    all.s1 += c.reread.s1;
+    all.s2 += c.reread.s2;
   }
   if (absl::Status s = CheckJob(job, deadline, "verify", client_gone); !s.ok()) return status = s;
   // A page that vanished during the transfer was served from a private

@@ -122,6 +122,36 @@ absl::Status SyncJob::WriteFills(ExecContext* ctx,
 
 void SyncJob::Wrote(uint32_t t, uint32_t s, const layout::Box& box) { Record(t, s, box); }
 
+size_t SyncJob::AddCheck(uint32_t t, std::vector<kernels::BoxCopyOp> boxes, std::vector<uint64_t> words,
+                         uint64_t num_words) {
+  Check c;
+  c.target = t;
+  c.boxes = std::move(boxes);
+  c.words = std::move(words);
+  c.num_words = num_words;
+  checks_.push_back(std::move(c));
+  return checks_.size() - 1;
+}
+
+absl::StatusOr<std::vector<size_t>> SyncJob::Verify(ExecContext* ctx) {
+  for (size_t i = 0; i < checks_.size(); ++i) {
+    const Check& c = checks_[i];
+    if (c.boxes.empty()) continue;
+    absl::Status s = ctx->Digest(targets_[c.target].device, c.boxes.data(), c.boxes.size(), c.words.data(), i);
+    if (!s.ok()) return s;
+  }
+  auto sums = ctx->Finish(checks_.size());
+  if (!sums.ok()) return sums.status();
+  std::vector<size_t> changed;
+  for (size_t i = 0; i < checks_.size(); ++i) {
+    checks_[i].reread = (*sums)[i];
+    if (checks_[i].reread.s1 != checks_[i].written.s1 || checks_[i].reread.s2 != checks_[i].written.s2) {
+      changed.push_back(i);
+    }
+  }
+  return changed;
+}
+
 absl::Status SyncJob::CommitStaged(ExecContext* ctx) {
   std::map<int, std::vector<kernels::BoxCopyOp>> by_device;
   for (const Written& w : written_) {

@@ -6,14 +6,15 @@
 // (sync.cc) and the parts of multi-node syncs (dist_sync.cc).
 //
 //   prepare targets -> LoRA operands -> pause (in-place) -> write each bucket
-//   -> [verify: the engine's] -> pause (staged) -> commit staged -> settle
+//   -> verify -> pause (staged) -> commit staged -> settle
 //
 // The one seam between the engines is where W's bytes come from: AddWrite
 // takes a view of them, a source shard on this daemon (local syncs) or a
 // region of a received wire buffer (multi-node parts). LoRA modes, staging,
-// pristine bases, what was written and which replicas' live memory it
-// touched live here. Planning, moving bytes between daemons, verification
-// and pausing (which waits on clients) stay with each engine.
+// pristine bases, what was written, which replicas' live memory it touched,
+// and the re-read of everything written live here. Planning, moving bytes
+// between daemons (and comparing their digests across daemons) and pausing
+// (which waits on clients) stay with each engine.
 
 #include <cstdint>
 #include <map>
@@ -109,6 +110,26 @@ class SyncJob {
   bool LiveWritten(const std::string& replica_id) const { return live_written_.count(replica_id) > 0; }
   bool AnyLiveWritten() const { return !live_written_.empty(); }
 
+  // Phase "verify". A check is what one batch of kernel work wrote into
+  // target `t` (on its device): the destination boxes with their first
+  // payload words, `num_words` words in all, and the digest sums the kernels
+  // computed as they wrote them (SetWritten, once they are known).
+  struct Check {
+    uint32_t target = 0;
+    std::vector<kernels::BoxCopyOp> boxes;
+    std::vector<uint64_t> words;
+    uint64_t num_words = 0;
+    kernels::DigestSums written, reread;
+  };
+  size_t AddCheck(uint32_t t, std::vector<kernels::BoxCopyOp> boxes, std::vector<uint64_t> words, uint64_t num_words);
+  void SetWritten(size_t check, const kernels::DigestSums& sums) { checks_[check].written = sums; }
+  size_t num_checks() const { return checks_.size(); }
+  const Check& check(size_t i) const { return checks_[i]; }
+  // Re-reads every check's boxes as they are now (one digest slot each) and
+  // returns the checks whose re-read differs from what was written: target
+  // memory that changed during the sync.
+  absl::StatusOr<std::vector<size_t>> Verify(ExecContext* ctx);
+
   // Phase "commit": copies everything written to staging into the staged
   // targets' live memory and waits. The engine has paused their sessions.
   absl::Status CommitStaged(ExecContext* ctx);
@@ -150,6 +171,7 @@ class SyncJob {
   std::vector<Target> targets_;
   std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem_;  // (device, tensor) -> fp32
   std::vector<Written> written_;
+  std::vector<Check> checks_;
   std::set<std::string> live_written_;
   SessionReplicas paused_;
 };

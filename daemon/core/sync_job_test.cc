@@ -176,6 +176,32 @@ TEST_CASE("adapter_only writes only active adapters, from the pristine base; it 
   CHECK(f.replica.version == 0);
 }
 
+TEST_CASE("verify re-reads what each check wrote and names the checks whose memory changed since") {
+  Fixture f(UpdateMode::kInPlace);
+  auto sj = f.Job(LoraMode::kNone, {});
+  REQUIRE(sj->PrepareTargets(f.ctx.get()).ok());
+  TargetWrite tw;
+  uint64_t word = 0;
+  sj->AddWrite(0, f.op, f.Source(), /*merge_dims=*/false, &word, &tw);
+  REQUIRE(RunTargetWrite(f.ctx.get(), -1, tw, 0).ok());
+  auto written = f.ctx->Finish(1);
+  REQUIRE(written.ok());
+  const size_t c = sj->AddCheck(0, tw.boxes, tw.box_words, word);
+  sj->SetWritten(c, (*written)[0]);
+  CHECK(word == 4);  // 8 floats: 4 payload words
+
+  auto same = sj->Verify(f.ctx.get());
+  REQUIRE(same.ok());
+  CHECK(same->empty());
+  CHECK(sj->check(c).reread.s1 == (*written)[0].s1);
+  CHECK(sj->check(c).reread.s2 == (*written)[0].s2);
+
+  f.live[5] = -6;  // the client writes its weights during the sync
+  auto changed = sj->Verify(f.ctx.get());
+  REQUIRE(changed.ok());
+  CHECK(*changed == std::vector<size_t>{c});
+}
+
 TEST_CASE("zero fills land where the job writes and are committed with the rest") {
   Fixture f(UpdateMode::kStaged);
   f.live.assign(8, 9);
