@@ -54,7 +54,6 @@ class SyncJob {
   // Whether W's bytes move (LoRA none or merge): every byte of the targets is
   // written.
   bool full() const { return full_; }
-  LoraMode lora() const { return lora_; }
 
   // Adds the next target (index num_targets()): `rank` of replica `replica`,
   // its kernels running on `device`. A null rank is a target another daemon

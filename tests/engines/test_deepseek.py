@@ -15,15 +15,14 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 import wsync
 import wsync.vllm
 from conftest import wait_registered
-from reference import as_numpy, free_port, fused_to_per_expert
+from reference import as_numpy, free_port
 import vllm_cpu
-from test_vllm import hf_source
+from test_vllm import checkpoint, hf_source
 
 V3 = {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 64,
       "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 64, "moe_intermediate_size": 64,
@@ -72,27 +71,6 @@ def derived(model):
     """The MLA layers' tensors vLLM derives after loading, by name."""
     return {f"{n}.{k}": as_numpy(getattr(m, k)) for n, m in model.named_modules()
             if type(m).__name__ == "MLAAttention" for k in ("W_UV", "W_UK_T")}
-
-
-def checkpoint(cfg, d):
-    """Random weights made by transformers' DeepseekV3/V2 model, experts
-    turned into the per-expert names vLLM 0.33 loads."""
-    import transformers
-    from safetensors.torch import save_file
-    kw = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = transformers.AutoConfig.for_model(cfg["model_type"], **kw)
-    torch.manual_seed(7)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    hf = fused_to_per_expert({n: as_numpy(p) for n, p in model.state_dict().items()}, cfg)
-    # transformers initialises the router bias to zeros: give it values, so
-    # that a bias left unwritten would show.
-    for n in hf:
-        if n.endswith("e_score_correction_bias"):
-            hf[n] = np.linspace(-1, 1, hf[n].size, dtype=np.float32)
-    config.save_pretrained(d)
-    save_file({n: torch.from_numpy(np.ascontiguousarray(t)) for n, t in hf.items()},
-              os.path.join(d, "model.safetensors"))
-    return hf
 
 
 @pytest.mark.parametrize("cfg,tp,ep,placement", [

@@ -92,7 +92,8 @@ def worker(rank, world, port, sock, ckpt, ep, replica, registered, synced, resul
 
 def checkpoint(cfg, d):
     """A Hugging Face checkpoint of random weights, made by transformers (v5
-    fused experts turned into the per-expert names vLLM 0.33 loads)."""
+    fused experts turned into the per-expert names vLLM 0.33 loads); also
+    for the DeepSeek models of test_deepseek.py."""
     import transformers
     from safetensors.torch import save_file
     kw = {k: v for k, v in cfg.items() if k != "model_type"}
@@ -101,6 +102,11 @@ def checkpoint(cfg, d):
     model = transformers.AutoModelForCausalLM.from_config(config)
     full = {n: as_numpy(p) for n, p in model.state_dict().items()}
     hf = fused_to_per_expert(full, cfg)
+    # transformers initialises DeepSeek's router bias to zeros: give it
+    # values, so that a bias left unwritten would show.
+    for n in hf:
+        if n.endswith("e_score_correction_bias"):
+            hf[n] = np.linspace(-1, 1, hf[n].size, dtype=np.float32)
     config.save_pretrained(d)
     save_file({n: torch.from_numpy(np.ascontiguousarray(t)) for n, t in hf.items()}, os.path.join(d, "model.safetensors"))
     return hf
