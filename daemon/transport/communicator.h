@@ -72,8 +72,9 @@ class Communicator {
   // chunk of `chunk_bytes` to the next rank as soon as it arrives, so that
   // k receivers take about the time of one plus k-1 chunks. Only ranks in
   // the chain call it, each with the same arguments; `tag` tells concurrent
-  // transfers apart. The base implementation moves whole buffers hop by hop
-  // through Exchange (no overlap); Gloo overrides it with chunked pipelining.
+  // transfers apart. The base implementation runs ChainSteps through
+  // Exchange, one step at a time, and completes before it returns; NCCL
+  // enqueues every step at once, Gloo posts chunks as they arrive.
   virtual absl::StatusOr<std::unique_ptr<Transfer>> StartChain(void* data, size_t bytes,
                                                                const std::vector<int>& chain,
                                                                uint32_t tag, size_t chunk_bytes);
@@ -85,6 +86,23 @@ class Communicator {
   // Whether an error has poisoned this communicator, and which.
   virtual absl::Status error() const = 0;
 };
+
+// OK when `chain` has at least two ranks, each once and inside a group of
+// `size`, `rank` is one of them and `chunk_bytes` is positive; otherwise
+// INVALID_ARGUMENT naming the chain.
+absl::Status CheckChain(const std::vector<int>& chain, int rank, int size, size_t chunk_bytes);
+
+// The chain broadcast of StartChain as steps for `rank`, a member of the
+// (checked) chain: in step j the head sends chunk j, every other rank
+// receives chunk j from its predecessor and forwards chunk j-1, which it
+// received in step j-1, to its successor. The transfers of one step run
+// together and steps run in order. Counting the steps of the rank at
+// position p >= 1 from round p - 1 (the head's from round 0), the two sides
+// of every transfer lie in the same round, so ranks that run their steps in
+// order never wait on each other in a cycle. Every transfer carries `tag`.
+// No bytes, no steps.
+std::vector<std::vector<P2P>> ChainSteps(void* data, size_t bytes, const std::vector<int>& chain, int rank,
+                                         uint32_t tag, size_t chunk_bytes);
 
 struct GlooOptions {
   std::string hostname = "127.0.0.1";  // interface to listen on

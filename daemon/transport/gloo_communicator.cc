@@ -268,17 +268,11 @@ absl::StatusOr<std::unique_ptr<Transfer>> GlooCommunicator::StartChain(void* dat
                                                                        const std::vector<int>& chain, uint32_t tag,
                                                                        size_t chunk_bytes) {
   if (absl::Status e = error(); !e.ok()) return Poisoned(e);
+  if (absl::Status s = CheckChain(chain, rank(), size(), chunk_bytes); !s.ok()) return s;
+  if (tag >= (1u << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": chain tag ", tag, " is not below 2^24"));
+  }
   auto me = std::find(chain.begin(), chain.end(), rank());
-  if (chain.size() < 2 || me == chain.end() || chunk_bytes == 0 || tag >= (1u << 24)) {
-    return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": bad chain [", absl::StrJoin(chain, ", "),
-                                                   "] (tag ", tag, ", chunk ", chunk_bytes, " bytes)"));
-  }
-  for (int r : chain) {
-    if (r < 0 || r >= size() || std::count(chain.begin(), chain.end(), r) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat("rank ", rank(), ": chain [", absl::StrJoin(chain, ", "),
-                                                     "] names rank ", r, " twice or outside the group of ", size()));
-    }
-  }
   const size_t pos = me - chain.begin();
   auto t = std::make_unique<GlooChain>(this, static_cast<char*>(data), bytes, pos > 0 ? chain[pos - 1] : -1,
                                        pos + 1 < chain.size() ? chain[pos + 1] : -1, tag, chunk_bytes);

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/logging.h"
 #include "daemon/common/mutex.h"
@@ -26,6 +27,8 @@ absl::Status CudaStatus(cudaError_t e, const std::string& what) {
   if (e == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
 }
+
+class NcclChain;
 
 class NcclCommunicator final : public Communicator {
  public:
@@ -59,23 +62,15 @@ class NcclCommunicator final : public Communicator {
     if (aborted_.load() && comm_ != nullptr) return Watchdog("grouped send/recv");
     if (!error_.ok()) return Poisoned();
     const auto deadline = Clock::now() + options_.timeout;
-    if (absl::Status s = Check(ncclGroupStart(), "ncclGroupStart"); !s.ok()) return s;
-    for (const P2P& op : ops) {
-      if (op.peer < 0 || op.peer >= size_) {
-        ncclGroupEnd();
-        return absl::InvalidArgumentError(absl::StrCat("rank ", rank_, ": invalid peer ", op.peer));
-      }
-      ncclResult_t r = op.kind == P2P::Kind::kSend
-                           ? ncclSend(op.data, op.bytes, ncclUint8, op.peer, comm_, stream_)
-                           : ncclRecv(op.data, op.bytes, ncclUint8, op.peer, comm_, stream_);
-      if (absl::Status s = Check(r, "ncclSend/ncclRecv"); !s.ok()) {
-        ncclGroupEnd();
-        return s;
-      }
-    }
-    if (absl::Status s = Check(ncclGroupEnd(), "ncclGroupEnd"); !s.ok()) return s;
+    if (absl::Status s = Enqueue(ops); !s.ok()) return s;
     return WaitDone(deadline, absl::StrCat(ops.size(), " grouped send/recv"));
   }
+
+  // Enqueues every step of ChainSteps as one NCCL group on the stream
+  // without waiting, so the chain's chunks overlap and later buckets queue
+  // behind it; the transfer waits for an event recorded after the last step.
+  absl::StatusOr<std::unique_ptr<Transfer>> StartChain(void* data, size_t bytes, const std::vector<int>& chain,
+                                                       uint32_t tag, size_t chunk_bytes) override;
 
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
     if (!error_.ok()) return Poisoned();
@@ -100,21 +95,44 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  friend class NcclChain;
+
+  // Enqueues one group of sends and receives on the stream.
+  absl::Status Enqueue(const std::vector<P2P>& ops) {
+    if (absl::Status s = Check(ncclGroupStart(), "ncclGroupStart"); !s.ok()) return s;
+    for (const P2P& op : ops) {
+      if (op.peer < 0 || op.peer >= size_) {
+        ncclGroupEnd();
+        return absl::InvalidArgumentError(absl::StrCat("rank ", rank_, ": invalid peer ", op.peer));
+      }
+      ncclResult_t r = op.kind == P2P::Kind::kSend
+                           ? ncclSend(op.data, op.bytes, ncclUint8, op.peer, comm_, stream_)
+                           : ncclRecv(op.data, op.bytes, ncclUint8, op.peer, comm_, stream_);
+      if (absl::Status s = Check(r, "ncclSend/ncclRecv"); !s.ok()) {
+        ncclGroupEnd();
+        return s;
+      }
+    }
+    return Check(ncclGroupEnd(), "ncclGroupEnd");
+  }
+
   absl::Status Check(ncclResult_t r, const std::string& what) {
     if (r == ncclSuccess) return absl::OkStatus();
     if (r == ncclInProgress) return WaitIdle(Clock::now() + options_.timeout, what);
     return Fail(NcclStatus(r, absl::StrCat("rank ", rank_, ": ", what)));
   }
 
-  // Polls the stream and the communicator's async error until done.
-  absl::Status WaitDone(Clock::time_point deadline, const std::string& what) {
+  // Polls the stream (or `event`, when given) and the communicator's async
+  // error until done.
+  absl::Status WaitDone(Clock::time_point deadline, const std::string& what, cudaEvent_t event = nullptr) {
     while (true) {
+      if (!error_.ok()) return Poisoned();
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
         return Fail(NcclStatus(async, absl::StrCat("rank ", rank_, ": ", what)));
       }
-      cudaError_t q = cudaStreamQuery(stream_);
+      cudaError_t q = event != nullptr ? cudaEventQuery(event) : cudaStreamQuery(stream_);
       if (q == cudaSuccess) return absl::OkStatus();
       if (q != cudaErrorNotReady) return Fail(CudaStatus(q, absl::StrCat("rank ", rank_, ": ", what)));
       if (Clock::now() > deadline || aborted_.load()) return Watchdog(what);
@@ -157,6 +175,58 @@ class NcclCommunicator final : public Communicator {
   wsync::Mutex abort_mu_;
   std::string abort_reason_ ABSL_GUARDED_BY(abort_mu_);
 };
+
+// One rank's enqueued chain: done when the event recorded after its last
+// step has passed.
+class NcclChain final : public Transfer {
+ public:
+  NcclChain(NcclCommunicator* comm, cudaEvent_t event, Clock::time_point deadline, std::string what)
+      : comm_(comm), event_(event), deadline_(deadline), what_(std::move(what)) {}
+  ~NcclChain() override {
+    if (!waited_) Wait().IgnoreError();
+    cudaEventDestroy(event_);
+  }
+  absl::Status Wait() override {
+    if (!waited_) {
+      waited_ = true;
+      status_ = comm_->WaitDone(deadline_, what_, event_);
+    }
+    return status_;
+  }
+
+ private:
+  NcclCommunicator* comm_;
+  cudaEvent_t event_;
+  Clock::time_point deadline_;
+  std::string what_;
+  bool waited_ = false;
+  absl::Status status_;
+};
+
+absl::StatusOr<std::unique_ptr<Transfer>> NcclCommunicator::StartChain(void* data, size_t bytes,
+                                                                       const std::vector<int>& chain, uint32_t tag,
+                                                                       size_t chunk_bytes) {
+  if (aborted_.load() && comm_ != nullptr) return Watchdog("chain transfer");
+  if (!error_.ok()) return Poisoned();
+  if (absl::Status s = CheckChain(chain, rank_, size_, chunk_bytes); !s.ok()) return s;
+  const auto deadline = Clock::now() + options_.timeout;
+  for (const std::vector<P2P>& step : ChainSteps(data, bytes, chain, rank_, tag, chunk_bytes)) {
+    if (absl::Status s = Enqueue(step); !s.ok()) return s;
+  }
+  cudaEvent_t event = nullptr;
+  if (absl::Status s = CudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
+      !s.ok()) {
+    return Fail(s);
+  }
+  if (absl::Status s = CudaStatus(cudaEventRecord(event, stream_), "cudaEventRecord"); !s.ok()) {
+    cudaEventDestroy(event);
+    return Fail(s);
+  }
+  return std::unique_ptr<Transfer>(
+      new NcclChain(this, event, deadline,
+                    absl::StrCat("chain transfer (tag ", tag, ", ", bytes, " bytes, chain [", absl::StrJoin(chain, ", "),
+                                 "])")));
+}
 
 }  // namespace
 
