@@ -414,7 +414,8 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
 // FP8 quantization at registration (docs/fp8.md): scale tensors are
 // computed by syncs, so sources never hold them and targets hold them in
 // fp32; a weight with scales in an fp8 buffer covers whole 128 x 128 blocks
-// (vLLM needs block-aligned shards), as a plain 2-d box.
+// (vLLM needs block-aligned shards), as a 2-d box of a 2-d buffer or of one
+// matrix of a 3-d stack (fused experts).
 absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layout::ShardSpec& shard,
                             const std::string& bw) {
   for (const layout::Piece& p : shard.pieces) {
@@ -433,9 +434,11 @@ absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layo
     if (role != Role::kTarget || shard.dtype != layout::DType::kF8E4M3 || spec.ScaleTensorOf(p.tensor) < 0) continue;
     const layout::Shape& full = spec.tensor(p.tensor).shape;
     const layout::Box& b = p.canonical;
-    bool aligned = shard.shape.ndim == 2 && p.shard.ndim == 2;
+    const int nd = shard.shape.ndim;
+    bool aligned = (nd == 2 || nd == 3) && p.shard.ndim == nd && b.ndim == 2;
+    for (int d = 0; aligned && d + 2 < nd; ++d) aligned = p.shard.size[d] == 1;
     for (int d = 0; aligned && d < 2; ++d) {
-      aligned = p.shard.size[d] == b.size[d] && b.off[d] % layout::kFp8Block == 0 &&
+      aligned = p.shard.size[nd - 2 + d] == b.size[d] && b.off[d] % layout::kFp8Block == 0 &&
                 (b.size[d] % layout::kFp8Block == 0 || b.off[d] + b.size[d] == full.d[d]);
     }
     if (!aligned) {

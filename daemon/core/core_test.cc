@@ -905,6 +905,25 @@ constexpr char kFp8Config4[] = R"({"model_type": "qwen2", "hidden_size": 256, "i
   "num_attention_heads": 4, "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 64,
   "tie_word_embeddings": false})";
 
+// MoE: 4 experts of width 384. Megatron TP=2 splits each expert's gate and
+// up at row 192 (inside a block); vLLM TP=1 stacks gate and up at rows 0 and
+// 384 of w13, and vLLM TP=2 with expert parallelism holds whole experts.
+constexpr char kFp8MoeConfig[] = R"({"model_type": "qwen3_moe", "hidden_size": 256,
+  "intermediate_size": 512, "moe_intermediate_size": 384, "num_experts": 4, "num_experts_per_tok": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 64, "num_hidden_layers": 1,
+  "vocab_size": 64, "tie_word_embeddings": false})";
+
+// Where element (row 0, col 0) of `box` lies in a contiguous buffer of
+// `shape`, and the distance between its rows.
+std::pair<int64_t, int64_t> MatrixOrigin(const layout::Shape& shape, const layout::Box& box) {
+  int64_t stride = 1, origin = 0;
+  for (int d = shape.ndim - 1; d >= 0; --d) {
+    origin += box.off[d] * stride;
+    stride *= shape.d[d];
+  }
+  return {origin, shape.d[shape.ndim - 1]};
+}
+
 struct Fp8World {
   std::unique_ptr<Core> core = Core::Create({"test", {}, 60000, 2000, 4096, 2});
   layout::ModelConfig config;
@@ -958,15 +977,22 @@ struct Fp8World {
 
   // A vLLM replica whose quantized weights are fp8 with a scale buffer each
   // (the scales of its pieces, rows stacked as vLLM fuses them).
+  // With `expert_parallel`, the tp ranks hold whole experts (vLLM's
+  // enable_expert_parallel); without it each expert is split over them.
   absl::StatusOr<std::vector<layout::ShardSpec>> Replica(const std::string& id, int tp, UpdateMode mode,
                                                          std::vector<std::vector<void*>>* mem,
-                                                         std::vector<std::vector<layout::ShardSpec>>* per_rank = nullptr) {
+                                                         std::vector<std::vector<layout::ShardSpec>>* per_rank = nullptr,
+                                                         bool expert_parallel = false) {
     clients.push_back(std::make_unique<Client>(core.get(), "gen-" + id));
     std::vector<layout::ShardSpec> all;
     for (int r = 0; r < tp; ++r) {
       layout::RankCoords rc;
       rc.tp = r;
       rc.tp_size = tp;
+      if (expert_parallel) {
+        rc.ep = r;
+        rc.ep_size = tp;
+      }
       // The recipe's buffers, the weights that have scales in fp8, and (by
       // explicit pieces, checked here) their scale buffers.
       auto shards = *layout::BuildShards(spec, config, "vllm", {}, rc, DType::kBF16);
@@ -989,8 +1015,10 @@ struct Fp8World {
         }
         REQUIRE(w != nullptr);
         REQUIRE(sc.pieces.size() == w->pieces.size());
+        const int nd = w->shape.ndim;
         for (size_t k = 0; k < sc.pieces.size(); ++k) {
-          CHECK(sc.pieces[k].shard.off[0] * 128 == w->pieces[k].shard.off[0]);
+          for (int d = 0; d + 2 < nd; ++d) CHECK(sc.pieces[k].shard.off[d] == w->pieces[k].shard.off[d]);
+          CHECK(sc.pieces[k].shard.off[nd - 2] * 128 == w->pieces[k].shard.off[nd - 2]);
           CHECK(spec.ScalesOf(sc.pieces[k].tensor) == w->pieces[k].tensor);
         }
       }
@@ -1046,17 +1074,21 @@ int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards
       op.scale_ld = ss.d[1];
       REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
       const auto* got = static_cast<const uint8_t*>(mem[i]);
+      const auto [origin, ld] = MatrixOrigin(sh.shape, p.shard);
       for (int64_t r = 0; r < p.canonical.size[0]; ++r) {
-        REQUIRE(std::memcmp(got + (p.shard.off[0] + r) * sh.shape.d[1] + p.shard.off[1],
+        REQUIRE(std::memcmp(got + origin + r * ld,
                             q.data() + (p.canonical.off[0] + r) * shape.d[1] + p.canonical.off[1],
                             p.canonical.size[1]) == 0);
       }
+      // The scales of the piece's blocks, where its rows and columns are.
       const auto* gs = static_cast<const float*>(mem[si]);
-      const int64_t scols = shards[si].shape.d[1];
+      layout::Box blocks = p.shard;
+      for (int d = sh.shape.ndim - 2; d < sh.shape.ndim; ++d) blocks.off[d] /= 128;
+      const auto [sorigin, sld] = MatrixOrigin(shards[si].shape, blocks);
       for (int64_t r = 0; r < (p.canonical.size[0] + 127) / 128; ++r) {
         for (int64_t c = 0; c < (p.canonical.size[1] + 127) / 128; ++c) {
           const float want = scale[(p.canonical.off[0] / 128 + r) * ss.d[1] + p.canonical.off[1] / 128 + c];
-          REQUIRE(gs[(p.shard.off[0] / 128 + r) * scols + p.shard.off[1] / 128 + c] == want);
+          REQUIRE(gs[sorigin + r * sld + c] == want);
         }
       }
     }
@@ -1113,6 +1145,39 @@ TEST_CASE("FP8 targets: Megatron TP=4 into vLLM TP=2, blocks split by the traine
   int quantized = 0;
   for (size_t k = 0; k < ranks.size(); ++k) quantized += CheckFp8Rank(w, ranks[k], mem[k]);
   CHECK(quantized == 14);  // 7 weights, each split over both processes
+}
+
+TEST_CASE("FP8 targets: MoE experts quantized per expert into vLLM's fused w13/w2, TP=1 and TP=2 with EP") {
+  Fp8World w(7, kFp8MoeConfig, /*trainer_tp=*/2);
+  std::vector<std::vector<void*>> one, ep;
+  std::vector<std::vector<layout::ShardSpec>> one_ranks, ep_ranks;
+  auto r1 = w.Replica("tp1", 1, UpdateMode::kInPlace, &one, &one_ranks);
+  INFO(r1.status().ToString());
+  REQUIRE(r1.ok());
+  auto r2 = w.Replica("tp2ep", 2, UpdateMode::kStaged, &ep, &ep_ranks, /*expert_parallel=*/true);
+  INFO(r2.status().ToString());
+  REQUIRE(r2.ok());
+  // The fused expert buffers have their 3-d scale buffers.
+  int fused = 0;
+  for (const layout::ShardSpec& sh : one_ranks[0]) {
+    if (sh.name.find("w13_weight_scale_inv") != std::string::npos) {
+      CHECK(sh.shape == layout::Shape::Of({4, 6, 2}));
+      ++fused;
+    }
+  }
+  CHECK(fused == 1);
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(CheckFp8Rank(w, one_ranks[0], one[0]) == 4 + 4 * 3);  // q k v o, and gate up down of 4 experts
+  CHECK(CheckFp8Rank(w, ep_ranks[0], ep[0]) + CheckFp8Rank(w, ep_ranks[1], ep[1]) == 2 * 4 + 4 * 3);
+
+  // Each expert split over two vLLM ranks puts up_proj at row 192 of w13.
+  std::vector<std::vector<void*>> split_mem;
+  auto split = w.Replica("tp2", 2, UpdateMode::kStaged, &split_mem);
+  REQUIRE_FALSE(split.ok());
+  CHECK_THAT(std::string(split.status().message()),
+             Catch::Contains("experts.0.gate_proj.weight' [384, 256] does not cover whole 128 x 128 blocks"));
 }
 
 TEST_CASE("FP8 refusals: a TP cut that splits a block, scales held by a source, a NaN weight") {

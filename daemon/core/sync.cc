@@ -119,12 +119,22 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
   WSYNC_RETURN_IF_ERROR(RunTargetWrite(ctx, dev, tw, scratch_slot));
 
   // 2. Quantized into the buffer (where the sync writes it), with scales.
+  // The piece is one matrix of the buffer: all of a 2-d buffer's box, or
+  // one leading index of a 3-d stack (fused experts; CheckFp8Pieces).
   const layout::ShardView dst = r->Write(q.shard, q.mode);
-  if (dst.strides != nullptr && dst.strides[1] != 1) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", dst.strides[1],
+  const int nd = sh.shape.ndim;
+  if (nd < 2) return absl::InternalError(absl::StrCat(what, ": a ", nd, "-d FP8 buffer"));
+  int64_t stride[layout::kMaxDims] = {};
+  for (int d = nd - 1; d >= 0; --d) {
+    stride[d] = dst.strides != nullptr ? dst.strides[d] : (d == nd - 1 ? 1 : stride[d + 1] * sh.shape.d[d + 1]);
+  }
+  if (stride[nd - 1] != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", stride[nd - 1],
                                                       " elements; FP8 rows must be contiguous (stride 1)"));
   }
-  const int64_t ld = dst.strides != nullptr ? dst.strides[0] : sh.shape.d[1];
+  int64_t origin = 0;
+  for (int d = 0; d < nd; ++d) origin += piece->shard.off[d] * stride[d];
+  const int64_t ld = stride[nd - 2];
   const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
   auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
   if (!scales.ok()) return scales.status();
@@ -133,7 +143,7 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
   op.src_dtype = layout::DType::kF32;
   op.rows = rows;
   op.cols = op.src_ld = cols;
-  op.dst = static_cast<uint8_t*>(dst.base) + piece->shard.off[0] * ld + piece->shard.off[1];
+  op.dst = static_cast<uint8_t*>(dst.base) + origin;
   op.dst_ld = ld;
   op.scale_inv = static_cast<float*>((*scales)->data());
   op.scale_ld = ss.d[1];
@@ -165,10 +175,13 @@ absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContex
       if (in.ndim == 0) continue;
       layout::CopyOp c;
       c.tensor = st;
-      c.canonical = c.src_box = c.dst_box = in;
+      c.canonical = c.src_box = in;
+      c.dst_box = pc.shard;  // its leading (expert) index, if any, as it is
+      const int sd = pc.shard.ndim - 2;
       for (int d = 0; d < 2; ++d) {
         c.src_box.off[d] = in.off[d] - blocks.off[d];
-        c.dst_box.off[d] = pc.shard.off[d] + (in.off[d] - pc.canonical.off[d]);
+        c.dst_box.off[sd + d] = pc.shard.off[sd + d] + (in.off[d] - pc.canonical.off[d]);
+        c.dst_box.size[sd + d] = in.size[d];
       }
       kernels::BoxCopyOp k = layout::LowerCopy(c, {&scale_spec, nullptr, (*scales)->data()}, r->Write(s2, q.mode));
       uint64_t kw = 0;

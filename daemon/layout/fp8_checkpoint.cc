@@ -23,6 +23,8 @@ bool Fp8Quantized(const TensorSpec& t) {
 }
 
 std::string Fp8ScaleName(const std::string& weight_name) {
+  // "X.weight" and vLLM's fused "X.w13_weight" alike.
+  if (absl::EndsWith(weight_name, "weight")) return weight_name + "_scale_inv";
   absl::string_view stem(weight_name);
   if (absl::EndsWith(stem, kWeight)) stem.remove_suffix(kWeight.size());
   return std::string(stem) + std::string(kScaleInv);
@@ -41,24 +43,33 @@ Shape Fp8ScaleShape(const Shape& w) {
 }
 
 std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& weights) {
-  if (weights.shape.ndim != 2 || weights.pieces.empty()) return std::nullopt;
+  const int nd = weights.shape.ndim;
+  if ((nd != 2 && nd != 3) || weights.pieces.empty()) return std::nullopt;
   ShardSpec out{Fp8ScaleName(weights.name), Fp8ScaleShape(weights.shape), DType::kF32, {}};
   for (const Piece& p : weights.pieces) {
     const int32_t st = model.ScaleTensorOf(p.tensor);
-    if (st < 0 || p.canonical.ndim != 2 || p.shard.ndim != 2) return std::nullopt;
+    if (st < 0 || p.canonical.ndim != 2 || p.shard.ndim != nd) return std::nullopt;
     const Shape& full = model.tensor(p.tensor).shape;
     Piece q;
     q.tensor = st;
-    q.canonical.ndim = q.shard.ndim = 2;
+    q.canonical.ndim = 2;
+    q.shard.ndim = nd;
+    // A 3-d buffer (fused experts) holds one matrix per leading index.
+    for (int d = 0; d + 2 < nd; ++d) {
+      if (p.shard.size[d] != 1) return std::nullopt;
+      q.shard.off[d] = p.shard.off[d];
+      q.shard.size[d] = 1;
+    }
     for (int d = 0; d < 2; ++d) {
+      const int sd = nd - 2 + d;
       const int64_t off = p.canonical.off[d], size = p.canonical.size[d];
-      if (p.shard.size[d] != size || off % kFp8Block != 0 || p.shard.off[d] % kFp8Block != 0 ||
+      if (p.shard.size[sd] != size || off % kFp8Block != 0 || p.shard.off[sd] % kFp8Block != 0 ||
           (size % kFp8Block != 0 && off + size != full.d[d])) {
         return std::nullopt;
       }
       q.canonical.off[d] = off / kFp8Block;
-      q.shard.off[d] = p.shard.off[d] / kFp8Block;
-      q.canonical.size[d] = q.shard.size[d] = (size + kFp8Block - 1) / kFp8Block;
+      q.shard.off[sd] = p.shard.off[sd] / kFp8Block;
+      q.canonical.size[d] = q.shard.size[sd] = (size + kFp8Block - 1) / kFp8Block;
     }
     out.pieces.push_back(q);
   }

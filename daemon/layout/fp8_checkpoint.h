@@ -27,7 +27,7 @@ inline constexpr int64_t kFp8Block = 128;
 // ".shared_expert_gate.weight").
 bool Fp8Quantized(const TensorSpec& t);
 
-// "X.weight" -> "X.weight_scale_inv".
+// "X.weight" -> "X.weight_scale_inv", "X.w13_weight" -> "X.w13_weight_scale_inv".
 std::string Fp8ScaleName(const std::string& weight_name);
 
 // Whether `name` looks like a scale tensor ("....weight_scale_inv"), and
@@ -44,7 +44,8 @@ Shape Fp8ScaleShape(const Shape& w);
 // columns are (vLLM stacks q/k/v and gate/up scales as it stacks their
 // weights). Empty when a piece's tensor has no scale tensor in `model` or
 // does not cover whole blocks (such a buffer cannot be FP8), or the buffer
-// is not 2-d.
+// is neither 2-d nor a 3-d stack of whole matrices (vLLM's fused experts,
+// `w13_weight` -> `w13_weight_scale_inv` of shape [E, rows/128, cols/128]).
 std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& weights);
 
 // The "quantization_config" object above, as JSON text.

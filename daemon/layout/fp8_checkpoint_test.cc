@@ -45,6 +45,68 @@ TEST_CASE("scale tensors: names, and one scale per 128 x 128 block, partial bloc
   CHECK(Fp8ScaleShape(Shape::Of({128, 1536, 2048})) == Shape::Of({128, 12, 16}));
 }
 
+Box B2(int64_t r0, int64_t c0, int64_t rows, int64_t cols) {
+  Box b;
+  b.ndim = 2;
+  b.off[0] = r0;
+  b.off[1] = c0;
+  b.size[0] = rows;
+  b.size[1] = cols;
+  return b;
+}
+
+TEST_CASE("scale buffers: vLLM's fused experts get one scale matrix per expert, worked out by hand") {
+  CHECK(Fp8ScaleName("model.layers.0.mlp.experts.w13_weight") == "model.layers.0.mlp.experts.w13_weight_scale_inv");
+  // Two experts' gate and up [256, 384] each, stacked as w13 [2, 512, 384].
+  std::vector<TensorSpec> t;
+  for (int e = 0; e < 2; ++e) {
+    for (const char* m : {"gate_proj", "up_proj"}) {
+      const std::string n = "model.layers.0.mlp.experts." + std::to_string(e) + "." + m + ".weight";
+      t.push_back({n, Shape::Of({256, 384}), DType::kBF16});
+      t.push_back({Fp8ScaleName(n), Shape::Of({2, 3}), DType::kF32, n});
+    }
+  }
+  auto model = ModelSpec::Create(t);
+  REQUIRE(model.ok());
+  ShardSpec w13{"model.layers.0.mlp.experts.w13_weight", Shape::Of({2, 512, 384}), DType::kF8E4M3, {}};
+  auto slab = [](int64_t e, int64_t r) {
+    Box b;
+    b.ndim = 3;
+    b.off[0] = e;
+    b.off[1] = r;
+    b.size[0] = 1;
+    b.size[1] = 256;
+    b.size[2] = 384;
+    return b;
+  };
+  for (int e = 0; e < 2; ++e) {
+    w13.pieces.push_back({model->Find("model.layers.0.mlp.experts." + std::to_string(e) + ".gate_proj.weight"),
+                          B2(0, 0, 256, 384), slab(e, 0)});
+    w13.pieces.push_back({model->Find("model.layers.0.mlp.experts." + std::to_string(e) + ".up_proj.weight"),
+                          B2(0, 0, 256, 384), slab(e, 256)});
+  }
+  auto sc = Fp8ScaleShard(*model, w13);
+  REQUIRE(sc.has_value());
+  CHECK(sc->name == "model.layers.0.mlp.experts.w13_weight_scale_inv");
+  CHECK(sc->shape == Shape::Of({2, 4, 3}));
+  REQUIRE(sc->pieces.size() == 4);
+  // Expert 1's up_proj: scale rows 2-3 of matrix 1.
+  const Piece& up1 = sc->pieces[3];
+  CHECK(model->tensor(up1.tensor).name == "model.layers.0.mlp.experts.1.up_proj.weight_scale_inv");
+  CHECK(up1.canonical == B2(0, 0, 2, 3));
+  CHECK(up1.shard.ndim == 3);
+  CHECK((up1.shard.off[0] == 1 && up1.shard.off[1] == 2 && up1.shard.off[2] == 0));
+  CHECK((up1.shard.size[0] == 1 && up1.shard.size[1] == 2 && up1.shard.size[2] == 3));
+
+  // A tensor-parallel half of 192 rows puts up_proj at row 192: not a block edge.
+  ShardSpec half = w13;
+  half.shape = Shape::Of({2, 384, 384});
+  half.pieces[1].canonical = B2(0, 0, 192, 384);
+  half.pieces[1].shard.off[1] = 192;
+  half.pieces[1].shard.size[1] = 192;
+  CHECK_FALSE(Fp8ScaleShard(*model, half).has_value());
+}
+
 TEST_CASE("a model's scale tensors must fit their weights") {
   const TensorSpec w = {"model.layers.0.mlp.up_proj.weight", Shape::Of({300, 256}), DType::kBF16};
   auto ok = ModelSpec::Create({w, {"s", Shape::Of({3, 2}), DType::kF32, w.name}});
