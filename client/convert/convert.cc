@@ -895,7 +895,7 @@ static absl::StatusOr<ConvertReport> ConvertInto(const ConvertOptions& options,
       nlohmann::ordered_json j = nlohmann::ordered_json::parse(*config_text, nullptr, false);
       if (j.is_object()) {
         if (fp8_out) {
-          j["quantization_config"] = nlohmann::ordered_json::parse(layout::Fp8QuantizationConfigJson());
+          j["quantization_config"] = nlohmann::ordered_json::parse(layout::Fp8QuantizationConfigJson(*model));
         } else {
           j.erase("quantization_config");
         }

@@ -647,6 +647,11 @@ TEST_CASE("--dtype fp8 writes a block-FP8 checkpoint equal to a plain reference,
   std::string text((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
   CHECK_THAT(text, Catch::Contains(R"("quant_method": "fp8")"));
   CHECK_THAT(text, Catch::Contains(R"("weight_block_size")"));
+  // The 2-d weights left in bf16, by module, for vLLM to keep unquantized.
+  CHECK_THAT(text, Catch::Contains(R"("modules_to_not_convert": [
+      "model.embed_tokens",
+      "lm_head"
+    ])"));
 
   // Back to bf16: each weight is E4m3Value(q) * scale of its block, rounded once.
   ConvertOptions back = Opts(c, "hf", "hf", "fp8", "bf16");
@@ -714,6 +719,12 @@ TEST_CASE("MoE experts are quantized one matrix each; the router and shared gate
   CHECK(got.at("model.layers.0.mlp.gate.weight").first == DType::kBF16);
   CHECK(got.at("model.layers.0.mlp.shared_expert_gate.weight").first == DType::kBF16);
   CHECK(got.at("model.embed_tokens.weight").first == DType::kBF16);
+  // vLLM builds some routers as FP8-capable linears: the config lists them.
+  std::ifstream cfg(m.dir + "/fp8/config.json");
+  const std::string text((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Catch::Contains(R"("model.layers.0.mlp.gate",)") &&
+                       Catch::Contains(R"("model.layers.0.mlp.shared_expert_gate",)"));
+  CHECK_THAT(text, !Catch::Contains(R"("model.layers.0.mlp.experts)"));
 }
 
 TEST_CASE("layout specs parse, and bad ones are named") {

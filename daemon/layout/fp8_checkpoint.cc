@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 
 namespace wsync::layout {
@@ -76,8 +78,17 @@ std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& 
   return out;
 }
 
-std::string Fp8QuantizationConfigJson() {
-  return R"({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]})";
+std::string Fp8QuantizationConfigJson(const ModelSpec& model) {
+  std::vector<std::string> kept;
+  for (size_t i = 0; i < model.size(); ++i) {
+    const TensorSpec& t = model.tensor(i);
+    if (t.shape.ndim != 2 || !absl::EndsWith(t.name, kWeight) || !t.scales_of.empty() || Fp8Quantized(t)) continue;
+    if (absl::StrContains(t.name, "norm")) continue;
+    kept.push_back(absl::StrCat("\"", t.name.substr(0, t.name.size() - kWeight.size()), "\""));
+  }
+  return absl::StrCat(
+      R"({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128], )",
+      R"("modules_to_not_convert": [)", absl::StrJoin(kept, ", "), "]}");
 }
 
 }  // namespace wsync::layout

@@ -9,7 +9,12 @@
 // lm_head stay in full precision. config.json carries
 //   "quantization_config": {"quant_method": "fp8", "fmt": "e4m3",
 //                           "activation_scheme": "dynamic",
-//                           "weight_block_size": [128, 128]}
+//                           "weight_block_size": [128, 128],
+//                           "modules_to_not_convert": [...]}
+// where the list names every 2-d weight left in full precision by its
+// module ("model.layers.0.mlp.gate", "lm_head"): vLLM builds some routers
+// (Qwen3-MoE's) as quantizable linears and keeps only the listed ones
+// unquantized.
 
 #include <cstdint>
 #include <optional>
@@ -48,8 +53,8 @@ Shape Fp8ScaleShape(const Shape& w);
 // `w13_weight` -> `w13_weight_scale_inv` of shape [E, rows/128, cols/128]).
 std::optional<ShardSpec> Fp8ScaleShard(const ModelSpec& model, const ShardSpec& weights);
 
-// The "quantization_config" object above, as JSON text.
-std::string Fp8QuantizationConfigJson();
+// The "quantization_config" object above for `model`'s tensors, as JSON text.
+std::string Fp8QuantizationConfigJson(const ModelSpec& model);
 
 }  // namespace wsync::layout
 

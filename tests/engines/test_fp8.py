@@ -43,6 +43,37 @@ def hf_tensors(seed):
     return out
 
 
+# Qwen3-MoE: 4 experts of width 256 (two blocks), a router that stays bf16.
+CFG_MOE = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 256,
+           "intermediate_size": 512, "moe_intermediate_size": 256, "num_experts": 4, "num_experts_per_tok": 2,
+           "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_attention_heads": 4,
+           "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 2, "vocab_size": 64,
+           "tie_word_embeddings": False, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+           "torch_dtype": "bfloat16"}
+
+
+def moe_tensors(seed):
+    c = CFG_MOE
+    h, i, v, e, d = c["hidden_size"], c["moe_intermediate_size"], c["vocab_size"], c["num_experts"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
+    for l in range(c["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                       p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                       p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,),
+                       p + "mlp.gate.weight": (e, h)})
+        for x in range(e):
+            shapes.update({p + f"mlp.experts.{x}.gate_proj.weight": (i, h), p + f"mlp.experts.{x}.up_proj.weight": (i, h),
+                           p + f"mlp.experts.{x}.down_proj.weight": (h, i)})
+    rng = np.random.default_rng(seed)
+    out = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    out["model.layers.1.mlp.experts.2.up_proj.weight"][128:, :128] = 0  # a block of zeros: scale 1
+    out["model.layers.0.mlp.experts.3.down_proj.weight"][7, 9] = -9000.0  # far beyond 448
+    return out
+
+
 def quantized(name):
     return name.startswith("model.layers.") and name.endswith("_proj.weight")
 
@@ -81,6 +112,10 @@ def fp8_models(ckpt, port, prefixes):
                                      distributed_init_method=f"tcp://127.0.0.1:{port}")
         initialize_model_parallel(tensor_model_parallel_size=1)
         cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+        # vLLM matches modules_to_not_convert against full module names; a
+        # second instance under another prefix needs its own copies of them.
+        ignored = list(vc.quant_config.ignored_layers)
+        vc.quant_config.ignored_layers += [f"{p}.{x}" for p in prefixes if p for x in ignored]
         with set_default_torch_dtype(mc.dtype):
             models = [cls(vllm_config=vc, prefix=p) for p in prefixes]
         yield mc, models
@@ -111,7 +146,8 @@ def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
     assert r.returncode == 0, r.stderr
     out_cfg = json.load(open(tmp_path / "fp8" / "config.json"))
     assert out_cfg["quantization_config"] == {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                              "weight_block_size": [128, 128]}
+                                              "weight_block_size": [128, 128],
+                                              "modules_to_not_convert": ["model.embed_tokens", "lm_head"]}
 
     # Byte for byte what torch's own cast gives.
     from safetensors import safe_open
@@ -194,19 +230,18 @@ def sync_worker(rank, fp8_ckpt, port, sock, registered, synced, results, done):
         client.close()
 
 
-def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_checkpoint(tmp_path, wsyncctl, daemon):
-    """fp32 weights registered with fp8_block_scales sync into a vLLM block-FP8
-    model: every parameter, FP8 bytes and scales included, equals what vLLM's
-    load_weights makes of the checkpoint wsyncctl convert --dtype fp8 writes
-    from the same weights."""
+def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src):
+    """Converts `src` (fp32, hf names) to block FP8 with wsyncctl, registers
+    it as an fp32 source with fp8_block_scales, syncs it into a vLLM model
+    of the converted checkpoint and compares that with vLLM's own load of
+    the checkpoint: (names that differ, parameters compared)."""
     import torch.multiprocessing as mp
     import wsync
     from safetensors.numpy import save_file
     from conftest import wait_registered
     from reference import free_port
-    src = hf_tensors(9)
     (tmp_path / "hf").mkdir()
-    json.dump(CFG, open(tmp_path / "hf" / "config.json", "w"))
+    json.dump(cfg, open(tmp_path / "hf" / "config.json", "w"))
     save_file(src, str(tmp_path / "hf" / "model.safetensors"))
     r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
                         "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
@@ -214,7 +249,7 @@ def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_che
     assert r.returncode == 0, r.stderr
 
     client = wsync.Client(socket=daemon, name="trainer")
-    client.register_model("policy", config=CFG, fp8_block_scales=True)
+    client.register_model("policy", config=cfg, fp8_block_scales=True)
     bufs = {n: client.empty(t.shape, "fp32") for n, t in src.items()}
     for n, b in bufs.items():
         b[...] = src[n]
@@ -229,10 +264,29 @@ def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_che
         assert client.sync("policy", 1, progress=False).version == 1
         synced.set()
         [(_, bad, compared)] = wait_registered(procs, results, 1)
-        assert compared == 3 + 2 * (3 + 2 + 2 + 2 + 2)  # embed, norm, lm_head; per layer qkv w/s/b, o w/s, gate_up w/s, down w/s, 2 norms
-        assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
+        return bad, compared
     finally:
         synced.set()
         done.set()
         procs.join(timeout=60)
         client.close()
+
+
+def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_checkpoint(tmp_path, wsyncctl, daemon):
+    """fp32 weights registered with fp8_block_scales sync into a vLLM block-FP8
+    model: every parameter, FP8 bytes and scales included, equals what vLLM's
+    load_weights makes of the checkpoint wsyncctl convert --dtype fp8 writes
+    from the same weights."""
+    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG, hf_tensors(9))
+    assert compared == 3 + 2 * (3 + 2 + 2 + 2 + 2)  # embed, norm, lm_head; per layer qkv w/s/b, o w/s, gate_up w/s, down w/s, 2 norms
+    assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
+
+
+def test_a_sync_into_vllm_block_fp8_moe_quantizes_each_expert_into_the_fused_buffers(tmp_path, wsyncctl, daemon):
+    """The same for Qwen3-MoE: vLLM keeps the experts of a layer in fused
+    w13_weight/w2_weight FP8 buffers with [E, rows/128, cols/128] scales; the
+    sync quantizes each expert's matrices into them, the router stays bf16."""
+    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5))
+    # embed, norm, lm_head; per layer qkv w/s, o w/s, q/k norms, 2 norms, router, w13 w/s, w2 w/s
+    assert compared == 3 + 2 * (2 + 2 + 2 + 2 + 1 + 2 + 2)
+    assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
