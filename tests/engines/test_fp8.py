@@ -24,11 +24,15 @@ CFG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_siz
        "torch_dtype": "bfloat16"}
 
 
-def hf_tensors(seed):
-    h, i, v = CFG["hidden_size"], CFG["intermediate_size"], CFG["vocab_size"]
-    kv = CFG["num_key_value_heads"] * h // CFG["num_attention_heads"]
+# The same with 4 KV heads and intermediate 512: vLLM TP=2 cuts at block edges.
+CFG_TP2 = dict(CFG, num_key_value_heads=4, intermediate_size=512)
+
+
+def hf_tensors(seed, cfg=CFG):
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
     shapes = {"model.embed_tokens.weight": (v, h), "lm_head.weight": (v, h), "model.norm.weight": (h,)}
-    for l in range(CFG["num_hidden_layers"]):
+    for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
                        p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
@@ -43,11 +47,12 @@ def hf_tensors(seed):
     return out
 
 
-# Qwen3-MoE: 4 experts of width 256 (two blocks), a router that stays bf16.
+# Qwen3-MoE: 4 experts of width 256 (two blocks), a router that stays bf16;
+# vLLM TP=2 cuts at block edges, with or without expert parallelism.
 CFG_MOE = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 256,
            "intermediate_size": 512, "moe_intermediate_size": 256, "num_experts": 4, "num_experts_per_tok": 2,
            "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_attention_heads": 4,
-           "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 2, "vocab_size": 64,
+           "num_key_value_heads": 4, "head_dim": 64, "num_hidden_layers": 2, "vocab_size": 64,
            "tie_word_embeddings": False, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
            "torch_dtype": "bfloat16"}
 
@@ -93,37 +98,20 @@ def torch_block_fp8(w):
 
 
 @contextlib.contextmanager
-def fp8_models(ckpt, port, prefixes):
-    """vLLM instances of the block-FP8 checkpoint `ckpt` (TP=1, CPU), one per
-    prefix, inside vLLM's current-config context: (model config, models)."""
-    import vllm_cpu  # noqa: F401  (selects vLLM's CPU platform before vLLM is imported)
+def fp8_models(ckpt, port, world=1, rank=0, ep=False):
+    """vllm_cpu.models for the block-FP8 checkpoint `ckpt` (bf16 for what
+    stays unquantized): (vllm config, target, reference)."""
+    import vllm_cpu
     import vllm.model_executor.layers.quantization.fp8 as vfp8
     vfp8.init_fp8_linear_kernel = lambda *a, **k: None  # the GEMM needs AMX; no forward pass runs
-    from vllm.config import (DeviceConfig, LoadConfig, ModelConfig, ParallelConfig, VllmConfig,
-                             set_current_vllm_config)
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.model_executor.models.registry import ModelRegistry
-    from vllm.utils.torch_utils import set_default_torch_dtype
-    mc = ModelConfig(model=ckpt, skip_tokenizer_init=True, dtype="bfloat16", enforce_eager=True)
-    vc = VllmConfig(model_config=mc, device_config=DeviceConfig(device="cpu"), load_config=LoadConfig(load_format="dummy"),
-                    parallel_config=ParallelConfig(tensor_parallel_size=1))
-    with set_current_vllm_config(vc):
-        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method=f"tcp://127.0.0.1:{port}")
-        initialize_model_parallel(tensor_model_parallel_size=1)
-        cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
-        # vLLM matches modules_to_not_convert against full module names; a
-        # second instance under another prefix needs its own copies of them.
-        ignored = list(vc.quant_config.ignored_layers)
-        vc.quant_config.ignored_layers += [f"{p}.{x}" for p in prefixes if p for x in ignored]
-        with set_default_torch_dtype(mc.dtype):
-            models = [cls(vllm_config=vc, prefix=p) for p in prefixes]
-        yield mc, models
+    with vllm_cpu.models(ckpt, world, rank, port, "bfloat16", ep) as models:
+        yield models
 
 
 def vllm_worker(ckpt, port, out):
     from safetensors.torch import load_file
-    with fp8_models(ckpt, port, [""]) as (mc, [model]):
+    with fp8_models(ckpt, port) as (vc, model, _):
+        mc = vc.model_config
         loaded = model.load_weights(load_file(os.path.join(ckpt, "model.safetensors")).items())
         params = {}
         for n, p in model.named_parameters():
@@ -203,18 +191,18 @@ def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
         assert np.array_equal(w, ck[name].float().numpy()), name
 
 
-def sync_worker(rank, fp8_ckpt, port, sock, registered, synced, results, done):
-    """A vLLM block-FP8 model registered through wsync.vllm (target), and a
-    second instance that vLLM's own load_weights fills from the checkpoint
-    wsyncctl convert --dtype fp8 wrote (reference)."""
+def sync_worker(rank, world, ep, fp8_ckpt, port, sock, registered, synced, results, done):
+    """TP rank `rank` of `world` of a vLLM block-FP8 model registered through
+    wsync.vllm (target), and a second instance that vLLM's own load_weights
+    fills from the checkpoint wsyncctl convert --dtype fp8 wrote (reference)."""
     from safetensors.torch import load_file
     import wsync
     import wsync.vllm
-    with fp8_models(fp8_ckpt, port, ["", "reference"]) as (_, [target, reference]):
+    with fp8_models(fp8_ckpt, port, world, rank, ep) as (_, target, reference):
         reference.load_weights(load_file(os.path.join(fp8_ckpt, "model.safetensors")).items())
-        client = wsync.Client(socket=sock, name="vllm-0")
+        client = wsync.Client(socket=sock, name=f"vllm-{rank}")
         wsync.vllm.register(client, target, "policy", replica="gen", probe_layout=False)
-        registered.put((0, "registered"))
+        registered.put((rank, "registered"))
         synced.wait(600)
         want = dict(reference.named_parameters())
         compared, bad = 0, []
@@ -225,16 +213,17 @@ def sync_worker(rank, fp8_ckpt, port, sock, registered, synced, results, done):
             a, b = p.detach(), want[n].detach()
             if a.dtype != b.dtype or not torch.equal(a.view(torch.uint8), b.view(torch.uint8)):
                 bad.append(n)
-        results.put((0, bad, compared))
+        results.put((rank, bad, compared))
         done.wait(600)
         client.close()
 
 
-def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src):
+def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False):
     """Converts `src` (fp32, hf names) to block FP8 with wsyncctl, registers
     it as an fp32 source with fp8_block_scales, syncs it into a vLLM model
-    of the converted checkpoint and compares that with vLLM's own load of
-    the checkpoint: (names that differ, parameters compared)."""
+    of the converted checkpoint (TP=world, expert parallel if ep) and
+    compares every rank with vLLM's own load of the checkpoint: (names that
+    differ on some rank, parameters compared per rank)."""
     import torch.multiprocessing as mp
     import wsync
     from safetensors.numpy import save_file
@@ -257,14 +246,16 @@ def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src):
 
     ctx = mp.get_context("spawn")
     registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
-    procs = mp.start_processes(sync_worker, nprocs=1, join=False, start_method="spawn",
-                               args=(str(tmp_path / "fp8"), free_port(), daemon, registered, synced, results, done))
+    procs = mp.start_processes(sync_worker, nprocs=world, join=False, start_method="spawn",
+                               args=(world, ep, str(tmp_path / "fp8"), free_port(), daemon, registered, synced,
+                                     results, done))
     try:
-        wait_registered(procs, registered, 1)
+        wait_registered(procs, registered, world)
         assert client.sync("policy", 1, progress=False).version == 1
         synced.set()
-        [(_, bad, compared)] = wait_registered(procs, results, 1)
-        return bad, compared
+        got = wait_registered(procs, results, world)
+        assert len({compared for _, _, compared in got}) == 1, got
+        return sorted({n for _, bad, _ in got for n in bad}), got[0][2]
     finally:
         synced.set()
         done.set()
@@ -272,21 +263,27 @@ def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src):
         client.close()
 
 
-def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_checkpoint(tmp_path, wsyncctl, daemon):
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_checkpoint(tmp_path, wsyncctl, daemon,
+                                                                                        world):
     """fp32 weights registered with fp8_block_scales sync into a vLLM block-FP8
-    model: every parameter, FP8 bytes and scales included, equals what vLLM's
-    load_weights makes of the checkpoint wsyncctl convert --dtype fp8 writes
-    from the same weights."""
-    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG, hf_tensors(9))
+    model (TP=1 and TP=2): every parameter, FP8 bytes and scales included,
+    equals what vLLM's load_weights makes of the checkpoint wsyncctl convert
+    --dtype fp8 writes from the same weights."""
+    cfg = CFG if world == 1 else CFG_TP2
+    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, cfg, hf_tensors(9, cfg), world)
     assert compared == 3 + 2 * (3 + 2 + 2 + 2 + 2)  # embed, norm, lm_head; per layer qkv w/s/b, o w/s, gate_up w/s, down w/s, 2 norms
     assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
 
 
-def test_a_sync_into_vllm_block_fp8_moe_quantizes_each_expert_into_the_fused_buffers(tmp_path, wsyncctl, daemon):
-    """The same for Qwen3-MoE: vLLM keeps the experts of a layer in fused
-    w13_weight/w2_weight FP8 buffers with [E, rows/128, cols/128] scales; the
-    sync quantizes each expert's matrices into them, the router stays bf16."""
-    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5))
+@pytest.mark.parametrize("world,ep", [(1, False), (2, False), (2, True)])
+def test_a_sync_into_vllm_block_fp8_moe_quantizes_each_expert_into_the_fused_buffers(tmp_path, wsyncctl, daemon,
+                                                                                     world, ep):
+    """The same for Qwen3-MoE (TP=1, TP=2, TP=2 with expert parallelism): vLLM
+    keeps the experts of a layer in fused w13_weight/w2_weight FP8 buffers
+    with [E, rows/128, cols/128] scales; the sync quantizes each expert's
+    matrices into them, the router stays bf16."""
+    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5), world, ep)
     # embed, norm, lm_head; per layer qkv w/s, o w/s, q/k norms, 2 norms, router, w13 w/s, w2 w/s
     assert compared == 3 + 2 * (2 + 2 + 2 + 2 + 1 + 2 + 2)
     assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"

@@ -34,10 +34,15 @@ def models(ckpt, world, rank, port, dtype="float32", ep=False, placement="linear
                                      distributed_init_method=f"tcp://127.0.0.1:{port}")
         initialize_model_parallel(tensor_model_parallel_size=world)
         cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, model_config=mc)
+        if vc.quant_config is not None and getattr(vc.quant_config, "ignored_layers", None):
+            # vLLM matches a quantized checkpoint's modules_to_not_convert
+            # against full module names: the reference needs its own copies.
+            vc.quant_config.ignored_layers += [f"reference.{x}" for x in list(vc.quant_config.ignored_layers)]
         # Parameters in the model config's dtype, as vLLM's loaders build them
         # (a bare constructor gives fp32 whatever the config says).
         with set_default_torch_dtype(mc.dtype):
             target, reference = cls(vllm_config=vc, prefix=""), cls(vllm_config=vc, prefix="reference")
-        dtypes = {p.dtype for n, p in target.named_parameters() if not n.endswith(".e_score_correction_bias")}
-        assert dtypes == {mc.dtype}, f"vLLM built parameters of {dtypes}, not {mc.dtype}"
+        if mc.quantization is None:
+            dtypes = {p.dtype for n, p in target.named_parameters() if not n.endswith(".e_score_correction_bias")}
+            assert dtypes == {mc.dtype}, f"vLLM built parameters of {dtypes}, not {mc.dtype}"
         yield vc, target, reference
