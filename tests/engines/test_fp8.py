@@ -201,7 +201,7 @@ def sync_worker(rank, world, ep, fp8_ckpt, port, sock, registered, synced, resul
     with fp8_models(fp8_ckpt, port, world, rank, ep) as (_, target, reference):
         reference.load_weights(load_file(os.path.join(fp8_ckpt, "model.safetensors")).items())
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
-        wsync.vllm.register(client, target, "policy", replica="gen", probe_layout=False)
+        wsync.vllm.register(client, target, "policy", replica="gen")
         registered.put((rank, "registered"))
         synced.wait(600)
         want = dict(reference.named_parameters())
@@ -287,3 +287,60 @@ def test_a_sync_into_vllm_block_fp8_moe_quantizes_each_expert_into_the_fused_buf
     # embed, norm, lm_head; per layer qkv w/s, o w/s, q/k norms, 2 norms, router, w13 w/s, w2 w/s
     assert compared == 3 + 2 * (2 + 2 + 2 + 2 + 1 + 2 + 2)
     assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
+
+
+def probe_worker(rank, fp8_ckpt, port, sock, results):
+    """Probes a block-FP8 Qwen3-MoE model as it is, then with the loader of
+    its fused expert scales planted to flip their columns."""
+    import wsync
+    import wsync.vllm
+    with fp8_models(fp8_ckpt, port) as (_, target, _):
+        client = wsync.Client(socket=sock, name="vllm-probe")
+        clean = wsync.vllm.probe_report(client, target, "policy")
+        params = dict(target.named_parameters())
+        planted = next(n for n in params if n.endswith("layers.1.mlp.experts.routed_experts.w13_weight_scale_inv"))
+        original = params[planted].weight_loader
+
+        def flipped(*a, **k):  # FusedMoE passes its arguments by keyword
+            if "loaded_weight" in k:
+                k["loaded_weight"] = k["loaded_weight"].flip(-1)
+            else:
+                a = (a[0], a[1].flip(-1)) + a[2:]
+            return original(*a, **k)
+        params[planted].weight_loader = flipped
+        bad = wsync.vllm.probe_report(client, target, "policy")
+        results.put((rank, sorted(clean.mismatches), planted, bad.mismatches))
+        client.close()
+
+
+def test_the_layout_probe_checks_fp8_weights_and_their_scales(tmp_path, wsyncctl, daemon):
+    """wsync.vllm's probe loads position labels through vLLM's own FP8
+    loaders (into fp32 scratch): the recipe agrees with every FP8 weight and
+    scale of a block-FP8 MoE model, and a loader that lays the fused expert
+    scales out differently is named."""
+    import torch.multiprocessing as mp
+    import wsync
+    from safetensors.numpy import save_file
+    from conftest import wait_registered
+    from reference import free_port
+    src = moe_tensors(3)
+    (tmp_path / "hf").mkdir()
+    json.dump(CFG_MOE, open(tmp_path / "hf" / "config.json", "w"))
+    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
+    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
+                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    client = wsync.Client(socket=daemon, name="trainer")
+    client.register_model("policy", config=CFG_MOE, fp8_block_scales=True)
+    results = mp.get_context("spawn").Queue()
+    procs = mp.start_processes(probe_worker, nprocs=1, join=False, start_method="spawn",
+                               args=(str(tmp_path / "fp8"), free_port(), daemon, results))
+    try:
+        [(_, clean, planted, bad)] = wait_registered(procs, results, 1)
+        assert clean == []
+        assert list(bad) == [planted], bad
+        assert "w13_weight_scale_inv" in bad[planted] and "probe pass" in bad[planted]
+    finally:
+        procs.join(timeout=60)
+        client.close()

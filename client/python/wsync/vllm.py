@@ -26,6 +26,8 @@ Parameters the probe refuses can take the loader path instead
 (`register(on_mismatch="loader")`): the daemon writes the canonical tensors
 they are made of into staging buffers the worker owns, and the worker feeds
 those to vLLM's own load_weights after the commit (Registration.load).
+FP8 weights and their block scales are probed like the others (the scratch
+is fp32 whatever the parameter's dtype), but never take the loader path.
 
 wsync.vllm_engine is the "wsync" weight-transfer backend built on these.
 
@@ -154,7 +156,7 @@ def probe_report(client, model, model_id, layout=None, chunk_bytes=1 << 30):
         if list(p.shape) != layout["buffers"][name]["shape"]:
             raise LayoutMismatch(f"parameter {name!r} has shape {list(p.shape)}, the vllm recipe "
                                  f"{layout['buffers'][name]['shape']}")
-        if p.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        if p.dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn):
             raise LayoutMismatch(f"parameter {name!r}: the probe does not handle dtype {p.dtype}")
     tensors = sorted(layout["tensors"].items())
     slot = {name: i for i, (name, _) in enumerate(tensors)}
@@ -351,6 +353,11 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
             more = len(report.mismatches) - 1
             raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
         loader = {n: report.feeds[n] for n in report.mismatches}
+        params = _weights(model)
+        for n in loader:
+            if params[n].dtype == torch.float8_e4m3fn or any(t.endswith("_scale_inv") for t in loader[n]):
+                raise LayoutMismatch(f"{report.mismatches[n]}; FP8 weights and their scales cannot take the "
+                                     "loader path yet (the daemon quantizes a weight and its scales together)")
     in_place, pieces, staging = {}, {}, {}
     params = _weights(model)
     for name, p in params.items():
