@@ -123,7 +123,7 @@ def vllm_worker(ckpt, port, out):
 
 
 def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import save_file
     src = hf_tensors(7)
     (tmp_path / "hf").mkdir()
     json.dump(CFG, open(tmp_path / "hf" / "config.json", "w"))
@@ -218,6 +218,19 @@ def sync_worker(rank, world, ep, fp8_ckpt, port, sock, registered, synced, resul
         client.close()
 
 
+def convert_to_fp8(tmp_path, wsyncctl, cfg, src):
+    """Writes `src` as an hf checkpoint under tmp_path/hf and converts it
+    with wsyncctl convert --dtype fp8 into tmp_path/fp8."""
+    from safetensors.numpy import save_file
+    (tmp_path / "hf").mkdir()
+    json.dump(cfg, open(tmp_path / "hf" / "config.json", "w"))
+    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
+    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
+                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
 def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False):
     """Converts `src` (fp32, hf names) to block FP8 with wsyncctl, registers
     it as an fp32 source with fp8_block_scales, syncs it into a vLLM model
@@ -226,16 +239,9 @@ def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False):
     differ on some rank, parameters compared per rank)."""
     import torch.multiprocessing as mp
     import wsync
-    from safetensors.numpy import save_file
     from conftest import wait_registered
     from reference import free_port
-    (tmp_path / "hf").mkdir()
-    json.dump(cfg, open(tmp_path / "hf" / "config.json", "w"))
-    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
-    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
-                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    convert_to_fp8(tmp_path, wsyncctl, cfg, src)
 
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=cfg, fp8_block_scales=True)
@@ -320,17 +326,9 @@ def test_the_layout_probe_checks_fp8_weights_and_their_scales(tmp_path, wsyncctl
     scales out differently is named."""
     import torch.multiprocessing as mp
     import wsync
-    from safetensors.numpy import save_file
     from conftest import wait_registered
     from reference import free_port
-    src = moe_tensors(3)
-    (tmp_path / "hf").mkdir()
-    json.dump(CFG_MOE, open(tmp_path / "hf" / "config.json", "w"))
-    save_file(src, str(tmp_path / "hf" / "model.safetensors"))
-    r = subprocess.run([wsyncctl, "convert", "--model-config", str(tmp_path / "hf" / "config.json"), "--from", "hf",
-                        "--to", "hf", "--in", str(tmp_path / "hf"), "--out", str(tmp_path / "fp8"), "--dtype", "fp8"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    convert_to_fp8(tmp_path, wsyncctl, CFG_MOE, moe_tensors(3))
     client = wsync.Client(socket=daemon, name="trainer")
     client.register_model("policy", config=CFG_MOE, fp8_block_scales=True)
     results = mp.get_context("spawn").Queue()
