@@ -49,161 +49,6 @@ std::string UncoveredSources(const layout::ModelSpec& spec,
   return absl::StrJoin(layout::UncoveredParts(spec, shards, 5), "; ");
 }
 
-// One piece of a weight with block scales in an fp8 target buffer, and
-// the plan ops that fill it (their sources, and adapters in merge mode).
-struct QuantPiece {
-  const layout::ModelSpec* spec;
-  LoraMode lora;
-  RankReg* rank;
-  UpdateMode mode;
-  std::string label;  // the target rank, for messages
-  uint32_t shard;
-  int32_t tensor;
-  std::vector<std::pair<layout::CopyOp, TargetOp>> ops;  // TargetOp: src and adapter set
-};
-
-struct QuantWritten {
-  uint64_t bytes = 0;
-  std::vector<std::pair<uint32_t, layout::Box>> boxes;  // (shard, box) written
-  std::vector<std::unique_ptr<memory::Buffer>> keep;     // the scales, until the context's Finish
-};
-
-// Assembles the piece in fp32 scratch on the rank's device (its ops run
-// there, LoRA merged: one rounding), quantizes it into the fp8 buffer with
-// one scale per 128 x 128 block, and copies the scales into the rank's
-// pieces of the weight's scale tensor. What lands in the target is digested
-// into `slot` (the scratch into `scratch_slot`), and its boxes appended to
-// descs/desc_words from payload word *word on, for the verify to re-read.
-absl::StatusOr<QuantWritten> QuantizeTargetPiece(const QuantPiece& q, ExecContext* ctx, size_t slot,
-                                                size_t scratch_slot, uint64_t* word,
-                                                std::vector<kernels::BoxCopyOp>* descs,
-                                                std::vector<uint64_t>* desc_words) {
-  const layout::ModelSpec& spec = *q.spec;
-  RankReg* r = q.rank;
-  const layout::ShardSpec& sh = r->shards[q.shard];
-  const layout::Piece* piece = nullptr;
-  for (const layout::Piece& pc : sh.pieces) {
-    if (pc.tensor == q.tensor) piece = &pc;
-  }
-  const std::string what = absl::StrCat("'", spec.tensor(q.tensor).name, "' in FP8 buffer '", sh.name, "' of ", q.label);
-  if (piece == nullptr) return absl::InternalError(absl::StrCat(what, ": no piece"));
-  const layout::Box& b = piece->canonical;
-  const int dev = r->device;
-  const int64_t rows = b.size[0], cols = b.size[1];
-  QuantWritten out;
-
-  // 1. The piece in fp32.
-  layout::ShardSpec scratch_spec{"FP8 scratch", layout::Shape::Of({rows, cols}), layout::DType::kF32, {}};
-  // The rank keeps its scratch between pieces and syncs (QuantizeFp8 waits
-  // for the work that reads it): no allocation and page faults per sync.
-  const uint64_t need = static_cast<uint64_t>(rows) * cols * 4;
-  if (!r->fp8_scratch || r->fp8_scratch->size() < need) {
-    r->fp8_scratch.reset();
-    auto b = ctx->Allocate(dev, need, absl::StrCat("FP8 scratch of ", r->Label()));
-    if (!b.ok()) return b.status();
-    r->fp8_scratch = std::move(*b);
-  }
-  void* scratch = r->fp8_scratch->data();
-  TargetWrite tw;
-  uint64_t scratch_word = 0;
-  for (const auto& [c, src] : q.ops) {
-    layout::CopyOp c2 = c;
-    for (int d = 0; d < 2; ++d) c2.dst_box.off[d] = c.canonical.off[d] - b.off[d];
-    c2.dst_box.size[0] = c.canonical.size[0];
-    c2.dst_box.size[1] = c.canonical.size[1];
-    c2.dst_box.ndim = 2;
-    TargetOp in = src;
-    in.dst = in.live = {&scratch_spec, nullptr, scratch};
-    AddTargetOp(spec, q.lora, c2, in, /*merge_dims=*/true, &scratch_word, &tw);
-  }
-  WSYNC_RETURN_IF_ERROR(RunTargetWrite(ctx, dev, tw, scratch_slot));
-
-  // 2. Quantized into the buffer (where the sync writes it), with scales.
-  // The piece is one matrix of the buffer: all of a 2-d buffer's box, or
-  // one leading index of a 3-d stack (fused experts; CheckFp8Pieces).
-  const layout::ShardView dst = r->Write(q.shard, q.mode);
-  const int nd = sh.shape.ndim;
-  if (nd < 2) return absl::InternalError(absl::StrCat(what, ": a ", nd, "-d FP8 buffer"));
-  int64_t stride[layout::kMaxDims] = {};
-  for (int d = nd - 1; d >= 0; --d) {
-    stride[d] = dst.strides != nullptr ? dst.strides[d] : (d == nd - 1 ? 1 : stride[d + 1] * sh.shape.d[d + 1]);
-  }
-  if (stride[nd - 1] != 1) {
-    return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", stride[nd - 1],
-                                                      " elements; FP8 rows must be contiguous (stride 1)"));
-  }
-  int64_t origin = 0;
-  for (int d = 0; d < nd; ++d) origin += piece->shard.off[d] * stride[d];
-  const int64_t ld = stride[nd - 2];
-  const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
-  auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
-  if (!scales.ok()) return scales.status();
-  kernels::Fp8QuantOp op;
-  op.src = scratch;
-  op.src_dtype = layout::DType::kF32;
-  op.rows = rows;
-  op.cols = op.src_ld = cols;
-  op.dst = static_cast<uint8_t*>(dst.base) + origin;
-  op.dst_ld = ld;
-  op.scale_inv = static_cast<float*>((*scales)->data());
-  op.scale_ld = ss.d[1];
-  op.block_rows = op.block_cols = layout::kFp8Block;
-  if (absl::Status s = ctx->QuantizeFp8(dev, &op, 1); !s.ok()) return Annotate(s, what);
-  kernels::BoxCopyOp box = layout::LowerBox(piece->shard, dst);
-  uint64_t w0 = 0;
-  *word += kernels::BoxPayloadWords(&box, 1, *word, &w0);
-  WSYNC_RETURN_IF_ERROR(ctx->Digest(dev, &box, 1, &w0, slot));
-  descs->push_back(box);
-  desc_words->push_back(w0);
-  out.boxes.push_back({q.shard, piece->shard});
-  out.bytes += rows * cols;
-
-  // 3. The scales of the piece's blocks into the rank's scale pieces.
-  const int32_t st = spec.ScaleTensorOf(q.tensor);
-  layout::Box blocks;
-  blocks.ndim = 2;
-  for (int d = 0; d < 2; ++d) {
-    blocks.off[d] = b.off[d] / layout::kFp8Block;
-    blocks.size[d] = ss.d[d];
-  }
-  layout::ShardSpec scale_spec{"FP8 scales", ss, layout::DType::kF32, {}};
-  int64_t covered = 0;
-  for (uint32_t s2 = 0; s2 < r->shards.size(); ++s2) {
-    for (const layout::Piece& pc : r->shards[s2].pieces) {
-      if (pc.tensor != st) continue;
-      const layout::Box in = blocks.Intersect(pc.canonical);
-      if (in.ndim == 0) continue;
-      layout::CopyOp c;
-      c.tensor = st;
-      c.canonical = c.src_box = in;
-      c.dst_box = pc.shard;  // its leading (expert) index, if any, as it is
-      const int sd = pc.shard.ndim - 2;
-      for (int d = 0; d < 2; ++d) {
-        c.src_box.off[d] = in.off[d] - blocks.off[d];
-        c.dst_box.off[sd + d] = pc.shard.off[sd + d] + (in.off[d] - pc.canonical.off[d]);
-        c.dst_box.size[sd + d] = in.size[d];
-      }
-      kernels::BoxCopyOp k = layout::LowerCopy(c, {&scale_spec, nullptr, (*scales)->data()}, r->Write(s2, q.mode));
-      uint64_t kw = 0;
-      *word += kernels::BoxPayloadWords(&k, 1, *word, &kw);
-      WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(dev, &k, 1, &kw, slot));
-      descs->push_back(k);
-      desc_words->push_back(kw);
-      out.boxes.push_back({s2, c.dst_box});
-      out.bytes += in.NumElements() * 4;
-      covered += in.NumElements();
-    }
-  }
-  if (covered != ss.NumElements()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, " holds rows ", b.ToString(), " but not all of their scales: register the pieces ",
-        blocks.ToString(), " of '", spec.tensor(st).name, "' with it"));
-  }
-  // Work queued above still reads the scratch and the scales.
-  out.keep.push_back(std::move(*scales));
-  return out;
-}
-
 }  // namespace
 
 void CoreImpl::SetProgress(Job* job, const Progress& p) {
@@ -820,27 +665,32 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     std::vector<uint64_t> desc_words;
     for (const auto& [key, ops] : quant_ops) {
       if (std::get<0>(key) != e) continue;
+      const auto [t, shard, tensor] = key;
+      RankReg* r = sj->rank(e);
       const int dev = sj->device(e);
-      QuantPiece qp{&model->spec, args.lora, sj->rank(e), sj->mode(e), dst_ids[e], std::get<1>(key),
-                    std::get<2>(key)};
+      // The piece in fp32, from whichever sources hold it (the rank keeps
+      // its scratch between pieces and syncs: QuantizePiece's work waits
+      // for the writes before it).
+      const layout::Piece* piece = sj->PieceOf(e, shard, tensor);
+      const uint64_t need = static_cast<uint64_t>(piece->canonical.NumElements()) * 4;
+      if (!r->fp8_scratch || r->fp8_scratch->size() < need) {
+        r->fp8_scratch.reset();
+        auto b = ctx->Allocate(dev, need, absl::StrCat("FP8 scratch of ", r->Label()));
+        if (!b.ok()) return fail(b.status());
+        r->fp8_scratch = std::move(*b);
+      }
+      TargetWrite tw;
+      uint64_t scratch_word = 0;
       for (uint32_t i : ops) {
         const layout::CopyOp& c = plan->ops[i];
-        const bool adapted = active.count(c.tensor) > 0;
-        TargetOp in;
-        in.src = src_ranks[c.src_endpoint]->Live(c.src_shard);
-        if (adapted && args.lora == LoraMode::kMerge) {
-          const Adapter& ad = adapters[c.tensor];
-          in.adapter = &ad;
-          in.lora_a = sj->LoraOperand(dev, ad.a);
-          in.lora_b = sj->LoraOperand(dev, ad.b);
-        }
-        qp.ops.push_back({c, in});
+        sj->AddScratchWrite(e, c, src_ranks[c.src_endpoint]->Live(c.src_shard), r->fp8_scratch->data(),
+                            &scratch_word, &tw);
       }
-      auto q = QuantizeTargetPiece(qp, ctx.get(), nb + k, nb + nq, &word, &descs, &desc_words);
+      if (absl::Status ws = RunTargetWrite(ctx.get(), dev, tw, nb + nq); !ws.ok()) return fail(ws);
+      auto q = sj->QuantizePiece(ctx.get(), e, shard, tensor, r->fp8_scratch->data(), nb + k, &word, &descs,
+                                 &desc_words, &quant_buffers);
       if (!q.ok()) return fail(q.status());
-      for (auto& b : q->keep) quant_buffers.push_back(std::move(b));
-      for (const auto& [s, box] : q->boxes) sj->Wrote(e, s, box);
-      prog.bytes_done += q->bytes;
+      prog.bytes_done += *q;
     }
     check_of_quant[k] = sj->AddCheck(e, std::move(descs), std::move(desc_words), word - first_word);
   }

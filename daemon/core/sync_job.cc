@@ -1,7 +1,9 @@
 #include "daemon/core/sync_job.h"
 
 #include "absl/strings/str_cat.h"
+#include "daemon/common/status.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/layout/fp8_checkpoint.h"
 
 namespace wsync::core::internal {
 
@@ -120,7 +122,140 @@ absl::Status SyncJob::WriteFills(ExecContext* ctx,
   return absl::OkStatus();
 }
 
-void SyncJob::Wrote(uint32_t t, uint32_t s, const layout::Box& box) { Record(t, s, box); }
+bool SyncJob::Quantizes(uint32_t t, const layout::CopyOp& c) const {
+  return targets_[t].rank->shards[c.dst_shard].dtype == layout::DType::kF8E4M3 && spec_->ScaleTensorOf(c.tensor) >= 0;
+}
+
+const layout::Piece* SyncJob::PieceOf(uint32_t t, uint32_t s, int32_t tensor) const {
+  for (const layout::Piece& pc : targets_[t].rank->shards[s].pieces) {
+    if (pc.tensor == tensor) return &pc;
+  }
+  return nullptr;
+}
+
+uint64_t SyncJob::AddScratchWrite(uint32_t t, const layout::CopyOp& c, const layout::ShardView& src, void* scratch,
+                                  uint64_t* word, TargetWrite* tw) {
+  const layout::Piece* piece = PieceOf(t, c.dst_shard, c.tensor);
+  const layout::Box& b = piece->canonical;
+  // The op's elements where they sit in the piece.
+  layout::ShardSpec* spec = &scratch_specs_.emplace_back(
+      layout::ShardSpec{"FP8 scratch", layout::Shape::Of({b.size[0], b.size[1]}), layout::DType::kF32, {}});
+  layout::CopyOp c2 = c;
+  c2.dst_box.ndim = 2;
+  for (int d = 0; d < 2; ++d) {
+    c2.dst_box.off[d] = c.canonical.off[d] - b.off[d];
+    c2.dst_box.size[d] = c.canonical.size[d];
+  }
+  TargetOp in;
+  in.src = src;
+  in.dst = in.live = {spec, nullptr, scratch};
+  if (lora_ == LoraMode::kMerge && active_.count(c.tensor)) {
+    const Adapter& ad = adapters_.at(c.tensor);
+    in.adapter = &ad;
+    in.lora_a = LoraOperand(targets_[t].device, ad.a);
+    in.lora_b = LoraOperand(targets_[t].device, ad.b);
+  }
+  AddTargetOp(*spec_, lora_, c2, in, /*merge_dims=*/true, word, tw);
+  return static_cast<uint64_t>(c.canonical.NumElements());
+}
+
+absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, uint32_t s, int32_t tensor,
+                                                const void* scratch, size_t slot, uint64_t* word,
+                                                std::vector<kernels::BoxCopyOp>* descs, std::vector<uint64_t>* words,
+                                                std::vector<std::unique_ptr<memory::Buffer>>* keep) {
+  const Target& tg = targets_[t];
+  RankReg* r = tg.rank;
+  const layout::ShardSpec& sh = r->shards[s];
+  const layout::Piece* piece = PieceOf(t, s, tensor);
+  const std::string what =
+      absl::StrCat("'", spec_->tensor(tensor).name, "' in FP8 buffer '", sh.name, "' of ", r->Label());
+  if (piece == nullptr) return absl::InternalError(absl::StrCat(what, ": no piece"));
+  const layout::Box& b = piece->canonical;
+  const int dev = tg.device;
+  const int64_t rows = b.size[0], cols = b.size[1];
+  // The piece is one matrix of the buffer: all of a 2-d buffer's box, or
+  // one leading index of a 3-d stack (fused experts; CheckFp8Pieces).
+  const layout::ShardView dst = WriteView(t, s);
+  const int nd = sh.shape.ndim;
+  if (nd < 2) return absl::InternalError(absl::StrCat(what, ": a ", nd, "-d FP8 buffer"));
+  int64_t stride[layout::kMaxDims] = {};
+  for (int d = nd - 1; d >= 0; --d) {
+    stride[d] = dst.strides != nullptr ? dst.strides[d] : (d == nd - 1 ? 1 : stride[d + 1] * sh.shape.d[d + 1]);
+  }
+  if (stride[nd - 1] != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", stride[nd - 1],
+                                                      " elements; FP8 rows must be contiguous (stride 1)"));
+  }
+  int64_t origin = 0;
+  for (int d = 0; d < nd; ++d) origin += piece->shard.off[d] * stride[d];
+  const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
+  auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
+  if (!scales.ok()) return scales.status();
+  kernels::Fp8QuantOp op;
+  op.src = scratch;
+  op.src_dtype = layout::DType::kF32;
+  op.rows = rows;
+  op.cols = op.src_ld = cols;
+  op.dst = static_cast<uint8_t*>(dst.base) + origin;
+  op.dst_ld = stride[nd - 2];
+  op.scale_inv = static_cast<float*>((*scales)->data());
+  op.scale_ld = ss.d[1];
+  op.block_rows = op.block_cols = layout::kFp8Block;
+  if (absl::Status st = ctx->QuantizeFp8(dev, &op, 1); !st.ok()) return Annotate(st, what);
+  kernels::BoxCopyOp box = layout::LowerBox(piece->shard, dst);
+  uint64_t w0 = 0;
+  *word += kernels::BoxPayloadWords(&box, 1, *word, &w0);
+  WSYNC_RETURN_IF_ERROR(ctx->Digest(dev, &box, 1, &w0, slot));
+  descs->push_back(box);
+  words->push_back(w0);
+  Record(t, s, piece->shard);
+  uint64_t bytes = static_cast<uint64_t>(rows * cols);
+
+  // The scales of the piece's blocks into the rank's scale pieces.
+  const int32_t st = spec_->ScaleTensorOf(tensor);
+  layout::Box blocks;
+  blocks.ndim = 2;
+  for (int d = 0; d < 2; ++d) {
+    blocks.off[d] = b.off[d] / layout::kFp8Block;
+    blocks.size[d] = ss.d[d];
+  }
+  layout::ShardSpec* scale_spec =
+      &scratch_specs_.emplace_back(layout::ShardSpec{"FP8 scales", ss, layout::DType::kF32, {}});
+  int64_t covered = 0;
+  for (uint32_t s2 = 0; s2 < r->shards.size(); ++s2) {
+    for (const layout::Piece& pc : r->shards[s2].pieces) {
+      if (pc.tensor != st) continue;
+      const layout::Box in = blocks.Intersect(pc.canonical);
+      if (in.ndim == 0) continue;
+      layout::CopyOp c;
+      c.tensor = st;
+      c.canonical = c.src_box = in;
+      c.dst_box = pc.shard;  // its leading (expert) index, if any, as it is
+      const int sd = pc.shard.ndim - 2;
+      for (int d = 0; d < 2; ++d) {
+        c.src_box.off[d] = in.off[d] - blocks.off[d];
+        c.dst_box.off[sd + d] = pc.shard.off[sd + d] + (in.off[d] - pc.canonical.off[d]);
+        c.dst_box.size[sd + d] = in.size[d];
+      }
+      kernels::BoxCopyOp k = layout::LowerCopy(c, {scale_spec, nullptr, (*scales)->data()}, WriteView(t, s2));
+      uint64_t kw = 0;
+      *word += kernels::BoxPayloadWords(&k, 1, *word, &kw);
+      WSYNC_RETURN_IF_ERROR(ctx->CopyDigest(dev, &k, 1, &kw, slot));
+      descs->push_back(k);
+      words->push_back(kw);
+      Record(t, s2, c.dst_box);
+      bytes += in.NumElements() * 4;
+      covered += in.NumElements();
+    }
+  }
+  if (covered != ss.NumElements()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " holds rows ", b.ToString(), " but not all of their scales: register the pieces ",
+        blocks.ToString(), " of '", spec_->tensor(st).name, "' with it"));
+  }
+  keep->push_back(std::move(*scales));  // queued work still reads them
+  return bytes;
+}
 
 size_t SyncJob::AddCheck(uint32_t t, std::vector<kernels::BoxCopyOp> boxes, std::vector<uint64_t> words,
                          uint64_t num_words) {

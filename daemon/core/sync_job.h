@@ -17,6 +17,7 @@
 // (which waits on clients) stay with each engine.
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -99,9 +100,30 @@ class SyncJob {
   // Enqueues the zero fills of full syncs, (target, op) each, on their
   // targets' devices, recorded as written.
   absl::Status WriteFills(ExecContext* ctx, const std::vector<std::pair<uint32_t, const layout::FillOp*>>& fills);
-  // Records that the job wrote `box` of shard `s` of target `t` by other
-  // means (FP8 quantization).
-  void Wrote(uint32_t t, uint32_t s, const layout::Box& box);
+  // FP8 targets (docs/fp8.md). Whether plan op `c` lands in a weight that
+  // target `t` quantizes: an fp8 buffer of a tensor with block scales.
+  bool Quantizes(uint32_t t, const layout::CopyOp& c) const;
+  // Adds to `tw` the write of plan op `c` (W's bytes in `src`, LoRA merged
+  // in merge mode) into `scratch`: fp32 memory on the target's device that
+  // holds the whole piece of c.tensor in c.dst_shard of target `t`, row-major
+  // ([piece rows, piece cols]). Returns the elements it writes.
+  uint64_t AddScratchWrite(uint32_t t, const layout::CopyOp& c, const layout::ShardView& src, void* scratch,
+                           uint64_t* word, TargetWrite* tw);
+  // The piece of `tensor` in shard `s` of target `t` (null if none).
+  const layout::Piece* PieceOf(uint32_t t, uint32_t s, int32_t tensor) const;
+  // Quantizes the assembled piece of `tensor` in shard `s` of target `t`
+  // (fp32 `scratch`, after the work before it on the device) into the
+  // buffer where the job writes it, with one scale per 128 x 128 block, and
+  // copies the scales into the target's pieces of the scale tensor. What
+  // lands is digested into `slot` and its boxes appended to `descs` and
+  // `words` from payload word *word on (for AddCheck), and recorded as
+  // written. `keep` receives memory the queued work still reads.
+  // INVALID_ARGUMENT naming the tensor and element for a non-finite weight;
+  // FAILED_PRECONDITION when the target lacks some of the piece's scales.
+  absl::StatusOr<uint64_t> QuantizePiece(ExecContext* ctx, uint32_t t, uint32_t s, int32_t tensor,
+                                         const void* scratch, size_t slot, uint64_t* word,
+                                         std::vector<kernels::BoxCopyOp>* descs, std::vector<uint64_t>* words,
+                                         std::vector<std::unique_ptr<memory::Buffer>>* keep);
   // Where the job writes shard `s` of target `t`.
   layout::ShardView WriteView(uint32_t t, uint32_t s) const;
   // Whether the job wrote live memory of `replica_id` (in place, or the
@@ -171,6 +193,7 @@ class SyncJob {
   std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem_;  // (device, tensor) -> fp32
   std::vector<Written> written_;
   std::vector<Check> checks_;
+  std::deque<layout::ShardSpec> scratch_specs_;  // described by queued FP8 work; stable addresses
   std::set<std::string> live_written_;
   SessionReplicas paused_;
 };
