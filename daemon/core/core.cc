@@ -523,11 +523,14 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
     }
   }
   // FP8 block scales of the weights block-FP8 checkpoints quantize, when
-  // asked and not listed already.
+  // asked and not listed already (never of LoRA adapters: they stay with
+  // the trainer's precision).
   if (a.fp8_block_scales) {
+    std::set<std::string> lora;
+    for (const LoraAdapterArg& ad : a.adapters) lora.insert({ad.a_tensor, ad.b_tensor});
     std::vector<layout::TensorSpec> scales;
     for (const layout::TensorSpec& t : tensors) {
-      if (!t.scales_of.empty() || t.shape.ndim != 2 || !layout::Fp8Quantized(t)) continue;
+      if (!t.scales_of.empty() || t.shape.ndim != 2 || !layout::Fp8Quantized(t) || lora.count(t.name)) continue;
       const std::string name = layout::Fp8ScaleName(t.name);
       if (find(name) == nullptr) scales.push_back({name, layout::Fp8ScaleShape(t.shape), layout::DType::kF32, t.name});
     }

@@ -264,7 +264,10 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
         words += kernels::BoxPayloadWords(&k, 1, words, &base);
       }
       if (!d.full) continue;
-      const layout::DType wire = d.adapted.count(c.tensor) ? layout::DType::kF32 : dst.dtype;
+      // fp32 where the targets compute: LoRA merges, and FP8 quantization
+      // (the target assembles each piece in fp32, then quantizes it).
+      const bool quantized = dst.dtype == layout::DType::kF8E4M3 && spec.ScaleTensorOf(c.tensor) >= 0;
+      const layout::DType wire = d.adapted.count(c.tensor) || quantized ? layout::DType::kF32 : dst.dtype;
       w.ops.push_back({i, w.bytes, wire});
       w.bytes = Align(w.bytes + layout::BoxBytes(c.dst_box, wire));
     }
@@ -473,6 +476,16 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   // every member): over NCCL, on this daemon's one GPU; over Gloo, in host
   // memory, pinned when shards in GPU memory take the host-staged path
   // (kernels on each shard's GPU pack and unpack them).
+  // FP8 pieces being assembled in fp32 as their ops arrive, (target,
+  // shard, tensor) -> scratch and elements still to come; quantized and
+  // released once complete. (Declared before the context, whose end waits
+  // for queued work that reads them.)
+  struct Fp8Piece {
+    std::unique_ptr<memory::Buffer> scratch;
+    uint64_t remaining = 0;
+  };
+  std::map<std::tuple<uint32_t, uint32_t, int32_t>, Fp8Piece> fp8;
+  std::vector<std::unique_ptr<memory::Buffer>> fp8_keep;
   auto ctx_or = NewMixedContext();
   if (!ctx_or.ok()) return ctx_or.status();
   std::unique_ptr<MixedContext> ctx = std::move(*ctx_or);
@@ -490,20 +503,23 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   }
   const int wire_device = nccl ? *devices.begin() : -1;
   const std::string wire_kind = nccl ? absl::StrCat("gpu", wire_device) : gpu_work ? "pinned" : "host";
-  // FP8 quantization runs in local syncs only (docs/fp8.md).
-  for (uint32_t j = 0; j < sj.num_targets(); ++j) {
-    RankReg* r = sj.rank(j);
-    if (r == nullptr) continue;
-    for (const layout::ShardSpec& sh : r->shards) {
-      for (const layout::Piece& pc : sh.pieces) {
-        const bool quantized = sh.dtype == layout::DType::kF8E4M3 && model->spec.ScaleTensorOf(pc.tensor) >= 0;
-        const bool scales = model->spec.ScalesOf(pc.tensor) >= 0;
-        if (!quantized && !scales) continue;
-        return absl::FailedPreconditionError(absl::StrCat(
-            "model '", plan.model_id, "' ", r->Label(), " on daemon '", me, "' buffer '", sh.name, "' holds ",
-            scales ? "the FP8 block scales '" : "FP8 quantized '", model->spec.tensor(pc.tensor).name,
-            "'; quantizing during multi-node syncs is not supported yet (register FP8 targets on the "
-            "trainer's daemon, or bf16 targets here)"));
+  // FP8 targets quantize what arrives (SyncJob::QuantizePiece), not in
+  // adapter_only or unmerge mode: those would start from FP8 weights.
+  if (plan.lora == LoraMode::kAdapterOnly || plan.lora == LoraMode::kUnmerge) {
+    for (uint32_t j = 0; j < sj.num_targets(); ++j) {
+      RankReg* r = sj.rank(j);
+      if (r == nullptr) continue;
+      for (const layout::ShardSpec& sh : r->shards) {
+        for (const layout::Piece& pc : sh.pieces) {
+          if (sh.dtype != layout::DType::kF8E4M3 || model->spec.ScaleTensorOf(pc.tensor) < 0 ||
+              !d.active.count(pc.tensor)) {
+            continue;
+          }
+          return absl::FailedPreconditionError(absl::StrCat(
+              "model '", plan.model_id, "': tensor '", model->spec.tensor(pc.tensor).name, "' is quantized to FP8 in '",
+              sh.name, "' of ", r->Label(), " on daemon '", me, "'; LoRA mode ", LoraModeName(plan.lora),
+              " cannot start from FP8 weights (merge quantizes W + s*B@A once)"));
+        }
       }
     }
   }
@@ -649,6 +665,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   };
   // Writes wire `w` (received into `buf`) into this daemon's targets.
   std::vector<size_t> check_wire;  // per SyncJob check: its wire bucket
+  // Payload words of quantized FP8 pieces follow every wire's.
+  uint64_t fp8_word = 0;
+  for (const Wire& w : d.wires) fp8_word = std::max(fp8_word, w.word_base + w.words);
   auto unpack = [&](size_t wi, const Wire& w, const char* buf) -> absl::Status {
     if (!holds_targets) return absl::OkStatus();
     // What arrived: the written digest where a target's boxes hold exactly
@@ -692,8 +711,9 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       const int dev = sj.device(j);
       std::vector<layout::ShardSpec> specs;
       specs.reserve(bk.num_ops);
-      TargetWrite tw;
-      uint64_t word = w.word_base;
+      TargetWrite tw, scratch_tw;
+      uint64_t word = w.word_base, scratch_word = 0;
+      std::vector<std::tuple<uint32_t, uint32_t, int32_t>> complete;  // FP8 pieces this wire completes
       bool same_bytes = d.full && w.moves;  // every box holds the wire's bytes as they are
       for (uint32_t i = bk.first_op; i < bk.first_op + bk.num_ops; ++i) {
         const layout::CopyOp& c = d.plan.ops[i];
@@ -709,16 +729,51 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           src = {&specs.back(), nullptr, const_cast<char*>(buf) + o.offset};
           same_bytes &= o.dtype == tr->shards[c.dst_shard].dtype && !(merge && d.active.count(c.tensor));
         }
-        sj.AddWrite(j, c2, src, /*merge_dims=*/false, &word, &tw);
+        if (!sj.Quantizes(j, c)) {
+          sj.AddWrite(j, c2, src, /*merge_dims=*/false, &word, &tw);
+          continue;
+        }
+        const std::tuple<uint32_t, uint32_t, int32_t> key{j, c.dst_shard, c.tensor};
+        Fp8Piece& q = fp8[key];
+        if (!q.scratch) {
+          const layout::Piece* piece = sj.PieceOf(j, c.dst_shard, c.tensor);
+          if (piece == nullptr) return absl::InternalError("an FP8 op without its piece");
+          q.remaining = static_cast<uint64_t>(piece->canonical.NumElements());
+          auto b = ctx->Allocate(dev, q.remaining * 4, absl::StrCat("FP8 scratch of ", tr->Label()));
+          if (!b.ok()) return b.status();
+          q.scratch = std::move(*b);
+        }
+        q.remaining -= sj.AddScratchWrite(j, c2, src, q.scratch->data(), &scratch_word, &scratch_tw);
+        if (q.remaining == 0) complete.push_back(key);
       }
       absl::Status s = RunTargetWrite(ctx.get(), dev, tw, 0);
       if (!s.ok()) return s;
-      auto sums = ctx->Finish(1);
+      // Slot 1: the fp32 assembly (nothing reads it); slot 2: what the
+      // quantization of complete pieces wrote into the target.
+      WSYNC_RETURN_IF_ERROR(RunTargetWrite(ctx.get(), dev, scratch_tw, 1));
+      std::vector<kernels::BoxCopyOp> fp8_boxes;
+      std::vector<uint64_t> fp8_words;
+      const uint64_t fp8_first = fp8_word;
+      for (const auto& key : complete) {
+        auto q = sj.QuantizePiece(ctx.get(), j, std::get<1>(key), std::get<2>(key), fp8[key].scratch->data(), 2,
+                                  &fp8_word, &fp8_boxes, &fp8_words, &fp8_keep);
+        if (!q.ok()) {
+          return Annotate(q.status(), absl::StrCat("model '", plan.model_id, "' version ", plan.version));
+        }
+      }
+      auto sums = ctx->Finish(3);
       if (!sums.ok()) return sums.status();
+      for (const auto& key : complete) fp8.erase(key);
+      fp8_keep.clear();
       // Re-read before the part reports ready (SyncJob::Verify).
       const size_t check = sj.AddCheck(j, std::move(tw.boxes), std::move(tw.box_words), word - w.word_base);
       sj.SetWritten(check, (*sums)[0]);
       check_wire.push_back(wi);
+      if (!fp8_boxes.empty()) {
+        const size_t q = sj.AddCheck(j, std::move(fp8_boxes), std::move(fp8_words), fp8_word - fp8_first);
+        sj.SetWritten(q, (*sums)[2]);
+        check_wire.push_back(wi);
+      }
       kernels::DigestSums got = (*sums)[0];
       if (!same_bytes) {
         auto g = got_of();
@@ -726,8 +781,8 @@ absl::Status CoreImpl::TransferPart(Part* p) {
         got = *g;
       }
       wsync::MutexLock lock(&mu_);
-      p->result.sums.push_back({wi, plan.targets[j].replica_id, got.s1, got.s2, (*sums)[0].s1, (*sums)[0].s2,
-                                word - w.word_base});
+      p->result.sums.push_back({wi, plan.targets[j].replica_id, got.s1, got.s2, (*sums)[0].s1 + (*sums)[2].s1,
+                                (*sums)[0].s2 + (*sums)[2].s2, word - w.word_base + fp8_word - fp8_first});
     }
     return absl::OkStatus();
   };
@@ -792,6 +847,13 @@ absl::Status CoreImpl::TransferPart(Part* p) {
     if (w.moves || w.gather) continue;
     if (std::find(w.chain.begin(), w.chain.end(), my_rank) == w.chain.end()) continue;
     WSYNC_RETURN_IF_ERROR(unpack(wi, w, nullptr));
+  }
+  if (!fp8.empty()) {
+    const auto& [key, q] = *fp8.begin();
+    return absl::InternalError(absl::StrCat("model '", plan.model_id, "' version ", plan.version, ": ", q.remaining,
+                                            " elements of the FP8 piece of '",
+                                            model->spec.tensor(std::get<2>(key)).name, "' in ",
+                                            sj.rank(std::get<0>(key))->Label(), " never arrived"));
   }
   // Zero padding (full syncs).
   if (d.full) {

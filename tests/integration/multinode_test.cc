@@ -17,10 +17,12 @@
 #include <vector>
 
 #include "client/cpp/wsync_client.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/layout_testing.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 #include "daemon/service/convert.h"
+#include "kernels/fp8.h"
 #include "tests/testing/model_proto.h"
 #include "tests/testing/pki.h"
 #include <tuple>
@@ -84,6 +86,10 @@ struct ClusterOptions {
   std::vector<std::string> generator_flags;  // extra wsyncd flags of g0 and g1
   bool lora = false;  // q_proj and o_proj adapters (rank 4), held whole by trainer tp0 pp0
   bool mtls = false;  // peers authenticate with certificates of a test CA
+  // The model has FP8 block scales, and both generators are vLLM TP=1 with
+  // every weight that gets a scale buffer in fp8 (o_proj, and the fused
+  // experts' w2).
+  bool fp8 = false;
 };
 
 constexpr int kLoraRank = 4;
@@ -116,6 +122,16 @@ struct Cluster {
         }
       }
     }
+    if (o.fp8) {  // as the daemon derives them (RegisterModelRequest.fp8_block_scales)
+      const size_t n = tensors.size();
+      for (size_t i = 0; i < n; ++i) {
+        if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i]) &&
+            tensors[i].name.find(".lora_") == std::string::npos) {
+          tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
+                             layout::DType::kF32, tensors[i].name});
+        }
+      }
+    }
     spec = *layout::ModelSpec::Create(tensors);
     std::mt19937 rng(7);
     data = layout::testing::RandomCanonical(spec, rng);
@@ -133,6 +149,7 @@ struct Cluster {
   v1::RegisterModelRequest ModelRequest(const std::string& session) {
     v1::RegisterModelRequest m = testing::ModelRequest("moe", config);
     m.set_session_id(session);
+    m.set_fp8_block_scales(options.fp8);
     for (const auto& ad : adapters) {
       v1::LoraAdapter* a = m.add_lora_adapters();
       a->set_base_tensor(ad.base);
@@ -163,6 +180,16 @@ struct Cluster {
     INFO(shards.status().ToString());
     REQUIRE(shards.ok());
     r.shards = *shards;
+    if (!source && options.fp8) {
+      for (layout::ShardSpec& sh : r.shards) {
+        if (IsScales(sh)) {
+          sh.dtype = layout::DType::kF32;
+        } else if (std::any_of(r.shards.begin(), r.shards.end(),
+                               [&](const layout::ShardSpec& o) { return o.name == sh.name + "_scale_inv"; })) {
+          sh.dtype = layout::DType::kF8E4M3;
+        }
+      }
+    }
     const size_t recipe_shards = r.shards.size();
     if (source && tp == 0 && pp == 0) {
       // This trainer also holds every adapter tensor whole (explicit pieces).
@@ -220,6 +247,10 @@ struct Cluster {
   }
   void RegisterGenerators(const std::string& d) {
     ranks[d].clear();
+    if (options.fp8) {  // FP8 cuts must keep 128 x 128 blocks whole: TP=1 here
+      AddRank(d, "vllm", false, d == "g0" ? "gen-a" : "gen-b", 0, 1, 0, 1, layout::DType::kBF16);
+      return;
+    }
     if (d == "g0") {
       for (int tp = 0; tp < 4; ++tp) AddRank("g0", "vllm", false, "gen-a", tp, 4, 0, 1, layout::DType::kBF16);
     } else {
@@ -227,15 +258,61 @@ struct Cluster {
     }
   }
 
+  bool IsScales(const layout::ShardSpec& sh) const {
+    return !sh.pieces.empty() && spec.ScalesOf(sh.pieces[0].tensor) >= 0;
+  }
+
   // Every target buffer on `daemon` holds exactly `want_data` (default: the
-  // sources' canonical data).
+  // sources' canonical data); FP8 buffers and their scales hold what the
+  // CPU reference makes of each whole canonical tensor in fp32.
   void CheckTargets(const std::string& daemon, const layout::testing::CanonicalData* want_data = nullptr) {
+    const layout::testing::CanonicalData& want_of = want_data ? *want_data : data;
     for (const Rank& r : ranks[daemon]) {
       for (size_t i = 0; i < r.shards.size(); ++i) {
-        auto want = layout::testing::Materialize(spec, r.shards[i], want_data ? *want_data : data);
-        INFO(daemon << " buffer " << r.shards[i].name);
+        const layout::ShardSpec& sh = r.shards[i];
+        INFO(daemon << " buffer " << sh.name);
+        if (IsScales(sh)) continue;  // checked with their weights
+        if (sh.dtype == layout::DType::kF8E4M3) {
+          CheckFp8(r, i, want_of);
+          continue;
+        }
+        auto want = layout::testing::Materialize(spec, sh, want_of);
         CHECK(std::memcmp(r.bufs[i].data, want.data(), want.size()) == 0);
       }
+    }
+  }
+
+  // Buffer i of `r` (fp8; a 2-d matrix or a 3-d stack of them) and its
+  // scale buffer, piece by piece.
+  void CheckFp8(const Rank& r, size_t i, const layout::testing::CanonicalData& want_of) {
+    const layout::ShardSpec& sh = r.shards[i];
+    size_t si = 0;
+    while (si < r.shards.size() && r.shards[si].name != sh.name + "_scale_inv") ++si;
+    REQUIRE(si < r.shards.size());
+    const layout::ShardSpec& sc = r.shards[si];
+    const int nd = sh.shape.ndim;
+    for (size_t k = 0; k < sh.pieces.size(); ++k) {
+      const layout::Piece& p = sh.pieces[k];
+      const layout::Shape shape = spec.tensor(p.tensor).shape;
+      const layout::Shape ss = layout::Fp8ScaleShape(shape);
+      std::vector<uint8_t> q(shape.NumElements());
+      std::vector<float> scale(ss.NumElements());
+      kernels::Fp8QuantOp op;
+      op.src = want_of[p.tensor].data();
+      op.src_dtype = layout::DType::kF32;
+      op.rows = shape.d[0];
+      op.cols = op.src_ld = op.dst_ld = shape.d[1];
+      op.dst = q.data();
+      op.scale_inv = scale.data();
+      op.scale_ld = ss.d[1];
+      REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
+      // This layout keeps whole tensors: piece (e, 0, 0) of a stack, or (0, 0).
+      const int64_t matrix = nd == 3 ? p.shard.off[0] : 0;
+      const auto* got = static_cast<const uint8_t*>(r.bufs[i].data) + matrix * sh.shape.d[nd - 2] * sh.shape.d[nd - 1];
+      REQUIRE(p.canonical == layout::Box::Whole(shape));
+      CHECK(std::memcmp(got, q.data(), q.size()) == 0);
+      const auto* gs = static_cast<const float*>(r.bufs[si].data) + matrix * sc.shape.d[nd - 2] * sc.shape.d[nd - 1];
+      CHECK(std::memcmp(gs, scale.data(), scale.size() * 4) == 0);
     }
   }
 
@@ -379,6 +456,35 @@ TEST_CASE("four daemons: TP2xPP2 megatron sources sync an MoE model to vllm TP4 
   REQUIRE(!wrong.ok());
   CHECK(wrong.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK_THAT(std::string(wrong.status().message()), Catch::Contains(c.coordinator()));
+}
+
+TEST_CASE("FP8 targets across nodes: each piece assembled in fp32 from wires, quantized with its scales; merge too") {
+  ClusterOptions o;
+  o.fp8 = true;
+  o.lora = true;
+  Cluster c(o);
+  c.RegisterAll();
+  int fp8_buffers = 0;
+  for (const Rank& r : c.ranks["g0"]) {
+    for (const auto& sh : r.shards) fp8_buffers += sh.dtype == layout::DType::kF8E4M3;
+  }
+  CHECK(fp8_buffers == 4);  // o_proj and the experts' w2, in both layers
+  c.SyncOk(1);
+  c.UpdateSources(31);
+  c.SyncOk(2);
+  // Merge: W + s*B@A in fp32, then one rounding into FP8.
+  auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  c.SyncOk(3, v1::MERGE, &merged);
+  CHECK(c.Replica("g1", "gen-b").version() == 3);
+  // adapter_only would have to start from FP8 weights.
+  auto r = c.Sync(4, 0, v1::ADAPTER_ONLY);
+  REQUIRE_FALSE(r.ok());
+  // (The participant's FAILED_PRECONDITION reaches the caller as the
+  // part's abort, with its message.)
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("o_proj.weight' is quantized to FP8") &&
+                                                    Catch::Contains("cannot start from FP8 weights"));
+  CHECK(c.Replica("g0", "gen-a").version() == 3);
+  CHECK_FALSE(c.Replica("g0", "gen-a").poisoned());
 }
 
 TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep their version, a restart recovers") {
