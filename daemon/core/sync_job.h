@@ -11,8 +11,9 @@
 // The one seam between the engines is where W's bytes come from: AddWrite
 // takes a view of them, a source shard on this daemon (local syncs) or a
 // region of a received wire buffer (multi-node parts). LoRA modes, staging,
-// pristine bases, what was written, which replicas' live memory it touched,
-// and the re-read of everything written live here. Planning, moving bytes
+// pristine bases, FP8 quantization (fp32 assembly, then the quantized piece
+// and its scales), what was written, which replicas' live memory it
+// touched, and the re-read of everything written live here. Planning, moving bytes
 // between daemons (and comparing their digests across daemons) and pausing
 // (which waits on clients) stay with each engine.
 
