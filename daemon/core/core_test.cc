@@ -1062,17 +1062,9 @@ int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards
       ++quantized;
       const layout::Shape shape = w.spec.tensor(p.tensor).shape;
       const layout::Shape ss = layout::Fp8ScaleShape(shape);
-      std::vector<uint8_t> q(shape.NumElements());
-      std::vector<float> scale(ss.NumElements());
-      kernels::Fp8QuantOp op;
-      op.src = w.data[p.tensor].data();
-      op.src_dtype = DType::kF32;
-      op.rows = shape.d[0];
-      op.cols = op.src_ld = op.dst_ld = shape.d[1];
-      op.dst = q.data();
-      op.scale_inv = scale.data();
-      op.scale_ld = ss.d[1];
-      REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
+      std::vector<uint8_t> q;
+      std::vector<float> scale;
+      layout::testing::Fp8Reference(w.spec, w.data, p.tensor, &q, &scale);
       const auto* got = static_cast<const uint8_t*>(mem[i]);
       const auto [origin, ld] = MatrixOrigin(sh.shape, p.shard);
       for (int64_t r = 0; r < p.canonical.size[0]; ++r) {

@@ -1,7 +1,11 @@
 #include "daemon/layout/layout_testing.h"
 
+#include <cstdlib>
+
 #include "daemon/layout/lowering.h"
 #include "kernels/box_copy.h"
+#include "kernels/fp8.h"
+#include "daemon/layout/fp8_checkpoint.h"
 
 namespace wsync::layout::testing {
 namespace {
@@ -112,6 +116,24 @@ CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
     }
   }
   return out;
+}
+
+void Fp8Reference(const ModelSpec& model, const CanonicalData& data, int32_t tensor, std::vector<uint8_t>* q,
+                  std::vector<float>* scales) {
+  const Shape shape = model.tensor(tensor).shape;
+  const Shape ss = Fp8ScaleShape(shape);
+  q->assign(shape.NumElements(), 0);
+  scales->assign(ss.NumElements(), 0);
+  kernels::Fp8QuantOp op;
+  op.src = data[tensor].data();
+  op.src_dtype = DType::kF32;
+  op.rows = shape.d[0];
+  op.cols = op.src_ld = op.dst_ld = shape.d[1];
+  op.dst = q->data();
+  op.scale_inv = scales->data();
+  op.scale_ld = ss.d[1];
+  const std::string err = kernels::QuantizeFp8Cpu(&op, 1, 1);
+  if (!err.empty()) std::abort();  // test data is finite
 }
 
 }  // namespace wsync::layout::testing

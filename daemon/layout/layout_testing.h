@@ -56,6 +56,12 @@ struct NamedAdapter {
 CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
                              const std::vector<NamedAdapter>& adapters);
 
+// Block FP8 of the whole 2-d canonical `tensor` of `data` (fp32 values) by
+// the kernels' CPU reference, the specification: e4m3fn bytes row-major,
+// and one scale_inv per 128 x 128 block ([ceil(rows/128), ceil(cols/128)]).
+void Fp8Reference(const ModelSpec& model, const CanonicalData& data, int32_t tensor, std::vector<uint8_t>* q,
+                  std::vector<float>* scales);
+
 }  // namespace wsync::layout::testing
 
 #endif  // WSYNC_DAEMON_LAYOUT_LAYOUT_TESTING_H_

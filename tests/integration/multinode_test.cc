@@ -22,7 +22,6 @@
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 #include "daemon/service/convert.h"
-#include "kernels/fp8.h"
 #include "tests/testing/model_proto.h"
 #include "tests/testing/pki.h"
 #include <tuple>
@@ -294,18 +293,9 @@ struct Cluster {
     for (size_t k = 0; k < sh.pieces.size(); ++k) {
       const layout::Piece& p = sh.pieces[k];
       const layout::Shape shape = spec.tensor(p.tensor).shape;
-      const layout::Shape ss = layout::Fp8ScaleShape(shape);
-      std::vector<uint8_t> q(shape.NumElements());
-      std::vector<float> scale(ss.NumElements());
-      kernels::Fp8QuantOp op;
-      op.src = want_of[p.tensor].data();
-      op.src_dtype = layout::DType::kF32;
-      op.rows = shape.d[0];
-      op.cols = op.src_ld = op.dst_ld = shape.d[1];
-      op.dst = q.data();
-      op.scale_inv = scale.data();
-      op.scale_ld = ss.d[1];
-      REQUIRE(kernels::QuantizeFp8Cpu(&op, 1, 1).empty());
+      std::vector<uint8_t> q;
+      std::vector<float> scale;
+      layout::testing::Fp8Reference(spec, want_of, p.tensor, &q, &scale);
       // This layout keeps whole tensors: piece (e, 0, 0) of a stack, or (0, 0).
       const int64_t matrix = nd == 3 ? p.shard.off[0] : 0;
       const auto* got = static_cast<const uint8_t*>(r.bufs[i].data) + matrix * sh.shape.d[nd - 2] * sh.shape.d[nd - 1];
