@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/core/core_impl.h"
+#include "daemon/core/member_failure.h"
 #include "daemon/transport/nccl_communicator.h"
 #include "daemon/transport/wire_pipeline.h"
 #include "daemon/layout/lowering.h"
@@ -1239,27 +1240,25 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
   Progress prog{"TRANSFERRING", 0, dist->plan.total_bytes, 0, dist->wires.size(), 0};
   SetProgress(job, prog);
   if (progress) progress(prog);
-  // Prepare: every member reports when its transfer ends.
+  // Prepare: every member reports when its transfer ends. One failure
+  // brings others (a dead daemon's peers see their connections close), so
+  // the coordinator collects what fails for a short while and reports the
+  // root cause: MemberFailure ranks them.
   wsync::Mutex pm;
   std::map<std::string, PrepareResult> results;
-  absl::Status first_error;
+  std::vector<MemberFailure> failures;
   std::atomic<bool> stop{false};
+  std::atomic<size_t> polling{part.members.size()};
   std::vector<std::thread> ts;
   for (const PeerMember& m : part.members) {
     ts.emplace_back([&, id = m.daemon_id] {
+      auto done = absl::MakeCleanup([&] { polling.fetch_sub(1); });
       while (!stop.load()) {
         auto r = id == options_.daemon_id ? PreparePart(part.job_id, 500)
                                           : options_.peers->Prepare(address[id], part.job_id, 500);
         wsync::MutexLock lock(&pm);
         if (!r.ok()) {
-          // No answer within the call's deadline: the peer hangs or died.
-          const absl::StatusCode c = r.status().code();
-          const bool gone = c == absl::StatusCode::kUnavailable || c == absl::StatusCode::kDeadlineExceeded;
-          if (first_error.ok()) {
-            first_error = absl::Status(gone ? absl::StatusCode::kAborted : c,
-                                       absl::StrCat("daemon '", id, "'", gone ? " stopped answering" : "", ": ",
-                                                    r.status().message()));
-          }
+          failures.push_back(MemberFailure::NoAnswer(id, r.status()));
           return;
         }
         if (r->ready) {
@@ -1267,33 +1266,51 @@ absl::StatusOr<SyncOutcome> CoreImpl::SyncDistributed(const SyncArgs& args,
           return;
         }
         if (!r->error.ok()) {
-          if (first_error.ok()) first_error = r->error;
+          failures.push_back(MemberFailure::Reported(id, r->error));
           return;
         }
       }
     });
   }
+  absl::Status first_error;
   while (true) {
     {
       wsync::MutexLock lock(&pm);
-      if (!first_error.ok() || results.size() == part.members.size()) break;
+      if (!failures.empty() || results.size() == part.members.size()) break;
     }
     if (absl::Status s = CheckJob(job, deadline, "transfer", client_gone); !s.ok()) {
-      wsync::MutexLock lock(&pm);
-      if (first_error.ok()) first_error = s;
+      first_error = s;
       break;
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
-  {
-    wsync::MutexLock lock(&pm);
-    if (!first_error.ok()) {
-      stop.store(true);
-      // A member that fails mid-transfer aborts the sync; other codes stand.
-      status = absl::Status(first_error.code() == absl::StatusCode::kUnavailable ? absl::StatusCode::kAborted
-                                                                                    : first_error.code(),
-                            absl::StrCat("model '", args.model_id, "' version ", v, ": ", first_error.message()));
+  if (first_error.ok()) {
+    bool failed;
+    {
+      wsync::MutexLock lock(&pm);
+      failed = !failures.empty();
     }
+    if (failed) {
+      // Each poll returns within its 500 ms; a member that stays silent
+      // longer is left to the failure already known.
+      stop.store(true);
+      const absl::Time grace = absl::Now() + absl::Milliseconds(1500);
+      while (polling.load() > 0 && absl::Now() < grace) absl::SleepFor(absl::Milliseconds(10));
+      wsync::MutexLock lock(&pm);
+      first_error = MemberFailure::RootCause(failures);
+      if (failures.size() > 1) {
+        for (const MemberFailure& f : failures) {
+          log_->info("sync {}: daemon '{}' failed: {}", part.job_id, f.daemon_id, f.status.ToString());
+        }
+      }
+    }
+  }
+  if (!first_error.ok()) {
+    stop.store(true);
+    // A member that fails mid-transfer aborts the sync; other codes stand.
+    status = absl::Status(first_error.code() == absl::StatusCode::kUnavailable ? absl::StatusCode::kAborted
+                                                                                  : first_error.code(),
+                          absl::StrCat("model '", args.model_id, "' version ", v, ": ", first_error.message()));
   }
   if (!status.ok()) {
     call_abort(std::string(status.message()));
