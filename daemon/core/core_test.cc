@@ -933,7 +933,10 @@ struct Fp8World {
   std::vector<std::vector<void*>> src_mem;
   std::vector<std::vector<layout::ShardSpec>> src_shards;
 
-  explicit Fp8World(uint32_t seed = 3, const char* config_json = kFp8Config, int trainer_tp = 2)
+  // With `adapter_stems`, the model has a rank-4 LoRA adapter (scaling 0.5)
+  // on each "<stem>.weight", and the first trainer holds A and B whole.
+  explicit Fp8World(uint32_t seed = 3, const char* config_json = kFp8Config, int trainer_tp = 2,
+                    const std::vector<std::string>& adapter_stems = {})
       : config(*layout::ParseHfConfig(config_json)) {
     clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
     RegisterModelArgs m;
@@ -943,12 +946,22 @@ struct Fp8World {
     m.has_config = true;
     m.config = config;
     m.fp8_block_scales = true;
+    for (const std::string& stem : adapter_stems) {
+      m.adapters.push_back({stem + ".weight", stem + ".lora_A.weight", stem + ".lora_B.weight", 4, 0.5,
+                            LoraConvention::kPeft});
+    }
     auto reg = core->RegisterModel(m);
     INFO(reg.status().ToString());
     REQUIRE(reg.ok());
-    // The spec as the core builds it: the canonical tensors, then the scales.
+    // The spec as the core builds it: the canonical tensors, the adapters,
+    // then the scales (none of the adapters).
     std::vector<layout::TensorSpec> tensors = *layout::CanonicalTensors(config, DType::kBF16);
     const size_t n = tensors.size();
+    for (const std::string& stem : adapter_stems) {
+      const layout::Shape base = tensors[layout::ModelSpec::Create(tensors)->Find(stem + ".weight")].shape;
+      tensors.push_back({stem + ".lora_A.weight", layout::Shape::Of({4, base.d[1]}), DType::kBF16});
+      tensors.push_back({stem + ".lora_B.weight", layout::Shape::Of({base.d[0], 4}), DType::kBF16});
+    }
     for (size_t i = 0; i < n; ++i) {
       if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i])) {
         tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
@@ -965,7 +978,16 @@ struct Fp8World {
       rc.tp = r;
       rc.tp_size = trainer_tp;
       auto shards = *layout::BuildShards(spec, config, "megatron", {}, rc, DType::kF32);
-      auto ptrs = clients.back()->Register("m", Role::kSource, "", shards, "megatron", rc);
+      const size_t recipe_shards = shards.size();
+      for (int32_t t = 0; r == 0 && t < spec.size(); ++t) {
+        const auto& ts = spec.tensor(t);
+        if (ts.name.find(".lora_") == std::string::npos) continue;
+        layout::ShardSpec s{ts.name, ts.shape, DType::kF32, {}};
+        s.pieces.push_back({t, layout::Box::Whole(ts.shape), layout::Box::Whole(ts.shape)});
+        shards.push_back(s);
+      }
+      auto ptrs = clients.back()->Register("m", Role::kSource, "", shards, "megatron", rc, UpdateMode::kStaged,
+                                           &spec, recipe_shards);
       for (size_t i = 0; i < shards.size(); ++i) {
         auto bytes = layout::testing::Materialize(spec, shards[i], data);
         std::memcpy(ptrs[i], bytes.data(), bytes.size());
@@ -1170,6 +1192,81 @@ TEST_CASE("FP8 targets: MoE experts quantized per expert into vLLM's fused w13/w
   REQUIRE_FALSE(split.ok());
   CHECK_THAT(std::string(split.status().message()),
              Catch::Contains("experts.0.gate_proj.weight' [384, 256] does not cover whole 128 x 128 blocks"));
+}
+
+TEST_CASE("FP8 targets with LoRA: merge and adapter_only quantize W + s*B@A once, from the trainers' values") {
+  // q_proj: fused into qkv_proj at the target. down_proj: its blocks span
+  // both trainer ranks (Megatron cuts its 384 columns at 192).
+  const std::vector<std::string> stems = {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"};
+  Fp8World w(3, kFp8Config, 2, stems);
+  std::vector<std::vector<void*>> staged, inplace;
+  auto s1 = w.Replica("staged", 1, UpdateMode::kStaged, &staged);
+  REQUIRE(s1.ok());
+  auto s2 = w.Replica("inplace", 1, UpdateMode::kInPlace, &inplace);
+  REQUIRE(s2.ok());
+  auto merged_data = [&] {
+    std::vector<layout::testing::NamedAdapter> ads;
+    for (const std::string& stem : stems) {
+      ads.push_back({stem + ".weight", stem + ".lora_A.weight", stem + ".lora_B.weight", 0.5});
+    }
+    return layout::testing::MergeLoraNaive(w.spec, w.data, ads);
+  };
+  auto check_both = [&](const layout::testing::CanonicalData& want) {
+    const auto saved = w.data;
+    w.data = want;
+    CheckFp8Replica(w, *s1, staged[0]);
+    CheckFp8Replica(w, *s2, inplace[0]);
+    w.data = saved;
+  };
+  auto sync = [&](uint64_t v, LoraMode mode) {
+    SyncArgs a = Args(v);
+    a.lora = mode;
+    return w.core->Sync(a, nullptr, nullptr);
+  };
+
+  REQUIRE(sync(1, LoraMode::kNone).ok());
+  check_both(w.data);
+  auto merged = sync(2, LoraMode::kMerge);
+  INFO(merged.status().ToString());
+  REQUIRE(merged.ok());
+  check_both(merged_data());
+
+  // The trainer changes down_proj's B; adapter_only moves only A and B and
+  // quantizes base + s*B@A, the base being the fp32 values of version 1.
+  const int32_t bt = w.spec.Find("model.layers.0.mlp.down_proj.lora_B.weight");
+  for (size_t i = 0; i < w.src_shards[0].size(); ++i) {
+    if (w.src_shards[0][i].name != w.spec.tensor(bt).name) continue;
+    float* b = static_cast<float*>(w.src_mem[0][i]);
+    for (size_t k = 0; k < w.data[bt].size(); ++k) {
+      w.data[bt][k] = static_cast<float>(static_cast<int>(k % 7) - 3) / 16.0f;
+      b[k] = w.data[bt][k];
+    }
+  }
+  auto only = sync(3, LoraMode::kAdapterOnly);
+  INFO(only.status().ToString());
+  REQUIRE(only.ok());
+  CHECK(only->bytes < merged->bytes);
+  check_both(merged_data());
+  // merge of the same adapters writes the same bytes and scales.
+  std::vector<std::vector<uint8_t>> after_only;
+  for (size_t i = 0; i < s2->size(); ++i) {
+    const auto* p = static_cast<const uint8_t*>(inplace[0][i]);
+    after_only.emplace_back(p, p + (*s2)[i].shape.NumElements() * kernels::DTypeSize((*s2)[i].dtype));
+  }
+  REQUIRE(sync(4, LoraMode::kMerge).ok());
+  for (size_t i = 0; i < s2->size(); ++i) {
+    INFO((*s2)[i].name);
+    CHECK(std::memcmp(after_only[i].data(), inplace[0][i], after_only[i].size()) == 0);
+  }
+
+  // unmerge would start from FP8 weights.
+  auto un = sync(5, LoraMode::kUnmerge);
+  REQUIRE_FALSE(un.ok());
+  CHECK(un.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(un.status().message()),
+             Catch::Contains("'model.layers.0.self_attn.q_proj.weight' is quantized to FP8") &&
+                 Catch::Contains("LoRA unmerge cannot start from FP8 weights"));
+  for (const auto& rep : w.core->GetStatus(Me()).models[0].replicas) CHECK(rep.version == 4);
 }
 
 TEST_CASE("FP8 refusals: a TP cut that splits a block, scales held by a source, a NaN weight") {

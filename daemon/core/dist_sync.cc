@@ -504,9 +504,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
   }
   const int wire_device = nccl ? *devices.begin() : -1;
   const std::string wire_kind = nccl ? absl::StrCat("gpu", wire_device) : gpu_work ? "pinned" : "host";
-  // FP8 targets quantize what arrives (SyncJob::QuantizePiece), not in
-  // adapter_only or unmerge mode: those would start from FP8 weights.
-  if (plan.lora == LoraMode::kAdapterOnly || plan.lora == LoraMode::kUnmerge) {
+  // FP8 targets quantize what arrives (SyncJob::QuantizePiece), or their
+  // fp32 pristine base + s*B@A in adapter_only; unmerge would have to start
+  // from FP8 weights.
+  if (plan.lora == LoraMode::kUnmerge) {
     for (uint32_t j = 0; j < sj.num_targets(); ++j) {
       RankReg* r = sj.rank(j);
       if (r == nullptr) continue;
@@ -518,8 +519,8 @@ absl::Status CoreImpl::TransferPart(Part* p) {
           }
           return absl::FailedPreconditionError(absl::StrCat(
               "model '", plan.model_id, "': tensor '", model->spec.tensor(pc.tensor).name, "' is quantized to FP8 in '",
-              sh.name, "' of ", r->Label(), " on daemon '", me, "'; LoRA mode ", LoraModeName(plan.lora),
-              " cannot start from FP8 weights (merge quantizes W + s*B@A once)"));
+              sh.name, "' of ", r->Label(), " on daemon '", me, "'; LoRA unmerge cannot start from FP8 weights (use "
+              "adapter_only, which rebuilds from the fp32 pristine base)"));
         }
       }
     }

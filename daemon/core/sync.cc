@@ -450,6 +450,12 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   };
   // Runs ops grouped by the device of their destination endpoint.
 
+  // A weight with block scales goes into an fp8 buffer by quantization.
+  auto quantizes = [&](const layout::CopyOp& c) {
+    return dst_shard(c.dst_endpoint, c.dst_shard).dtype == layout::DType::kF8E4M3 &&
+           model->spec.ScaleTensorOf(c.tensor) >= 0 &&
+           src_shard(c.src_endpoint, c.src_shard).dtype != layout::DType::kF8E4M3;
+  };
   // ---- Plan (or reuse the cached one).
   if (plan == nullptr) {
     std::vector<layout::Endpoint> dst_eps;
@@ -465,16 +471,7 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     for (const layout::CopyOp& c : built->ops) {
       const layout::ShardSpec& s = src_shard(c.src_endpoint, c.src_shard);
       const layout::ShardSpec& d = dst_shard(c.dst_endpoint, c.dst_shard);
-      // A weight with block scales goes into an fp8 buffer by quantization.
-      const bool quantized = d.dtype == layout::DType::kF8E4M3 && model->spec.ScaleTensorOf(c.tensor) >= 0 &&
-                             s.dtype != layout::DType::kF8E4M3;
-      if (quantized && (args.lora == LoraMode::kAdapterOnly || args.lora == LoraMode::kUnmerge)) {
-        status = absl::FailedPreconditionError(absl::StrCat(
-            "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' is quantized to FP8 in '",
-            d.name, "' (", dst_ids[c.dst_endpoint], "); LoRA ", LoraModeName(args.lora),
-            " cannot start from FP8 weights (merge quantizes W + s*B@A once)"));
-        return status;
-      }
+      const bool quantized = quantizes(c);
       if (!quantized && s.dtype != d.dtype &&
           (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
         status = absl::InvalidArgumentError(absl::StrCat(
@@ -494,7 +491,16 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     for (const layout::CopyOp& c : plan->ops) {
       const layout::ShardSpec& s = src_shard(c.src_endpoint, c.src_shard);
       const layout::ShardSpec& d = dst_shard(c.dst_endpoint, c.dst_shard);
-      if (active.count(c.tensor) && (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
+      const bool quantized = quantizes(c);
+      if (active.count(c.tensor) && quantized && args.lora == LoraMode::kUnmerge) {
+        status = absl::FailedPreconditionError(absl::StrCat(
+            "model '", args.model_id, "': tensor '", model->spec.tensor(c.tensor).name, "' is quantized to FP8 in '",
+            d.name, "' (", dst_ids[c.dst_endpoint], "); LoRA unmerge cannot start from FP8 weights (use "
+            "adapter_only, which rebuilds from the fp32 pristine base)"));
+        return status;
+      }
+      if (active.count(c.tensor) && !quantized &&
+          (s.dtype == layout::DType::kF8E4M3 || d.dtype == layout::DType::kF8E4M3)) {
         status = absl::InvalidArgumentError(absl::StrCat(
             "model '", args.model_id, "': LoRA ", LoraModeName(args.lora), " on tensor '",
             model->spec.tensor(c.tensor).name, "' needs fp32, bf16 or fp16 buffers, but '", s.name, "' is ",
@@ -618,6 +624,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
     const layout::CopyOp& c = plan->ops[i];
     auto q = quant_ops.find({c.dst_endpoint, c.dst_shard, c.tensor});
     if (q != quant_ops.end()) q->second.push_back(i);
+  }
+  // Pieces this mode does not write (adapter_only without an active adapter).
+  for (auto it = quant_ops.begin(); it != quant_ops.end();) {
+    it = it->second.empty() || sj->Writes(plan->ops[it->second[0]]) ? std::next(it) : quant_ops.erase(it);
   }
   for (size_t b = 0; b < plan->buckets.size(); ++b) {
     if (!bucket_used[b]) continue;

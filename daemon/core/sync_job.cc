@@ -1,5 +1,7 @@
 #include "daemon/core/sync_job.h"
 
+#include <array>
+
 #include "absl/strings/str_cat.h"
 #include "daemon/common/status.h"
 #include "daemon/core/core_impl.h"
@@ -149,7 +151,23 @@ uint64_t SyncJob::AddScratchWrite(uint32_t t, const layout::CopyOp& c, const lay
   TargetOp in;
   in.src = src;
   in.dst = in.live = {spec, nullptr, scratch};
-  if (lora_ == LoraMode::kMerge && active_.count(c.tensor)) {
+  // The piece's fp32 pristine base: written from W in full syncs, read by
+  // adapter_only (base + s*B@A, then quantized).
+  layout::ShardView base;
+  const RankReg* r = targets_[t].rank;
+  if (r->base[c.dst_shard] && (lora_ == LoraMode::kAdapterOnly || (full_ && adapters_.count(c.tensor)))) {
+    const layout::ShardSpec& sh = r->shards[c.dst_shard];
+    const int nd = sh.shape.ndim;
+    int64_t stride = 1, origin = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      origin += piece->shard.off[d] * stride;
+      stride *= sh.shape.d[d];
+    }
+    const std::array<int64_t, 2>& st = scratch_strides_.emplace_back(std::array<int64_t, 2>{sh.shape.d[nd - 1], 1});
+    base = {spec, st.data(), static_cast<float*>(r->base[c.dst_shard]->data()) + origin};
+    in.base = &base;
+  }
+  if ((lora_ == LoraMode::kMerge || lora_ == LoraMode::kAdapterOnly) && active_.count(c.tensor)) {
     const Adapter& ad = adapters_.at(c.tensor);
     in.adapter = &ad;
     in.lora_a = LoraOperand(targets_[t].device, ad.a);

@@ -17,6 +17,7 @@
 // between daemons (and comparing their digests across daemons) and pausing
 // (which waits on clients) stay with each engine.
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -104,10 +105,13 @@ class SyncJob {
   // FP8 targets (docs/fp8.md). Whether plan op `c` lands in a weight that
   // target `t` quantizes: an fp8 buffer of a tensor with block scales.
   bool Quantizes(uint32_t t, const layout::CopyOp& c) const;
-  // Adds to `tw` the write of plan op `c` (W's bytes in `src`, LoRA merged
-  // in merge mode) into `scratch`: fp32 memory on the target's device that
-  // holds the whole piece of c.tensor in c.dst_shard of target `t`, row-major
-  // ([piece rows, piece cols]). Returns the elements it writes.
+  // Adds to `tw` the write of plan op `c` into `scratch`: fp32 memory on
+  // the target's device that holds the whole piece of c.tensor in
+  // c.dst_shard of target `t`, row-major ([piece rows, piece cols]). What
+  // it writes there is W (`src`), W + s*B@A in merge mode, or the piece's
+  // fp32 pristine base + s*B@A in adapter_only mode; full syncs also copy W
+  // into that base where the target keeps one. Returns the elements it
+  // writes.
   uint64_t AddScratchWrite(uint32_t t, const layout::CopyOp& c, const layout::ShardView& src, void* scratch,
                            uint64_t* word, TargetWrite* tw);
   // The piece of `tensor` in shard `s` of target `t` (null if none).
@@ -194,7 +198,10 @@ class SyncJob {
   std::map<std::pair<int, int32_t>, std::unique_ptr<memory::Buffer>> lora_mem_;  // (device, tensor) -> fp32
   std::vector<Written> written_;
   std::vector<Check> checks_;
-  std::deque<layout::ShardSpec> scratch_specs_;  // described by queued FP8 work; stable addresses
+  // Described by queued FP8 work (stable addresses): scratch and scale
+  // shapes, and the strides of pristine bases seen as one piece.
+  std::deque<layout::ShardSpec> scratch_specs_;
+  std::deque<std::array<int64_t, 2>> scratch_strides_;
   std::set<std::string> live_written_;
   SessionReplicas paused_;
 };

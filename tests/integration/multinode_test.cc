@@ -448,7 +448,22 @@ TEST_CASE("four daemons: TP2xPP2 megatron sources sync an MoE model to vllm TP4 
   CHECK_THAT(std::string(wrong.status().message()), Catch::Contains(c.coordinator()));
 }
 
-TEST_CASE("FP8 targets across nodes: each piece assembled in fp32 from wires, quantized with its scales; merge too") {
+// The first trainer (which holds the adapters whole) gets new values of
+// LoRA tensor `b_name`, in its memory and in c->data.
+void ChangeLoraB(Cluster* c, const std::string& b_name) {
+  const int32_t bt = c->spec.Find(b_name);
+  Rank& first = c->ranks["t0"][0];
+  for (size_t i = 0; i < first.shards.size(); ++i) {
+    if (first.shards[i].name != b_name) continue;
+    for (size_t k = 0; k < c->data[bt].size(); ++k) {
+      c->data[bt][k] = static_cast<float>(static_cast<int>(k % 7) - 3) / 16;
+    }
+    auto bytes = layout::testing::Materialize(c->spec, first.shards[i], c->data);
+    std::memcpy(first.bufs[i].data, bytes.data(), bytes.size());
+  }
+}
+
+TEST_CASE("FP8 targets across nodes: each piece assembled in fp32 from wires, quantized with its scales; LoRA too") {
   ClusterOptions o;
   o.fp8 = true;
   o.lora = true;
@@ -466,14 +481,19 @@ TEST_CASE("FP8 targets across nodes: each piece assembled in fp32 from wires, qu
   auto merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
   c.SyncOk(3, v1::MERGE, &merged);
   CHECK(c.Replica("g1", "gen-b").version() == 3);
-  // adapter_only would have to start from FP8 weights.
-  auto r = c.Sync(4, 0, v1::ADAPTER_ONLY);
+  // adapter_only: only A and B move; each target quantizes its fp32
+  // pristine base (version 2's values) + s*B@A.
+  ChangeLoraB(&c, "model.layers.1.self_attn.o_proj.lora_B.weight");
+  merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
+  c.SyncOk(4, v1::ADAPTER_ONLY, &merged);
+  // unmerge would have to start from FP8 weights.
+  auto r = c.Sync(5, 0, v1::UNMERGE);
   REQUIRE_FALSE(r.ok());
   // (The participant's FAILED_PRECONDITION reaches the caller as the
   // part's abort, with its message.)
   CHECK_THAT(std::string(r.status().message()), Catch::Contains("o_proj.weight' is quantized to FP8") &&
-                                                    Catch::Contains("cannot start from FP8 weights"));
-  CHECK(c.Replica("g0", "gen-a").version() == 3);
+                                                    Catch::Contains("LoRA unmerge cannot start from FP8 weights"));
+  CHECK(c.Replica("g0", "gen-a").version() == 4);
   CHECK_FALSE(c.Replica("g0", "gen-a").poisoned());
 }
 
@@ -525,15 +545,7 @@ TEST_CASE("adapter_only LoRA across nodes: only A and B move, targets rebuild W 
 
   // The trainer changes one B; the next adapter_only sync starts again from
   // the pristine base, not from the merged weights.
-  const std::string b_name = "model.layers.1.self_attn.o_proj.lora_B.weight";
-  const int32_t bt = c.spec.Find(b_name);
-  Rank& first = c.ranks["t0"][0];
-  for (size_t i = 0; i < first.shards.size(); ++i) {
-    if (first.shards[i].name != b_name) continue;
-    for (size_t k = 0; k < c.data[bt].size(); ++k) c.data[bt][k] = static_cast<float>(static_cast<int>(k % 7) - 3) / 16;
-    auto bytes = layout::testing::Materialize(c.spec, first.shards[i], c.data);
-    std::memcpy(first.bufs[i].data, bytes.data(), bytes.size());
-  }
+  ChangeLoraB(&c, "model.layers.1.self_attn.o_proj.lora_B.weight");
   merged = layout::testing::MergeLoraNaive(c.spec, c.data, c.adapters);
   c.SyncOk(3, v1::ADAPTER_ONLY, &merged);
 
