@@ -6,6 +6,10 @@
 #include "kernels/fp8.h"
 #include "kernels/parallel.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace wsync::kernels {
 namespace {
 
@@ -29,24 +33,115 @@ struct F16Bits {
 inline float ToF32(Bf16Bits x) { return Bf16ToF32(x.v); }
 inline float ToF32(F16Bits x) { return F16ToF32(x.v); }
 
+constexpr float kF32Max = 3.4028234663852886e38f;
+
+// One row of a block: `n` elements from `src`. RowAmax raises *amax to
+// their largest magnitude and clears *finite if one is NaN or infinite;
+// RowQuantize writes F32ToE4m3(x / scale_inv) of each into `out`.
+template <typename T>
+void RowAmax(const T* src, int64_t n, float* amax, bool* finite) {
+  float m = *amax;
+  bool f = *finite;
+  for (int64_t c = 0; c < n; ++c) {
+    const float a = std::fabs(ToF32(src[c]));
+    f &= a <= kF32Max;  // false for NaN and infinity
+    m = a > m ? a : m;
+  }
+  *amax = m;
+  *finite = f;
+}
+
+template <typename T>
+void RowQuantize(const T* src, int64_t n, float scale_inv, uint8_t* out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = F32ToE4m3(ToF32(src[c]) / scale_inv);
+}
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers start masked intrinsics from an undefined
+// vector, which -W(maybe-)uninitialized reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// The same rows, 16 elements at a time with AVX-512; the same bytes as the
+// loops above for every input (the division is IEEE in both, and E4m3x16
+// is F32ToE4m3 lane by lane).
+__attribute__((target("avx512f"))) inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 Load16(const Bf16Bits* p) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+__attribute__((target("avx512f"))) inline __m512 Load16(const F16Bits* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+__attribute__((target("avx512f"))) inline __m128i E4m3x16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  // Normal: keep 3 mantissa bits, ties to even, and rebias.
+  __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32(0x7ffff));
+  r = _mm512_add_epi32(r, _mm512_and_si512(_mm512_srli_epi32(a, 20), _mm512_set1_epi32(1)));
+  r = _mm512_sub_epi32(_mm512_srli_epi32(r, 20), _mm512_set1_epi32(120 << 3));
+  // Subnormal: steps of 2^-9 (the product by 512 is exact).
+  const __m512 big = _mm512_set1_ps(8388608.0f);
+  const __m512 m = _mm512_sub_ps(
+      _mm512_add_ps(_mm512_mul_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(512.0f)), big), big);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x3c800000)), _mm512_cvttps_epi32(m));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpge_epu32_mask(a, _mm512_set1_epi32(0x43e00000)), _mm512_set1_epi32(0x7e));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000)), _mm512_set1_epi32(0x7f));
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(r, sign));
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void RowAmax512(const T* src, int64_t n, float* amax, bool* finite) {
+  const __m512 limit = _mm512_set1_ps(kF32Max);
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 ok = 0xffff;
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m512 a = _mm512_abs_ps(Load16(src + c));
+    ok &= _mm512_cmp_ps_mask(a, limit, _CMP_LE_OQ);
+    m = _mm512_max_ps(a, m);  // a NaN lane keeps m (and clears ok)
+  }
+  const float v = _mm512_reduce_max_ps(m);
+  *amax = v > *amax ? v : *amax;
+  *finite = *finite && ok == 0xffff;
+  RowAmax(src + c, n - c, amax, finite);
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void RowQuantize512(const T* src, int64_t n, float scale_inv, uint8_t* out) {
+  const __m512 s = _mm512_set1_ps(scale_inv);
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), E4m3x16(_mm512_div_ps(Load16(src + c), s)));
+  }
+  RowQuantize(src + c, n - c, scale_inv, out + c);
+}
+
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+#pragma GCC diagnostic pop
+#endif
+
 // Quantizes block `k` of elements of type T; returns kFp8AllFinite or the
 // key of the first non-finite element (row-major), leaving the block
 // unwritten. The amax scan carries no branch (a block with a non-finite
-// element is scanned again for the first one); the rounding still does.
+// element is scanned again for the first one).
 template <typename T>
 uint64_t QuantizeBlockOf(const Fp8QuantOp& op, const T* src, const Fp8Block& b, uint64_t k) {
   const int64_t r0 = b.bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
   const int64_t c0 = b.bj * op.block_cols, c1 = std::min(op.cols, c0 + op.block_cols);
+  auto amax_row = RowAmax<T>;
+  auto quantize_row = RowQuantize<T>;
+#if defined(__x86_64__)
+  if (kHasAvx512) {
+    amax_row = RowAmax512<T>;
+    quantize_row = RowQuantize512<T>;
+  }
+#endif
   float amax = 0.0f;
   bool finite = true;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* row = src + r * op.src_ld;
-    for (int64_t c = c0; c < c1; ++c) {
-      const float a = std::fabs(ToF32(row[c]));
-      finite &= a <= 3.4028234663852886e38f;  // false for NaN and infinity
-      amax = a > amax ? a : amax;
-    }
-  }
+  for (int64_t r = r0; r < r1; ++r) amax_row(src + r * op.src_ld + c0, c1 - c0, &amax, &finite);
   if (!finite) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t c = c0; c < c1; ++c) {
@@ -58,11 +153,7 @@ uint64_t QuantizeBlockOf(const Fp8QuantOp& op, const T* src, const Fp8Block& b, 
   }
   const float scale_inv = amax == 0.0f ? 1.0f : amax / kE4m3Max;
   op.scale_inv[b.bi * op.scale_ld + b.bj] = scale_inv;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* row = src + r * op.src_ld;
-    uint8_t* out = op.dst + r * op.dst_ld;
-    for (int64_t c = c0; c < c1; ++c) out[c] = F32ToE4m3(ToF32(row[c]) / scale_inv);
-  }
+  for (int64_t r = r0; r < r1; ++r) quantize_row(src + r * op.src_ld + c0, c1 - c0, scale_inv, op.dst + r * op.dst_ld + c0);
   return kFp8AllFinite;
 }
 

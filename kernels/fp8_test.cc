@@ -133,52 +133,128 @@ TEST_CASE("block, per-tensor and per-channel scales match the plain reference, p
   const int64_t rows = 300, cols = 260;  // 128 x 128 blocks: 3 x 3, the last ones partial
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 0.02f);
-  std::vector<uint16_t> bf(rows * cols);
-  std::vector<float> w(rows * cols);
-  for (int64_t i = 0; i < rows * cols; ++i) {
-    bf[i] = F32ToBf16(normal(rng) * (i % 97 == 0 ? 50.0f : 1.0f));
-    w[i] = Bf16ToF32(bf[i]);
-  }
+  std::vector<float> drawn(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) drawn[i] = normal(rng) * (i % 97 == 0 ? 50.0f : 1.0f);
   for (int64_t r = 0; r < 128; ++r) {  // one block all zeros: scale 1, codes 0
-    for (int64_t c = 128; c < 256; ++c) w[r * cols + c] = 0, bf[r * cols + c] = 0;
+    for (int64_t c = 128; c < 256; ++c) drawn[r * cols + c] = 0;
   }
   struct Case {
     const char* name;
     int64_t br, bc;
   };
-  for (Case k : {Case{"block 128 x 128", 128, 128}, Case{"per tensor", rows, cols}, Case{"per channel", 1, cols}}) {
-    for (int threads : {1, 2}) {
-      INFO(k.name << ", " << threads << " thread(s)");
-      std::vector<uint8_t> want_q, got_q(rows * cols, 0xaa);
-      std::vector<float> want_s;
-      Reference(w, rows, cols, k.br, k.bc, &want_q, &want_s);
-      std::vector<float> got_s(want_s.size(), -1.0f);
-      Fp8QuantOp op;
-      op.src = bf.data();
-      op.src_dtype = DType::kBF16;
-      op.rows = rows;
-      op.cols = cols;
-      op.src_ld = cols;
-      op.dst = got_q.data();
-      op.dst_ld = cols;
-      op.scale_inv = got_s.data();
-      op.scale_ld = (cols + k.bc - 1) / k.bc;
-      op.block_rows = k.br;
-      op.block_cols = k.bc;
-      REQUIRE(CheckFp8QuantOps(&op, 1).empty());
-      REQUIRE(QuantizeFp8Cpu(&op, 1, threads).empty());
-      CHECK(got_s == want_s);
-      CHECK(got_q == want_q);
-      if (k.br == 128) {
-        CHECK(got_s[1] == 1.0f);  // the zero block
-        // Dequantized values are within half a step of the block's scale.
-        for (int64_t i = 0; i < rows * cols; i += 7) {
-          const float s = got_s[(i / cols / 128) * 3 + (i % cols) / 128];
-          CHECK(std::fabs(E4m3ToF32(got_q[i]) * s - w[i]) <= std::fabs(w[i]) / 16 + s * std::ldexp(1.0f, -10));
+  for (DType dt : {DType::kBF16, DType::kF32, DType::kF16}) {
+    // The source in `dt`, and `w`: the values it holds.
+    std::vector<float> w(rows * cols), f32(rows * cols);
+    std::vector<uint16_t> half(rows * cols);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      if (dt == DType::kF32) f32[i] = w[i] = drawn[i];
+      if (dt == DType::kBF16) half[i] = F32ToBf16(drawn[i]), w[i] = Bf16ToF32(half[i]);
+      if (dt == DType::kF16) half[i] = F32ToF16(drawn[i]), w[i] = F16ToF32(half[i]);
+    }
+    for (Case k : {Case{"block 128 x 128", 128, 128}, Case{"per tensor", rows, cols}, Case{"per channel", 1, cols}}) {
+      for (int threads : {1, 2}) {
+        INFO(DTypeName(dt) << ", " << k.name << ", " << threads << " thread(s)");
+        std::vector<uint8_t> want_q, got_q(rows * cols, 0xaa);
+        std::vector<float> want_s;
+        Reference(w, rows, cols, k.br, k.bc, &want_q, &want_s);
+        std::vector<float> got_s(want_s.size(), -1.0f);
+        Fp8QuantOp op;
+        op.src = dt == DType::kF32 ? static_cast<const void*>(f32.data()) : half.data();
+        op.src_dtype = dt;
+        op.rows = rows;
+        op.cols = cols;
+        op.src_ld = cols;
+        op.dst = got_q.data();
+        op.dst_ld = cols;
+        op.scale_inv = got_s.data();
+        op.scale_ld = (cols + k.bc - 1) / k.bc;
+        op.block_rows = k.br;
+        op.block_cols = k.bc;
+        REQUIRE(CheckFp8QuantOps(&op, 1).empty());
+        REQUIRE(QuantizeFp8Cpu(&op, 1, threads).empty());
+        CHECK(got_s == want_s);
+        CHECK(got_q == want_q);
+        if (k.br == 128) {
+          CHECK(got_s[1] == 1.0f);  // the zero block
+          // Dequantized values are within half a step of the block's scale.
+          for (int64_t i = 0; i < rows * cols; i += 7) {
+            const float s = got_s[(i / cols / 128) * 3 + (i % cols) / 128];
+            CHECK(std::fabs(E4m3ToF32(got_q[i]) * s - w[i]) <= std::fabs(w[i]) / 16 + s * std::ldexp(1.0f, -10));
+          }
         }
       }
     }
   }
+}
+
+// Quantizes `vals` (each row's block has amax 448, so scale_inv 1 and
+// q = F32ToE4m3(x)) with one 1 x cols block per row; checks every code
+// against F32ToE4m3 and every scale against 1. The CPU path runs rows
+// 16 elements at a time where it can (AVX-512) and the rest one by one:
+// `cols` leaves a tail of one.
+template <typename T>
+void CheckScaleOneRows(const std::vector<T>& vals, DType dt, float (*to_f32)(T)) {
+  const int64_t cols = 4097;
+  const int64_t rows = (static_cast<int64_t>(vals.size()) + cols - 2) / (cols - 1);
+  std::vector<T> src(rows * cols);
+  std::vector<uint8_t> want(rows * cols), got(rows * cols, 0xaa);
+  const T max = [&] {
+    for (T v : vals) {
+      if (to_f32(v) == 448.0f) return v;
+    }
+    FAIL("no 448 among the values");
+    return T{};
+  }();
+  for (int64_t r = 0, k = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const T v = c == r % cols ? max : vals[std::min<int64_t>(k++, vals.size() - 1)];
+      src[r * cols + c] = v;
+      want[r * cols + c] = F32ToE4m3(to_f32(v));
+    }
+  }
+  std::vector<float> scales(rows, -1.0f);
+  Fp8QuantOp op;
+  op.src = src.data();
+  op.src_dtype = dt;
+  op.rows = rows;
+  op.cols = op.src_ld = op.dst_ld = cols;
+  op.dst = got.data();
+  op.scale_inv = scales.data();
+  op.scale_ld = 1;
+  op.block_rows = 1;
+  op.block_cols = cols;
+  REQUIRE(CheckFp8QuantOps(&op, 1).empty());
+  REQUIRE(QuantizeFp8Cpu(&op, 1, 2).empty());
+  CHECK(std::count(scales.begin(), scales.end(), 1.0f) == rows);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    if (got[i] != want[i]) {
+      INFO("element " << i << ": " << to_f32(src[i]));
+      REQUIRE(static_cast<int>(got[i]) == static_cast<int>(want[i]));
+    }
+  }
+}
+
+TEST_CASE("quantized rows round like F32ToE4m3: every bf16 and fp16 value and 9 million fp32 ones up to 448") {
+  std::vector<uint16_t> b16, f16;
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if (std::fabs(Bf16ToF32(h)) <= 448.0f) b16.push_back(h);  // NaN and beyond 448 left out
+    if (std::fabs(F16ToF32(h)) <= 448.0f) f16.push_back(h);
+  }
+  CheckScaleOneRows<uint16_t>(b16, DType::kBF16, [](uint16_t h) { return Bf16ToF32(h); });
+  CheckScaleOneRows<uint16_t>(f16, DType::kF16, [](uint16_t h) { return F16ToF32(h); });
+  // fp32: every value of the top 23 bits up to 448 (every exponent and the
+  // first 14 mantissa bits, which hold the rounding position of normal and
+  // subnormal codes), with low bits that make ties, and ones just off them;
+  // both signs.
+  std::vector<float> f32;
+  for (uint32_t hi = 0; hi <= (0x43e00000u >> 9); ++hi) {
+    for (uint32_t lo : {0x000u, 0x001u, 0x100u, 0x1ffu}) {
+      const uint32_t bits = (hi << 9) | lo;
+      if (bits > 0x43e00000u) continue;
+      f32.push_back(BitsF32(bits | (lo == 0x001u ? 0x80000000u : 0u)));
+    }
+  }
+  CheckScaleOneRows<float>(f32, DType::kF32, [](float x) { return x; });
 }
 
 TEST_CASE("non-finite weights and bad ops are errors that name the element or the op") {

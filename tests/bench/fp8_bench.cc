@@ -3,7 +3,10 @@
 // bytes it reads plus writes, measured in the same run. Prints ratios; it
 // asserts nothing.
 //
-//   bazel run -c opt //tests/bench:fp8_bench [-- --mib 512 --reps 5 --threads 2]
+//   bazel run -c opt //tests/bench:fp8_bench [-- --mib 512 --reps 5 --threads 2 --dtype bf16|fp32]
+//
+// Syncs quantize fp32 (the piece assembled in scratch); `wsyncctl convert`
+// quantizes fp32 slabs too.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -36,27 +39,33 @@ double MedianSeconds(int reps, F f) {
 int main(int argc, char** argv) {
   int64_t mib = 512;
   int reps = 5, threads = 2;
+  std::string dtype = "bf16";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--mib") mib = std::atoll(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    else if (a == "--dtype" && (std::string(argv[i + 1]) == "bf16" || std::string(argv[i + 1]) == "fp32")) dtype = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: fp8_bench [--mib N] [--reps N] [--threads N]\n");
+      std::fprintf(stderr, "usage: fp8_bench [--mib N] [--reps N] [--threads N] [--dtype bf16|fp32]\n");
       return 2;
     }
   }
-  // A bf16 weight of `mib` MiB, 4096 columns (32 blocks wide).
-  const int64_t cols = 4096, rows = std::max<int64_t>(128, mib * (1 << 20) / 2 / cols);
-  std::vector<uint16_t> w(rows * cols);
+  // A weight of `mib` MiB in `dtype`, 4096 columns (32 blocks wide).
+  const bool f32 = dtype == "fp32";
+  const int64_t esize = f32 ? 4 : 2;
+  const int64_t cols = 4096, rows = std::max<int64_t>(128, mib * (1 << 20) / esize / cols);
+  std::vector<uint16_t> w16(f32 ? 0 : rows * cols);
+  std::vector<float> w32(f32 ? rows * cols : 0);
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.0f, 0.02f);
-  for (auto& x : w) x = wsync::kernels::F32ToBf16(nd(rng));
+  for (auto& x : w16) x = wsync::kernels::F32ToBf16(nd(rng));
+  for (auto& x : w32) x = nd(rng);
   std::vector<uint8_t> q(rows * cols);
   std::vector<float> scale(((rows + 127) / 128) * (cols / 128));
   wsync::kernels::Fp8QuantOp op;
-  op.src = w.data();
-  op.src_dtype = wsync::kernels::DType::kBF16;
+  op.src = f32 ? static_cast<const void*>(w32.data()) : w16.data();
+  op.src_dtype = f32 ? wsync::kernels::DType::kF32 : wsync::kernels::DType::kBF16;
   op.rows = rows;
   op.cols = op.src_ld = op.dst_ld = cols;
   op.dst = q.data();
@@ -67,14 +76,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   const double quant = MedianSeconds(reps, [&] { wsync::kernels::QuantizeFp8Cpu(&op, 1, threads); });
-  // Baseline: memcpy of the bytes quantization reads plus writes (bf16 in,
-  // fp8 out: 3 bytes per element), on one thread.
-  const size_t moved = rows * cols * 3 / 2;
+  // Baseline: memcpy of the bytes quantization reads plus writes (esize
+  // bytes in, one fp8 byte out per element), on one thread.
+  const size_t moved = rows * cols * (esize + 1);
   std::vector<char> a(moved, 1), b(moved, 0);
   const double copy = MedianSeconds(reps, [&] { std::memcpy(b.data(), a.data(), moved); });
-  std::printf("block FP8 quantization, bf16 [%lld, %lld] (%.0f MiB), %d thread(s), median of %d\n",
-              static_cast<long long>(rows), static_cast<long long>(cols), rows * cols * 2 / 1048576.0, threads, reps);
-  std::printf("  quantize %.1f ms (%.2f GB/s of bf16 read)   memcpy of read+written bytes %.1f ms   memcpy/quantize %.0f%%\n",
-              quant * 1e3, rows * cols * 2 / quant / 1e9, copy * 1e3, 100.0 * copy / quant);
+  std::printf("block FP8 quantization, %s [%lld, %lld] (%.0f MiB), %d thread(s), median of %d\n", dtype.c_str(),
+              static_cast<long long>(rows), static_cast<long long>(cols), rows * cols * esize / 1048576.0, threads,
+              reps);
+  std::printf("  quantize %.1f ms (%.2f GB/s of %s read)   memcpy of read+written bytes %.1f ms   memcpy/quantize %.0f%%\n",
+              quant * 1e3, rows * cols * esize / quant / 1e9, dtype.c_str(), copy * 1e3, 100.0 * copy / quant);
   return 0;
 }
