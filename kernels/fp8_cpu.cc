@@ -59,9 +59,11 @@ void RowQuantize(const T* src, int64_t n, float scale_inv, uint8_t* out) {
 #if defined(__x86_64__)
 // GCC 12's AVX-512 headers start masked intrinsics from an undefined
 // vector, which -W(maybe-)uninitialized reports.
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 // The same rows, 16 elements at a time with AVX-512; the same bytes as the
 // loops above for every input (the division is IEEE in both, and E4m3x16
 // is F32ToE4m3 lane by lane).
@@ -120,7 +122,9 @@ __attribute__((target("avx512f"))) void RowQuantize512(const T* src, int64_t n, 
 }
 
 const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #endif
 
 // Quantizes block `k` of elements of type T; returns kFp8AllFinite or the
