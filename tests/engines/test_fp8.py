@@ -191,19 +191,49 @@ def test_block_fp8_matches_torch_and_vllm_loads_it(tmp_path, wsyncctl):
         assert np.array_equal(w, ck[name].float().numpy()), name
 
 
-def sync_worker(rank, world, ep, fp8_ckpt, port, sock, registered, synced, results, done):
+# The fused expert scales of layer 1 of CFG_MOE.
+PLANTED = "layers.1.mlp.experts.routed_experts.w13_weight_scale_inv"
+
+
+def plant_flip(model, suffix):
+    """Patches the weight loader of `model`'s parameter ending in `suffix` to
+    flip the columns of what it loads; returns the parameter's name."""
+    params = dict(model.named_parameters())
+    name = next(n for n in params if n.endswith(suffix))
+    original = params[name].weight_loader
+
+    def flipped(*a, **k):  # FusedMoE passes its arguments by keyword
+        if "loaded_weight" in k:
+            k["loaded_weight"] = k["loaded_weight"].flip(-1)
+        else:
+            a = (a[0], a[1].flip(-1)) + a[2:]
+        return original(*a, **k)
+    params[name].weight_loader = flipped
+    return name
+
+
+def sync_worker(rank, world, ep, plant, fp8_ckpt, port, sock, registered, synced, results, done):
     """TP rank `rank` of `world` of a vLLM block-FP8 model registered through
     wsync.vllm (target), and a second instance that vLLM's own load_weights
-    fills from the checkpoint wsyncctl convert --dtype fp8 wrote (reference)."""
+    fills from the checkpoint wsyncctl convert --dtype fp8 wrote (reference).
+    With `plant`, both have that parameter's loader flipped (plant_flip), and
+    the target registers with on_mismatch="loader" and loads its loader-path
+    parameters after the sync."""
     from safetensors.torch import load_file
     import wsync
     import wsync.vllm
     with fp8_models(fp8_ckpt, port, world, rank, ep) as (_, target, reference):
+        if plant:
+            plant_flip(target, plant)
+            plant_flip(reference, plant)
         reference.load_weights(load_file(os.path.join(fp8_ckpt, "model.safetensors")).items())
         client = wsync.Client(socket=sock, name=f"vllm-{rank}")
-        wsync.vllm.register(client, target, "policy", replica="gen")
+        reg = wsync.vllm.register(client, target, "policy", replica="gen",
+                                  on_mismatch="loader" if plant else "refuse")
         registered.put((rank, "registered"))
         synced.wait(600)
+        reg.load(target)
+        paths = reg.paths()
         want = dict(reference.named_parameters())
         compared, bad = 0, []
         for n, p in target.named_parameters():
@@ -213,7 +243,7 @@ def sync_worker(rank, world, ep, fp8_ckpt, port, sock, registered, synced, resul
             a, b = p.detach(), want[n].detach()
             if a.dtype != b.dtype or not torch.equal(a.view(torch.uint8), b.view(torch.uint8)):
                 bad.append(n)
-        results.put((rank, bad, compared))
+        results.put((rank, bad, compared, sorted(n for n, path in paths.items() if path == "loader")))
         done.wait(600)
         client.close()
 
@@ -231,12 +261,13 @@ def convert_to_fp8(tmp_path, wsyncctl, cfg, src):
     assert r.returncode == 0, r.stderr
 
 
-def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False):
+def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False, plant=None):
     """Converts `src` (fp32, hf names) to block FP8 with wsyncctl, registers
     it as an fp32 source with fp8_block_scales, syncs it into a vLLM model
-    of the converted checkpoint (TP=world, expert parallel if ep) and
-    compares every rank with vLLM's own load of the checkpoint: (names that
-    differ on some rank, parameters compared per rank)."""
+    of the converted checkpoint (TP=world, expert parallel if ep; `plant`:
+    see sync_worker) and compares every rank with vLLM's own load of the
+    checkpoint: (names that differ on some rank, parameters compared per
+    rank, the loader-path parameters of rank 0)."""
     import torch.multiprocessing as mp
     import wsync
     from conftest import wait_registered
@@ -253,15 +284,15 @@ def sync_and_compare(tmp_path, wsyncctl, daemon, cfg, src, world=1, ep=False):
     ctx = mp.get_context("spawn")
     registered, synced, results, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
     procs = mp.start_processes(sync_worker, nprocs=world, join=False, start_method="spawn",
-                               args=(world, ep, str(tmp_path / "fp8"), free_port(), daemon, registered, synced,
-                                     results, done))
+                               args=(world, ep, plant, str(tmp_path / "fp8"), free_port(), daemon, registered,
+                                     synced, results, done))
     try:
         wait_registered(procs, registered, world)
         assert client.sync("policy", 1, progress=False).version == 1
         synced.set()
-        got = wait_registered(procs, results, world)
-        assert len({compared for _, _, compared in got}) == 1, got
-        return sorted({n for _, bad, _ in got for n in bad}), got[0][2]
+        got = sorted(wait_registered(procs, results, world))
+        assert len({compared for _, _, compared, _ in got}) == 1, got
+        return sorted({n for _, bad, _, _ in got for n in bad}), got[0][2], got[0][3]
     finally:
         synced.set()
         done.set()
@@ -277,7 +308,7 @@ def test_a_sync_into_vllm_block_fp8_holds_what_vllm_loads_from_the_converted_che
     equals what vLLM's load_weights makes of the checkpoint wsyncctl convert
     --dtype fp8 writes from the same weights."""
     cfg = CFG if world == 1 else CFG_TP2
-    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, cfg, hf_tensors(9, cfg), world)
+    bad, compared, _ = sync_and_compare(tmp_path, wsyncctl, daemon, cfg, hf_tensors(9, cfg), world)
     assert compared == 3 + 2 * (3 + 2 + 2 + 2 + 2)  # embed, norm, lm_head; per layer qkv w/s/b, o w/s, gate_up w/s, down w/s, 2 norms
     assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
 
@@ -289,9 +320,25 @@ def test_a_sync_into_vllm_block_fp8_moe_quantizes_each_expert_into_the_fused_buf
     keeps the experts of a layer in fused w13_weight/w2_weight FP8 buffers
     with [E, rows/128, cols/128] scales; the sync quantizes each expert's
     matrices into them, the router stays bf16."""
-    bad, compared = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5), world, ep)
+    bad, compared, _ = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5), world, ep)
     # embed, norm, lm_head; per layer qkv w/s, o w/s, q/k norms, 2 norms, router, w13 w/s, w2 w/s
     assert compared == 3 + 2 * (2 + 2 + 2 + 2 + 1 + 2 + 2)
+    assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_fp8_weights_and_scales_take_the_loader_path_together(tmp_path, wsyncctl, daemon, world):
+    """A loader that flips layer 1's fused expert scales (in the target and in
+    the reference): with on_mismatch="loader", the probe sends those scales
+    and their FP8 weights through the loader path. The daemon quantizes each
+    expert's canonical weights whole into FP8 staging with fp32 staging for
+    their scales, vLLM's load_weights takes them after the sync, and every
+    parameter equals vLLM's own load of the converted checkpoint."""
+    bad, compared, loader = sync_and_compare(tmp_path, wsyncctl, daemon, CFG_MOE, moe_tensors(5), world,
+                                             plant=PLANTED)
+    assert compared == 3 + 2 * (2 + 2 + 2 + 2 + 1 + 2 + 2)
+    assert [n.split("layers.")[1] for n in loader] == ["1.mlp.experts.routed_experts.w13_weight",
+                                                       "1.mlp.experts.routed_experts.w13_weight_scale_inv"], loader
     assert not bad, f"parameters differ from vLLM's own load of the converted checkpoint: {bad}"
 
 
@@ -303,17 +350,7 @@ def probe_worker(rank, fp8_ckpt, port, sock, results):
     with fp8_models(fp8_ckpt, port) as (_, target, _):
         client = wsync.Client(socket=sock, name="vllm-probe")
         clean = wsync.vllm.probe_report(client, target, "policy")
-        params = dict(target.named_parameters())
-        planted = next(n for n in params if n.endswith("layers.1.mlp.experts.routed_experts.w13_weight_scale_inv"))
-        original = params[planted].weight_loader
-
-        def flipped(*a, **k):  # FusedMoE passes its arguments by keyword
-            if "loaded_weight" in k:
-                k["loaded_weight"] = k["loaded_weight"].flip(-1)
-            else:
-                a = (a[0], a[1].flip(-1)) + a[2:]
-            return original(*a, **k)
-        params[planted].weight_loader = flipped
+        planted = plant_flip(target, PLANTED)
         bad = wsync.vllm.probe_report(client, target, "policy")
         results.put((rank, sorted(clean.mismatches), planted, bad.mismatches))
         client.close()

@@ -27,7 +27,11 @@ Parameters the probe refuses can take the loader path instead
 they are made of into staging buffers the worker owns, and the worker feeds
 those to vLLM's own load_weights after the commit (Registration.load).
 FP8 weights and their block scales are probed like the others (the scratch
-is fp32 whatever the parameter's dtype), but never take the loader path.
+is fp32 whatever the parameter's dtype). An FP8 weight and its
+`weight_scale_inv` take the loader path together when either differs: the
+daemon quantizes each canonical weight whole into an FP8 staging buffer and
+writes its block scales into an fp32 one, and load_weights gets them as a
+block-FP8 checkpoint would give them.
 
 wsync.vllm_engine is the "wsync" weight-transfer backend built on these.
 
@@ -353,11 +357,15 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
             more = len(report.mismatches) - 1
             raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
         loader = {n: report.feeds[n] for n in report.mismatches}
+        # An FP8 weight and its block scales take one path: the daemon writes
+        # a weight's scales as it quantizes the weight.
         params = _weights(model)
-        for n in loader:
-            if params[n].dtype == torch.float8_e4m3fn or any(t.endswith("_scale_inv") for t in loader[n]):
-                raise LayoutMismatch(f"{report.mismatches[n]}; FP8 weights and their scales cannot take the "
-                                     "loader path yet (the daemon quantizes a weight and its scales together)")
+        for n in list(loader):
+            weight = n[:-len("_scale_inv")] if n.endswith("_scale_inv") else n
+            scales = weight + "_scale_inv"
+            if weight in params and scales in params and params[weight].dtype == torch.float8_e4m3fn:
+                for m in (weight, scales):
+                    loader.setdefault(m, report.feeds[m])
     in_place, pieces, staging = {}, {}, {}
     params = _weights(model)
     for name, p in params.items():
