@@ -199,6 +199,9 @@ struct SyncOutcome {
   std::vector<std::string> replicas;
   bool already_committed = false;  // an identical retry: nothing moved
   std::string path;                // how the bytes moved: "host", "gpu", "gloo" or "nccl"
+  // FP8 pieces this daemon quantized, and how many of them it first
+  // assembled in fp32 (the others were read straight from one source).
+  uint64_t fp8_pieces = 0, fp8_assembled = 0;
 };
 
 struct VersionInfo {

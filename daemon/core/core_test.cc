@@ -1146,6 +1146,39 @@ TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged
   CheckFp8Replica(w, *s2, inplace[0]);
 }
 
+TEST_CASE("FP8 targets: a piece one trainer rank holds whole is quantized straight from it, exact") {
+  // Megatron TP=1: o_proj, gate (rows 0-383 of linear_fc1), up (rows
+  // 384-767) and down_proj each lie in one source buffer at one offset, so
+  // they skip the fp32 assembly; q, k and v are interleaved per KV group in
+  // linear_qkv (several offsets) and are assembled first.
+  Fp8World w(13, kFp8Config, /*trainer_tp=*/1);
+  std::vector<std::vector<void*>> staged, inplace;
+  auto s1 = w.Replica("staged", 1, UpdateMode::kStaged, &staged);
+  REQUIRE(s1.ok());
+  auto s2 = w.Replica("inplace", 1, UpdateMode::kInPlace, &inplace);
+  REQUIRE(s2.ok());
+  auto r = w.core->Sync(Args(1), nullptr, nullptr);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->fp8_pieces == 2 * 7);
+  CHECK(r->fp8_assembled == 2 * 3);
+  CheckFp8Replica(w, *s1, staged[0]);
+  CheckFp8Replica(w, *s2, inplace[0]);
+  // A NaN read straight from the source is named as in the assembled path.
+  const auto& shards = w.src_shards[0];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    if (shards[i].name.find("linear_fc2") != std::string::npos) {
+      static_cast<float*>(w.src_mem[0][i])[2 * 384 + 5] = std::nanf("");
+    }
+  }
+  auto bad = w.core->Sync(Args(2), nullptr, nullptr);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(bad.status().message()), Catch::Contains("'model.layers.0.mlp.down_proj.weight'") &&
+                                                      Catch::Contains("(2, 5)") && Catch::Contains("nan"));
+  CHECK(w.core->GetStatus(Me()).models[0].replicas[0].version == 1);
+}
+
 TEST_CASE("FP8 targets: Megatron TP=4 into vLLM TP=2, blocks split by the trainers' cuts and whole at the targets'") {
   Fp8World w(5, kFp8Config4, /*trainer_tp=*/4);
   std::vector<std::vector<void*>> mem;

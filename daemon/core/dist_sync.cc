@@ -757,8 +757,10 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       std::vector<uint64_t> fp8_words;
       const uint64_t fp8_first = fp8_word;
       for (const auto& key : complete) {
-        auto q = sj.QuantizePiece(ctx.get(), j, std::get<1>(key), std::get<2>(key), fp8[key].scratch->data(), 2,
-                                  &fp8_word, &fp8_boxes, &fp8_words, &fp8_keep);
+        const layout::Piece* piece = sj.PieceOf(j, std::get<1>(key), std::get<2>(key));
+        const SyncJob::PieceSource scratch{fp8[key].scratch->data(), layout::DType::kF32, piece->canonical.size[1]};
+        auto q = sj.QuantizePiece(ctx.get(), j, std::get<1>(key), std::get<2>(key), scratch, 2, &fp8_word, &fp8_boxes,
+                                  &fp8_words, &fp8_keep);
         if (!q.ok()) {
           return Annotate(q.status(), absl::StrCat("model '", plan.model_id, "' version ", plan.version));
         }

@@ -2,6 +2,7 @@
 // kernels (CPU over host memory, CUDA over GPU memory: Executor), verify
 // per-bucket digests, two-phase commit, versions.
 #include <algorithm>
+#include <optional>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
@@ -47,6 +48,40 @@ std::string UncoveredSources(const layout::ModelSpec& spec,
     for (const layout::ShardSpec& s : r->shards) shards.push_back(&s);
   }
   return absl::StrJoin(layout::UncoveredParts(spec, shards, 5), "; ");
+}
+
+// Where QuantizePiece can read an FP8 piece straight from a source, with no
+// fp32 assembly: when its plan ops all come from one 2-d source shard of
+// fp32, bf16 or fp16 (`src`, whose ops they are), each shifted by the same
+// offset from canonical to source coordinates, rows contiguous. nullopt
+// when the piece must be assembled.
+std::optional<SyncJob::PieceSource> WholePieceSource(const layout::Piece& piece,
+                                                     const std::vector<const layout::CopyOp*>& ops,
+                                                     const layout::ShardView& src) {
+  const layout::ShardSpec& sh = *src.spec;
+  if (ops.empty() || sh.shape.ndim != 2 || piece.canonical.ndim != 2 ||
+      (sh.dtype != layout::DType::kF32 && sh.dtype != layout::DType::kBF16 && sh.dtype != layout::DType::kF16)) {
+    return std::nullopt;
+  }
+  const int64_t shift[2] = {ops[0]->src_box.off[0] - ops[0]->canonical.off[0],
+                            ops[0]->src_box.off[1] - ops[0]->canonical.off[1]};
+  int64_t covered = 0;
+  for (const layout::CopyOp* c : ops) {
+    if (c->src_box.ndim != 2 || c->canonical.ndim != 2) return std::nullopt;
+    for (int d = 0; d < 2; ++d) {
+      if (c->src_box.off[d] - c->canonical.off[d] != shift[d] || c->src_box.size[d] != c->canonical.size[d]) {
+        return std::nullopt;
+      }
+    }
+    covered += c->canonical.NumElements();
+  }
+  if (covered != piece.canonical.NumElements()) return std::nullopt;
+  const int64_t row = src.strides != nullptr ? src.strides[0] : sh.shape.d[1];
+  const int64_t col = src.strides != nullptr ? src.strides[1] : 1;
+  if (col != 1) return std::nullopt;
+  const int64_t origin = (piece.canonical.off[0] + shift[0]) * row + piece.canonical.off[1] + shift[1];
+  return SyncJob::PieceSource{static_cast<const char*>(src.base) + origin * kernels::DTypeSize(sh.dtype), sh.dtype,
+                              row};
 }
 
 }  // namespace
@@ -678,10 +713,31 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
       const auto [t, shard, tensor] = key;
       RankReg* r = sj->rank(e);
       const int dev = sj->device(e);
-      // The piece in fp32, from whichever sources hold it (the rank keeps
-      // its scratch between pieces and syncs: QuantizePiece's work waits
-      // for the writes before it).
       const layout::Piece* piece = sj->PieceOf(e, shard, tensor);
+      // A piece one source holds whole, without LoRA: quantized from there,
+      // the source read once and the FP8 bytes written once.
+      std::vector<const layout::CopyOp*> piece_ops;
+      bool one_source = !sj->Adapted(tensor);
+      for (uint32_t i : ops) {
+        const layout::CopyOp& c = plan->ops[i];
+        piece_ops.push_back(&c);
+        one_source &= c.src_endpoint == plan->ops[ops[0]].src_endpoint && c.src_shard == plan->ops[ops[0]].src_shard;
+      }
+      const std::optional<SyncJob::PieceSource> whole =
+          one_source ? WholePieceSource(*piece, piece_ops,
+                                        src_ranks[piece_ops[0]->src_endpoint]->Live(piece_ops[0]->src_shard))
+                     : std::nullopt;
+      ++out.fp8_pieces;
+      if (whole.has_value()) {
+        auto q = sj->QuantizePiece(ctx.get(), e, shard, tensor, *whole, nb + k, &word, &descs, &desc_words,
+                                   &quant_buffers);
+        if (!q.ok()) return fail(q.status());
+        prog.bytes_done += *q;
+        continue;
+      }
+      // Otherwise the piece in fp32, from whichever sources hold it (the
+      // rank keeps its scratch between pieces and syncs: QuantizePiece's
+      // work waits for the writes before it).
       const uint64_t need = static_cast<uint64_t>(piece->canonical.NumElements()) * 4;
       if (!r->fp8_scratch || r->fp8_scratch->size() < need) {
         r->fp8_scratch.reset();
@@ -697,8 +753,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
                             &scratch_word, &tw);
       }
       if (absl::Status ws = RunTargetWrite(ctx.get(), dev, tw, nb + nq); !ws.ok()) return fail(ws);
-      auto q = sj->QuantizePiece(ctx.get(), e, shard, tensor, r->fp8_scratch->data(), nb + k, &word, &descs,
-                                 &desc_words, &quant_buffers);
+      ++out.fp8_assembled;
+      const SyncJob::PieceSource scratch{r->fp8_scratch->data(), layout::DType::kF32, piece->canonical.size[1]};
+      auto q = sj->QuantizePiece(ctx.get(), e, shard, tensor, scratch, nb + k, &word, &descs, &desc_words,
+                                 &quant_buffers);
       if (!q.ok()) return fail(q.status());
       prog.bytes_done += *q;
     }
@@ -788,6 +846,10 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
              "(plan {:.1f}, transfer {:.1f}, verify {:.1f}, commit {:.1f}), digest {}",
              job->id, args.model_id, v, out.bytes / 1048576.0, out.buckets, out.times.total_ms,
              out.times.plan_ms, out.times.transfer_ms, out.times.verify_ms, out.times.commit_ms, out.digest);
+  if (out.fp8_pieces > 0) {
+    log_->info("sync {}: {} FP8 pieces quantized, {} read straight from one source, {} assembled in fp32 first",
+               job->id, out.fp8_pieces, out.fp8_pieces - out.fp8_assembled, out.fp8_assembled);
+  }
   return out;
   };
   absl::StatusOr<SyncOutcome> result = steps();

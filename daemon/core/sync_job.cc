@@ -178,7 +178,7 @@ uint64_t SyncJob::AddScratchWrite(uint32_t t, const layout::CopyOp& c, const lay
 }
 
 absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, uint32_t s, int32_t tensor,
-                                                const void* scratch, size_t slot, uint64_t* word,
+                                                const PieceSource& src, size_t slot, uint64_t* word,
                                                 std::vector<kernels::BoxCopyOp>* descs, std::vector<uint64_t>* words,
                                                 std::vector<std::unique_ptr<memory::Buffer>>* keep) {
   const Target& tg = targets_[t];
@@ -210,10 +210,11 @@ absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, ui
   auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
   if (!scales.ok()) return scales.status();
   kernels::Fp8QuantOp op;
-  op.src = scratch;
-  op.src_dtype = layout::DType::kF32;
+  op.src = src.data;
+  op.src_dtype = src.dtype;
   op.rows = rows;
-  op.cols = op.src_ld = cols;
+  op.cols = cols;
+  op.src_ld = src.ld;
   op.dst = static_cast<uint8_t*>(dst.base) + origin;
   op.dst_ld = stride[nd - 2];
   op.scale_inv = static_cast<float*>((*scales)->data());

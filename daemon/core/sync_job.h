@@ -116,8 +116,20 @@ class SyncJob {
                            uint64_t* word, TargetWrite* tw);
   // The piece of `tensor` in shard `s` of target `t` (null if none).
   const layout::Piece* PieceOf(uint32_t t, uint32_t s, int32_t tensor) const;
-  // Quantizes the assembled piece of `tensor` in shard `s` of target `t`
-  // (fp32 `scratch`, after the work before it on the device) into the
+  // Whether `tensor` has an adapter (so that its FP8 pieces go through
+  // AddScratchWrite, which merges it and keeps the pristine base).
+  bool Adapted(int32_t tensor) const { return adapters_.count(tensor) > 0; }
+  // The values QuantizePiece reads: the piece as a matrix of `dtype` (fp32,
+  // bf16 or fp16) with unit column stride and row stride `ld` elements,
+  // starting at its first element: fp32 scratch that AddScratchWrite
+  // filled, or a source shard on this daemon that holds the whole piece.
+  struct PieceSource {
+    const void* data = nullptr;
+    layout::DType dtype = layout::DType::kF32;
+    int64_t ld = 0;
+  };
+  // Quantizes the piece of `tensor` in shard `s` of target `t` (read from
+  // `src`, after the work before it on the device) into the
   // buffer where the job writes it, with one scale per 128 x 128 block, and
   // copies the scales into the target's pieces of the scale tensor. What
   // lands is digested into `slot` and its boxes appended to `descs` and
@@ -126,7 +138,7 @@ class SyncJob {
   // INVALID_ARGUMENT naming the tensor and element for a non-finite weight;
   // FAILED_PRECONDITION when the target lacks some of the piece's scales.
   absl::StatusOr<uint64_t> QuantizePiece(ExecContext* ctx, uint32_t t, uint32_t s, int32_t tensor,
-                                         const void* scratch, size_t slot, uint64_t* word,
+                                         const PieceSource& src, size_t slot, uint64_t* word,
                                          std::vector<kernels::BoxCopyOp>* descs, std::vector<uint64_t>* words,
                                          std::vector<std::unique_ptr<memory::Buffer>>* keep);
   // Where the job writes shard `s` of target `t`.

@@ -1,7 +1,8 @@
 // Host sync benchmark: a real sync job (plan, regroup, digest, verify,
 // commit) between shared-memory buffers, through daemon/core, against a
 // plain memcpy of the same bytes in the same run; and the control overhead
-// per tensor for a model of ~50k tiny tensors. Prints ratios; asserts nothing.
+// per tensor for a model of ~50k tiny tensors; and the same dense model into
+// block-FP8 targets. Prints ratios; asserts nothing.
 //
 //   bazel run -c opt //tests/bench:host_sync_bench [-- --layers 7 --threads 2 --reps 5]
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/core/core.h"
 #include "daemon/core/pause_acker.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/model_config.h"
 #include "daemon/layout/recipe.h"
 
@@ -60,14 +62,24 @@ struct Setup {
 };
 
 // Registers `recipe` ranks of `sizes` with buffers in one arena per rank.
+// With `fp8` (targets of a model with block scales), the weights that have
+// scales are fp8_e4m3 buffers and their scale buffers fp32.
 void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelConfig& cfg,
                    const std::string& recipe, layout::LayoutSizes sizes, core::Role role,
-                   const std::string& replica, core::UpdateMode mode, layout::DType dt, bool fill) {
+                   const std::string& replica, core::UpdateMode mode, layout::DType dt, bool fill,
+                   bool fp8 = false) {
   const auto grid = layout::EngineRanks(recipe, sizes);
   for (const layout::RankCoords& r : *grid) {
     auto shards = *layout::BuildShards(spec, cfg, recipe, {}, r, dt);
+    if (fp8) {
+      for (auto& sh : shards) {
+        if (sh.pieces.empty()) continue;
+        if (spec.ScalesOf(sh.pieces[0].tensor) >= 0) sh.dtype = layout::DType::kF32;
+        if (spec.ScaleTensorOf(sh.pieces[0].tensor) >= 0) sh.dtype = layout::DType::kF8E4M3;
+      }
+    }
     size_t total = 0;
-    for (const auto& sh : shards) total += (sh.shape.NumElements() * kernels::DTypeSize(dt) + 255) / 256 * 256;
+    for (const auto& sh : shards) total += (sh.shape.NumElements() * kernels::DTypeSize(sh.dtype) + 255) / 256 * 256;
     s.arenas.push_back(std::make_unique<Arena>(total));
     Arena& a = *s.arenas.back();
     core::RegisterShardsArgs args;
@@ -85,9 +97,9 @@ void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelC
       b.name = sh.name;
       b.shm_name = a.name;
       b.offset = off;
-      b.nbytes = sh.shape.NumElements() * kernels::DTypeSize(dt);
+      b.nbytes = sh.shape.NumElements() * kernels::DTypeSize(sh.dtype);
       b.shape = sh.shape;
-      b.dtype = dt;
+      b.dtype = sh.dtype;
       args.buffers.push_back(b);
       if (role == core::Role::kTarget) s.target_bytes += b.nbytes;
       off += (b.nbytes + 255) / 256 * 256;
@@ -106,7 +118,7 @@ void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelC
   }
 }
 
-Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket) {
+Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket, bool fp8 = false) {
   Setup s;
   core::CoreOptions o;
   o.daemon_id = "bench";
@@ -121,6 +133,7 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket) {
   m.model_id = "bench";
   m.has_config = true;
   m.config = cfg;
+  m.fp8_block_scales = fp8;
   auto reg = s.core->RegisterModel(m);
   s.tensors = reg->num_tensors;
   return s;
@@ -194,6 +207,76 @@ int main(int argc, char** argv) {
         100 * ratio[reps / 2], 100 * ratio.front(), 100 * ratio.back(), in_place ? 70 : 60,
         last.times.plan_ms, last.times.transfer_ms, bytes / (last.times.transfer_ms / 1e3) / 1e9,
         last.times.verify_ms, last.times.commit_ms);
+  }
+
+  // ---- The same shapes into block-FP8 targets (intermediate 11264, so
+  // that vLLM TP=4 cuts fall on 128-row blocks): in place, bf16 trainers;
+  // the sync assembles each FP8 piece in fp32, quantizes it with its block
+  // scales, digests and re-reads what it wrote.
+  {
+    layout::ModelConfig f = cfg;
+    f.intermediate_size = 11264;
+    Setup s = Make(f, threads, 64ull << 20, /*fp8=*/true);
+    std::vector<layout::TensorSpec> tensors = *layout::CanonicalTensors(f, layout::DType::kBF16);
+    const size_t n = tensors.size();
+    uint64_t quantized = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i])) {
+        quantized += tensors[i].shape.NumElements();
+        tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
+                           layout::DType::kF32, tensors[i].name});
+      }
+    }
+    auto fspec = *layout::ModelSpec::Create(tensors);
+    layout::LayoutSizes src, dst;
+    src.tp = 2;
+    dst.tp = 4;
+    RegisterRanks(s, fspec, f, "megatron", src, core::Role::kSource, "", core::UpdateMode::kInPlace,
+                  layout::DType::kBF16, true);
+    RegisterRanks(s, fspec, f, "vllm", dst, core::Role::kTarget, "gen", core::UpdateMode::kInPlace,
+                  layout::DType::kBF16, false, /*fp8=*/true);
+    // Baseline: memcpy of what the sync reads plus writes: every target
+    // byte, plus the bf16 bytes of the quantized weights (2 read, 1 written
+    // per element, where the target byte counts the written one).
+    const uint64_t bytes = s.target_bytes + 2 * quantized;
+    std::vector<char> a(bytes), b(bytes);
+    std::memset(a.data(), 1, bytes);
+    std::memset(b.data(), 2, bytes);
+    std::vector<double> mem, sync;
+    core::SyncOutcome last;
+    for (int v = 1; v <= reps + 1; ++v) {
+      double t0 = Now();
+      std::memcpy(b.data(), a.data(), bytes);
+      const double tm = Now() - t0;
+      core::SyncArgs args;
+      args.caller = Me();
+      args.model_id = "bench";
+      args.version = v;
+      t0 = Now();
+      auto r = s.core->Sync(args, nullptr, nullptr);
+      const double ts = Now() - t0;
+      if (!r.ok()) return std::printf("sync: %s\n", r.status().ToString().c_str()), 1;
+      last = *r;
+      if (v == 1) continue;  // the first sync builds the plan and the scratch
+      mem.push_back(tm);
+      sync.push_back(ts);
+    }
+    std::sort(mem.begin(), mem.end());
+    std::sort(sync.begin(), sync.end());
+    const double tm = mem[reps / 2], ts = sync[reps / 2];
+    std::printf(
+        "host FP8 sync in_place, %.2f GB of targets (%.2f G elements quantized), Megatron TP2 bf16 -> vLLM TP4 "
+        "block FP8, %d copy threads (medians of %d):\n"
+        "  memcpy of the bytes read + written (%.2f GB, 1 thread): %.3f s\n"
+        "  sync: %.3f s; memcpy / sync %.0f%%\n"
+        "  phases of the last sync: plan %.1f ms, transfer (assemble + quantize) %.1f ms, verify %.1f ms, "
+        "commit %.1f ms\n"
+        "  FP8 pieces: %llu, %llu read straight from one source, %llu assembled in fp32 first\n",
+        s.target_bytes / 1e9, quantized / 1e9, threads, reps, bytes / 1e9, tm, ts, 100 * tm / ts,
+        last.times.plan_ms, last.times.transfer_ms, last.times.verify_ms, last.times.commit_ms,
+        static_cast<unsigned long long>(last.fp8_pieces),
+        static_cast<unsigned long long>(last.fp8_pieces - last.fp8_assembled),
+        static_cast<unsigned long long>(last.fp8_assembled));
   }
 
   // ---- Control overhead: ~50k tiny tensors.
