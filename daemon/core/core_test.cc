@@ -1299,7 +1299,8 @@ TEST_CASE("FP8 targets with LoRA: merge and adapter_only quantize W + s*B@A once
   CHECK_THAT(std::string(un.status().message()),
              Catch::Contains("'model.layers.0.self_attn.q_proj.weight' is quantized to FP8") &&
                  Catch::Contains("LoRA unmerge cannot start from FP8 weights"));
-  for (const auto& rep : w.core->GetStatus(Me()).models[0].replicas) CHECK(rep.version == 4);
+  const DaemonStatus st = w.core->GetStatus(Me());
+  for (const auto& rep : st.models[0].replicas) CHECK(rep.version == 4);
 }
 
 TEST_CASE("FP8 refusals: a TP cut that splits a block, scales held by a source, a NaN weight") {
