@@ -413,9 +413,10 @@ absl::StatusOr<Session*> CoreImpl::CallerSession(const Caller& caller, const std
 
 // FP8 quantization at registration (docs/fp8.md): scale tensors are
 // computed by syncs, so sources never hold them and targets hold them in
-// fp32; a weight with scales in an fp8 buffer covers whole 128 x 128 blocks
-// (vLLM needs block-aligned shards), as a 2-d box of a 2-d buffer or of one
-// matrix of a 3-d stack (fused experts).
+// fp32; a weight with scales in an fp8 buffer covers whole scale groups
+// (128 x 128 blocks: vLLM needs block-aligned shards; whole rows; the whole
+// tensor), as a 2-d box of a 2-d buffer or of one matrix of a 3-d stack
+// (fused experts).
 absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layout::ShardSpec& shard,
                             const std::string& bw) {
   for (const layout::Piece& p : shard.pieces) {
@@ -431,21 +432,27 @@ absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layo
       }
       continue;
     }
-    if (role != Role::kTarget || shard.dtype != layout::DType::kF8E4M3 || spec.ScaleTensorOf(p.tensor) < 0) continue;
+    if (role != Role::kTarget || !layout::QuantizedInto(spec, p.tensor, shard.dtype)) continue;
     const layout::Shape& full = spec.tensor(p.tensor).shape;
     const layout::Box& b = p.canonical;
+    const layout::ScaleGroup g = spec.ScaleGroupOf(p.tensor);
+    const int64_t group[2] = {g.rows, g.cols};
     const int nd = shard.shape.ndim;
     bool aligned = (nd == 2 || nd == 3) && p.shard.ndim == nd && b.ndim == 2;
     for (int d = 0; aligned && d + 2 < nd; ++d) aligned = p.shard.size[d] == 1;
     for (int d = 0; aligned && d < 2; ++d) {
-      aligned = p.shard.size[nd - 2 + d] == b.size[d] && b.off[d] % layout::kFp8Block == 0 &&
-                (b.size[d] % layout::kFp8Block == 0 || b.off[d] + b.size[d] == full.d[d]);
+      aligned = p.shard.size[nd - 2 + d] == b.size[d] && b.off[d] % group[d] == 0 &&
+                (b.size[d] % group[d] == 0 || b.off[d] + b.size[d] == full.d[d]);
     }
     if (!aligned) {
+      const layout::Fp8Scaling sc = spec.ScalingOf(p.tensor);
+      const std::string groups = sc == layout::Fp8Scaling::kBlock     ? "whole 128 x 128 blocks"
+                                 : sc == layout::Fp8Scaling::kChannel ? "whole rows (one scale per output channel)"
+                                                                      : "the whole tensor (one scale per tensor)";
       return absl::InvalidArgumentError(absl::StrCat(
-          bw, ": FP8 piece ", b.ToString(), " of '", name, "' ", full.ToString(),
-          " does not cover whole 128 x 128 blocks (a tensor-parallel cut that splits a block cannot get "
-          "block scales; vLLM needs block-aligned FP8 shards)"));
+          bw, ": FP8 piece ", b.ToString(), " of '", name, "' ", full.ToString(), " does not cover ", groups,
+          ": a tensor-parallel cut that splits a scale group cannot get its scale, which covers the whole group",
+          sc == layout::Fp8Scaling::kBlock ? " (vLLM needs block-aligned FP8 shards)" : ""));
     }
   }
   return absl::OkStatus();
@@ -522,17 +529,19 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
       }
     }
   }
-  // FP8 block scales of the weights block-FP8 checkpoints quantize, when
-  // asked and not listed already (never of LoRA adapters: they stay with
-  // the trainer's precision).
-  if (a.fp8_block_scales) {
+  // FP8 scales of the weights FP8 checkpoints quantize, when asked and not
+  // listed already (never of LoRA adapters: they stay with the trainer's
+  // precision).
+  if (a.fp8_scales) {
     std::set<std::string> lora;
     for (const LoraAdapterArg& ad : a.adapters) lora.insert({ad.a_tensor, ad.b_tensor});
     std::vector<layout::TensorSpec> scales;
     for (const layout::TensorSpec& t : tensors) {
       if (!t.scales_of.empty() || t.shape.ndim != 2 || !layout::Fp8Quantized(t) || lora.count(t.name)) continue;
-      const std::string name = layout::Fp8ScaleName(t.name);
-      if (find(name) == nullptr) scales.push_back({name, layout::Fp8ScaleShape(t.shape), layout::DType::kF32, t.name});
+      const std::string name = layout::Fp8ScaleName(t.name, *a.fp8_scales);
+      if (find(name) == nullptr) {
+        scales.push_back({name, layout::Fp8ScaleShape(t.shape, *a.fp8_scales), layout::DType::kF32, t.name});
+      }
     }
     tensors.insert(tensors.end(), scales.begin(), scales.end());
   }

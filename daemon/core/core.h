@@ -115,9 +115,9 @@ struct RegisterModelArgs {
   bool has_config = false;
   layout::ModelConfig config;
   std::vector<LoraAdapterArg> adapters;
-  // Add the derived FP8 block-scale tensors (RegisterModelRequest.
-  // fp8_block_scales).
-  bool fp8_block_scales = false;
+  // Add the derived FP8 scale tensors, grouped this way
+  // (RegisterModelRequest.fp8_scaling).
+  std::optional<layout::Fp8Scaling> fp8_scales;
 };
 
 struct ModelRegistered {

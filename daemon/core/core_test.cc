@@ -935,9 +935,36 @@ struct Fp8World {
 
   // With `adapter_stems`, the model has a rank-4 LoRA adapter (scaling 0.5)
   // on each "<stem>.weight", and the first trainer holds A and B whole.
+  layout::Fp8Scaling scaling;
+  // The scale groups that `scaling` means, as docs/fp8.md states them:
+  // 128 x 128, one row, the whole matrix.
+  std::pair<int64_t, int64_t> Group(const layout::Shape& w) const {
+    if (scaling == layout::Fp8Scaling::kChannel) return {1, w.d[1]};
+    if (scaling == layout::Fp8Scaling::kTensor) return {w.d[0], w.d[1]};
+    return {128, 128};
+  }
+  const char* ScaleSuffix() const { return scaling == layout::Fp8Scaling::kBlock ? "_scale_inv" : "_scale"; }
+  // The scale row at which vLLM puts the first scale of `piece` in the
+  // scale buffer of `weights` (its fused FP8 weight buffer): block and
+  // channel scales at the piece's row / 128 and row; tensor scales one per
+  // fused piece, in the order of their rows (qkv_proj's [3], w13_weight's
+  // [E, 2]).
+  int64_t ScaleRow(const layout::ShardSpec& weights, const layout::Piece& piece) const {
+    const int nd = weights.shape.ndim;
+    const int64_t row = piece.shard.off[nd - 2];
+    if (scaling == layout::Fp8Scaling::kBlock) return row / 128;
+    if (scaling == layout::Fp8Scaling::kChannel) return row;
+    int64_t before = 0;
+    for (const layout::Piece& o : weights.pieces) {
+      before += (nd == 2 || o.shard.off[0] == piece.shard.off[0]) && o.shard.off[nd - 2] < row;
+    }
+    return before;
+  }
+
   explicit Fp8World(uint32_t seed = 3, const char* config_json = kFp8Config, int trainer_tp = 2,
-                    const std::vector<std::string>& adapter_stems = {})
-      : config(*layout::ParseHfConfig(config_json)) {
+                    const std::vector<std::string>& adapter_stems = {},
+                    layout::Fp8Scaling scaling_ = layout::Fp8Scaling::kBlock)
+      : config(*layout::ParseHfConfig(config_json)), scaling(scaling_) {
     clients.push_back(std::make_unique<Client>(core.get(), "trainer"));
     RegisterModelArgs m;
     m.caller = Me();
@@ -945,7 +972,7 @@ struct Fp8World {
     m.model_id = "m";
     m.has_config = true;
     m.config = config;
-    m.fp8_block_scales = true;
+    m.fp8_scales = scaling;
     for (const std::string& stem : adapter_stems) {
       m.adapters.push_back({stem + ".weight", stem + ".lora_A.weight", stem + ".lora_B.weight", 4, 0.5,
                             LoraConvention::kPeft});
@@ -964,8 +991,9 @@ struct Fp8World {
     }
     for (size_t i = 0; i < n; ++i) {
       if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i])) {
-        tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
-                           DType::kF32, tensors[i].name});
+        const auto [gr, gc] = Group(tensors[i].shape);
+        const layout::Shape ss = layout::Shape::Of({(tensors[i].shape.d[0] + gr - 1) / gr, (tensors[i].shape.d[1] + gc - 1) / gc});
+        tensors.push_back({tensors[i].name + ScaleSuffix(), ss, DType::kF32, tensors[i].name});
       }
     }
     spec = *layout::ModelSpec::Create(tensors);
@@ -1030,7 +1058,7 @@ struct Fp8World {
       }
       const size_t recipe_shards = plain.size();
       for (const layout::ShardSpec& sc : scales) {  // rows stacked as the weights: q, k, v
-        const std::string weight = sc.name.substr(0, sc.name.size() - 10);
+        const std::string weight = sc.name.substr(0, sc.name.size() - std::strlen(ScaleSuffix()));
         const layout::ShardSpec* w = nullptr;
         for (const auto& p : plain) {
           if (p.name == weight) w = &p;
@@ -1040,7 +1068,7 @@ struct Fp8World {
         const int nd = w->shape.ndim;
         for (size_t k = 0; k < sc.pieces.size(); ++k) {
           for (int d = 0; d + 2 < nd; ++d) CHECK(sc.pieces[k].shard.off[d] == w->pieces[k].shard.off[d]);
-          CHECK(sc.pieces[k].shard.off[nd - 2] * 128 == w->pieces[k].shard.off[nd - 2]);
+          CHECK(sc.pieces[k].shard.off[nd - 2] == ScaleRow(*w, w->pieces[k]));
           CHECK(spec.ScalesOf(sc.pieces[k].tensor) == w->pieces[k].tensor);
         }
       }
@@ -1062,9 +1090,11 @@ struct Fp8World {
 };
 
 // Every buffer of one target process: its FP8 pieces (and their scales,
-// where Fp8ScaleShard puts them) against the CPU reference quantizing the
+// where vLLM stacks them: ScaleRow) against the CPU reference quantizing the
 // whole canonical tensor (fp32 from the trainers), the rest against the
-// canonical data. Returns the number of FP8 pieces checked.
+// canonical data. Channel and tensor scales are also checked against the
+// amax of their row or matrix, taken here. Returns the number of FP8 pieces
+// checked.
 int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards, const std::vector<void*>& mem) {
   int quantized = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
@@ -1077,16 +1107,17 @@ int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards
       continue;
     }
     const size_t si = std::find_if(shards.begin(), shards.end(),
-                                   [&](const layout::ShardSpec& s) { return s.name == sh.name + "_scale_inv"; }) -
+                                   [&](const layout::ShardSpec& s) { return s.name == sh.name + w.ScaleSuffix(); }) -
                       shards.begin();
     REQUIRE(si < shards.size());
     for (const layout::Piece& p : sh.pieces) {
       ++quantized;
       const layout::Shape shape = w.spec.tensor(p.tensor).shape;
-      const layout::Shape ss = layout::Fp8ScaleShape(shape);
+      const auto [gr, gc] = w.Group(shape);
+      const int64_t scale_cols = (shape.d[1] + gc - 1) / gc;
       std::vector<uint8_t> q;
       std::vector<float> scale;
-      layout::testing::Fp8Reference(w.spec, w.data, p.tensor, &q, &scale);
+      layout::testing::Fp8Reference(w.spec, w.data, p.tensor, &q, &scale, gr, gc);
       const auto* got = static_cast<const uint8_t*>(mem[i]);
       const auto [origin, ld] = MatrixOrigin(sh.shape, p.shard);
       for (int64_t r = 0; r < p.canonical.size[0]; ++r) {
@@ -1094,15 +1125,24 @@ int CheckFp8Rank(const Fp8World& w, const std::vector<layout::ShardSpec>& shards
                             q.data() + (p.canonical.off[0] + r) * shape.d[1] + p.canonical.off[1],
                             p.canonical.size[1]) == 0);
       }
-      // The scales of the piece's blocks, where its rows and columns are.
+      // The scales of the piece's groups, from the scale row vLLM stacks it at.
       const auto* gs = static_cast<const float*>(mem[si]);
-      layout::Box blocks = p.shard;
-      for (int d = sh.shape.ndim - 2; d < sh.shape.ndim; ++d) blocks.off[d] /= 128;
-      const auto [sorigin, sld] = MatrixOrigin(shards[si].shape, blocks);
-      for (int64_t r = 0; r < (p.canonical.size[0] + 127) / 128; ++r) {
-        for (int64_t c = 0; c < (p.canonical.size[1] + 127) / 128; ++c) {
-          const float want = scale[(p.canonical.off[0] / 128 + r) * ss.d[1] + p.canonical.off[1] / 128 + c];
+      layout::Box groups = p.shard;
+      const int nd = sh.shape.ndim;
+      groups.off[nd - 2] = w.ScaleRow(sh, p);
+      groups.off[nd - 1] /= gc;
+      const auto [sorigin, sld] = MatrixOrigin(shards[si].shape, groups);
+      for (int64_t r = 0; r < (p.canonical.size[0] + gr - 1) / gr; ++r) {
+        for (int64_t c = 0; c < (p.canonical.size[1] + gc - 1) / gc; ++c) {
+          const float want = scale[(p.canonical.off[0] / gr + r) * scale_cols + p.canonical.off[1] / gc + c];
           REQUIRE(gs[sorigin + r * sld + c] == want);
+          if (w.scaling == layout::Fp8Scaling::kBlock) continue;
+          float amax = 0;  // over the canonical row or matrix: every trainer rank's part
+          const int64_t r0 = p.canonical.off[0] / gr * gr + r * gr;
+          for (int64_t i = r0; i < std::min(shape.d[0], r0 + gr); ++i) {
+            for (int64_t j = 0; j < shape.d[1]; ++j) amax = std::max(amax, std::fabs(w.data[p.tensor][i * shape.d[1] + j]));
+          }
+          REQUIRE(want == (amax == 0 ? 1.0f : amax / 448.0f));
         }
       }
     }
@@ -1225,6 +1265,92 @@ TEST_CASE("FP8 targets: MoE experts quantized per expert into vLLM's fused w13/w
   REQUIRE_FALSE(split.ok());
   CHECK_THAT(std::string(split.status().message()),
              Catch::Contains("experts.0.gate_proj.weight' [384, 256] does not cover whole 128 x 128 blocks"));
+}
+
+TEST_CASE("FP8 targets: channel and tensor scales over rows and matrices that span trainer ranks, exact") {
+  // Megatron TP=2 cuts o_proj and down_proj by columns, so each row's amax
+  // (and every matrix's) takes both trainer ranks.
+  for (layout::Fp8Scaling scaling : {layout::Fp8Scaling::kChannel, layout::Fp8Scaling::kTensor}) {
+    INFO(layout::Fp8ScalingName(scaling));
+    Fp8World w(17, kFp8Config, 2, {}, scaling);
+    const int32_t up = w.spec.Find("model.layers.0.mlp.up_proj.weight");
+    CHECK(w.spec.tensor(w.spec.ScaleTensorOf(up)).name == "model.layers.0.mlp.up_proj.weight_scale");
+    CHECK(w.spec.ScalingOf(up) == scaling);
+    std::vector<std::vector<void*>> staged, inplace;
+    std::vector<std::vector<layout::ShardSpec>> ranks;
+    auto s1 = w.Replica("staged", 1, UpdateMode::kStaged, &staged, &ranks);
+    INFO(s1.status().ToString());
+    REQUIRE(s1.ok());
+    auto s2 = w.Replica("inplace", 1, UpdateMode::kInPlace, &inplace);
+    REQUIRE(s2.ok());
+    // vLLM's shapes: qkv_proj.weight_scale [512, 1] per channel, [3] per
+    // tensor (one per fused weight); gate_up_proj's [768, 1] and [2].
+    const bool channel = scaling == layout::Fp8Scaling::kChannel;
+    int seen = 0;
+    for (const layout::ShardSpec& sh : ranks[0]) {
+      if (sh.name == "model.layers.0.self_attn.qkv_proj.weight_scale") {
+        CHECK(sh.shape == layout::Shape::Of({channel ? 512 : 3, 1}));
+        ++seen;
+      }
+      if (sh.name == "model.layers.0.mlp.gate_up_proj.weight_scale") {
+        CHECK(sh.shape == layout::Shape::Of({channel ? 768 : 2, 1}));
+        ++seen;
+      }
+    }
+    CHECK(seen == 2);
+    for (uint64_t v = 1; v <= 2; ++v) {
+      auto r = w.core->Sync(Args(v), nullptr, nullptr);
+      INFO(r.status().ToString());
+      REQUIRE(r.ok());
+      CheckFp8Replica(w, *s1, staged[0]);
+      CheckFp8Replica(w, *s2, inplace[0]);
+      std::mt19937 rng(23 + v);  // new weights for the next version
+      w.data = layout::testing::RandomCanonical(w.spec, rng);
+      for (size_t t = 0; t < w.src_mem.size(); ++t) {
+        for (size_t i = 0; i < w.src_shards[t].size(); ++i) {
+          auto bytes = layout::testing::Materialize(w.spec, w.src_shards[t][i], w.data);
+          std::memcpy(w.src_mem[t][i], bytes.data(), bytes.size());
+        }
+      }
+    }
+
+    // vLLM TP=2 cuts o_proj's rows (channel groups) and q_proj (a tensor group).
+    std::vector<std::vector<void*>> split_mem;
+    auto split = w.Replica("tp2", 2, UpdateMode::kStaged, &split_mem);
+    REQUIRE_FALSE(split.ok());
+    CHECK(split.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(split.status().message()),
+               channel ? Catch::Contains("'model.layers.0.self_attn.o_proj.weight' [256, 256] does not cover whole "
+                                         "rows (one scale per output channel)")
+                       : Catch::Contains("'model.layers.0.self_attn.q_proj.weight' [256, 256] does not cover the "
+                                         "whole tensor (one scale per tensor)"));
+  }
+}
+
+TEST_CASE("FP8 targets: MoE experts with channel and tensor scales into vLLM's fused w13/w2") {
+  for (layout::Fp8Scaling scaling : {layout::Fp8Scaling::kChannel, layout::Fp8Scaling::kTensor}) {
+    INFO(layout::Fp8ScalingName(scaling));
+    Fp8World w(19, kFp8MoeConfig, /*trainer_tp=*/2, {}, scaling);
+    std::vector<std::vector<void*>> one;
+    std::vector<std::vector<layout::ShardSpec>> ranks;
+    auto r1 = w.Replica("tp1", 1, UpdateMode::kInPlace, &one, &ranks);
+    INFO(r1.status().ToString());
+    REQUIRE(r1.ok());
+    // vLLM's w13_weight_scale: [E, 2I, 1] per channel, [E, 2] per tensor.
+    int fused = 0;
+    for (const layout::ShardSpec& sh : ranks[0]) {
+      if (sh.name.find("w13_weight_scale") != std::string::npos) {
+        CHECK(sh.shape == (scaling == layout::Fp8Scaling::kChannel ? layout::Shape::Of({4, 768, 1})
+                                                                   : layout::Shape::Of({4, 2, 1})));
+        ++fused;
+      }
+    }
+    CHECK(fused == 1);
+    auto r = w.core->Sync(Args(1), nullptr, nullptr);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    CHECK(CheckFp8Rank(w, ranks[0], one[0]) == 4 + 4 * 3);
+  }
 }
 
 TEST_CASE("FP8 targets with LoRA: merge and adapter_only quantize W + s*B@A once, from the trainers' values") {

@@ -19,6 +19,7 @@
 #include "daemon/core/member_failure.h"
 #include "daemon/transport/nccl_communicator.h"
 #include "daemon/transport/wire_pipeline.h"
+#include "daemon/layout/fp8_checkpoint.h"
 #include "daemon/layout/lowering.h"
 #include "kernels/digest.h"
 #include "daemon/common/mutex.h"
@@ -267,7 +268,7 @@ absl::StatusOr<DistPlan> BuildDistPlan(const PlanPart& part, const layout::Model
       if (!d.full) continue;
       // fp32 where the targets compute: LoRA merges, and FP8 quantization
       // (the target assembles each piece in fp32, then quantizes it).
-      const bool quantized = dst.dtype == layout::DType::kF8E4M3 && spec.ScaleTensorOf(c.tensor) >= 0;
+      const bool quantized = layout::QuantizedInto(spec, c.tensor, dst.dtype);
       const layout::DType wire = d.adapted.count(c.tensor) || quantized ? layout::DType::kF32 : dst.dtype;
       w.ops.push_back({i, w.bytes, wire});
       w.bytes = Align(w.bytes + layout::BoxBytes(c.dst_box, wire));
@@ -513,10 +514,7 @@ absl::Status CoreImpl::TransferPart(Part* p) {
       if (r == nullptr) continue;
       for (const layout::ShardSpec& sh : r->shards) {
         for (const layout::Piece& pc : sh.pieces) {
-          if (sh.dtype != layout::DType::kF8E4M3 || model->spec.ScaleTensorOf(pc.tensor) < 0 ||
-              !d.active.count(pc.tensor)) {
-            continue;
-          }
+          if (!layout::QuantizedInto(model->spec, pc.tensor, sh.dtype) || !d.active.count(pc.tensor)) continue;
           return absl::FailedPreconditionError(absl::StrCat(
               "model '", plan.model_id, "': tensor '", model->spec.tensor(pc.tensor).name, "' is quantized to FP8 in '",
               sh.name, "' of ", r->Label(), " on daemon '", me, "'; LoRA unmerge cannot start from FP8 weights (use "

@@ -485,11 +485,9 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   };
   // Runs ops grouped by the device of their destination endpoint.
 
-  // A weight with block scales goes into an fp8 buffer by quantization.
+  // A weight with FP8 scales goes into an fp8 buffer by quantization.
   auto quantizes = [&](const layout::CopyOp& c) {
-    return dst_shard(c.dst_endpoint, c.dst_shard).dtype == layout::DType::kF8E4M3 &&
-           model->spec.ScaleTensorOf(c.tensor) >= 0 &&
-           src_shard(c.src_endpoint, c.src_shard).dtype != layout::DType::kF8E4M3;
+    return sj->Quantizes(c.dst_endpoint, c) && src_shard(c.src_endpoint, c.src_shard).dtype != layout::DType::kF8E4M3;
   };
   // ---- Plan (or reuse the cached one).
   if (plan == nullptr) {
@@ -649,9 +647,8 @@ absl::StatusOr<SyncOutcome> CoreImpl::RunSync(const SyncArgs& args,
   for (uint32_t e = 0; e < sj->num_targets(); ++e) {
     const RankReg* r = sj->rank(e);
     for (uint32_t s = 0; s < r->shards.size(); ++s) {
-      if (r->shards[s].dtype != layout::DType::kF8E4M3) continue;
       for (const layout::Piece& pc : r->shards[s].pieces) {
-        if (model->spec.ScaleTensorOf(pc.tensor) >= 0) quant_ops[{e, s, pc.tensor}];
+        if (layout::QuantizedInto(model->spec, pc.tensor, r->shards[s].dtype)) quant_ops[{e, s, pc.tensor}];
       }
     }
   }

@@ -125,7 +125,7 @@ absl::Status SyncJob::WriteFills(ExecContext* ctx,
 }
 
 bool SyncJob::Quantizes(uint32_t t, const layout::CopyOp& c) const {
-  return targets_[t].rank->shards[c.dst_shard].dtype == layout::DType::kF8E4M3 && spec_->ScaleTensorOf(c.tensor) >= 0;
+  return layout::QuantizedInto(*spec_, c.tensor, targets_[t].rank->shards[c.dst_shard].dtype);
 }
 
 const layout::Piece* SyncJob::PieceOf(uint32_t t, uint32_t s, int32_t tensor) const {
@@ -206,7 +206,9 @@ absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, ui
   }
   int64_t origin = 0;
   for (int d = 0; d < nd; ++d) origin += piece->shard.off[d] * stride[d];
-  const layout::Shape ss = layout::Fp8ScaleShape(layout::Shape::Of({rows, cols}));
+  // The piece covers whole scale groups (CheckFp8Pieces).
+  const layout::ScaleGroup g = spec_->ScaleGroupOf(tensor);
+  const layout::Shape ss = layout::Shape::Of({(rows + g.rows - 1) / g.rows, (cols + g.cols - 1) / g.cols});
   auto scales = ctx->Allocate(dev, ss.NumElements() * 4, absl::StrCat("FP8 scales for ", what));
   if (!scales.ok()) return scales.status();
   kernels::Fp8QuantOp op;
@@ -219,7 +221,8 @@ absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, ui
   op.dst_ld = stride[nd - 2];
   op.scale_inv = static_cast<float*>((*scales)->data());
   op.scale_ld = ss.d[1];
-  op.block_rows = op.block_cols = layout::kFp8Block;
+  op.block_rows = g.rows;
+  op.block_cols = g.cols;
   if (absl::Status st = ctx->QuantizeFp8(dev, &op, 1); !st.ok()) return Annotate(st, what);
   kernels::BoxCopyOp box = layout::LowerBox(piece->shard, dst);
   uint64_t w0 = 0;
@@ -230,12 +233,12 @@ absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, ui
   Record(t, s, piece->shard);
   uint64_t bytes = static_cast<uint64_t>(rows * cols);
 
-  // The scales of the piece's blocks into the rank's scale pieces.
+  // The scales of the piece's groups into the rank's scale pieces.
   const int32_t st = spec_->ScaleTensorOf(tensor);
   layout::Box blocks;
   blocks.ndim = 2;
   for (int d = 0; d < 2; ++d) {
-    blocks.off[d] = b.off[d] / layout::kFp8Block;
+    blocks.off[d] = b.off[d] / (d == 0 ? g.rows : g.cols);
     blocks.size[d] = ss.d[d];
   }
   layout::ShardSpec* scale_spec =

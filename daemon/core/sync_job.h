@@ -103,7 +103,7 @@ class SyncJob {
   // targets' devices, recorded as written.
   absl::Status WriteFills(ExecContext* ctx, const std::vector<std::pair<uint32_t, const layout::FillOp*>>& fills);
   // FP8 targets (docs/fp8.md). Whether plan op `c` lands in a weight that
-  // target `t` quantizes: an fp8 buffer of a tensor with block scales.
+  // target `t` quantizes (layout::QuantizedInto).
   bool Quantizes(uint32_t t, const layout::CopyOp& c) const;
   // Adds to `tw` the write of plan op `c` into `scratch`: fp32 memory on
   // the target's device that holds the whole piece of c.tensor in
@@ -130,8 +130,8 @@ class SyncJob {
   };
   // Quantizes the piece of `tensor` in shard `s` of target `t` (read from
   // `src`, after the work before it on the device) into the
-  // buffer where the job writes it, with one scale per 128 x 128 block, and
-  // copies the scales into the target's pieces of the scale tensor. What
+  // buffer where the job writes it, with one scale per group of the
+  // weight's scaling (ModelSpec::ScaleGroupOf), and copies the scales into the target's pieces of the scale tensor. What
   // lands is digested into `slot` and its boxes appended to `descs` and
   // `words` from payload word *word on (for AddCheck), and recorded as
   // written. `keep` receives memory the queued work still reads.

@@ -119,9 +119,9 @@ CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
 }
 
 void Fp8Reference(const ModelSpec& model, const CanonicalData& data, int32_t tensor, std::vector<uint8_t>* q,
-                  std::vector<float>* scales) {
+                  std::vector<float>* scales, int64_t block_rows, int64_t block_cols) {
   const Shape shape = model.tensor(tensor).shape;
-  const Shape ss = Fp8ScaleShape(shape);
+  const Shape ss = Shape::Of({(shape.d[0] + block_rows - 1) / block_rows, (shape.d[1] + block_cols - 1) / block_cols});
   q->assign(shape.NumElements(), 0);
   scales->assign(ss.NumElements(), 0);
   kernels::Fp8QuantOp op;
@@ -132,6 +132,8 @@ void Fp8Reference(const ModelSpec& model, const CanonicalData& data, int32_t ten
   op.dst = q->data();
   op.scale_inv = scales->data();
   op.scale_ld = ss.d[1];
+  op.block_rows = block_rows;
+  op.block_cols = block_cols;
   const std::string err = kernels::QuantizeFp8Cpu(&op, 1, 1);
   if (!err.empty()) std::abort();  // test data is finite
 }

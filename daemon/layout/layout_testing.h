@@ -56,11 +56,12 @@ struct NamedAdapter {
 CanonicalData MergeLoraNaive(const ModelSpec& model, const CanonicalData& data,
                              const std::vector<NamedAdapter>& adapters);
 
-// Block FP8 of the whole 2-d canonical `tensor` of `data` (fp32 values) by
-// the kernels' CPU reference, the specification: e4m3fn bytes row-major,
-// and one scale_inv per 128 x 128 block ([ceil(rows/128), ceil(cols/128)]).
+// Scaled FP8 of the whole 2-d canonical `tensor` of `data` (fp32 values)
+// by the kernels' CPU reference, the specification: e4m3fn bytes row-major,
+// and one scale_inv per block of `block_rows` x `block_cols` (the last ones
+// smaller), [ceil(rows/block_rows), ceil(cols/block_cols)] row-major.
 void Fp8Reference(const ModelSpec& model, const CanonicalData& data, int32_t tensor, std::vector<uint8_t>* q,
-                  std::vector<float>* scales);
+                  std::vector<float>* scales, int64_t block_rows = 128, int64_t block_cols = 128);
 
 }  // namespace wsync::layout::testing
 

@@ -1,8 +1,10 @@
 #include "daemon/layout/types.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/layout/fp8_checkpoint.h"
@@ -199,6 +201,7 @@ absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
   }
   m.scales_of_.assign(tensors.size(), -1);
   m.scale_tensor_.assign(tensors.size(), -1);
+  m.scaling_.assign(tensors.size(), Fp8Scaling::kBlock);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorSpec& t = tensors[i];
     if (t.scales_of.empty()) continue;
@@ -209,13 +212,24 @@ absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
     if (!wt.scales_of.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": that is a scale tensor itself"));
     if (wt.shape.ndim != 2) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": FP8 block scales are for 2-d weights, not ", wt.shape.ToString()));
+          absl::StrCat(what, ": FP8 scales are for 2-d weights, not ", wt.shape.ToString()));
     }
-    if (t.dtype != DType::kF32 || t.shape != Fp8ScaleShape(wt.shape)) {
+    const std::optional<Fp8Scaling> scaling = Fp8ScalingOf(t.name, t.shape, wt.shape);
+    if (t.dtype != DType::kF32 || !scaling) {
+      std::string want;
+      for (Fp8Scaling sc : {Fp8Scaling::kBlock, Fp8Scaling::kChannel, Fp8Scaling::kTensor}) {
+        const bool named = absl::EndsWith(t.name, "_scale_inv") ? sc == Fp8Scaling::kBlock
+                           : absl::EndsWith(t.name, "_scale")   ? sc != Fp8Scaling::kBlock
+                                                                : true;
+        if (!named) continue;
+        absl::StrAppend(&want, want.empty() ? "" : ", or ", Fp8ScaleShape(wt.shape, sc).ToString(), " (",
+                        Fp8ScalingName(sc), ")");
+      }
       return absl::InvalidArgumentError(absl::StrCat(what, " is ", kernels::DTypeName(t.dtype), " ",
-                                                     t.shape.ToString(), "; one fp32 per 128 x 128 block of ",
-                                                     wt.shape.ToString(), " is ", Fp8ScaleShape(wt.shape).ToString()));
+                                                     t.shape.ToString(), "; its scales of ", wt.shape.ToString(),
+                                                     " are fp32 ", want));
     }
+    m.scaling_[w] = *scaling;
     if (m.scale_tensor_[w] >= 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": '", tensors[m.scale_tensor_[w]].name, "' already holds its scales"));
@@ -230,6 +244,11 @@ absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
 int32_t ModelSpec::Find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? -1 : it->second;
+}
+
+ScaleGroup ModelSpec::ScaleGroupOf(int32_t w) const {
+  const Shape& s = tensors_[w].shape;
+  return Fp8GroupOf(scaling_[w], s.ndim >= 2 ? s.d[s.ndim - 2] : 1, s.d[s.ndim - 1]);
 }
 
 uint64_t ModelSpec::TotalBytes() const {

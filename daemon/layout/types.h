@@ -69,11 +69,23 @@ struct TensorSpec {
   std::string name;
   Shape shape;
   DType dtype = DType::kF32;
-  // Set on a derived tensor: the FP8 block scales (weight_scale_inv: fp32,
-  // one per 128 x 128 block, layout/fp8_checkpoint.h) of the 2-d weight
-  // named here. Syncs compute it while quantizing that weight into FP8
-  // target buffers; no source holds it.
+  // Set on a derived tensor: the FP8 scales (fp32, one per group of
+  // elements, layout/fp8_checkpoint.h) of the 2-d weight named here. Syncs
+  // compute it while quantizing that weight into FP8 target buffers; no
+  // source holds it.
   std::string scales_of;
+};
+
+// How a scale tensor groups its weight's elements (layout/fp8_checkpoint.h):
+// one scale per 128 x 128 block ("X.weight_scale_inv" [ceil(rows/128),
+// ceil(cols/128)]), per output channel, that is per row ("X.weight_scale"
+// [rows, 1]), or per tensor ("X.weight_scale" [1, 1]).
+enum class Fp8Scaling { kBlock, kChannel, kTensor };
+
+// The elements one FP8 scale covers: `rows` x `cols` (the last group of a
+// dimension may be smaller).
+struct ScaleGroup {
+  int64_t rows = 0, cols = 0;
 };
 
 // One piece of a shard: canonical box of `tensor` (an index into the
@@ -106,7 +118,8 @@ class ModelSpec {
   // Rejects empty or duplicate names, bad shapes (CheckShape), reserved
   // dtypes, models over kMaxShapeBytes in all, and scale tensors that do not
   // fit their weight (unknown, not 2-d, itself derived, already scaled, not
-  // fp32 of the block grid's shape) with INVALID_ARGUMENT naming the tensor.
+  // fp32 of a scaling's shape: Fp8ScalingOf) with INVALID_ARGUMENT naming
+  // the tensor.
   static absl::StatusOr<ModelSpec> Create(std::vector<TensorSpec> tensors);
 
   int32_t size() const { return static_cast<int32_t>(tensors_.size()); }
@@ -118,6 +131,9 @@ class ModelSpec {
   int32_t ScalesOf(int32_t t) const { return scales_of_[t]; }
   // The derived scale tensor of weight `w`, or -1.
   int32_t ScaleTensorOf(int32_t w) const { return scale_tensor_[w]; }
+  // For a weight with a scale tensor, how that groups its elements.
+  Fp8Scaling ScalingOf(int32_t w) const { return scaling_[w]; }
+  ScaleGroup ScaleGroupOf(int32_t w) const;
   // Sum of canonical sizes in bytes at each tensor's dtype.
   uint64_t TotalBytes() const;
 
@@ -125,6 +141,7 @@ class ModelSpec {
   std::vector<TensorSpec> tensors_;
   absl::flat_hash_map<std::string, int32_t> index_;
   std::vector<int32_t> scales_of_, scale_tensor_;
+  std::vector<Fp8Scaling> scaling_;
 };
 
 // Checks one shard against the model: shape and dtype, every piece's

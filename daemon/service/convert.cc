@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/layout/fp8_checkpoint.h"
 
 namespace wsync::service {
 namespace {
@@ -191,7 +192,27 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     if (!ad.ok()) return ad.status();
     a.adapters.push_back(*std::move(ad));
   }
-  a.fp8_block_scales = in.fp8_block_scales();
+  switch (in.fp8_scaling()) {
+    case v1::FP8_SCALING_UNSPECIFIED:
+      if (in.fp8_block_scales()) a.fp8_scales = layout::Fp8Scaling::kBlock;
+      break;
+    case v1::FP8_SCALING_BLOCK:
+      a.fp8_scales = layout::Fp8Scaling::kBlock;
+      break;
+    case v1::FP8_SCALING_CHANNEL:
+      a.fp8_scales = layout::Fp8Scaling::kChannel;
+      break;
+    case v1::FP8_SCALING_TENSOR:
+      a.fp8_scales = layout::Fp8Scaling::kTensor;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", in.model_id(), "': unknown fp8_scaling ", static_cast<int>(in.fp8_scaling())));
+  }
+  if (in.fp8_block_scales() && a.fp8_scales != layout::Fp8Scaling::kBlock) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", in.model_id(), "': fp8_block_scales asks for block "
+                                                   "scales, fp8_scaling for ", layout::Fp8ScalingName(*a.fp8_scales)));
+  }
   return a;
 }
 

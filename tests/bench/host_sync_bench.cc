@@ -133,7 +133,7 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket, bool fp
   m.model_id = "bench";
   m.has_config = true;
   m.config = cfg;
-  m.fp8_block_scales = fp8;
+  if (fp8) m.fp8_scales = layout::Fp8Scaling::kBlock;
   auto reg = s.core->RegisterModel(m);
   s.tensors = reg->num_tensors;
   return s;

@@ -85,10 +85,11 @@ struct ClusterOptions {
   std::vector<std::string> generator_flags;  // extra wsyncd flags of g0 and g1
   bool lora = false;  // q_proj and o_proj adapters (rank 4), held whole by trainer tp0 pp0
   bool mtls = false;  // peers authenticate with certificates of a test CA
-  // The model has FP8 block scales, and both generators are vLLM TP=1 with
-  // every weight that gets a scale buffer in fp8 (o_proj, and the fused
-  // experts' w2).
+  // The model has FP8 scales (grouped as `fp8_scaling` says), and both
+  // generators are vLLM TP=1 with every weight that gets a scale buffer in
+  // fp8 (o_proj, and the fused experts' w2).
   bool fp8 = false;
+  layout::Fp8Scaling fp8_scaling = layout::Fp8Scaling::kBlock;
 };
 
 constexpr int kLoraRank = 4;
@@ -121,13 +122,14 @@ struct Cluster {
         }
       }
     }
-    if (o.fp8) {  // as the daemon derives them (RegisterModelRequest.fp8_block_scales)
+    if (o.fp8) {  // as the daemon derives them (RegisterModelRequest.fp8_scaling)
       const size_t n = tensors.size();
       for (size_t i = 0; i < n; ++i) {
         if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i]) &&
             tensors[i].name.find(".lora_") == std::string::npos) {
-          tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
-                             layout::DType::kF32, tensors[i].name});
+          tensors.push_back({tensors[i].name + ScaleSuffix(),
+                             layout::Fp8ScaleShape(tensors[i].shape, o.fp8_scaling), layout::DType::kF32,
+                             tensors[i].name});
         }
       }
     }
@@ -144,11 +146,18 @@ struct Cluster {
     daemons[id] = std::make_unique<Daemon>(id, dir, flags, pki);
   }
   std::string coordinator() { return daemons["t0"]->address; }
+  const char* ScaleSuffix() const {
+    return options.fp8_scaling == layout::Fp8Scaling::kBlock ? "_scale_inv" : "_scale";
+  }
 
   v1::RegisterModelRequest ModelRequest(const std::string& session) {
     v1::RegisterModelRequest m = testing::ModelRequest("moe", config);
     m.set_session_id(session);
-    m.set_fp8_block_scales(options.fp8);
+    if (options.fp8) {
+      m.set_fp8_scaling(options.fp8_scaling == layout::Fp8Scaling::kBlock     ? v1::FP8_SCALING_BLOCK
+                        : options.fp8_scaling == layout::Fp8Scaling::kChannel ? v1::FP8_SCALING_CHANNEL
+                                                                               : v1::FP8_SCALING_TENSOR);
+    }
     for (const auto& ad : adapters) {
       v1::LoraAdapter* a = m.add_lora_adapters();
       a->set_base_tensor(ad.base);
@@ -184,7 +193,7 @@ struct Cluster {
         if (IsScales(sh)) {
           sh.dtype = layout::DType::kF32;
         } else if (std::any_of(r.shards.begin(), r.shards.end(),
-                               [&](const layout::ShardSpec& o) { return o.name == sh.name + "_scale_inv"; })) {
+                               [&](const layout::ShardSpec& o) { return o.name == sh.name + ScaleSuffix(); })) {
           sh.dtype = layout::DType::kF8E4M3;
         }
       }
@@ -286,7 +295,7 @@ struct Cluster {
   void CheckFp8(const Rank& r, size_t i, const layout::testing::CanonicalData& want_of) {
     const layout::ShardSpec& sh = r.shards[i];
     size_t si = 0;
-    while (si < r.shards.size() && r.shards[si].name != sh.name + "_scale_inv") ++si;
+    while (si < r.shards.size() && r.shards[si].name != sh.name + ScaleSuffix()) ++si;
     REQUIRE(si < r.shards.size());
     const layout::ShardSpec& sc = r.shards[si];
     const int nd = sh.shape.ndim;
@@ -295,13 +304,30 @@ struct Cluster {
       const layout::Shape shape = spec.tensor(p.tensor).shape;
       std::vector<uint8_t> q;
       std::vector<float> scale;
-      layout::testing::Fp8Reference(spec, want_of, p.tensor, &q, &scale);
-      // This layout keeps whole tensors: piece (e, 0, 0) of a stack, or (0, 0).
-      const int64_t matrix = nd == 3 ? p.shard.off[0] : 0;
-      const auto* got = static_cast<const uint8_t*>(r.bufs[i].data) + matrix * sh.shape.d[nd - 2] * sh.shape.d[nd - 1];
+      // 128 x 128 blocks, rows, or the whole matrix (docs/fp8.md).
+      const int64_t gr = options.fp8_scaling == layout::Fp8Scaling::kBlock ? 128
+                         : options.fp8_scaling == layout::Fp8Scaling::kChannel ? 1
+                                                                                : shape.d[0];
+      const int64_t gc = options.fp8_scaling == layout::Fp8Scaling::kBlock ? 128 : shape.d[1];
+      layout::testing::Fp8Reference(spec, want_of, p.tensor, &q, &scale, gr, gc);
+      // This layout keeps whole tensors, stacked by rows as vLLM fuses
+      // them (qkv, gate/up): piece (e, row, 0) of a stack, or (row, 0). Its
+      // scales start at row / 128 (blocks), row (channels), or one row per
+      // fused piece before it (tensors).
       REQUIRE(p.canonical == layout::Box::Whole(shape));
+      const int64_t matrix = nd == 3 ? p.shard.off[0] : 0, row = p.shard.off[nd - 2];
+      int64_t scale_row = row / gr;
+      if (options.fp8_scaling == layout::Fp8Scaling::kTensor) {
+        scale_row = 0;
+        for (const layout::Piece& o : sh.pieces) {
+          scale_row += (nd == 2 || o.shard.off[0] == matrix) && o.shard.off[nd - 2] < row;
+        }
+      }
+      const auto* got = static_cast<const uint8_t*>(r.bufs[i].data) +
+                        (matrix * sh.shape.d[nd - 2] + row) * sh.shape.d[nd - 1];
       CHECK(std::memcmp(got, q.data(), q.size()) == 0);
-      const auto* gs = static_cast<const float*>(r.bufs[si].data) + matrix * sc.shape.d[nd - 2] * sc.shape.d[nd - 1];
+      const auto* gs = static_cast<const float*>(r.bufs[si].data) +
+                       (matrix * sc.shape.d[nd - 2] + scale_row) * sc.shape.d[nd - 1];
       CHECK(std::memcmp(gs, scale.data(), scale.size() * 4) == 0);
     }
   }
@@ -495,6 +521,30 @@ TEST_CASE("FP8 targets across nodes: each piece assembled in fp32 from wires, qu
                                                     Catch::Contains("LoRA unmerge cannot start from FP8 weights"));
   CHECK(c.Replica("g0", "gen-a").version() == 4);
   CHECK_FALSE(c.Replica("g0", "gen-a").poisoned());
+}
+
+TEST_CASE("FP8 channel and tensor scales across nodes: rows and matrices that span trainer ranks") {
+  // o_proj's rows are cut by the trainers' TP (columns) and its matrix by
+  // their PP too; each generator's piece arrives from several wires.
+  for (layout::Fp8Scaling scaling : {layout::Fp8Scaling::kChannel, layout::Fp8Scaling::kTensor}) {
+    INFO(layout::Fp8ScalingName(scaling));
+    ClusterOptions o;
+    o.fp8 = true;
+    o.fp8_scaling = scaling;
+    Cluster c(o);
+    c.RegisterAll();
+    // qkv_proj, o_proj and the experts' w13 and w2 of both layers (with
+    // block scales, qkv_proj and w13 are not FP8 here: k and up would start
+    // inside q's and gate's only block).
+    int fp8_buffers = 0;
+    for (const Rank& r : c.ranks["g1"]) {
+      for (const auto& sh : r.shards) fp8_buffers += sh.dtype == layout::DType::kF8E4M3;
+    }
+    CHECK(fp8_buffers == 8);
+    c.SyncOk(1);
+    c.UpdateSources(37);
+    c.SyncOk(2);
+  }
 }
 
 TEST_CASE("a generator daemon killed mid-transfer: ABORTED, the others keep their version, a restart recovers") {

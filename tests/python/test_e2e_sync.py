@@ -9,6 +9,7 @@ import sys
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -345,3 +346,76 @@ def test_wsyncctl_sync_wait_models_status_cancel(daemon, cluster_factory, run):
     r = run(*s, "wait", "policy", "g", "2", "--wait-ms", "100", check=False)
     assert r.returncode == 1
     assert "did not reach version 2 within 100 ms" in r.stderr
+
+
+def e4m3_reference(x):
+    """fp32 -> float8_e4m3fn codes, written plainly: every finite code
+    decoded from its bits, the nearest one taken (ties to the even code),
+    magnitudes past 448 saturated."""
+    codes = np.arange(127)  # 0x00..0x7e: the non-negative finite codes, increasing
+    e, m = codes >> 3, codes & 7
+    vals = np.where(e == 0, m / 512.0, (1 + m / 8.0) * 2.0 ** (e - 7.0))
+    a = np.minimum(np.abs(x.astype(np.float64)), 448.0)
+    hi = np.clip(np.searchsorted(vals, a), 1, 126)
+    lo = hi - 1
+    dlo, dhi = a - vals[lo], vals[hi] - a
+    pick = np.where(dlo < dhi, lo, np.where(dhi < dlo, hi, np.where(lo % 2 == 0, lo, hi)))
+    return (pick | np.where(np.signbit(x), 0x80, 0)).astype(np.uint8)
+
+
+def scaled_reference(w, scaling):
+    """(codes, scales) of one fp32 matrix: one scale per row or per matrix,
+    amax / 448 in fp32 (1 where amax is 0), codes of w / scale in fp32."""
+    amax = np.abs(w).max(axis=1, keepdims=True) if scaling == "channel" else np.abs(w).max().reshape(1, 1)
+    scale = np.where(amax == 0, np.float32(1), amax / np.float32(448)).astype(np.float32)
+    return e4m3_reference((w / scale).astype(np.float32)), scale
+
+
+@pytest.mark.parametrize("scaling", ["channel", "tensor"])
+def test_fp8_channel_and_tensor_scales_match_a_numpy_reference(daemon, scaling):
+    """q is held by two trainer buffers, split by columns, so each row's
+    amax (and the matrix's) spans both; the generator fuses q, k and v into
+    one fp8 qkv buffer with vLLM's stacked scales ([128, 1] per channel, [3]
+    per tensor)."""
+    rng = np.random.default_rng(5)
+    shapes = {"q": (64, 32), "k": (32, 32), "v": (32, 32)}
+    name = {p: f"model.layers.0.self_attn.{p}_proj.weight" for p in shapes}
+    w = {p: (rng.standard_normal(s) * (1 + np.arange(s[0]))[:, None]).astype(np.float32) for p, s in shapes.items()}
+    model = f"fp8-{scaling}"
+    with wsync.Client(daemon["socket"], name="fp8") as cl:
+        with pytest.raises(ValueError):
+            cl.register_model(model, tensors=[(name["q"], (64, 32), "bf16")], fp8_scaling="rows")
+        with pytest.raises(wsync.WsyncError) as e:
+            cl.register_model(model, tensors=[(name["q"], (64, 32), "bf16")], fp8_block_scales=True,
+                              fp8_scaling=scaling)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"fp8_block_scales asks for block scales, fp8_scaling for {scaling}" in e.value.message
+        resp = cl.register_model(model, tensors=[(name[p], s, "bf16") for p, s in shapes.items()],
+                                 fp8_scaling=scaling)
+        assert resp.num_tensors == 6  # three weights, three "<weight>_scale"
+        src = {"q_left": cl.empty((64, 16), "fp32"), "q_right": cl.empty((64, 16), "fp32"),
+               "k": cl.empty((32, 32), "fp32"), "v": cl.empty((32, 32), "fp32")}
+        src["q_left"][...] = w["q"][:, :16]
+        src["q_right"][...] = w["q"][:, 16:]
+        src["k"][...] = w["k"]
+        src["v"][...] = w["v"]
+        cl.register_shards(model, "source", src, pieces={
+            "q_left": [(name["q"], ([0, 0], [64, 16]), ([0, 0], [64, 16]))],
+            "q_right": [(name["q"], ([0, 16], [64, 16]), ([0, 0], [64, 16]))],
+            "k": [(name["k"], ([0, 0], [32, 32]), ([0, 0], [32, 32]))],
+            "v": [(name["v"], ([0, 0], [32, 32]), ([0, 0], [32, 32]))]})
+        rows = {"q": 0, "k": 64, "v": 96}
+        per = {p: s[0] if scaling == "channel" else 1 for p, s in shapes.items()}
+        scale_rows = {"q": 0, "k": per["q"], "v": per["q"] + per["k"]}
+        qkv = cl.empty((128, 32), "fp8_e4m3")
+        scales = cl.empty((sum(per.values()), 1), "fp32")
+        cl.register_shards(model, "target", {"qkv": qkv, "qkv_scale": scales}, replica="gen", pieces={
+            "qkv": [(name[p], ([0, 0], list(s)), ([rows[p], 0], list(s))) for p, s in shapes.items()],
+            "qkv_scale": [(name[p] + "_scale", ([0, 0], [per[p], 1]), ([scale_rows[p], 0], [per[p], 1]))
+                          for p in shapes]})
+        assert cl.sync(model, 1, progress=False).version == 1
+        for p, s in shapes.items():
+            codes, scale = scaled_reference(w[p], scaling)
+            assert np.array_equal(qkv[rows[p]:rows[p] + s[0]], codes), p
+            assert np.array_equal(scales[scale_rows[p]:scale_rows[p] + per[p]], scale), p
+        cl.unregister(model)

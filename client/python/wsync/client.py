@@ -450,16 +450,24 @@ class Client:
                                        nbytes=nbytes))
 
     # ------------------------------------------------------- registration
-    def register_model(self, model_id, config=None, tensors=None, lora_adapters=None, fp8_block_scales=False):
+    def register_model(self, model_id, config=None, tensors=None, lora_adapters=None, fp8_block_scales=False,
+                       fp8_scaling=None):
         """Declares a model from a Hugging Face config (dict) and/or explicit
         tensors [(name, shape, dtype)]. lora_adapters: [dict(base, a, b, rank,
-        scaling[, convention="peft"])]. fp8_block_scales: add the block-scale
-        tensors ("<weight>_scale_inv") of the weights block-FP8 checkpoints
-        quantize, so that generators can register float8_e4m3fn weights and
-        syncs quantize into them (docs/fp8.md); every registrant of the model
-        must pass the same."""
+        scaling[, convention="peft"])]. fp8_scaling: "block", "channel" or
+        "tensor": add the FP8 scale tensors of the weights FP8 checkpoints
+        quantize ("<weight>_scale_inv", one per 128 x 128 block, or
+        "<weight>_scale", one per output channel or per tensor), so that
+        generators can register float8_e4m3fn weights and syncs quantize into
+        them (docs/fp8.md); fp8_block_scales=True is fp8_scaling="block".
+        Every registrant of the model must pass the same."""
+        scalings = {None: 0, "block": types_pb2.FP8_SCALING_BLOCK, "channel": types_pb2.FP8_SCALING_CHANNEL,
+                    "tensor": types_pb2.FP8_SCALING_TENSOR}
+        if fp8_scaling not in scalings:
+            raise ValueError("fp8_scaling must be 'block', 'channel' or 'tensor', not %r" % (fp8_scaling,))
         req = wsync_pb2.RegisterModelRequest(session_id=self.session_id, model_id=model_id,
-                                             fp8_block_scales=bool(fp8_block_scales))
+                                             fp8_block_scales=bool(fp8_block_scales),
+                                             fp8_scaling=scalings[fp8_scaling])
         if config is not None:
             c = req.config
             c.family = config["model_type"]
