@@ -1025,6 +1025,18 @@ struct Fp8World {
     }
   }
 
+  // New random canonical weights from `seed`, written into every trainer buffer.
+  void NewWeights(uint32_t seed) {
+    std::mt19937 rng(seed);
+    data = layout::testing::RandomCanonical(spec, rng);
+    for (size_t t = 0; t < src_mem.size(); ++t) {
+      for (size_t i = 0; i < src_shards[t].size(); ++i) {
+        auto bytes = layout::testing::Materialize(spec, src_shards[t][i], data);
+        std::memcpy(src_mem[t][i], bytes.data(), bytes.size());
+      }
+    }
+  }
+
   // A vLLM replica whose quantized weights are fp8 with a scale buffer each
   // (the scales of its pieces, rows stacked as vLLM fuses them).
   // With `expert_parallel`, the tp ranks hold whole experts (vLLM's
@@ -1171,14 +1183,7 @@ TEST_CASE("FP8 targets: block scales over blocks that span trainer ranks, staged
   for (const auto& rep : st.models[0].replicas) CHECK(rep.version == 1);
 
   // New weights: a second version lands the same way.
-  std::mt19937 rng(11);
-  w.data = layout::testing::RandomCanonical(w.spec, rng);
-  for (size_t t = 0; t < w.src_mem.size(); ++t) {
-    for (size_t i = 0; i < w.src_shards[t].size(); ++i) {
-      auto bytes = layout::testing::Materialize(w.spec, w.src_shards[t][i], w.data);
-      std::memcpy(w.src_mem[t][i], bytes.data(), bytes.size());
-    }
-  }
+  w.NewWeights(11);
   r = w.core->Sync(Args(2), nullptr, nullptr);
   INFO(r.status().ToString());
   REQUIRE(r.ok());
@@ -1304,14 +1309,7 @@ TEST_CASE("FP8 targets: channel and tensor scales over rows and matrices that sp
       REQUIRE(r.ok());
       CheckFp8Replica(w, *s1, staged[0]);
       CheckFp8Replica(w, *s2, inplace[0]);
-      std::mt19937 rng(23 + v);  // new weights for the next version
-      w.data = layout::testing::RandomCanonical(w.spec, rng);
-      for (size_t t = 0; t < w.src_mem.size(); ++t) {
-        for (size_t i = 0; i < w.src_shards[t].size(); ++i) {
-          auto bytes = layout::testing::Materialize(w.spec, w.src_shards[t][i], w.data);
-          std::memcpy(w.src_mem[t][i], bytes.data(), bytes.size());
-        }
-      }
+      w.NewWeights(23 + v);  // for the next version
     }
 
     // vLLM TP=2 cuts o_proj's rows (channel groups) and q_proj (a tensor group).

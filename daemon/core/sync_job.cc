@@ -156,15 +156,13 @@ uint64_t SyncJob::AddScratchWrite(uint32_t t, const layout::CopyOp& c, const lay
   layout::ShardView base;
   const RankReg* r = targets_[t].rank;
   if (r->base[c.dst_shard] && (lora_ == LoraMode::kAdapterOnly || (full_ && adapters_.count(c.tensor)))) {
+    // The piece where it sits in the base, a dense fp32 copy of the shard.
     const layout::ShardSpec& sh = r->shards[c.dst_shard];
     const int nd = sh.shape.ndim;
-    int64_t stride = 1, origin = 0;
-    for (int d = nd - 1; d >= 0; --d) {
-      origin += piece->shard.off[d] * stride;
-      stride *= sh.shape.d[d];
-    }
-    const std::array<int64_t, 2>& st = scratch_strides_.emplace_back(std::array<int64_t, 2>{sh.shape.d[nd - 1], 1});
-    base = {spec, st.data(), static_cast<float*>(r->base[c.dst_shard]->data()) + origin};
+    int64_t stride[layout::kMaxDims];
+    layout::Strides({&sh, nullptr, nullptr}, stride);
+    const std::array<int64_t, 2>& st = scratch_strides_.emplace_back(std::array<int64_t, 2>{stride[nd - 2], 1});
+    base = {spec, st.data(), static_cast<float*>(r->base[c.dst_shard]->data()) + layout::Offset(piece->shard, stride)};
     in.base = &base;
   }
   if ((lora_ == LoraMode::kMerge || lora_ == LoraMode::kAdapterOnly) && active_.count(c.tensor)) {
@@ -197,15 +195,12 @@ absl::StatusOr<uint64_t> SyncJob::QuantizePiece(ExecContext* ctx, uint32_t t, ui
   const int nd = sh.shape.ndim;
   if (nd < 2) return absl::InternalError(absl::StrCat(what, ": a ", nd, "-d FP8 buffer"));
   int64_t stride[layout::kMaxDims] = {};
-  for (int d = nd - 1; d >= 0; --d) {
-    stride[d] = dst.strides != nullptr ? dst.strides[d] : (d == nd - 1 ? 1 : stride[d + 1] * sh.shape.d[d + 1]);
-  }
+  layout::Strides(dst, stride);
   if (stride[nd - 1] != 1) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": its column stride is ", stride[nd - 1],
                                                       " elements; FP8 rows must be contiguous (stride 1)"));
   }
-  int64_t origin = 0;
-  for (int d = 0; d < nd; ++d) origin += piece->shard.off[d] * stride[d];
+  const int64_t origin = layout::Offset(piece->shard, stride);
   // The piece covers whole scale groups (CheckFp8Pieces).
   const layout::ScaleGroup g = spec_->ScaleGroupOf(tensor);
   const layout::Shape ss = layout::Shape::Of({(rows + g.rows - 1) / g.rows, (cols + g.cols - 1) / g.cols});

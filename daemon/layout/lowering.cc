@@ -1,7 +1,6 @@
 #include "daemon/layout/lowering.h"
 
 namespace wsync::layout {
-namespace {
 
 void Strides(const ShardView& v, int64_t* out) {
   const Shape& s = v.spec->shape;
@@ -21,6 +20,8 @@ int64_t Offset(const Box& b, const int64_t* strides) {
   for (int i = 0; i < b.ndim; ++i) off += b.off[i] * strides[i];
   return off;
 }
+
+namespace {
 
 // Merges dimension k into k+1 wherever both sides are contiguous across it.
 void Merge(kernels::BoxCopyOp* op, bool has_src) {

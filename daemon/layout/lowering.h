@@ -20,6 +20,12 @@ struct ShardView {
   void* base = nullptr;              // element 0
 };
 
+// The element strides of `view`'s dimensions (its own, or dense row-major)
+// into `out` (spec->shape.ndim entries).
+void Strides(const ShardView& view, int64_t* out);
+// The element offset of `box`'s first element, given element `strides`.
+int64_t Offset(const Box& box, const int64_t* strides);
+
 // The kernel op copying `op`. Adjacent dimensions that are contiguous on
 // both sides are merged, so whole-row runs become one long row. Unmerged
 // (merge = false) it has the dimensions of LowerBox(op.dst_box, dst), so
