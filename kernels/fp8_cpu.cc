@@ -127,45 +127,60 @@ const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
 #endif
 #endif
 
-// Quantizes block `k` of elements of type T; returns kFp8AllFinite or the
-// key of the first non-finite element (row-major), leaving the block
-// unwritten. The amax scan carries no branch (a block with a non-finite
-// element is scanned again for the first one).
-template <typename T>
-uint64_t QuantizeBlockOf(const Fp8QuantOp& op, const T* src, const Fp8Block& b, uint64_t k) {
+// Block `b`'s rows [ra, rb) of elements of type T, in two steps:
+// RowsAmax raises *amax to their largest magnitude and clears *finite if
+// one is NaN or infinite; RowsQuantize writes them with `scale_inv`.
+// FirstBad gives the key of the block's first non-finite element
+// (row-major) of block number `k`. The amax scan carries no branch.
+struct Rows {
+  int64_t r0, r1, c0, c1;
+};
+Rows RowsOf(const Fp8QuantOp& op, const Fp8Block& b, int64_t ra, int64_t rb) {
   const int64_t r0 = b.bi * op.block_rows, r1 = std::min(op.rows, r0 + op.block_rows);
   const int64_t c0 = b.bj * op.block_cols, c1 = std::min(op.cols, c0 + op.block_cols);
+  return {std::min(r1, r0 + ra), std::min(r1, r0 + rb), c0, c1};
+}
+
+template <typename T>
+void RowsAmax(const Fp8QuantOp& op, const T* src, const Rows& w, float* amax, bool* finite) {
   auto amax_row = RowAmax<T>;
+#if defined(__x86_64__)
+  if (kHasAvx512) amax_row = RowAmax512<T>;
+#endif
+  for (int64_t r = w.r0; r < w.r1; ++r) amax_row(src + r * op.src_ld + w.c0, w.c1 - w.c0, amax, finite);
+}
+
+template <typename T>
+void RowsQuantize(const Fp8QuantOp& op, const T* src, const Rows& w, float scale_inv) {
   auto quantize_row = RowQuantize<T>;
 #if defined(__x86_64__)
-  if (kHasAvx512) {
-    amax_row = RowAmax512<T>;
-    quantize_row = RowQuantize512<T>;
-  }
+  if (kHasAvx512) quantize_row = RowQuantize512<T>;
 #endif
-  float amax = 0.0f;
-  bool finite = true;
-  for (int64_t r = r0; r < r1; ++r) amax_row(src + r * op.src_ld + c0, c1 - c0, &amax, &finite);
-  if (!finite) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = c0; c < c1; ++c) {
-        if (!std::isfinite(ToF32(src[r * op.src_ld + c]))) {
-          return Fp8BadKey(k, static_cast<uint64_t>((r - r0) * (c1 - c0) + (c - c0)));
-        }
+  for (int64_t r = w.r0; r < w.r1; ++r) {
+    quantize_row(src + r * op.src_ld + w.c0, w.c1 - w.c0, scale_inv, op.dst + r * op.dst_ld + w.c0);
+  }
+}
+
+template <typename T>
+uint64_t FirstBad(const Fp8QuantOp& op, const T* src, const Fp8Block& b, uint64_t k) {
+  const Rows w = RowsOf(op, b, 0, op.block_rows);
+  for (int64_t r = w.r0; r < w.r1; ++r) {
+    for (int64_t c = w.c0; c < w.c1; ++c) {
+      if (!std::isfinite(ToF32(src[r * op.src_ld + c]))) {
+        return Fp8BadKey(k, static_cast<uint64_t>((r - w.r0) * (w.c1 - w.c0) + (c - w.c0)));
       }
     }
   }
-  const float scale_inv = amax == 0.0f ? 1.0f : amax / kE4m3Max;
-  op.scale_inv[b.bi * op.scale_ld + b.bj] = scale_inv;
-  for (int64_t r = r0; r < r1; ++r) quantize_row(src + r * op.src_ld + c0, c1 - c0, scale_inv, op.dst + r * op.dst_ld + c0);
   return kFp8AllFinite;
 }
 
-uint64_t QuantizeBlock(const Fp8QuantOp& op, const Fp8Block& b, uint64_t k) {
+// Calls fn(src) with op.src as a pointer to its element type.
+template <typename Fn>
+auto WithSource(const Fp8QuantOp& op, const Fn& fn) {
   switch (op.src_dtype) {
-    case DType::kF32: return QuantizeBlockOf(op, static_cast<const float*>(op.src), b, k);
-    case DType::kBF16: return QuantizeBlockOf(op, static_cast<const Bf16Bits*>(op.src), b, k);
-    default: return QuantizeBlockOf(op, static_cast<const F16Bits*>(op.src), b, k);
+    case DType::kF32: return fn(static_cast<const float*>(op.src));
+    case DType::kBF16: return fn(static_cast<const Bf16Bits*>(op.src));
+    default: return fn(static_cast<const F16Bits*>(op.src));
   }
 }
 
@@ -235,8 +250,71 @@ std::string Fp8BadMessage(const Fp8Element& e, float value) {
 
 std::string QuantizeFp8Cpu(const Fp8QuantOp* ops, size_t n, int threads) {
   const std::vector<Fp8Block> blocks = MakeFp8Blocks(ops, n);
+  // Units of work: whole blocks when there are enough of them for the
+  // threads, else slices of their rows, so that a single large block (a
+  // per-tensor scale) still uses every thread. A block's amax is the max
+  // over its slices, the same value whatever the cut.
+  const size_t slices =
+      threads > 1 && blocks.size() < 4 * static_cast<size_t>(threads) && !blocks.empty()
+          ? (4 * static_cast<size_t>(threads) + blocks.size() - 1) / blocks.size()
+          : 1;
+  auto slice_rows = [&](size_t u, int64_t* ra, int64_t* rb) {
+    const int64_t br = ops[blocks[u / slices].op].block_rows, j = static_cast<int64_t>(u % slices);
+    const int64_t per = (br + static_cast<int64_t>(slices) - 1) / static_cast<int64_t>(slices);
+    *ra = j * per;
+    *rb = std::min(br, *ra + per);
+  };
+  const size_t units = blocks.size() * slices;
+  std::vector<float> amax(units, 0.0f);
+  std::vector<char> finite(units, 1);
   std::vector<uint64_t> bad(blocks.size(), kFp8AllFinite);
-  ParallelFor(blocks.size(), threads, [&](size_t k) { bad[k] = QuantizeBlock(ops[blocks[k].op], blocks[k], k); });
+  std::vector<float> scale(blocks.size());
+  // Block k's scale from its amax, or the key of its first non-finite
+  // element (the block is then left unwritten); true when it is to be
+  // quantized.
+  auto settle = [&](size_t k, float m, bool f) {
+    const Fp8QuantOp& op = ops[blocks[k].op];
+    if (!f) {
+      bad[k] = WithSource(op, [&](const auto* src) { return FirstBad(op, src, blocks[k], k); });
+      return false;
+    }
+    scale[k] = m == 0.0f ? 1.0f : m / kE4m3Max;
+    op.scale_inv[blocks[k].bi * op.scale_ld + blocks[k].bj] = scale[k];
+    return true;
+  };
+  auto quantize = [&](size_t u) {
+    const size_t k = u / slices;
+    const Fp8QuantOp& op = ops[blocks[k].op];
+    int64_t ra, rb;
+    slice_rows(u, &ra, &rb);
+    WithSource(op, [&](const auto* src) { RowsQuantize(op, src, RowsOf(op, blocks[k], ra, rb), scale[k]); });
+  };
+  // Whole blocks are scanned and written by one thread while they are in
+  // its cache; slices are scanned, then settled per block, then written.
+  ParallelFor(units, threads, [&](size_t u) {
+    const Fp8QuantOp& op = ops[blocks[u / slices].op];
+    int64_t ra, rb;
+    slice_rows(u, &ra, &rb);
+    bool f = true;
+    WithSource(op, [&](const auto* src) { RowsAmax(op, src, RowsOf(op, blocks[u / slices], ra, rb), &amax[u], &f); });
+    finite[u] = f;
+    if (slices == 1 && settle(u, amax[u], f)) quantize(u);
+  });
+  if (slices > 1) {
+    std::vector<char> go(blocks.size());
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      float m = 0.0f;
+      bool f = true;
+      for (size_t j = 0; j < slices; ++j) {
+        m = std::max(m, amax[k * slices + j]);
+        f = f && finite[k * slices + j];
+      }
+      go[k] = settle(k, m, f);
+    }
+    ParallelFor(units, threads, [&](size_t u) {
+      if (go[u / slices]) quantize(u);
+    });
+  }
   for (uint64_t key : bad) {
     if (key == kFp8AllFinite) continue;
     Fp8Element e;

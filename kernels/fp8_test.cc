@@ -152,7 +152,7 @@ TEST_CASE("block, per-tensor and per-channel scales match the plain reference, p
       if (dt == DType::kF16) half[i] = F32ToF16(drawn[i]), w[i] = F16ToF32(half[i]);
     }
     for (Case k : {Case{"block 128 x 128", 128, 128}, Case{"per tensor", rows, cols}, Case{"per channel", 1, cols}}) {
-      for (int threads : {1, 2}) {
+      for (int threads : {1, 2, 3}) {  // few blocks on several threads: blocks cut into row slices
         INFO(DTypeName(dt) << ", " << k.name << ", " << threads << " thread(s)");
         std::vector<uint8_t> want_q, got_q(rows * cols, 0xaa);
         std::vector<float> want_s;
@@ -281,6 +281,15 @@ TEST_CASE("non-finite weights and bad ops are errors that name the element or th
   CHECK_FALSE(Fp8BadElement(&op, blocks, Fp8BadKey(1, 64), &e));  // past the 8 x 8 block
   w[5 * 16 + 9] = NAN;
   CHECK(QuantizeFp8Cpu(&op, 1, 1).find("element (5, 9) is nan") != std::string::npos);
+  // One per-tensor block, cut into row slices over 3 threads: the first
+  // non-finite element in row-major order is named, whichever slice finds one.
+  Fp8QuantOp whole = op;
+  whole.block_rows = whole.block_cols = 16;
+  whole.scale_ld = 1;
+  w[13 * 16 + 2] = -INFINITY;
+  CHECK(QuantizeFp8Cpu(&whole, 1, 3).find("element (5, 9) is nan") != std::string::npos);
+  w[5 * 16 + 9] = 0.5f;
+  CHECK(QuantizeFp8Cpu(&whole, 1, 3).find("element (13, 2) is -inf") != std::string::npos);
   Fp8QuantOp bad = op;
   bad.scale_ld = 1;
   CHECK(CheckFp8QuantOps(&bad, 1) ==

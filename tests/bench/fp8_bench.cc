@@ -1,9 +1,10 @@
-// CPU block-FP8 quantization (kernels/fp8.h: the reference that FP8 syncs
+// CPU FP8 quantization (kernels/fp8.h: the reference that FP8 syncs
 // and `wsyncctl convert --dtype fp8` run on the host) against memcpy of the
 // bytes it reads plus writes, measured in the same run. Prints ratios; it
 // asserts nothing.
 //
-//   bazel run -c opt //tests/bench:fp8_bench [-- --mib 512 --reps 5 --threads 2 --dtype bf16|fp32]
+//   bazel run -c opt //tests/bench:fp8_bench [-- --mib 512 --reps 5 --threads 2 --dtype bf16|fp32
+//                                              --scaling block|channel|tensor]
 //
 // Syncs quantize fp32 (the piece assembled in scratch); `wsyncctl convert`
 // quantizes fp32 slabs too.
@@ -39,15 +40,20 @@ double MedianSeconds(int reps, F f) {
 int main(int argc, char** argv) {
   int64_t mib = 512;
   int reps = 5, threads = 2;
-  std::string dtype = "bf16";
+  std::string dtype = "bf16", scaling = "block";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--mib") mib = std::atoll(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--threads") threads = std::atoi(argv[i + 1]);
     else if (a == "--dtype" && (std::string(argv[i + 1]) == "bf16" || std::string(argv[i + 1]) == "fp32")) dtype = argv[i + 1];
-    else {
-      std::fprintf(stderr, "usage: fp8_bench [--mib N] [--reps N] [--threads N] [--dtype bf16|fp32]\n");
+    else if (a == "--scaling" && (std::string(argv[i + 1]) == "block" || std::string(argv[i + 1]) == "channel" ||
+                                  std::string(argv[i + 1]) == "tensor")) {
+      scaling = argv[i + 1];
+    } else {
+      std::fprintf(stderr,
+                   "usage: fp8_bench [--mib N] [--reps N] [--threads N] [--dtype bf16|fp32] "
+                   "[--scaling block|channel|tensor]\n");
       return 2;
     }
   }
@@ -62,7 +68,10 @@ int main(int argc, char** argv) {
   for (auto& x : w16) x = wsync::kernels::F32ToBf16(nd(rng));
   for (auto& x : w32) x = nd(rng);
   std::vector<uint8_t> q(rows * cols);
-  std::vector<float> scale(((rows + 127) / 128) * (cols / 128));
+  // Scale groups: 128 x 128 blocks, rows, or the whole matrix.
+  const int64_t br = scaling == "block" ? 128 : scaling == "channel" ? 1 : rows;
+  const int64_t bc = scaling == "block" ? 128 : cols;
+  std::vector<float> scale(((rows + br - 1) / br) * (cols / bc));
   wsync::kernels::Fp8QuantOp op;
   op.src = f32 ? static_cast<const void*>(w32.data()) : w16.data();
   op.src_dtype = f32 ? wsync::kernels::DType::kF32 : wsync::kernels::DType::kBF16;
@@ -70,7 +79,9 @@ int main(int argc, char** argv) {
   op.cols = op.src_ld = op.dst_ld = cols;
   op.dst = q.data();
   op.scale_inv = scale.data();
-  op.scale_ld = cols / 128;
+  op.scale_ld = cols / bc;
+  op.block_rows = br;
+  op.block_cols = bc;
   if (std::string err = wsync::kernels::CheckFp8QuantOps(&op, 1); !err.empty()) {
     std::fprintf(stderr, "%s\n", err.c_str());
     return 1;
@@ -81,7 +92,8 @@ int main(int argc, char** argv) {
   const size_t moved = rows * cols * (esize + 1);
   std::vector<char> a(moved, 1), b(moved, 0);
   const double copy = MedianSeconds(reps, [&] { std::memcpy(b.data(), a.data(), moved); });
-  std::printf("block FP8 quantization, %s [%lld, %lld] (%.0f MiB), %d thread(s), median of %d\n", dtype.c_str(),
+  std::printf("%s-scaled FP8 quantization, %s [%lld, %lld] (%.0f MiB), %d thread(s), median of %d\n",
+              scaling.c_str(), dtype.c_str(),
               static_cast<long long>(rows), static_cast<long long>(cols), rows * cols * esize / 1048576.0, threads,
               reps);
   std::printf("  quantize %.1f ms (%.2f GB/s of %s read)   memcpy of read+written bytes %.1f ms   memcpy/quantize %.0f%%\n",

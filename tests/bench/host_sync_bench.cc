@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -118,7 +119,8 @@ void RegisterRanks(Setup& s, const layout::ModelSpec& spec, const layout::ModelC
   }
 }
 
-Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket, bool fp8 = false) {
+Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket,
+           std::optional<layout::Fp8Scaling> fp8 = std::nullopt) {
   Setup s;
   core::CoreOptions o;
   o.daemon_id = "bench";
@@ -133,7 +135,7 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket, bool fp
   m.model_id = "bench";
   m.has_config = true;
   m.config = cfg;
-  if (fp8) m.fp8_scales = layout::Fp8Scaling::kBlock;
+  m.fp8_scales = fp8;
   auto reg = s.core->RegisterModel(m);
   s.tensors = reg->num_tensors;
   return s;
@@ -143,7 +145,18 @@ Setup Make(const layout::ModelConfig& cfg, int threads, uint64_t bucket, bool fp
 
 int main(int argc, char** argv) {
   int layers = 7, threads = 2, reps = 5;
+  layout::Fp8Scaling scaling = layout::Fp8Scaling::kBlock;
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--fp8-scaling") {
+      const std::string v = argv[i + 1];
+      if (v == "channel") {
+        scaling = layout::Fp8Scaling::kChannel;
+      } else if (v == "tensor") {
+        scaling = layout::Fp8Scaling::kTensor;
+      } else if (v != "block") {
+        return std::fprintf(stderr, "--fp8-scaling: block, channel or tensor, not '%s'\n", v.c_str()), 2;
+      }
+    }
     if (std::string(argv[i]) == "--layers") layers = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--threads") threads = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--reps") reps = std::max(1, std::atoi(argv[i + 1]));
@@ -209,28 +222,30 @@ int main(int argc, char** argv) {
         last.times.verify_ms, last.times.commit_ms);
   }
 
-  // ---- The same shapes into block-FP8 targets (intermediate 11264, so
-  // that vLLM TP=4 cuts fall on 128-row blocks): in place, bf16 trainers;
-  // the sync assembles each FP8 piece in fp32, quantizes it with its block
-  // scales, digests and re-reads what it wrote.
+  // ---- The same shapes into FP8 targets (intermediate 11264, so that
+  // vLLM TP=4 cuts fall on 128-row blocks): in place, bf16 trainers; the
+  // sync assembles each FP8 piece in fp32 (or reads it straight from one
+  // trainer buffer), quantizes it with its scales, digests and re-reads
+  // what it wrote. --fp8-scaling channel or tensor: vLLM TP=1, since a
+  // TP cut would split their groups.
   {
     layout::ModelConfig f = cfg;
     f.intermediate_size = 11264;
-    Setup s = Make(f, threads, 64ull << 20, /*fp8=*/true);
+    Setup s = Make(f, threads, 64ull << 20, scaling);
     std::vector<layout::TensorSpec> tensors = *layout::CanonicalTensors(f, layout::DType::kBF16);
     const size_t n = tensors.size();
     uint64_t quantized = 0;
     for (size_t i = 0; i < n; ++i) {
       if (tensors[i].shape.ndim == 2 && layout::Fp8Quantized(tensors[i])) {
         quantized += tensors[i].shape.NumElements();
-        tensors.push_back({layout::Fp8ScaleName(tensors[i].name), layout::Fp8ScaleShape(tensors[i].shape),
-                           layout::DType::kF32, tensors[i].name});
+        tensors.push_back({layout::Fp8ScaleName(tensors[i].name, scaling),
+                           layout::Fp8ScaleShape(tensors[i].shape, scaling), layout::DType::kF32, tensors[i].name});
       }
     }
     auto fspec = *layout::ModelSpec::Create(tensors);
     layout::LayoutSizes src, dst;
     src.tp = 2;
-    dst.tp = 4;
+    dst.tp = scaling == layout::Fp8Scaling::kBlock ? 4 : 1;
     RegisterRanks(s, fspec, f, "megatron", src, core::Role::kSource, "", core::UpdateMode::kInPlace,
                   layout::DType::kBF16, true);
     RegisterRanks(s, fspec, f, "vllm", dst, core::Role::kTarget, "gen", core::UpdateMode::kInPlace,
@@ -265,14 +280,15 @@ int main(int argc, char** argv) {
     std::sort(sync.begin(), sync.end());
     const double tm = mem[reps / 2], ts = sync[reps / 2];
     std::printf(
-        "host FP8 sync in_place, %.2f GB of targets (%.2f G elements quantized), Megatron TP2 bf16 -> vLLM TP4 "
-        "block FP8, %d copy threads (medians of %d):\n"
+        "host FP8 sync in_place, %.2f GB of targets (%.2f G elements quantized), Megatron TP2 bf16 -> vLLM TP%d "
+        "FP8 with %s scales, %d copy threads (medians of %d):\n"
         "  memcpy of the bytes read + written (%.2f GB, 1 thread): %.3f s\n"
         "  sync: %.3f s; memcpy / sync %.0f%%\n"
         "  phases of the last sync: plan %.1f ms, transfer (assemble + quantize) %.1f ms, verify %.1f ms, "
         "commit %.1f ms\n"
         "  FP8 pieces: %llu, %llu read straight from one source, %llu assembled in fp32 first\n",
-        s.target_bytes / 1e9, quantized / 1e9, threads, reps, bytes / 1e9, tm, ts, 100 * tm / ts,
+        s.target_bytes / 1e9, quantized / 1e9, static_cast<int>(dst.tp), layout::Fp8ScalingName(scaling), threads,
+        reps, bytes / 1e9, tm, ts, 100 * tm / ts,
         last.times.plan_ms, last.times.transfer_ms, last.times.verify_ms, last.times.commit_ms,
         static_cast<unsigned long long>(last.fp8_pieces),
         static_cast<unsigned long long>(last.fp8_pieces - last.fp8_assembled),
