@@ -28,10 +28,11 @@ they are made of into staging buffers the worker owns, and the worker feeds
 those to vLLM's own load_weights after the commit (Registration.load).
 FP8 weights and their block scales are probed like the others (the scratch
 is fp32 whatever the parameter's dtype). An FP8 weight and its
-`weight_scale_inv` take the loader path together when either differs: the
+`weight_scale_inv` (or, with per-channel and per-tensor scales,
+`weight_scale`) take the loader path together when either differs: the
 daemon quantizes each canonical weight whole into an FP8 staging buffer and
-writes its block scales into an fp32 one, and load_weights gets them as a
-block-FP8 checkpoint would give them.
+writes its scales into an fp32 one, and load_weights gets them as an FP8
+checkpoint would give them.
 
 wsync.vllm_engine is the "wsync" weight-transfer backend built on these.
 
@@ -315,6 +316,9 @@ LOADER_PREFIX = "loader:"
 
 # The attention and kv-cache scales vLLM gives FP8 models: not weights (no
 # trainer holds them), so they keep vLLM's values and are not registered.
+# The scale parameters of an FP8 weight "X.weight" (docs/fp8.md): block
+# scales, then per-channel or per-tensor scales.
+FP8_SCALE_SUFFIXES = ("_scale_inv", "_scale")
 ATTENTION_SCALES = (".attn.q_scale", ".attn.k_scale", ".attn.v_scale", ".attn.prob_scale")
 # What MLA attention layers derive from kv_b_proj after loading (parameters
 # vLLM adds in process_weights_after_loading): refresh_derived recomputes
@@ -357,15 +361,16 @@ def register(client, model, model_id, replica, update_mode="staged", coordinator
             more = len(report.mismatches) - 1
             raise LayoutMismatch(first + (f" (and {more} more parameter(s) differ)" if more else ""))
         loader = {n: report.feeds[n] for n in report.mismatches}
-        # An FP8 weight and its block scales take one path: the daemon writes
-        # a weight's scales as it quantizes the weight.
+        # An FP8 weight and its scales (block: "_scale_inv"; channel or
+        # tensor: "_scale") take one path: the daemon writes a weight's
+        # scales as it quantizes the weight.
         params = _weights(model)
         for n in list(loader):
-            weight = n[:-len("_scale_inv")] if n.endswith("_scale_inv") else n
-            scales = weight + "_scale_inv"
-            if weight in params and scales in params and params[weight].dtype == torch.float8_e4m3fn:
-                for m in (weight, scales):
-                    loader.setdefault(m, report.feeds[m])
+            weight = next((n[:-len(s)] for s in FP8_SCALE_SUFFIXES if n.endswith(s)), n)
+            for scales in (weight + s for s in FP8_SCALE_SUFFIXES):
+                if weight in params and scales in params and params[weight].dtype == torch.float8_e4m3fn:
+                    for m in (weight, scales):
+                        loader.setdefault(m, report.feeds[m])
     in_place, pieces, staging = {}, {}, {}
     params = _weights(model)
     for name, p in params.items():
