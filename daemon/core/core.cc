@@ -579,16 +579,30 @@ absl::StatusOr<ModelRegistered> CoreImpl::RegisterModel(const RegisterModelArgs&
       if (!old.owner) old.owner = m->owner;
       WSYNC_RETURN_IF_ERROR(Authorize(a.caller, old.id, &old, "register"));
     }
-    bool same = old.spec.size() == m->spec.size() && old.adapters.size() == m->adapters.size();
-    for (int32_t i = 0; same && i < old.spec.size(); ++i) {
-      same = old.spec.tensor(i).name == m->spec.tensor(i).name &&
-             old.spec.tensor(i).shape == m->spec.tensor(i).shape &&
-             old.spec.tensor(i).scales_of == m->spec.tensor(i).scales_of;
+    // The first tensor that differs (an FP8 scaling or an adapter asked for
+    // by one registrant and not the other shows here).
+    auto describe = [](const layout::ModelSpec& spec, int32_t i) {
+      return i < spec.size() ? absl::StrCat("'", spec.tensor(i).name, "' ", spec.tensor(i).shape.ToString())
+                             : std::string("absent");
+    };
+    int32_t diff = -1;
+    for (int32_t i = 0; diff < 0 && i < std::max(old.spec.size(), m->spec.size()); ++i) {
+      const bool same = i < old.spec.size() && i < m->spec.size() &&
+                        old.spec.tensor(i).name == m->spec.tensor(i).name &&
+                        old.spec.tensor(i).shape == m->spec.tensor(i).shape &&
+                        old.spec.tensor(i).scales_of == m->spec.tensor(i).scales_of;
+      if (!same) diff = i;
     }
-    if (!same) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "model '", a.model_id, "' is already registered with different tensors (",
-          old.spec.size(), " vs ", m->spec.size(), "); unregister it first"));
+    if (diff >= 0 || old.adapters.size() != m->adapters.size()) {
+      const std::string which =
+          diff >= 0 ? absl::StrCat(": tensor ", diff, " is ", describe(old.spec, diff), " there and ",
+                                   describe(m->spec, diff), " here")
+                    : absl::StrCat(": ", old.adapters.size(), " vs ", m->adapters.size(), " LoRA adapters");
+      return absl::AlreadyExistsError(absl::StrCat("model '", a.model_id,
+                                                   "' is already registered with different tensors (",
+                                                   old.spec.size(), " vs ", m->spec.size(), ")", which,
+                                                   "; every registrant must ask for the same tensors, adapters and "
+                                                   "FP8 scaling, or unregister it first"));
     }
     return out;
   }

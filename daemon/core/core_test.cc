@@ -1325,6 +1325,30 @@ TEST_CASE("FP8 targets: channel and tensor scales over rows and matrices that sp
   }
 }
 
+TEST_CASE("a second registrant asking for another FP8 scaling is told which tensor differs") {
+  Fp8World w;  // block scales
+  Client gen(w.core.get(), "gen");
+  RegisterModelArgs m;
+  m.caller = Me();
+  m.session_id = gen.session;
+  m.model_id = "m";
+  m.has_config = true;
+  m.config = w.config;
+  m.fp8_scales = layout::Fp8Scaling::kChannel;
+  auto r = w.core->RegisterModel(m);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kAlreadyExists);
+  const int32_t first_scale = w.spec.Find("model.layers.0.self_attn.q_proj.weight_scale_inv");
+  CHECK(std::string(r.status().message()) ==
+        "model 'm' is already registered with different tensors (" + std::to_string(w.spec.size()) + " vs " +
+            std::to_string(w.spec.size()) + "): tensor " + std::to_string(first_scale) +
+            " is 'model.layers.0.self_attn.q_proj.weight_scale_inv' [2, 2] there and "
+            "'model.layers.0.self_attn.q_proj.weight_scale' [256, 1] here; every registrant must ask for the same "
+            "tensors, adapters and FP8 scaling, or unregister it first");
+  m.fp8_scales = layout::Fp8Scaling::kBlock;  // the same request is accepted
+  CHECK(w.core->RegisterModel(m).ok());
+}
+
 TEST_CASE("FP8 targets: MoE experts with channel and tensor scales into vLLM's fused w13/w2") {
   for (layout::Fp8Scaling scaling : {layout::Fp8Scaling::kChannel, layout::Fp8Scaling::kTensor}) {
     INFO(layout::Fp8ScalingName(scaling));
