@@ -322,6 +322,10 @@ int RunSync(const Global& g, const SyncCmd& c, std::ostream& out, std::ostream& 
       result.model_id(), result.version(), absl::StrJoin(result.replicas(), ", "),
       HumanBytes(result.bytes()), result.buckets(), result.path(), result.digest(), result.plan_hash(), t.total_ms(),
       t.plan_ms(), t.transfer_ms(), t.verify_ms(), t.commit_ms());
+  if (result.fp8_pieces() > 0) {
+    out << absl::StrFormat("  FP8: %d pieces quantized, %d read straight from one source, %d assembled in fp32 first\n",
+                           result.fp8_pieces(), result.fp8_pieces() - result.fp8_assembled(), result.fp8_assembled());
+  }
   return kOk;
 }
 

@@ -302,6 +302,8 @@ void ToProto(const core::SyncOutcome& in, v1::SyncResult* out) {
   out->set_buckets(in.buckets);
   out->set_plan_hash(in.plan_hash);
   out->set_path(in.path);
+  out->set_fp8_pieces(in.fp8_pieces);
+  out->set_fp8_assembled(in.fp8_assembled);
   auto* t = out->mutable_timings();
   t->set_plan_ms(in.times.plan_ms);
   t->set_transfer_ms(in.times.transfer_ms);

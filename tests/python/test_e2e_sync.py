@@ -372,7 +372,7 @@ def scaled_reference(w, scaling):
 
 
 @pytest.mark.parametrize("scaling", ["channel", "tensor"])
-def test_fp8_channel_and_tensor_scales_match_a_numpy_reference(daemon, scaling):
+def test_fp8_channel_and_tensor_scales_match_a_numpy_reference(daemon, run, scaling):
     """q is held by two trainer buffers, split by columns, so each row's
     amax (and the matrix's) spans both; the generator fuses q, k and v into
     one fp8 qkv buffer with vLLM's stacked scales ([128, 1] per channel, [3]
@@ -413,9 +413,14 @@ def test_fp8_channel_and_tensor_scales_match_a_numpy_reference(daemon, scaling):
             "qkv": [(name[p], ([0, 0], list(s)), ([rows[p], 0], list(s))) for p, s in shapes.items()],
             "qkv_scale": [(name[p] + "_scale", ([0, 0], [per[p], 1]), ([scale_rows[p], 0], [per[p], 1]))
                           for p in shapes]})
-        assert cl.sync(model, 1, progress=False).version == 1
+        result = cl.sync(model, 1, progress=False)
+        assert result.version == 1
+        # q comes from two buffers, so it is assembled first; k and v are read straight from theirs.
+        assert (result.fp8_pieces, result.fp8_assembled) == (3, 1)
         for p, s in shapes.items():
             codes, scale = scaled_reference(w[p], scaling)
             assert np.array_equal(qkv[rows[p]:rows[p] + s[0]], codes), p
             assert np.array_equal(scales[scale_rows[p]:scale_rows[p] + per[p]], scale), p
+        r = run("--socket", daemon["socket"], "sync", model, "2", "--no-progress")
+        assert "FP8: 3 pieces quantized, 2 read straight from one source, 1 assembled in fp32 first" in r.stdout
         cl.unregister(model)
