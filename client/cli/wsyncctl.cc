@@ -46,6 +46,17 @@ std::string HumanBytes(uint64_t b) {
   return u == 0 ? absl::StrCat(b, " B") : absl::StrFormat("%.1f %s", v, units[u]);
 }
 
+// A model's TENSORS column: "22", or "29 (7 FP8, channel scales)".
+template <typename M>
+std::string TensorsColumn(const M& m) {
+  if (m.fp8_weights() == 0) return absl::StrCat(m.num_tensors());
+  const char* scaling = m.fp8_scaling() == v1::FP8_SCALING_BLOCK     ? "block"
+                        : m.fp8_scaling() == v1::FP8_SCALING_CHANNEL ? "channel"
+                        : m.fp8_scaling() == v1::FP8_SCALING_TENSOR  ? "tensor"
+                                                                     : "mixed";
+  return absl::StrCat(m.num_tensors(), " (", m.fp8_weights(), " FP8, ", scaling, " scales)");
+}
+
 std::string HumanDuration(double s) {
   int64_t t = static_cast<int64_t>(s);
   if (t < 60) return absl::StrFormat("%.1fs", s);
@@ -115,7 +126,7 @@ void PrintStatus(const v1::GetStatusResponse& st, std::ostream& out) {
                              ? absl::StrFormat("v%d in %.1f ms", m.last_sync().version(),
                                                m.last_sync().timings().total_ms())
                              : "-";
-      rows.push_back({m.model_id(), absl::StrCat(m.num_tensors()), HumanBytes(m.total_bytes()),
+      rows.push_back({m.model_id(), TensorsColumn(m), HumanBytes(m.total_bytes()),
                       absl::StrCat(m.ranks_size()), replicas.empty() ? "-" : replicas, last});
     }
     PrintTable(out, rows);
@@ -397,7 +408,7 @@ int RunModels(const Global& g, std::ostream& out, std::ostream& err) {
       absl::StrAppend(&reps, reps.empty() ? "" : ", ", r.replica_id(), "@v", r.version(),
                       r.poisoned() ? " POISONED" : "");
     }
-    rows.push_back({m.model_id(), absl::StrCat(m.num_tensors()), HumanBytes(m.total_bytes()),
+    rows.push_back({m.model_id(), TensorsColumn(m), HumanBytes(m.total_bytes()),
                     absl::StrCat(m.num_source_ranks()), reps.empty() ? "-" : reps});
   }
   PrintTable(out, rows);

@@ -1115,6 +1115,14 @@ DaemonStatus CoreImpl::GetStatus(const Caller& viewer) const {
     mi.num_tensors = m->spec.size();
     mi.total_bytes = m->spec.TotalBytes();
     mi.num_adapters = static_cast<int64_t>(m->adapters.size());
+    bool mixed = false;
+    for (int32_t t = 0; t < m->spec.size(); ++t) {
+      if (m->spec.ScaleTensorOf(t) < 0) continue;
+      mixed |= mi.fp8_weights > 0 && mi.fp8_scaling != m->spec.ScalingOf(t);
+      mi.fp8_scaling = m->spec.ScalingOf(t);
+      ++mi.fp8_weights;
+    }
+    if (mixed) mi.fp8_scaling.reset();
     auto add_rank = [&](const RankReg& r, UpdateMode mode) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       RankInfo ri;
       ri.role = r.role;

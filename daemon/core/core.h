@@ -232,6 +232,9 @@ struct ModelInfo {
   int64_t num_tensors = 0;
   uint64_t total_bytes = 0;
   int64_t num_adapters = 0;
+  // Weights with FP8 scales, and their scaling when they share one.
+  int64_t fp8_weights = 0;
+  std::optional<layout::Fp8Scaling> fp8_scaling;
   std::vector<RankInfo> ranks;
   std::vector<ReplicaInfo> replicas;
   bool has_last_sync = false;

@@ -192,23 +192,10 @@ absl::StatusOr<core::RegisterModelArgs> FromProto(const v1::RegisterModelRequest
     if (!ad.ok()) return ad.status();
     a.adapters.push_back(*std::move(ad));
   }
-  switch (in.fp8_scaling()) {
-    case v1::FP8_SCALING_UNSPECIFIED:
-      if (in.fp8_block_scales()) a.fp8_scales = layout::Fp8Scaling::kBlock;
-      break;
-    case v1::FP8_SCALING_BLOCK:
-      a.fp8_scales = layout::Fp8Scaling::kBlock;
-      break;
-    case v1::FP8_SCALING_CHANNEL:
-      a.fp8_scales = layout::Fp8Scaling::kChannel;
-      break;
-    case v1::FP8_SCALING_TENSOR:
-      a.fp8_scales = layout::Fp8Scaling::kTensor;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("model '", in.model_id(), "': unknown fp8_scaling ", static_cast<int>(in.fp8_scaling())));
-  }
+  auto scaling = Fp8ScalingFromProto(in.fp8_scaling(), absl::StrCat("model '", in.model_id(), "': fp8_scaling"));
+  if (!scaling.ok()) return scaling.status();
+  a.fp8_scales = *scaling;
+  if (!a.fp8_scales && in.fp8_block_scales()) a.fp8_scales = layout::Fp8Scaling::kBlock;
   if (in.fp8_block_scales() && a.fp8_scales != layout::Fp8Scaling::kBlock) {
     return absl::InvalidArgumentError(absl::StrCat("model '", in.model_id(), "': fp8_block_scales asks for block "
                                                    "scales, fp8_scaling for ", layout::Fp8ScalingName(*a.fp8_scales)));
@@ -370,6 +357,8 @@ void ToProto(const core::DaemonStatus& in, v1::GetStatusResponse* out) {
     p->set_model_id(m.model_id);
     p->set_num_tensors(m.num_tensors);
     p->set_total_bytes(m.total_bytes);
+    p->set_fp8_weights(m.fp8_weights);
+    p->set_fp8_scaling(ToProto(m.fp8_scaling));
     for (const core::RankInfo& r : m.ranks) {
       v1::RankStatus* rs = p->add_ranks();
       rs->set_role(r.role == core::Role::kSource ? v1::SOURCE : v1::TARGET);
@@ -419,6 +408,8 @@ void ToProto(const std::vector<core::ModelInfo>& in, v1::ListModelsResponse* out
     p->set_model_id(m.model_id);
     p->set_num_tensors(m.num_tensors);
     p->set_total_bytes(m.total_bytes);
+    p->set_fp8_weights(m.fp8_weights);
+    p->set_fp8_scaling(ToProto(m.fp8_scaling));
     int64_t sources = 0;
     for (const auto& r : m.ranks) sources += r.role == core::Role::kSource;
     p->set_num_source_ranks(sources);

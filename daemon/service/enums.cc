@@ -91,4 +91,24 @@ v1::DType ToProto(layout::DType d) {
   return v1::DTYPE_UNSPECIFIED;
 }
 
+absl::StatusOr<std::optional<layout::Fp8Scaling>> Fp8ScalingFromProto(v1::Fp8Scaling s, const std::string& field) {
+  switch (s) {
+    case v1::FP8_SCALING_UNSPECIFIED: return std::optional<layout::Fp8Scaling>();
+    case v1::FP8_SCALING_BLOCK: return layout::Fp8Scaling::kBlock;
+    case v1::FP8_SCALING_CHANNEL: return layout::Fp8Scaling::kChannel;
+    case v1::FP8_SCALING_TENSOR: return layout::Fp8Scaling::kTensor;
+    default: return Unknown(field, "FP8 scaling", s, "BLOCK, CHANNEL or TENSOR");
+  }
+}
+
+v1::Fp8Scaling ToProto(const std::optional<layout::Fp8Scaling>& s) {
+  if (!s) return v1::FP8_SCALING_UNSPECIFIED;
+  switch (*s) {
+    case layout::Fp8Scaling::kBlock: return v1::FP8_SCALING_BLOCK;
+    case layout::Fp8Scaling::kChannel: return v1::FP8_SCALING_CHANNEL;
+    case layout::Fp8Scaling::kTensor: return v1::FP8_SCALING_TENSOR;
+  }
+  return v1::FP8_SCALING_UNSPECIFIED;
+}
+
 }  // namespace wsync::service

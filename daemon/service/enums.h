@@ -7,6 +7,7 @@
 // naming `field`; an UNSPECIFIED value takes the default the proto documents,
 // or is an error where the field is required.
 
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,10 @@ v1::LoraMode ToProto(core::LoraMode m);
 // UNSPECIFIED = PEFT.
 absl::StatusOr<core::LoraConvention> LoraConventionFromProto(v1::LoraConvention c, const std::string& field);
 v1::LoraConvention ToProto(core::LoraConvention c);
+
+// UNSPECIFIED = no FP8 scales (nullopt).
+absl::StatusOr<std::optional<layout::Fp8Scaling>> Fp8ScalingFromProto(v1::Fp8Scaling s, const std::string& field);
+v1::Fp8Scaling ToProto(const std::optional<layout::Fp8Scaling>& s);
 
 // DTYPE_UNSPECIFIED is an error.
 absl::StatusOr<layout::DType> DTypeFromProto(v1::DType d, const std::string& field);

@@ -423,4 +423,9 @@ def test_fp8_channel_and_tensor_scales_match_a_numpy_reference(daemon, run, scal
             assert np.array_equal(scales[scale_rows[p]:scale_rows[p] + per[p]], scale), p
         r = run("--socket", daemon["socket"], "sync", model, "2", "--no-progress")
         assert "FP8: 3 pieces quantized, 2 read straight from one source, 1 assembled in fp32 first" in r.stdout
+        r = run("--socket", daemon["socket"], "models")
+        assert f"6 (3 FP8, {scaling} scales)" in r.stdout
+        st = json.loads(run("--socket", daemon["socket"], "--json", "status").stdout)
+        m = next(m for m in st["models"] if m["model_id"] == model)
+        assert (m["fp8_weights"], m["fp8_scaling"]) == ("3", f"FP8_SCALING_{scaling.upper()}")
         cl.unregister(model)
