@@ -452,7 +452,9 @@ absl::Status CheckFp8Pieces(const layout::ModelSpec& spec, Role role, const layo
       return absl::InvalidArgumentError(absl::StrCat(
           bw, ": FP8 piece ", b.ToString(), " of '", name, "' ", full.ToString(), " does not cover ", groups,
           ": a tensor-parallel cut that splits a scale group cannot get its scale, which covers the whole group",
-          sc == layout::Fp8Scaling::kBlock ? " (vLLM needs block-aligned FP8 shards)" : ""));
+          sc == layout::Fp8Scaling::kBlock
+              ? " (vLLM needs block-aligned FP8 shards)"
+              : "; register the model with block scales (fp8_scaling BLOCK), which a block-aligned cut keeps whole"));
     }
   }
   return absl::OkStatus();

@@ -73,16 +73,14 @@ Shape Fp8ScaleShape(const Shape& w, Fp8Scaling s) {
   return out;
 }
 
+std::vector<Fp8Scaling> Fp8ScalingsNamed(const std::string& scale_name) {
+  if (absl::EndsWith(scale_name, "_scale_inv")) return {Fp8Scaling::kBlock};
+  if (absl::EndsWith(scale_name, "_scale")) return {Fp8Scaling::kChannel, Fp8Scaling::kTensor};
+  return {Fp8Scaling::kBlock, Fp8Scaling::kChannel, Fp8Scaling::kTensor};
+}
+
 std::optional<Fp8Scaling> Fp8ScalingOf(const std::string& scale_name, const Shape& scale, const Shape& w) {
-  std::vector<Fp8Scaling> allowed;
-  if (absl::EndsWith(scale_name, "_scale_inv")) {
-    allowed = {Fp8Scaling::kBlock};
-  } else if (absl::EndsWith(scale_name, "_scale")) {
-    allowed = {Fp8Scaling::kChannel, Fp8Scaling::kTensor};
-  } else {
-    allowed = {Fp8Scaling::kBlock, Fp8Scaling::kChannel, Fp8Scaling::kTensor};
-  }
-  for (Fp8Scaling s : allowed) {
+  for (Fp8Scaling s : Fp8ScalingsNamed(scale_name)) {
     if (scale == Fp8ScaleShape(w, s)) return s;
   }
   return std::nullopt;

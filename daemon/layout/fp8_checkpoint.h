@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "daemon/layout/types.h"
 
@@ -61,6 +62,9 @@ Shape Fp8ScaleShape(const Shape& w, Fp8Scaling s = Fp8Scaling::kBlock);
 // fit, they group the same elements). nullopt when the shape fits none
 // allowed by the name.
 std::optional<Fp8Scaling> Fp8ScalingOf(const std::string& scale_name, const Shape& scale, const Shape& w);
+// The scalings a scale tensor named `scale_name` may denote, in the order
+// Fp8ScalingOf tries them.
+std::vector<Fp8Scaling> Fp8ScalingsNamed(const std::string& scale_name);
 
 // Whether canonical tensor `tensor` of `model` lands in a buffer of `dtype`
 // by quantization: a weight with FP8 scales, into a float8_e4m3fn buffer.

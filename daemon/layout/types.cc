@@ -4,7 +4,6 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/layout/fp8_checkpoint.h"
@@ -217,11 +216,7 @@ absl::StatusOr<ModelSpec> ModelSpec::Create(std::vector<TensorSpec> tensors) {
     const std::optional<Fp8Scaling> scaling = Fp8ScalingOf(t.name, t.shape, wt.shape);
     if (t.dtype != DType::kF32 || !scaling) {
       std::string want;
-      for (Fp8Scaling sc : {Fp8Scaling::kBlock, Fp8Scaling::kChannel, Fp8Scaling::kTensor}) {
-        const bool named = absl::EndsWith(t.name, "_scale_inv") ? sc == Fp8Scaling::kBlock
-                           : absl::EndsWith(t.name, "_scale")   ? sc != Fp8Scaling::kBlock
-                                                                : true;
-        if (!named) continue;
+      for (Fp8Scaling sc : Fp8ScalingsNamed(t.name)) {
         absl::StrAppend(&want, want.empty() ? "" : ", or ", Fp8ScaleShape(wt.shape, sc).ToString(), " (",
                         Fp8ScalingName(sc), ")");
       }
